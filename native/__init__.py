@@ -1,0 +1,1 @@
+"""Compiled core: codecs and (later) feature transforms, shared by the server and offline tools."""

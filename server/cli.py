@@ -1,0 +1,76 @@
+"""The ``skewless`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .app import ServerOptions, run
+
+    opts = ServerOptions(
+        model_repository=Path(args.model_repository),
+        host=args.host,
+        grpc_port=args.grpc_port,
+        metrics_port=args.metrics_port,
+        model_control_mode=args.model_control_mode,
+        load_models=args.load_model,
+        poll_interval_s=args.repository_poll_secs,
+        max_message_bytes=args.max_message_bytes,
+        grace_period_s=args.grace_period,
+        default_max_batch_size=args.default_max_batch_size,
+    )
+    return run(opts)
+
+
+def _examples(args: argparse.Namespace) -> int:
+    from .examples import build_example_repository, build_test_models
+
+    out = Path(args.out)
+    (build_test_models if args.test_models else build_example_repository)(out)
+    print(f"wrote {'test' if args.test_models else 'example'} model repository to {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="skewless", description=__doc__)
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="serve a Triton-layout model repository over KServe v2 gRPC")
+    s.add_argument("--model-repository", required=True, help="directory holding <model>/<version>/model.onnx")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 in containers)")
+    s.add_argument("--grpc-port", type=int, default=8001)
+    s.add_argument("--metrics-port", type=int, default=8002, help="HTTP port for /v2/health/* probes")
+    s.add_argument("--model-control-mode", choices=["none", "explicit", "poll"], default="none")
+    s.add_argument("--load-model", action="append", default=[], metavar="NAME",
+                   help="model to load at start in explicit mode (repeatable; '*' for all)")
+    s.add_argument("--repository-poll-secs", type=float, default=15.0, help="poll interval in poll mode")
+    s.add_argument("--max-message-bytes", type=int, default=2**31 - 1, help="gRPC send/receive limit")
+    s.add_argument("--grace-period", type=float, default=30.0,
+                   help="seconds in-flight requests get to finish after SIGTERM/SIGINT")
+    s.add_argument("--default-max-batch-size", type=int, default=4,
+                   help="max_batch_size given to models whose config is auto-completed (Triton's default 4)")
+    s.add_argument("--log-level", dest="sub_log_level", default=None,
+                   choices=["debug", "info", "warning", "error"])
+    s.set_defaults(func=_serve)
+
+    e = sub.add_parser("examples", help="write the bundled example model repository (or the test models)")
+    e.add_argument("out")
+    e.add_argument("--test-models", action="store_true")
+    e.set_defaults(func=_examples)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = getattr(args, "sub_log_level", None) or args.log_level
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

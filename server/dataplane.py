@@ -1,0 +1,251 @@
+"""Transport-free data plane: one method per RPC, protocol messages in and out, domain errors raised.
+
+The gRPC servicer only adapts transports to these calls, so a second front end (HTTP/REST) or an in-process
+client can reuse all of the validation and execution below.
+"""
+
+from __future__ import annotations
+
+import time
+from importlib import metadata
+
+import numpy as np
+
+from skewless.protos import grpc_service_pb2 as pb
+
+from .codec import DATATYPES, decode_raw, decode_typed, encode_array, format_shape
+from .config import TensorSpec
+from .errors import InvalidArgument, SkewlessError
+from .model import ModelVersion
+from .repository import ModelRepository
+from .stats import Duration, ModelStats
+
+SERVER_NAME = "skewless"
+# Only what is really implemented: tritonclient and perf_analyzer branch on these names.
+EXTENSIONS = ["model_repository", "model_configuration", "statistics"]
+
+
+def server_version() -> str:
+    try:
+        return metadata.version("skewless")
+    except metadata.PackageNotFoundError:  # pragma: no cover - running from a source tree
+        return "0.0.0"
+
+
+class DataPlane:
+    def __init__(self, repository: ModelRepository):
+        self.repository = repository
+        self.accepting = True
+
+    # -- health and metadata -------------------------------------------------------------------------
+    def server_live(self) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    def server_ready(self) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self.is_ready())
+
+    def is_ready(self) -> bool:
+        """Ready while accepting requests and every model that should serve has a ready version."""
+        if not self.accepting:
+            return False
+        return all(m.serving for m in self.repository.models.values() if m.status or m.reason)
+
+    def model_ready(self, req: pb.ModelReadyRequest) -> pb.ModelReadyResponse:
+        return pb.ModelReadyResponse(ready=self.repository.is_ready(req.name, req.version))
+
+    def server_metadata(self) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(name=SERVER_NAME, version=server_version(), extensions=EXTENSIONS)
+
+    def model_metadata(self, req: pb.ModelMetadataRequest) -> pb.ModelMetadataResponse:
+        mv = self.repository.get(req.name, req.version)
+        model = self.repository.models[req.name]
+        resp = pb.ModelMetadataResponse(
+            name=mv.name, versions=[str(v) for v in sorted(model.serving)], platform=mv.config.platform)
+        batch = [-1] if mv.max_batch_size > 0 else []
+        for specs, field in ((mv.inputs, resp.inputs), (mv.outputs, resp.outputs)):
+            for spec in specs.values():
+                field.add(name=spec.name, datatype=spec.datatype.name, shape=[*batch, *spec.dims])
+        return resp
+
+    def model_config(self, req: pb.ModelConfigRequest) -> pb.ModelConfigResponse:
+        mv = self.repository.get(req.name, req.version)
+        return pb.ModelConfigResponse(config=mv.config)
+
+    # -- inference -----------------------------------------------------------------------------------
+    async def infer(self, req: pb.ModelInferRequest, received_ns: int | None = None) -> pb.ModelInferResponse:
+        received_ns = received_ns or time.perf_counter_ns()
+        mv = self.repository.get(req.model_name, req.model_version)
+        mv.enter()
+        ok = False
+        queue_ns = 0
+        try:
+            feeds, rows = decode_inputs(req, mv)
+            out_names = requested_outputs(req, mv)
+            outs, queue_ns = await mv.execute(feeds, out_names, rows)
+            resp = encode_response(req, mv, out_names, outs)
+            ok = True
+            return resp
+        finally:
+            mv.stats.record_request(ok, time.perf_counter_ns() - received_ns, queue_ns)
+            mv.leave()
+
+    # -- statistics ----------------------------------------------------------------------------------
+    def statistics(self, req: pb.ModelStatisticsRequest) -> pb.ModelStatisticsResponse:
+        resp = pb.ModelStatisticsResponse()
+        if req.name:
+            self.repository.get(req.name, req.version)  # raises for unknown models and versions
+            names = [req.name]
+        else:
+            names = sorted(self.repository.models)
+        for name in names:
+            model = self.repository.models[name]
+            versions = [int(req.version)] if req.version else sorted(model.serving)
+            for v in versions:
+                mv = model.serving.get(v)
+                if mv is not None:
+                    resp.model_stats.append(stats_message(mv))
+        return resp
+
+    # -- repository ----------------------------------------------------------------------------------
+    def repository_index(self, req: pb.RepositoryIndexRequest) -> pb.RepositoryIndexResponse:
+        resp = pb.RepositoryIndexResponse()
+        for name, version, state, reason in self.repository.index(req.ready):
+            resp.models.add(name=name, version=version, state=state, reason=reason)
+        return resp
+
+    async def repository_load(self, req: pb.RepositoryModelLoadRequest) -> pb.RepositoryModelLoadResponse:
+        self.repository.check_control()
+        config_json = None
+        for key, param in req.parameters.items():
+            if key == "config":
+                if param.WhichOneof("parameter_choice") != "string_param":
+                    raise InvalidArgument("load parameter 'config' must be a string holding a JSON ModelConfig")
+                config_json = param.string_param
+            else:
+                raise InvalidArgument(
+                    f"unsupported load parameter '{key}': only 'config' (a JSON ModelConfig) is supported")
+        await self.repository.load(req.model_name, config_json)
+        return pb.RepositoryModelLoadResponse()
+
+    async def repository_unload(self, req: pb.RepositoryModelUnloadRequest) -> pb.RepositoryModelUnloadResponse:
+        self.repository.check_control()
+        await self.repository.unload(req.model_name)
+        return pb.RepositoryModelUnloadResponse()
+
+
+def _check_shape(name: str, spec: TensorSpec, shape: list[int], mv: ModelVersion) -> None:
+    expected = [-1, *spec.dims] if mv.max_batch_size > 0 else list(spec.dims)
+    if len(shape) != len(expected) or any(e != -1 and e != s for e, s in zip(expected, shape, strict=True)):
+        raise InvalidArgument(
+            f"unexpected shape for input '{name}' for model '{mv.name}'. Expected {format_shape(expected)}, "
+            f"got {format_shape(shape)}"
+        )
+
+
+def decode_inputs(req: pb.ModelInferRequest, mv: ModelVersion) -> tuple[dict[str, np.ndarray], int]:
+    """Validate every input against the model and decode it; returns the feeds and the batch size."""
+    raw = req.raw_input_contents
+    if raw and len(raw) != len(req.inputs):
+        raise InvalidArgument(
+            f"raw_input_contents has {len(raw)} entries but the request has {len(req.inputs)} inputs: "
+            "expected one entry per input, in the same order"
+        )
+    names = [t.name for t in req.inputs]
+    missing = [n for n in mv.inputs if n not in names]
+    feeds: dict[str, np.ndarray] = {}
+    batch: int | None = None
+    for i, tensor in enumerate(req.inputs):
+        name = tensor.name
+        spec = mv.inputs.get(name)
+        if spec is None:
+            raise InvalidArgument(
+                f"unexpected inference input '{name}' for model '{mv.name}': expected inputs are {list(mv.inputs)}")
+        if name in feeds:
+            raise InvalidArgument(f"input '{name}' is given more than once for model '{mv.name}'")
+        if tensor.datatype != spec.datatype.name:
+            if tensor.datatype not in DATATYPES and tensor.datatype != "BF16":
+                raise InvalidArgument(f"unknown datatype '{tensor.datatype}' for inference input '{name}'")
+            raise InvalidArgument(
+                f"unexpected datatype {tensor.datatype} for inference input '{name}', expecting "
+                f"{spec.datatype.name}")
+        shape = list(tensor.shape)
+        if any(d < 0 for d in shape):
+            raise InvalidArgument(f"input '{name}' has a negative dimension in shape {format_shape(shape)}")
+        _check_shape(name, spec, shape, mv)
+        if mv.max_batch_size > 0:
+            if not 1 <= shape[0] <= mv.max_batch_size:
+                raise InvalidArgument(
+                    f"inference request batch-size must be <= {mv.max_batch_size} for '{mv.name}' and >= 1, "
+                    f"got {shape[0]} for input '{name}'")
+            if batch is None:
+                batch = shape[0]
+            elif shape[0] != batch:
+                raise InvalidArgument(
+                    f"input '{name}' has batch size {shape[0]} but an earlier input has {batch}: "
+                    "all inputs of a request must share the batch dimension")
+        has_typed = tensor.HasField("contents") and len(tensor.contents.ListFields()) > 0
+        if raw:
+            if has_typed:
+                raise InvalidArgument(
+                    f"input '{name}' has both raw_input_contents and typed contents: send exactly one of them")
+            feeds[name] = decode_raw(name, spec.datatype, shape, raw[i])
+        elif has_typed or int(np.prod(shape)) == 0:
+            feeds[name] = decode_typed(name, spec.datatype, shape, tensor.contents)
+        else:
+            raise InvalidArgument(f"input '{name}' carries no data: expected raw_input_contents or typed contents")
+    if missing:
+        raise InvalidArgument(
+            f"expected {len(mv.inputs)} inputs but got {len(req.inputs)} inputs for model '{mv.name}'. "
+            f"Got input(s) {names}, but missing required input(s) {missing}. Please provide all required input(s).")
+    return feeds, batch if batch is not None else 1
+
+
+def requested_outputs(req: pb.ModelInferRequest, mv: ModelVersion) -> list[str]:
+    if not req.outputs:
+        return mv.output_names
+    out: list[str] = []
+    for o in req.outputs:
+        if o.name not in mv.outputs:
+            raise InvalidArgument(
+                f"unexpected inference output '{o.name}' for model '{mv.name}': expected outputs are "
+                f"{mv.output_names}")
+        if "classification" in o.parameters:
+            raise InvalidArgument(
+                f"output '{o.name}' asks for classification, which skewless does not implement; "
+                "request the raw output instead")
+        if o.name not in out:
+            out.append(o.name)
+    return out
+
+
+def encode_response(req: pb.ModelInferRequest, mv: ModelVersion, names: list[str],
+                    arrays: list[np.ndarray]) -> pb.ModelInferResponse:
+    resp = pb.ModelInferResponse(model_name=mv.name, model_version=str(mv.version), id=req.id)
+    for name, arr in zip(names, arrays, strict=True):
+        spec = mv.outputs[name]
+        resp.outputs.add(name=name, datatype=spec.datatype.name, shape=arr.shape)
+        resp.raw_output_contents.append(encode_array(arr, spec.datatype))
+    return resp
+
+
+def _duration(d: Duration, msg) -> None:
+    msg.count, msg.ns = d.count, d.ns
+
+
+def stats_message(mv: ModelVersion) -> pb.ModelStatistics:
+    s: ModelStats = mv.stats
+    m = pb.ModelStatistics(name=mv.name, version=str(mv.version), last_inference=s.last_inference_ms,
+                           inference_count=s.inference_count, execution_count=s.execution_count)
+    st = m.inference_stats
+    for attr in ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output"):
+        _duration(getattr(s, attr), getattr(st, attr))
+    for size in sorted(s.by_batch_size):
+        b = s.by_batch_size[size]
+        bm = m.batch_stats.add(batch_size=size)
+        _duration(b.compute_input, bm.compute_input)
+        _duration(b.compute_infer, bm.compute_infer)
+        _duration(b.compute_output, bm.compute_output)
+    return m
+
+
+__all__ = ["DataPlane", "SkewlessError"]

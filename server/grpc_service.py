@@ -1,0 +1,164 @@
+"""gRPC edge: adapts ``inference.GRPCInferenceService`` calls to the data plane and maps errors to codes.
+
+This is the one exception boundary per RPC: domain errors become their status code and message, anything
+unexpected becomes INTERNAL plus a log line, and no error escapes to crash the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+
+import grpc
+
+from skewless.protos import grpc_service_pb2 as pb
+from skewless.protos import grpc_service_pb2_grpc as pb_grpc
+
+from .dataplane import DataPlane
+from .errors import SkewlessError
+
+log = logging.getLogger(__name__)
+
+STATUS = {
+    "INVALID_ARGUMENT": grpc.StatusCode.INVALID_ARGUMENT,
+    "NOT_FOUND": grpc.StatusCode.NOT_FOUND,
+    "UNAVAILABLE": grpc.StatusCode.UNAVAILABLE,
+    "RESOURCE_EXHAUSTED": grpc.StatusCode.RESOURCE_EXHAUSTED,
+    "DEADLINE_EXCEEDED": grpc.StatusCode.DEADLINE_EXCEEDED,
+    "CANCELLED": grpc.StatusCode.CANCELLED,
+    "FAILED_PRECONDITION": grpc.StatusCode.FAILED_PRECONDITION,
+    "UNIMPLEMENTED": grpc.StatusCode.UNIMPLEMENTED,
+    "INTERNAL": grpc.StatusCode.INTERNAL,
+}
+
+
+def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    if isinstance(exc, SkewlessError):
+        return STATUS.get(exc.kind, grpc.StatusCode.INTERNAL), str(exc)
+    return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
+
+
+def rpc(method):
+    """Exception boundary for a unary RPC."""
+
+    @functools.wraps(method)
+    async def wrapper(self, request, context):
+        try:
+            return await method(self, request, context)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            code, message = status_of(exc)
+            if code == grpc.StatusCode.INTERNAL:
+                log.exception("%s failed", method.__name__)
+            await context.abort(code, message)
+
+    return wrapper
+
+
+def unimplemented(what: str):
+    async def method(self, request, context):
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{what} is not implemented by skewless yet")
+
+    return method
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, dataplane: DataPlane):
+        self.dp = dataplane
+
+    @rpc
+    async def ServerLive(self, request, context):
+        return self.dp.server_live()
+
+    @rpc
+    async def ServerReady(self, request, context):
+        return self.dp.server_ready()
+
+    @rpc
+    async def ModelReady(self, request, context):
+        return self.dp.model_ready(request)
+
+    @rpc
+    async def ServerMetadata(self, request, context):
+        return self.dp.server_metadata()
+
+    @rpc
+    async def ModelMetadata(self, request, context):
+        return self.dp.model_metadata(request)
+
+    @rpc
+    async def ModelConfig(self, request, context):
+        return self.dp.model_config(request)
+
+    @rpc
+    async def ModelStatistics(self, request, context):
+        return self.dp.statistics(request)
+
+    @rpc
+    async def RepositoryIndex(self, request, context):
+        return self.dp.repository_index(request)
+
+    @rpc
+    async def RepositoryModelLoad(self, request, context):
+        return await self.dp.repository_load(request)
+
+    @rpc
+    async def RepositoryModelUnload(self, request, context):
+        return await self.dp.repository_unload(request)
+
+    @rpc
+    async def ModelInfer(self, request, context):
+        return await self.dp.infer(request, time.perf_counter_ns())
+
+    async def ModelStreamInfer(self, request_iterator, context):
+        """Requests of one stream run concurrently; each response (or error) is sent when it is ready.
+
+        As in Triton, a failed request does not end the stream: its error travels in ``error_message``.
+        """
+        out: asyncio.Queue = asyncio.Queue()
+        pending: set[asyncio.Task] = set()
+
+        async def one(req: pb.ModelInferRequest, received: int) -> None:
+            try:
+                resp = await self.dp.infer(req, received)
+                out.put_nowait(pb.ModelStreamInferResponse(infer_response=resp))
+            except Exception as exc:
+                code, message = status_of(exc)
+                if code == grpc.StatusCode.INTERNAL:
+                    log.exception("stream request failed")
+                out.put_nowait(pb.ModelStreamInferResponse(
+                    error_message=message,
+                    infer_response=pb.ModelInferResponse(
+                        model_name=req.model_name, model_version=req.model_version, id=req.id)))
+
+        async def read() -> None:
+            try:
+                async for req in request_iterator:
+                    task = asyncio.create_task(one(req, time.perf_counter_ns()))
+                    pending.add(task)
+                    task.add_done_callback(pending.discard)
+                if pending:
+                    await asyncio.gather(*pending, return_exceptions=True)
+            finally:
+                out.put_nowait(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (item := await out.get()) is not None:
+                yield item
+        finally:
+            reader.cancel()
+            for task in list(pending):
+                task.cancel()
+
+    SystemSharedMemoryStatus = unimplemented("system shared memory")
+    SystemSharedMemoryRegister = unimplemented("system shared memory")
+    SystemSharedMemoryUnregister = unimplemented("system shared memory")
+    CudaSharedMemoryStatus = unimplemented("CUDA shared memory")
+    CudaSharedMemoryRegister = unimplemented("CUDA shared memory")
+    CudaSharedMemoryUnregister = unimplemented("CUDA shared memory")
+    TraceSetting = unimplemented("trace settings")
+    LogSettings = unimplemented("log settings")

@@ -1,0 +1,55 @@
+"""Plain HTTP on the metrics port: Kubernetes liveness/readiness probes (and, later, /metrics).
+
+A few fixed GET routes need no web framework; asyncio streams keep it on the server's event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+log = logging.getLogger(__name__)
+
+Route = Callable[[], tuple[int, str, bytes]]
+
+_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}
+
+
+class HttpEndpoint:
+    def __init__(self, routes: dict[str, Route]):
+        self.routes = routes
+        self._server: asyncio.base_events.Server | None = None
+
+    async def start(self, host: str, port: int) -> int:
+        self._server = await asyncio.start_server(self._handle, host, port)
+        return self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=10)
+            method, target, _ = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ", 2)
+            path = target.split("?", 1)[0]
+            route = self.routes.get(path)
+            if method not in ("GET", "HEAD"):
+                status, ctype, body = 405, "text/plain", b"only GET is supported\n"
+            elif route is None:
+                status, ctype, body = 404, "text/plain", f"no route {path}\n".encode()
+            else:
+                status, ctype, body = route()
+            header = (f"HTTP/1.1 {status} {_REASONS.get(status, '')}\r\nContent-Type: {ctype}\r\n"
+                      f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode("latin-1")
+            writer.write(header + (b"" if method == "HEAD" else body))
+            await writer.drain()
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, asyncio.TimeoutError, ValueError,
+                ConnectionError):
+            pass
+        except Exception:
+            log.exception("HTTP endpoint error")
+        finally:
+            writer.close()

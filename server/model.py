@@ -1,0 +1,138 @@
+"""A loaded model version: its completed config, tensor specs, runtime and statistics."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from skewless.protos import model_config_pb2 as mc
+
+from .codec import BY_CONFIG_NAME, DataType
+from .config import TensorSpec, complete_config, tensor_specs
+from .errors import ModelLoadError
+from .runtime import ModelRuntime, probe_model_io
+from .stats import ModelStats
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL_FILE = "model.onnx"
+
+
+def model_file(version_dir: Path, cfg: mc.ModelConfig) -> Path:
+    return version_dir / (cfg.default_model_filename or DEFAULT_MODEL_FILE)
+
+
+class ModelVersion:
+    """Everything needed to serve one version; immutable once ready, retired by the repository."""
+
+    def __init__(self, name: str, version: int, version_dir: Path, base_config: mc.ModelConfig,
+                 explicit_max_batch_size: bool, default_max_batch_size: int):
+        self.name = name
+        self.version = version
+        self.path = model_file(version_dir, base_config)
+        if not self.path.is_file():
+            raise ModelLoadError(f"model file {self.path} does not exist")
+        onnx_in, onnx_out = probe_model_io(self.path)
+        self.config = complete_config(base_config, name, onnx_in, onnx_out, explicit_max_batch_size,
+                                      default_max_batch_size)
+        self.inputs: dict[str, TensorSpec] = tensor_specs(self.config.input)
+        self.outputs: dict[str, TensorSpec] = tensor_specs(self.config.output)
+        self.output_names = list(self.outputs)
+        self.max_batch_size = self.config.max_batch_size
+        self.stats = ModelStats()
+        self.runtime = ModelRuntime(self.path, self.config, f"{name}-{version}")
+        self._inflight = 0
+        self._idle: asyncio.Event | None = None
+        try:
+            self.warm_up(version_dir)
+        except ModelLoadError:
+            self.runtime.close()
+            raise
+        except Exception as exc:
+            self.runtime.close()
+            raise ModelLoadError(f"warmup of model '{name}' version {version} failed: {exc}") from None
+
+    @property
+    def label(self) -> str:
+        return f"'{self.name}' version {self.version}"
+
+    # -- warmup --------------------------------------------------------------------------------------
+    def warm_up(self, version_dir: Path) -> None:
+        """Run config.model_warmup samples on every instance before the version is marked ready."""
+        rng = np.random.default_rng(0)
+        for w in self.config.model_warmup:
+            feeds: dict[str, np.ndarray] = {}
+            for in_name, spec in w.inputs.items():
+                if in_name not in self.inputs:
+                    raise ModelLoadError(f"warmup '{w.name}' names unknown input '{in_name}'")
+                dt: DataType = BY_CONFIG_NAME[mc.DataType.Name(spec.data_type)]
+                dims = list(spec.dims)
+                if self.max_batch_size > 0:
+                    dims = [max(1, w.batch_size), *dims]
+                if any(d < 0 for d in dims):
+                    raise ModelLoadError(f"warmup '{w.name}' input '{in_name}' needs fixed dims, got {dims}")
+                feeds[in_name] = self._warmup_tensor(spec, dt, dims, rng, version_dir, w.name, in_name)
+            for _ in range(max(1, w.count)):
+                self.runtime.run_on_each_instance(self.output_names, feeds)
+            log.info("model %s: warmup '%s' done", self.label, w.name)
+
+    @staticmethod
+    def _warmup_tensor(spec, dt: DataType, dims: list[int], rng, version_dir: Path, wname: str,
+                       in_name: str) -> np.ndarray:
+        count = int(np.prod(dims)) if dims else 1
+        choice = spec.WhichOneof("input_data_type")
+        if dt.name == "BYTES":
+            values = [""] * count if choice == "zero_data" else [str(int(v)) for v in rng.integers(0, 100, count)]
+            return np.array(values, dtype=object).reshape(dims)
+        if choice == "zero_data":
+            return np.zeros(dims, dtype=dt.numpy)
+        if choice == "random_data":
+            if dt.numpy.kind == "f":
+                return rng.random(dims).astype(dt.numpy)
+            if dt.numpy.kind == "b":
+                return rng.integers(0, 2, dims).astype(bool)
+            return rng.integers(0, 100, dims).astype(dt.numpy)
+        if choice == "input_data_file":
+            path = version_dir / "warmup" / spec.input_data_file
+            raw = path.read_bytes()
+            need = count * dt.itemsize
+            if len(raw) < need:
+                raise ModelLoadError(f"warmup '{wname}' file {path} has {len(raw)} bytes, needs {need}")
+            return np.frombuffer(raw[:need], dtype=dt.numpy).reshape(dims)
+        raise ModelLoadError(f"warmup '{wname}' input '{in_name}' sets no data (zero_data, random_data or file)")
+
+    # -- in-flight accounting, so a retired version closes only when its last request is done ---------
+    def enter(self) -> None:
+        self._inflight += 1
+
+    def leave(self) -> None:
+        self._inflight -= 1
+        if self._inflight == 0 and self._idle is not None:
+            self._idle.set()
+
+    async def drain_and_close(self) -> None:
+        if self._inflight:
+            self._idle = asyncio.Event()
+            await self._idle.wait()
+        await asyncio.get_running_loop().run_in_executor(None, self.runtime.close)
+        log.info("model %s: unloaded", self.label)
+
+    # -- execution -----------------------------------------------------------------------------------
+    async def execute(self, feeds: dict[str, np.ndarray], output_names: list[str], rows: int,
+                      requests: int = 1) -> tuple[list[np.ndarray], int]:
+        """Run one batch; returns the outputs and the nanoseconds it waited for a free instance."""
+        submitted = time.perf_counter_ns()
+        loop = asyncio.get_running_loop()
+        outs, queue_ns, infer_ns = await loop.run_in_executor(
+            self.runtime.executor, self._run_timed, feeds, output_names, submitted)
+        self.stats.record_execution(rows, requests, 0, infer_ns, 0)
+        return outs, queue_ns
+
+    def _run_timed(self, feeds, output_names, submitted: int):
+        start = time.perf_counter_ns()
+        outs = self.runtime.run_sync(output_names, feeds)
+        return outs, start - submitted, time.perf_counter_ns() - start

@@ -1,0 +1,196 @@
+"""onnxruntime sessions: one per instance, run in the model's own worker threads.
+
+Each model has its own executor with one thread per instance, so a slow model only ever queues its own
+requests; ``InferenceSession.run`` releases the GIL, so instances of different models run in parallel.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from skewless.protos import model_config_pb2 as mc
+
+from .config import OnnxTensor, parameter
+from .errors import Internal, ModelLoadError
+
+log = logging.getLogger(__name__)
+
+try:
+    import onnxruntime as ort
+except ImportError:  # pragma: no cover - exercised only on a broken install
+    ort = None
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+
+_OPT_LEVELS = {
+    "disable": "ORT_DISABLE_ALL",
+    "basic": "ORT_ENABLE_BASIC",
+    "extended": "ORT_ENABLE_EXTENDED",
+    "all": "ORT_ENABLE_ALL",
+}
+
+
+def require_onnxruntime():
+    if ort is None:
+        raise ModelLoadError(
+            "onnxruntime is not installed: install skewless with the 'cpu' extra (onnxruntime) or the "
+            "'gpu' extra (onnxruntime-gpu), e.g. pip install 'skewless[cpu]'"
+        )
+    return ort
+
+
+def cuda_available() -> bool:
+    return ort is not None and CUDA in ort.get_available_providers()
+
+
+@dataclass(frozen=True)
+class Placement:
+    kind: str  # "KIND_CPU" or "KIND_GPU"
+    device_id: int
+
+
+def placements(cfg: mc.ModelConfig) -> list[Placement]:
+    """Triton semantics: KIND_GPU makes ``count`` instances on each listed GPU (all GPUs when none listed)."""
+    out: list[Placement] = []
+    for group in cfg.instance_group:
+        kind = mc.ModelInstanceGroup.Kind.Name(group.kind)
+        if kind == "KIND_AUTO":
+            kind = "KIND_GPU" if cuda_available() else "KIND_CPU"
+        if kind == "KIND_CPU":
+            out.extend(Placement("KIND_CPU", 0) for _ in range(group.count))
+        elif kind == "KIND_GPU":
+            if not cuda_available():
+                raise ModelLoadError(
+                    f"instance group '{group.name}' asks for KIND_GPU but onnxruntime has no CUDA execution "
+                    "provider: install the 'gpu' extra (onnxruntime-gpu) or use KIND_CPU"
+                )
+            for gpu in list(group.gpus) or [0]:
+                out.extend(Placement("KIND_GPU", int(gpu)) for _ in range(group.count))
+        else:
+            raise ModelLoadError(f"instance group '{group.name}' has unsupported kind {kind}")
+    return out
+
+
+def session_options(cfg: mc.ModelConfig):
+    rt = require_onnxruntime()
+    so = rt.SessionOptions()
+
+    def int_param(key: str) -> int | None:
+        raw = parameter(cfg, key)
+        if raw is None:
+            return None
+        try:
+            return int(raw)
+        except ValueError:
+            raise ModelLoadError(f"config parameter '{key}' must be an integer, got '{raw}'") from None
+
+    intra = int_param("intra_op_thread_count")
+    inter = int_param("inter_op_thread_count")
+    if intra is not None:
+        so.intra_op_num_threads = intra
+    if inter is not None:
+        so.inter_op_num_threads = inter
+        so.execution_mode = rt.ExecutionMode.ORT_PARALLEL
+    level = parameter(cfg, "graph_optimization_level")
+    if level is not None:
+        if level.lower() not in _OPT_LEVELS:
+            raise ModelLoadError(
+                f"config parameter 'graph_optimization_level' must be one of {sorted(_OPT_LEVELS)}, got '{level}'"
+            )
+        so.graph_optimization_level = getattr(rt.GraphOptimizationLevel, _OPT_LEVELS[level.lower()])
+    elif cfg.optimization.HasField("graph"):
+        # Triton's onnxruntime backend: level -1 = basic, 1 = extended, anything else = all.
+        g = cfg.optimization.graph.level
+        name = "basic" if g == -1 else "extended" if g == 1 else "all"
+        so.graph_optimization_level = getattr(rt.GraphOptimizationLevel, _OPT_LEVELS[name])
+    return so
+
+
+class OnnxInstance:
+    """One InferenceSession on one device."""
+
+    def __init__(self, model_path: Path, cfg: mc.ModelConfig, placement: Placement):
+        rt = require_onnxruntime()
+        providers: list = [CPU]
+        if placement.kind == "KIND_GPU":
+            providers = [(CUDA, {"device_id": placement.device_id}), CPU]
+        try:
+            self.session = rt.InferenceSession(str(model_path), sess_options=session_options(cfg),
+                                               providers=providers)
+        except ModelLoadError:
+            raise
+        except Exception as exc:
+            raise ModelLoadError(f"onnxruntime failed to load {model_path}: {exc}") from None
+        active = self.session.get_providers()
+        # The GPU wheel falls back to CPU silently when no device works; say so instead of pretending.
+        if placement.kind == "KIND_GPU" and (not active or active[0] != CUDA):
+            raise ModelLoadError(
+                f"CUDA execution provider could not start on GPU {placement.device_id} for {model_path} "
+                f"(active providers: {active})"
+            )
+        self.placement = placement
+        self.providers = active
+
+    def run(self, output_names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return self.session.run(output_names, feeds)
+
+    def io(self) -> tuple[list[OnnxTensor], list[OnnxTensor]]:
+        def conv(args) -> list[OnnxTensor]:
+            return [OnnxTensor(a.name, a.type, tuple(a.shape)) for a in args]
+
+        return conv(self.session.get_inputs()), conv(self.session.get_outputs())
+
+
+def probe_model_io(model_path: Path) -> tuple[list[OnnxTensor], list[OnnxTensor]]:
+    """Inputs and outputs of an ONNX file, read with a throwaway CPU session (no config needed)."""
+    rt = require_onnxruntime()
+    so = rt.SessionOptions()
+    so.graph_optimization_level = rt.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:
+        sess = rt.InferenceSession(str(model_path), sess_options=so, providers=[CPU])
+    except Exception as exc:
+        raise ModelLoadError(f"onnxruntime failed to load {model_path}: {exc}") from None
+    conv = lambda args: [OnnxTensor(a.name, a.type, tuple(a.shape)) for a in args]  # noqa: E731
+    return conv(sess.get_inputs()), conv(sess.get_outputs())
+
+
+class ModelRuntime:
+    """The instances of one model version and the threads that run them."""
+
+    def __init__(self, model_path: Path, cfg: mc.ModelConfig, label: str):
+        self.instances = [OnnxInstance(model_path, cfg, p) for p in placements(cfg)]
+        if not self.instances:
+            raise ModelLoadError(f"model {label} has no instances (instance_group count is 0)")
+        self._free: queue.SimpleQueue[OnnxInstance] = queue.SimpleQueue()
+        for inst in self.instances:
+            self._free.put(inst)
+        # One thread per instance: a thread always finds a free instance, so get() never blocks for long.
+        self.executor = ThreadPoolExecutor(max_workers=len(self.instances), thread_name_prefix=f"ort-{label}")
+
+    @property
+    def providers(self) -> list[str]:
+        return self.instances[0].providers
+
+    def run_sync(self, output_names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        inst = self._free.get()
+        try:
+            return inst.run(output_names, feeds)
+        except Exception as exc:
+            raise Internal(f"onnxruntime execution failed: {exc}") from None
+        finally:
+            self._free.put(inst)
+
+    def run_on_each_instance(self, output_names: list[str], feeds: dict[str, np.ndarray]) -> None:
+        for inst in self.instances:
+            inst.run(output_names, feeds)
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True)
+        self.instances.clear()
