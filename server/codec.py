@@ -51,6 +51,8 @@ DATATYPES: dict[str, DataType] = {
         _dt("FP32", "TYPE_FP32", "tensor(float)", "<f4", "fp32_contents"),
         _dt("FP64", "TYPE_FP64", "tensor(double)", "<f8", "fp64_contents"),
         _dt("BYTES", "TYPE_STRING", "tensor(string)", object, "bytes_contents"),
+        # numpy has no bfloat16: its 16-bit patterns travel as uint16 (the runtime tags them for onnxruntime).
+        _dt("BF16", "TYPE_BF16", "tensor(bfloat16)", "<u2", None),
     )
 }
 BY_CONFIG_NAME = {d.config_name: d for d in DATATYPES.values()}
@@ -138,6 +140,6 @@ def datatype_of_array(arr: np.ndarray) -> DataType:
     if kind in "OUS":
         return DATATYPES["BYTES"]
     for d in DATATYPES.values():
-        if d.name != "BYTES" and d.numpy == arr.dtype.newbyteorder("<"):
+        if d.name not in ("BYTES", "BF16") and d.numpy == arr.dtype.newbyteorder("<"):
             return d
     raise InvalidArgument(f"no v2 datatype for numpy dtype {arr.dtype}")

@@ -45,10 +45,10 @@ class DataPlane:
         return pb.ServerReadyResponse(ready=self.is_ready())
 
     def is_ready(self) -> bool:
-        """Ready while accepting requests and every model that should serve has a ready version."""
+        """Triton's strict readiness: accepting requests, and every model meant to serve has a ready version."""
         if not self.accepting:
             return False
-        return all(m.serving for m in self.repository.models.values() if m.status or m.reason)
+        return all(m.serving for m in self.repository.models.values() if m.wanted)
 
     def model_ready(self, req: pb.ModelReadyRequest) -> pb.ModelReadyResponse:
         return pb.ModelReadyResponse(ready=self.repository.is_ready(req.name, req.version))

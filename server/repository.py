@@ -37,6 +37,7 @@ class ManagedModel:
     serving: dict[int, ModelVersion] = field(default_factory=dict)
     status: dict[int, VersionStatus] = field(default_factory=dict)
     reason: str = ""  # model-level failure (no version could even be listed)
+    wanted: bool = False  # should be serving: a load was asked for and no unload since
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     loaded_signature: tuple | None = None
 
@@ -187,6 +188,7 @@ class ModelRepository:
             raise NotFound(f"failed to load '{name}': no model directory '{name}' in repository {self.root}")
         model = self.models.setdefault(name, ManagedModel(name))
         async with model.lock:
+            model.wanted = True
             signature = tree_signature(model_dir)
             loop = asyncio.get_running_loop()
             try:
@@ -252,6 +254,7 @@ class ModelRepository:
     async def _unload(self, name: str, reason: str) -> None:
         model = self.models[name]
         async with model.lock:
+            model.wanted = False
             old, model.serving = model.serving, {}
             model.loaded_signature = None
             for v, mv in old.items():

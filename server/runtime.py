@@ -6,6 +6,7 @@ requests; ``InferenceSession.run`` releases the GIL, so instances of different m
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import queue
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +27,9 @@ try:
 except ImportError:  # pragma: no cover - exercised only on a broken install
     ort = None
 
+BF16 = "tensor(bfloat16)"
+STRING = "tensor(string)"
+_ONNX_BFLOAT16 = 16  # onnx.TensorProto.BFLOAT16
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 
@@ -137,9 +141,39 @@ class OnnxInstance:
             )
         self.placement = placement
         self.providers = active
+        ins, outs = self.io()
+        self.bf16_inputs = {t.name for t in ins if t.onnx_type == BF16}
+        self.bf16_outputs = {t.name for t in outs if t.onnx_type == BF16}
+        if (self.bf16_inputs or self.bf16_outputs) and any(t.onnx_type == STRING for t in (*ins, *outs)):
+            raise ModelLoadError(
+                f"{model_path} mixes bfloat16 and string tensors, which onnxruntime's Python API cannot run "
+                "together (bfloat16 needs OrtValues, which cannot hold strings)")
 
     def run(self, output_names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        if self.bf16_inputs or self.bf16_outputs:
+            return self._run_ort_values(output_names, feeds)
         return self.session.run(output_names, feeds)
+
+    def _run_ort_values(self, output_names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """numpy has no bfloat16, so session.run cannot take or return it: go through OrtValues and
+        carry bfloat16 bit patterns as uint16."""
+        OrtValue = ort.OrtValue
+        values = {
+            name: OrtValue.ortvalue_from_numpy_with_onnx_type(np.ascontiguousarray(arr), _ONNX_BFLOAT16)
+            if name in self.bf16_inputs else OrtValue.ortvalue_from_numpy(np.ascontiguousarray(arr))
+            for name, arr in feeds.items()
+        }
+        results = self.session.run_with_ort_values(output_names, values)
+        out = []
+        for name, value in zip(output_names, results, strict=True):
+            if name in self.bf16_outputs:
+                shape = tuple(value.shape())
+                n = int(np.prod(shape))
+                buf = (ctypes.c_uint16 * n).from_address(value.data_ptr()) if n else None
+                out.append(np.array(buf, dtype=np.uint16).reshape(shape) if n else np.empty(shape, np.uint16))
+            else:
+                out.append(value.numpy())
+        return out
 
     def io(self) -> tuple[list[OnnxTensor], list[OnnxTensor]]:
         def conv(args) -> list[OnnxTensor]:
