@@ -6,6 +6,7 @@ client can reuse all of the validation and execution below.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from importlib import metadata
 
@@ -72,7 +73,9 @@ class DataPlane:
         return pb.ModelConfigResponse(config=mv.config)
 
     # -- inference -----------------------------------------------------------------------------------
-    async def infer(self, req: pb.ModelInferRequest, received_ns: int | None = None) -> pb.ModelInferResponse:
+    async def infer(self, req: pb.ModelInferRequest, received_ns: int | None = None,
+                    time_remaining_s: float | None = None) -> pb.ModelInferResponse:
+        """``time_remaining_s`` is the client's gRPC deadline, if any: a request past it is never computed."""
         received_ns = received_ns or time.perf_counter_ns()
         mv = self.repository.get(req.model_name, req.model_version)
         mv.enter()
@@ -81,7 +84,11 @@ class DataPlane:
         try:
             feeds, rows = decode_inputs(req, mv)
             out_names = requested_outputs(req, mv)
-            outs, queue_ns = await mv.execute(feeds, out_names, rows)
+            priority, timeout_us = scheduling_parameters(req)
+            deadline = None
+            if time_remaining_s is not None:
+                deadline = asyncio.get_running_loop().time() + time_remaining_s
+            outs, queue_ns = await mv.infer(feeds, out_names, rows, priority, timeout_us, deadline)
             resp = encode_response(req, mv, out_names, outs)
             ok = True
             return resp
@@ -131,6 +138,22 @@ class DataPlane:
         self.repository.check_control()
         await self.repository.unload(req.model_name)
         return pb.RepositoryModelUnloadResponse()
+
+
+def _uint_parameter(req: pb.ModelInferRequest, key: str) -> int | None:
+    if key not in req.parameters:
+        return None
+    p = req.parameters[key]
+    which = p.WhichOneof("parameter_choice")
+    value = getattr(p, which) if which in ("int64_param", "uint64_param") else None
+    if value is None or isinstance(value, bool) or value < 0:
+        raise InvalidArgument(f"request parameter '{key}' must be a non-negative integer (int64 or uint64)")
+    return int(value)
+
+
+def scheduling_parameters(req: pb.ModelInferRequest) -> tuple[int, int | None]:
+    """Triton's ``priority`` (0 = the model's default level) and ``timeout`` (microseconds) parameters."""
+    return _uint_parameter(req, "priority") or 0, _uint_parameter(req, "timeout")
 
 
 def _check_shape(name: str, spec: TensorSpec, shape: list[int], mv: ModelVersion) -> None:

@@ -111,7 +111,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @rpc
     async def ModelInfer(self, request, context):
-        return await self.dp.infer(request, time.perf_counter_ns())
+        return await self.dp.infer(request, time.perf_counter_ns(), context.time_remaining())
 
     async def ModelStreamInfer(self, request_iterator, context):
         """Requests of one stream run concurrently; each response (or error) is sent when it is ready.

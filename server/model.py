@@ -11,9 +11,10 @@ import numpy as np
 
 from skewless.protos import model_config_pb2 as mc
 
+from .batcher import DynamicBatcher
 from .codec import BY_CONFIG_NAME, DataType
 from .config import TensorSpec, complete_config, tensor_specs
-from .errors import ModelLoadError
+from .errors import Internal, ModelLoadError
 from .runtime import ModelRuntime, probe_model_io
 from .stats import ModelStats
 
@@ -47,6 +48,7 @@ class ModelVersion:
         self.runtime = ModelRuntime(self.path, self.config, f"{name}-{version}")
         self._inflight = 0
         self._idle: asyncio.Event | None = None
+        self._batcher: DynamicBatcher | None = None
         try:
             self.warm_up(version_dir)
         except ModelLoadError:
@@ -115,6 +117,7 @@ class ModelVersion:
             self._idle.set()
 
     async def drain_and_close(self) -> None:
+        await self.close_batcher()
         if self._inflight:
             self._idle = asyncio.Event()
             await self._idle.wait()
@@ -122,17 +125,61 @@ class ModelVersion:
         log.info("model %s: unloaded", self.label)
 
     # -- execution -----------------------------------------------------------------------------------
-    async def execute(self, feeds: dict[str, np.ndarray], output_names: list[str], rows: int,
-                      requests: int = 1) -> tuple[list[np.ndarray], int]:
-        """Run one batch; returns the outputs and the nanoseconds it waited for a free instance."""
-        submitted = time.perf_counter_ns()
-        loop = asyncio.get_running_loop()
-        outs, queue_ns, infer_ns = await loop.run_in_executor(
-            self.runtime.executor, self._run_timed, feeds, output_names, submitted)
-        self.stats.record_execution(rows, requests, 0, infer_ns, 0)
+    @property
+    def batching(self) -> bool:
+        return self.max_batch_size > 0 and self.config.HasField("dynamic_batching")
+
+    async def infer(self, feeds: dict[str, np.ndarray], output_names: list[str], rows: int, priority: int = 0,
+                    timeout_us: int | None = None, deadline: float | None = None) -> tuple[list[np.ndarray], int]:
+        """Run one request, batched with others when the config enables dynamic batching.
+
+        Returns the outputs in ``output_names`` order and the nanoseconds the request waited in the queue.
+        """
+        if self.batching:
+            if self._batcher is None:
+                self._batcher = DynamicBatcher(self, self.config.dynamic_batching, self.max_batch_size,
+                                               len(self.runtime.instances))
+            return await self._batcher.submit(feeds, rows, output_names, priority, timeout_us, deadline)
+        (outs,), queue_ns = await self.execute_batch([feeds], [rows], output_names)
         return outs, queue_ns
 
-    def _run_timed(self, feeds, output_names, submitted: int):
-        start = time.perf_counter_ns()
-        outs = self.runtime.run_sync(output_names, feeds)
-        return outs, start - submitted, time.perf_counter_ns() - start
+    async def execute_batch(self, feeds: list[dict[str, np.ndarray]], rows: list[int],
+                            output_names: list[str]) -> tuple[list[list[np.ndarray]], int]:
+        """Merge the requests' inputs, run them as one batch, and split the outputs back per request.
+
+        Also returns how long the batch waited for a free instance thread."""
+        loop = asyncio.get_running_loop()
+        submitted = time.perf_counter_ns()
+        per_request, times = await loop.run_in_executor(
+            self.runtime.executor, self._run_batch, feeds, rows, output_names, submitted)
+        queue_ns, input_ns, infer_ns, output_ns = times
+        self.stats.record_execution(sum(rows), len(rows), input_ns, infer_ns, output_ns)
+        return per_request, queue_ns
+
+    def _run_batch(self, feeds: list[dict[str, np.ndarray]], rows: list[int], output_names: list[str],
+                   submitted: int):
+        t0 = time.perf_counter_ns()
+        if len(feeds) == 1:
+            merged = feeds[0]
+        else:
+            merged = {name: np.concatenate([f[name] for f in feeds]) for name in feeds[0]}
+        t1 = time.perf_counter_ns()
+        outs = self.runtime.run_sync(output_names, merged)
+        t2 = time.perf_counter_ns()
+        if len(feeds) == 1:
+            split = [outs]
+        else:
+            total = sum(rows)
+            for name, arr in zip(output_names, outs, strict=True):
+                if arr.ndim == 0 or arr.shape[0] != total:
+                    raise Internal(
+                        f"output '{name}' of model {self.label} has shape {list(arr.shape)}, whose first "
+                        f"dimension is not the batch's {total} rows: it cannot be split between requests")
+            bounds = np.cumsum([0, *rows])
+            split = [[arr[bounds[i]:bounds[i + 1]] for arr in outs] for i in range(len(rows))]
+        t3 = time.perf_counter_ns()
+        return split, (t0 - submitted, t1 - t0, t2 - t1, t3 - t2)
+
+    async def close_batcher(self) -> None:
+        if self._batcher is not None:
+            await self._batcher.close()

@@ -1,0 +1,301 @@
+"""Dynamic batcher with Triton's semantics: per-model queues merged into batches, split back to callers.
+
+A batch is formed only when an instance is free, so under load requests pile up while instances compute
+and the next batch is as large as the queue allows without any added delay; ``max_queue_delay`` only
+waits for a fuller batch when an instance is idle. Everything here runs on the event loop except the
+merge, the model run and nothing else, which happen in the model's worker threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from skewless.protos import model_config_pb2 as mc
+
+from .errors import DeadlineExceeded, Internal, InvalidArgument, SkewlessError, Unavailable
+
+log = logging.getLogger(__name__)
+
+REJECT = mc.ModelQueuePolicy.REJECT
+DELAY = mc.ModelQueuePolicy.DELAY
+
+
+@dataclass(frozen=True)
+class QueuePolicy:
+    timeout_action: int = REJECT
+    default_timeout_us: int = 0
+    allow_timeout_override: bool = False
+    max_queue_size: int = 0
+
+    @classmethod
+    def from_proto(cls, p: mc.ModelQueuePolicy) -> QueuePolicy:
+        return cls(p.timeout_action, p.default_timeout_microseconds, p.allow_timeout_override, p.max_queue_size)
+
+
+@dataclass(eq=False)
+class Pending:
+    """One queued request."""
+
+    feeds: dict[str, np.ndarray]
+    rows: int
+    outputs: Sequence[str]
+    key: tuple
+    future: asyncio.Future
+    enqueued: float
+    level: int
+    seq: int
+    timeout_at: float | None = None  # queue-policy timeout, loop clock
+    deadline: float | None = None  # the client's gRPC deadline, loop clock
+    delayed: bool = False  # timed out under a DELAY policy: runs after everything else
+    enqueued_ns: int = field(default_factory=time.perf_counter_ns)
+
+
+def compatibility_key(feeds: dict[str, np.ndarray]) -> tuple:
+    """Requests merge only when every input agrees on dtype and non-batch dimensions."""
+    return tuple((name, arr.dtype.str, arr.shape[1:]) for name, arr in sorted(feeds.items()))
+
+
+class DynamicBatcher:
+    def __init__(self, model, batching: mc.ModelDynamicBatching, max_batch_size: int, instances: int):
+        self.model = model  # a ModelVersion: execute_batch() and stats
+        self.max_batch_size = max_batch_size
+        self.preferred = sorted({int(s) for s in batching.preferred_batch_size if 0 < s <= max_batch_size})
+        self.delay_s = batching.max_queue_delay_microseconds / 1e6
+        self.preserve_ordering = batching.preserve_ordering
+        self.levels = max(1, batching.priority_levels)
+        self.default_level = batching.default_priority_level or (self.levels if batching.priority_levels else 1)
+        if not 1 <= self.default_level <= self.levels:
+            raise InvalidArgument(
+                f"default_priority_level {self.default_level} is outside 1..{self.levels} (priority_levels)")
+        default_policy = QueuePolicy.from_proto(batching.default_queue_policy)
+        self.policies = {lvl: default_policy for lvl in range(1, self.levels + 1)}
+        for lvl, policy in batching.priority_queue_policy.items():
+            if 1 <= lvl <= self.levels:
+                self.policies[lvl] = QueuePolicy.from_proto(policy)
+        self.queues: dict[int, deque[Pending]] = {lvl: deque() for lvl in range(1, self.levels + 1)}
+        self.delayed: deque[Pending] = deque()
+        self.cap = max_batch_size  # the adaptive controller lowers this; never above max_batch_size
+        self._slots = asyncio.Semaphore(instances)
+        self._arrived = asyncio.Event()
+        self._seq = itertools.count()
+        self._next_release = 0
+        self._finished: dict[int, tuple[Pending, object, BaseException | None]] = {}
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"batcher-{model.label}")
+        self._closed = False
+
+    # -- submission ------------------------------------------------------------------------------------
+    def submit(self, feeds: dict[str, np.ndarray], rows: int, outputs: Sequence[str], priority: int = 0,
+               timeout_us: int | None = None, deadline: float | None = None) -> asyncio.Future:
+        if self._closed:
+            raise Unavailable(f"model {self.model.label} is unloading")
+        if priority < 0 or priority > self.levels or (priority and self.levels == 1 and priority != 1):
+            raise InvalidArgument(
+                f"priority {priority} is out of range for model '{self.model.name}': expected 0 (default) "
+                f"to {self.levels}")
+        level = priority or self.default_level
+        policy = self.policies[level]
+        queue = self.queues[level]
+        if policy.max_queue_size and len(queue) >= policy.max_queue_size:
+            raise Unavailable(f"Exceeds maximum queue size ({policy.max_queue_size}) of priority level {level} "
+                              f"for model '{self.model.name}'")
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        timeout = policy.default_timeout_us
+        if timeout_us is not None and policy.allow_timeout_override:
+            timeout = timeout_us
+        p = Pending(feeds, rows, outputs, compatibility_key(feeds), loop.create_future(), now, level,
+                    next(self._seq), now + timeout / 1e6 if timeout else None, deadline)
+        queue.append(p)
+        self._arrived.set()
+        return p.future
+
+    # -- the scheduling loop ---------------------------------------------------------------------------
+    async def _run(self) -> None:
+        try:
+            while True:
+                await self._slots.acquire()
+                batch = await self._form_batch()
+                asyncio.get_running_loop().create_task(self._execute(batch))
+        except asyncio.CancelledError:
+            pass
+        except Exception as exc:  # a dead batcher must not leave callers hanging
+            log.exception("batcher of model %s died", self.model.label)
+            self._fail_all(Internal(f"batcher of model {self.model.label} failed: {exc}"))
+
+    def _ordered(self):
+        for lvl in range(1, self.levels + 1):
+            yield from self.queues[lvl]
+        yield from self.delayed
+
+    def _expire(self, now: float) -> None:
+        """Drop cancelled requests, fail those past their deadline, apply queue timeouts."""
+        for queue in (*self.queues.values(), self.delayed):
+            if not queue:
+                continue
+            keep: deque[Pending] = deque()
+            for p in queue:
+                if p.future.cancelled():
+                    self._finish(p, None, None)
+                elif p.deadline is not None and now >= p.deadline:
+                    self._finish(p, None, DeadlineExceeded(
+                        f"the request's deadline passed after {1e3 * (now - p.enqueued):.1f} ms in the queue "
+                        f"of model '{self.model.name}'; it was not computed"))
+                elif p.timeout_at is not None and now >= p.timeout_at and not p.delayed:
+                    if self.policies[p.level].timeout_action == DELAY:
+                        p.delayed = True
+                        self.delayed.append(p)
+                    else:
+                        self._finish(p, None, Unavailable(
+                            f"Request timeout expired after {1e3 * (now - p.enqueued):.1f} ms in the queue of "
+                            f"model '{self.model.name}'"))
+                else:
+                    keep.append(p)
+            queue.clear()
+            queue.extend(keep)
+
+    def _gather(self) -> tuple[list[Pending], int]:
+        """The head request plus every compatible request after it, in priority order, up to the cap."""
+        batch: list[Pending] = []
+        rows = 0
+        key = None
+        for p in self._ordered():
+            if key is None:
+                key = p.key
+            elif p.key != key:
+                continue
+            if rows + p.rows > self.cap:
+                if rows == 0:  # a request larger than an adaptive cap still runs, alone
+                    return [p], p.rows
+                break
+            batch.append(p)
+            rows += p.rows
+            if rows == self.cap:
+                break
+        return batch, rows
+
+    def _cut_to_preferred(self, batch: list[Pending]) -> list[Pending]:
+        """Triton prefers the largest preferred size the queue can fill; otherwise everything gathered."""
+        rows, cut = 0, None
+        for i, p in enumerate(batch):
+            rows += p.rows
+            if rows in self.preferred:
+                cut = i + 1
+        return batch[:cut] if cut else batch
+
+    async def _form_batch(self) -> list[Pending]:
+        loop = asyncio.get_running_loop()
+        while True:
+            now = loop.time()
+            self._expire(now)
+            batch, rows = self._gather()
+            if not batch:
+                self._arrived.clear()
+                await self._wait(self._next_timer(now))
+                continue
+            target = self.preferred[-1] if self.preferred else self.cap
+            head = batch[0]
+            wait_until = head.enqueued + self.delay_s
+            if rows >= target or self.delay_s <= 0 or now >= wait_until:
+                chosen = self._cut_to_preferred(batch)
+                for p in chosen:
+                    self._remove(p)
+                return chosen
+            self._arrived.clear()
+            await self._wait(min(wait_until, self._next_timer(now) or wait_until))
+
+    def _next_timer(self, now: float) -> float | None:
+        """The earliest deadline or queue timeout, so expiry does not wait for the next arrival."""
+        times = [t for p in self._ordered() for t in (p.deadline, None if p.delayed else p.timeout_at)
+                 if t is not None]
+        return min(times) if times else None
+
+    async def _wait(self, until: float | None) -> None:
+        if until is None:
+            await self._arrived.wait()
+            return
+        timeout = until - asyncio.get_running_loop().time()
+        if timeout <= 0:
+            return
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._arrived.wait(), timeout)
+
+    def _remove(self, p: Pending) -> None:
+        (self.delayed if p.delayed else self.queues[p.level]).remove(p)
+
+    # -- execution -------------------------------------------------------------------------------------
+    async def _execute(self, batch: list[Pending]) -> None:
+        try:
+            live = [p for p in batch if not p.future.cancelled()]
+            for p in batch:
+                if p.future.cancelled():
+                    self._finish(p, None, None)
+            if not live:
+                return
+            outputs = list(dict.fromkeys(name for p in live for name in p.outputs))
+            dispatched = time.perf_counter_ns()
+            try:
+                results, _ = await self.model.execute_batch([p.feeds for p in live], [p.rows for p in live],
+                                                            outputs)
+            except SkewlessError as exc:
+                for p in live:
+                    self._finish(p, None, exc)
+                return
+            except Exception as exc:
+                log.exception("batch execution failed for model %s", self.model.label)
+                for p in live:
+                    self._finish(p, None, Internal(f"batch execution failed: {exc}"))
+                return
+            index = {name: i for i, name in enumerate(outputs)}
+            for p, per_request in zip(live, results, strict=True):
+                self._finish(p, ([per_request[index[n]] for n in p.outputs], dispatched - p.enqueued_ns), None)
+        finally:
+            self._slots.release()
+
+    def _finish(self, p: Pending, result, exc: BaseException | None) -> None:
+        if not self.preserve_ordering:
+            _settle(p.future, result, exc)
+            return
+        self._finished[p.seq] = (p, result, exc)
+        while self._next_release in self._finished:
+            q, r, e = self._finished.pop(self._next_release)
+            _settle(q.future, r, e)
+            self._next_release += 1
+
+    def _fail_all(self, exc: BaseException) -> None:
+        for p in list(self._ordered()):
+            _settle(p.future, None, exc)
+        for q in self.queues.values():
+            q.clear()
+        self.delayed.clear()
+        for p, _, _ in self._finished.values():
+            _settle(p.future, None, exc)
+        self._finished.clear()
+
+    async def close(self) -> None:
+        """Stop taking requests; queued ones still run (the version retires only when they are done)."""
+        self._closed = True
+        while any(self.queues.values()) or self.delayed:
+            await asyncio.sleep(0.005)
+        self._task.cancel()
+
+    @property
+    def queued(self) -> int:
+        return sum(len(q) for q in self.queues.values()) + len(self.delayed)
+
+
+def _settle(future: asyncio.Future, result, exc: BaseException | None) -> None:
+    if future.done():
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(result)
