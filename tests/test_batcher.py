@@ -1,0 +1,295 @@
+"""Dynamic batcher semantics on real onnxruntime sessions, driven in-process on one event loop.
+
+A deliberately slow one-instance model keeps the instance busy, so what waits in the queue, and in which
+order it runs, is decided by the batcher alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from skewless.server.batcher import Pending
+from skewless.server.config import parse_config
+from skewless.server.errors import DeadlineExceeded, Internal, InvalidArgument, Unavailable
+from skewless.server.examples import build_test_models, make_slow_model
+from skewless.server.model import ModelVersion
+
+SLOW_IO = """
+input [ { name: "x" data_type: TYPE_FP32 dims: [ 4 ] } ]
+output [ { name: "y" data_type: TYPE_FP32 dims: [ 4 ] } ]
+parameters { key: "intra_op_thread_count" value { string_value: "1" } }
+"""
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("batcher_models")
+    build_test_models(root)
+    make_slow_model(root / "slow.onnx", 150.0)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", "n"])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", "n"])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "ident", [x], [y])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8),
+              root / "ident.onnx")
+    # Its output has twice as many rows as its input, so a merged batch cannot be split back.
+    s = helper.make_tensor_value_info("s", TensorProto.FLOAT, ["b2", 4])
+    graph = helper.make_graph([helper.make_node("Concat", ["x", "x"], ["s"], axis=0)], "doubler",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 4])], [s])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8),
+              root / "doubler.onnx")
+    return root
+
+
+def version(tmp_path: Path, model_file: Path, config: str, name: str = "m") -> ModelVersion:
+    vdir = tmp_path / name / "1"
+    vdir.mkdir(parents=True)
+    (vdir / "model.onnx").write_bytes(model_file.read_bytes())
+    return ModelVersion(name, 1, vdir, parse_config(f'name: "{name}"\n{config}', "test"), True, 4)
+
+
+def slow_version(tmp_path, models, batching: str, max_batch_size: int = 1, instances: int = 1) -> ModelVersion:
+    cfg = (f"max_batch_size: {max_batch_size}\n{SLOW_IO}\n"
+           f"instance_group [ {{ count: {instances} kind: KIND_CPU }} ]\ndynamic_batching {{ {batching} }}")
+    return version(tmp_path, models / "slow.onnx", cfg)
+
+
+def x(value: float, rows: int = 1) -> dict[str, np.ndarray]:
+    return {"x": np.full((rows, 4), value, dtype=np.float32)}
+
+
+async def submit(mv: ModelVersion, value: float, rows: int = 1, **kw):
+    outs, _ = await mv.infer(x(value, rows), ["y"], rows, **kw)
+    return outs[0]
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_concurrent_requests_merge_and_split_exactly(tmp_path, models):
+    async def main():
+        mv = version(tmp_path, models / "add_sub" / "1" / "model.onnx", """
+            max_batch_size: 8
+            input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [16] }, { name: "INPUT1" data_type: TYPE_FP32 dims: [16] } ]
+            output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [16] }, { name: "OUTPUT1" data_type: TYPE_FP32 dims: [16] } ]
+            dynamic_batching { }""")
+        rng = np.random.default_rng(1)
+        reqs = []
+        for i in range(40):
+            rows = int(rng.integers(1, 5))
+            a, b = rng.random((rows, 16), np.float32), rng.random((rows, 16), np.float32)
+            outputs = ["OUTPUT1"] if i % 3 == 0 else ["OUTPUT0", "OUTPUT1"]
+            reqs.append((a, b, outputs, mv.infer({"INPUT0": a, "INPUT1": b}, outputs, rows)))
+        results = await asyncio.gather(*(r[3] for r in reqs))
+        for (a, b, outputs, _), (outs, _) in zip(reqs, results, strict=True):
+            expect = {"OUTPUT0": a + b, "OUTPUT1": a - b}
+            assert len(outs) == len(outputs)
+            for name, got in zip(outputs, outs, strict=True):
+                np.testing.assert_array_equal(got, expect[name])
+        assert mv.stats.inference_count == sum(r[0].shape[0] for r in reqs)
+        assert mv.stats.execution_count < len(reqs)  # they were merged
+        assert max(mv.stats.by_batch_size) <= 8
+        await mv.drain_and_close()
+
+    run(main())
+
+
+def test_incompatible_shapes_are_never_merged(tmp_path, models):
+    async def main():
+        mv = version(tmp_path, models / "ident.onnx", """
+            max_batch_size: 16
+            input [ { name: "x" data_type: TYPE_FP32 dims: [-1] } ]
+            output [ { name: "y" data_type: TYPE_FP32 dims: [-1] } ]
+            dynamic_batching { }""")
+        feeds = [np.full((1, 3 + i % 2), i, np.float32) for i in range(10)]
+        # Queued synchronously, so the batcher sees all ten at once.
+        futures = [mv.infer({"x": f}, ["y"], 1) for f in feeds]
+        results = await asyncio.gather(*futures)
+        for f, (outs, _) in zip(feeds, results, strict=True):
+            np.testing.assert_array_equal(outs[0], f)
+        assert mv.stats.execution_count == 2  # one batch per shape
+        assert sorted(mv.stats.by_batch_size) == [5]
+        await mv.drain_and_close()
+
+    run(main())
+
+
+def test_higher_priority_runs_first(tmp_path, models):
+    async def main():
+        mv = slow_version(tmp_path, models, "priority_levels: 2 default_priority_level: 2")
+        order: list[str] = []
+
+        async def tagged(tag, **kw):
+            await submit(mv, 1.0, **kw)
+            order.append(tag)
+
+        busy = asyncio.create_task(tagged("busy"))
+        await asyncio.sleep(0.02)  # the busy request now occupies the only instance
+        low = asyncio.create_task(tagged("low", priority=2))
+        await asyncio.sleep(0)
+        high = asyncio.create_task(tagged("high", priority=1))
+        await asyncio.gather(busy, low, high)
+        assert order == ["busy", "high", "low"]
+        with pytest.raises(InvalidArgument, match="priority 3 is out of range"):
+            await submit(mv, 1.0, priority=3)
+        await mv.drain_and_close()
+
+    run(main())
+
+
+def test_full_queue_rejects_with_unavailable(tmp_path, models):
+    async def main():
+        mv = slow_version(tmp_path, models, "default_queue_policy { max_queue_size: 1 }")
+        busy = asyncio.create_task(submit(mv, 1.0))
+        await asyncio.sleep(0.02)
+        queued = asyncio.create_task(submit(mv, 2.0))
+        await asyncio.sleep(0)
+        with pytest.raises(Unavailable, match="Exceeds maximum queue size"):
+            await submit(mv, 3.0)
+        assert (await queued)[0, 0] == 4.0
+        await busy
+        await mv.drain_and_close()
+
+    run(main())
+
+
+def test_queue_timeout_rejects_and_is_not_computed(tmp_path, models):
+    async def main():
+        mv = slow_version(tmp_path, models, "default_queue_policy { default_timeout_microseconds: 20000 }")
+        busy = asyncio.create_task(submit(mv, 1.0))
+        await asyncio.sleep(0.01)
+        with pytest.raises(Unavailable, match="Request timeout expired"):
+            await submit(mv, 2.0)
+        await busy
+        assert mv.stats.inference_count == 1
+        await mv.drain_and_close()
+
+    run(main())
+
+
+def test_timeout_override_only_when_allowed(tmp_path, models):
+    async def main():
+        mv = slow_version(tmp_path, models, "default_queue_policy { allow_timeout_override: true }")
+        busy = asyncio.create_task(submit(mv, 1.0))
+        await asyncio.sleep(0.01)
+        with pytest.raises(Unavailable, match="Request timeout expired"):
+            await submit(mv, 2.0, timeout_us=10_000)
+        await busy
+        await mv.drain_and_close()
+
+        mv2 = slow_version(tmp_path / "b", models, "")
+        busy = asyncio.create_task(submit(mv2, 1.0))
+        await asyncio.sleep(0.01)
+        assert (await submit(mv2, 2.0, timeout_us=10_000))[0, 0] == 4.0  # override ignored
+        await busy
+        await mv2.drain_and_close()
+
+    run(main())
+
+
+def test_delay_action_runs_timed_out_request_last(tmp_path, models):
+    async def main():
+        mv = slow_version(tmp_path, models, """
+            priority_levels: 2 default_priority_level: 2
+            priority_queue_policy { key: 1 value { timeout_action: DELAY default_timeout_microseconds: 10000 } }""")
+        order: list[str] = []
+
+        async def tagged(tag, **kw):
+            await submit(mv, 1.0, **kw)
+            order.append(tag)
+
+        busy = asyncio.create_task(tagged("busy"))
+        await asyncio.sleep(0.005)
+        delayed = asyncio.create_task(tagged("delayed", priority=1))
+        await asyncio.sleep(0.03)  # its 10 ms queue timeout has passed: it is now delayed, not rejected
+        normal = asyncio.create_task(tagged("normal", priority=2))
+        await asyncio.gather(busy, delayed, normal)
+        assert order == ["busy", "normal", "delayed"]
+        await mv.drain_and_close()
+
+    run(main())
+
+
+def test_expired_deadline_and_cancelled_requests_are_not_computed(tmp_path, models):
+    async def main():
+        mv = slow_version(tmp_path, models, "")
+        loop = asyncio.get_running_loop()
+        busy = asyncio.create_task(submit(mv, 1.0))
+        await asyncio.sleep(0.01)
+        with pytest.raises(DeadlineExceeded, match="not computed"):
+            await submit(mv, 2.0, deadline=loop.time() + 0.01)
+        cancelled = asyncio.create_task(submit(mv, 3.0))
+        await asyncio.sleep(0)
+        cancelled.cancel()
+        await busy
+        after = await submit(mv, 5.0)
+        assert after[0, 0] == 10.0
+        assert mv.stats.inference_count == 2  # busy and after: nothing else ran
+        await mv.drain_and_close()
+
+    run(main())
+
+
+def test_queue_delay_waits_for_a_preferred_batch(tmp_path, models):
+    async def main():
+        mv = version(tmp_path, models / "add_sub" / "1" / "model.onnx", """
+            max_batch_size: 8
+            input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [16] }, { name: "INPUT1" data_type: TYPE_FP32 dims: [16] } ]
+            output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [16] }, { name: "OUTPUT1" data_type: TYPE_FP32 dims: [16] } ]
+            dynamic_batching { preferred_batch_size: [ 4 ] max_queue_delay_microseconds: 2000000 }""")
+        ones = {"INPUT0": np.ones((1, 16), np.float32), "INPUT1": np.ones((1, 16), np.float32)}
+        first = [asyncio.ensure_future(mv.infer(ones, ["OUTPUT0"], 1)) for _ in range(2)]
+        await asyncio.sleep(0.05)
+        assert not any(f.done() for f in first)  # waiting for a fuller batch, within the delay
+        rest = [asyncio.ensure_future(mv.infer(ones, ["OUTPUT0"], 1)) for _ in range(2)]
+        await asyncio.wait_for(asyncio.gather(*first, *rest), timeout=1.0)  # preferred size reached: no wait
+        assert mv.stats.execution_count == 1 and list(mv.stats.by_batch_size) == [4]
+        await mv.drain_and_close()
+
+    run(main())
+
+
+def test_preserve_ordering_releases_in_arrival_order(tmp_path, models):
+    async def main():
+        mv = slow_version(tmp_path, models, "preserve_ordering: true", instances=2)
+        await submit(mv, 1.0)
+        batcher = mv._batcher
+        loop = asyncio.get_running_loop()
+        base = batcher._next_release
+        pend = [Pending({}, 1, ["y"], (), loop.create_future(), 0.0, 1, base + i) for i in range(3)]
+        settled: list[int] = []
+        for p in pend:
+            p.future.add_done_callback(lambda f, s=p.seq: settled.append(s))
+        batcher._finish(pend[2], "c", None)
+        batcher._finish(pend[1], "b", None)
+        await asyncio.sleep(0)
+        assert settled == []  # the first request is still running: later ones wait for it
+        batcher._finish(pend[0], "a", None)
+        await asyncio.sleep(0)
+        assert settled == [base, base + 1, base + 2]
+        await mv.drain_and_close()
+
+    run(main())
+
+
+def test_failed_batch_fails_every_request_in_it(tmp_path, models):
+    async def main():
+        mv = version(tmp_path, models / "doubler.onnx", """
+            max_batch_size: 8
+            input [ { name: "x" data_type: TYPE_FP32 dims: [4] } ]
+            output [ { name: "s" data_type: TYPE_FP32 dims: [4] } ]
+            dynamic_batching { }""")
+        futures = [mv.infer(x(1.0), ["s"], 1) for _ in range(3)]  # queued together: one batch of 3
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        assert all(isinstance(r, Internal) and "cannot be split" in str(r) for r in results), results
+        (alone,), _ = await mv.infer(x(1.0), ["s"], 1)  # the batcher survives and serves the next one
+        assert alone.shape == (2, 4)
+        await mv.drain_and_close()
+
+    run(main())
