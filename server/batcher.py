@@ -21,6 +21,7 @@ import numpy as np
 
 from skewless.protos import model_config_pb2 as mc
 
+from .adaptive import AdaptiveController
 from .errors import DeadlineExceeded, Internal, InvalidArgument, SkewlessError, Unavailable
 
 log = logging.getLogger(__name__)
@@ -65,8 +66,10 @@ def compatibility_key(feeds: dict[str, np.ndarray]) -> tuple:
 
 
 class DynamicBatcher:
-    def __init__(self, model, batching: mc.ModelDynamicBatching, max_batch_size: int, instances: int):
-        self.model = model  # a ModelVersion: execute_batch() and stats
+    def __init__(self, model, batching: mc.ModelDynamicBatching, max_batch_size: int, instances: int,
+                 adaptive: AdaptiveController | None = None):
+        self.model = model  # a ModelVersion: execute_batch(), label, name
+        self.adaptive = adaptive
         self.max_batch_size = max_batch_size
         self.preferred = sorted({int(s) for s in batching.preferred_batch_size if 0 < s <= max_batch_size})
         self.delay_s = batching.max_queue_delay_microseconds / 1e6
@@ -109,6 +112,8 @@ class DynamicBatcher:
                               f"for model '{self.model.name}'")
         loop = asyncio.get_running_loop()
         now = loop.time()
+        if self.adaptive is not None:
+            self.adaptive.on_arrival(now)
         timeout = policy.default_timeout_us
         if timeout_us is not None and policy.allow_timeout_override:
             timeout = timeout_us
@@ -196,15 +201,20 @@ class DynamicBatcher:
         while True:
             now = loop.time()
             self._expire(now)
+            if self.adaptive is not None:
+                self.cap = self.adaptive.cap
             batch, rows = self._gather()
             if not batch:
                 self._arrived.clear()
                 await self._wait(self._next_timer(now))
                 continue
-            target = self.preferred[-1] if self.preferred else self.cap
+            target = min(self.preferred[-1], self.cap) if self.preferred else self.cap
             head = batch[0]
-            wait_until = head.enqueued + self.delay_s
-            if rows >= target or self.delay_s <= 0 or now >= wait_until:
+            if self.adaptive is not None:
+                wait_until = now + self.adaptive.wait_budget(head.enqueued, now)
+            else:
+                wait_until = head.enqueued + self.delay_s
+            if rows >= target or now >= wait_until:
                 chosen = self._cut_to_preferred(batch)
                 for p in chosen:
                     self._remove(p)
@@ -243,8 +253,8 @@ class DynamicBatcher:
             outputs = list(dict.fromkeys(name for p in live for name in p.outputs))
             dispatched = time.perf_counter_ns()
             try:
-                results, _ = await self.model.execute_batch([p.feeds for p in live], [p.rows for p in live],
-                                                            outputs)
+                results, thread_wait_ns = await self.model.execute_batch(
+                    [p.feeds for p in live], [p.rows for p in live], outputs)
             except SkewlessError as exc:
                 for p in live:
                     self._finish(p, None, exc)
@@ -255,6 +265,8 @@ class DynamicBatcher:
                     self._finish(p, None, Internal(f"batch execution failed: {exc}"))
                 return
             index = {name: i for i, name in enumerate(outputs)}
+            if self.adaptive is not None:
+                self.adaptive.observe((time.perf_counter_ns() - dispatched - thread_wait_ns) / 1e9)
             for p, per_request in zip(live, results, strict=True):
                 self._finish(p, ([per_request[index[n]] for n in p.outputs], dispatched - p.enqueued_ns), None)
         finally:

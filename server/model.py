@@ -11,6 +11,7 @@ import numpy as np
 
 from skewless.protos import model_config_pb2 as mc
 
+from .adaptive import AdaptiveController
 from .batcher import DynamicBatcher
 from .codec import BY_CONFIG_NAME, DataType
 from .config import TensorSpec, complete_config, tensor_specs
@@ -45,6 +46,7 @@ class ModelVersion:
         self.output_names = list(self.outputs)
         self.max_batch_size = self.config.max_batch_size
         self.stats = ModelStats()
+        self.adaptive = AdaptiveController.from_config(self.config) if self.batching else None
         self.runtime = ModelRuntime(self.path, self.config, f"{name}-{version}")
         self._inflight = 0
         self._idle: asyncio.Event | None = None
@@ -138,7 +140,7 @@ class ModelVersion:
         if self.batching:
             if self._batcher is None:
                 self._batcher = DynamicBatcher(self, self.config.dynamic_batching, self.max_batch_size,
-                                               len(self.runtime.instances))
+                                               len(self.runtime.instances), self.adaptive)
             return await self._batcher.submit(feeds, rows, output_names, priority, timeout_us, deadline)
         (outs,), queue_ns = await self.execute_batch([feeds], [rows], output_names)
         return outs, queue_ns

@@ -293,3 +293,92 @@ def test_failed_batch_fails_every_request_in_it(tmp_path, models):
         await mv.drain_and_close()
 
     run(main())
+
+
+def _per_row_cost_model(path: Path, iterations_per_row: int, size: int = 96) -> None:
+    """y = x * 2, after a loop whose trip count is rows * iterations_per_row: cost grows with the batch."""
+    from onnx import numpy_helper
+
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["c"], ["c_out"]), helper.make_node("MatMul", ["s", "s"], ["ss"]),
+         helper.make_node("Mul", ["ss", "k"], ["sk"]), helper.make_node("Tanh", ["sk"], ["s_out"])],
+        "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("c", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("s", TensorProto.FLOAT, [size, size])],
+        [helper.make_tensor_value_info("c_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("s_out", TensorProto.FLOAT, [size, size])],
+        [numpy_helper.from_array(np.array(1.0 / size, np.float32), "k")])
+    nodes = [
+        helper.make_node("Shape", ["x"], ["shape"], start=0, end=1),
+        helper.make_node("Mul", ["shape", "per_row"], ["trips1"]),
+        helper.make_node("Squeeze", ["trips1"], ["trips"]),
+        helper.make_node("Loop", ["trips", "cond", "s0"], ["s_final"], body=body),
+        helper.make_node("ReduceSum", ["s_final"], ["h"], keepdims=0),
+        helper.make_node("Mul", ["h", "neg_zero"], ["z"]),
+        helper.make_node("Mul", ["x", "two"], ["x2"]),
+        helper.make_node("Add", ["x2", "z"], ["y"]),
+    ]
+    inits = [numpy_helper.from_array(np.array([iterations_per_row], np.int64), "per_row"),
+             numpy_helper.from_array(np.array(True), "cond"),
+             numpy_helper.from_array(np.full((size, size), 0.5, np.float32), "s0"),
+             numpy_helper.from_array(np.array(-0.0, np.float32), "neg_zero"),
+             numpy_helper.from_array(np.array(2.0, np.float32), "two")]
+    graph = helper.make_graph(nodes, "per_row", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 4])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
+
+
+def test_adaptive_mode_shrinks_batches_to_meet_the_objective(tmp_path, models):
+    _per_row_cost_model(tmp_path / "per_row.onnx", 30)
+
+    async def main():
+        mv = version(tmp_path, tmp_path / "per_row.onnx", f"""
+            max_batch_size: 32
+            {SLO_IO}
+            parameters {{ key: "skewless.latency_slo_ms" value {{ string_value: "{SLO_MS}" }} }}
+            parameters {{ key: "skewless.latency_slo_percentile" value {{ string_value: "90" }} }}
+            dynamic_batching {{ }}""")
+        one_row = await submit(mv, 1.0)  # calibrate: how long does a single row take here?
+        assert one_row[0, 0] == 2.0
+        loop = asyncio.get_running_loop()
+        stop = loop.time() + 3.0
+
+        async def client(i: int) -> None:
+            while loop.time() < stop:
+                out = await submit(mv, float(i))
+                assert out[0, 0] == 2.0 * i
+
+        await asyncio.gather(*(client(i) for i in range(32)))
+        ctl = mv.adaptive
+        assert ctl is not None and ctl.adjustments > 0
+        assert ctl.cap < 32  # 32 rows cost far more than the objective: it had to shrink
+        recent = sorted(ctl.window)
+        if recent:  # the batches it forms now fit the half-objective budget (with slack for a noisy CI)
+            assert recent[len(recent) // 2] <= ctl.slo_s
+        await mv.drain_and_close()
+
+    run(main())
+
+
+SLO_MS = 20
+SLO_IO = """
+input [ { name: "x" data_type: TYPE_FP32 dims: [ 4 ] } ]
+output [ { name: "y" data_type: TYPE_FP32 dims: [ 4 ] } ]
+instance_group [ { count: 1 kind: KIND_CPU } ]
+parameters { key: "intra_op_thread_count" value { string_value: "1" } }
+"""
+
+
+def test_adaptive_mode_adds_no_delay_under_low_load():
+    from skewless.server.adaptive import AdaptiveController
+
+    ctl = AdaptiveController(slo_s=0.010, percentile=99, max_batch_size=8, max_delay_s=0.005)
+    now = 100.0
+    for i in range(20):  # one request every 100 ms: nothing else will arrive within the budget
+        ctl.on_arrival(now + 0.1 * i)
+    assert ctl.wait_budget(now + 1.9, now + 1.9) == 0.0
+    for i in range(200):  # one every 0.1 ms: waiting 2.5 ms gathers about 25 more
+        ctl.on_arrival(now + 2 + 0.0001 * i)
+    t = now + 2 + 0.0001 * 199
+    assert 0 < ctl.wait_budget(t, t) <= 0.0025
