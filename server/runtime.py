@@ -54,6 +54,21 @@ def cuda_available() -> bool:
     return ort is not None and CUDA in ort.get_available_providers()
 
 
+_cuda_preloaded = False
+
+
+def _preload_cuda_libraries() -> None:
+    """onnxruntime-gpu finds CUDA/cuDNN installed as pip wheels (the gpu extra) only once told to load them."""
+    global _cuda_preloaded
+    if _cuda_preloaded or not hasattr(ort, "preload_dlls"):
+        return
+    _cuda_preloaded = True
+    try:
+        ort.preload_dlls()
+    except Exception as exc:  # system-wide CUDA libraries may still work
+        log.debug("onnxruntime.preload_dlls() failed: %s", exc)
+
+
 @dataclass(frozen=True)
 class Placement:
     kind: str  # "KIND_CPU" or "KIND_GPU"
@@ -117,6 +132,17 @@ def session_options(cfg: mc.ModelConfig):
     return so
 
 
+def cuda_provider_options(cfg: mc.ModelConfig, device_id: int) -> dict[str, str]:
+    """TF32 is off unless the config asks (parameter ``cuda_use_tf32: "1"``): onnxruntime turns it on by
+    default on Ampere and newer, which silently changes FP32 results in the fourth digit."""
+    options = {"device_id": str(device_id), "use_tf32": parameter(cfg, "cuda_use_tf32", "0")}
+    for key in ("cudnn_conv_algo_search", "gpu_mem_limit", "arena_extend_strategy", "do_copy_in_default_stream"):
+        value = parameter(cfg, f"cuda_{key}")
+        if value is not None:
+            options[key] = value
+    return options
+
+
 class OnnxInstance:
     """One InferenceSession on one device."""
 
@@ -124,7 +150,8 @@ class OnnxInstance:
         rt = require_onnxruntime()
         providers: list = [CPU]
         if placement.kind == "KIND_GPU":
-            providers = [(CUDA, {"device_id": placement.device_id}), CPU]
+            _preload_cuda_libraries()
+            providers = [(CUDA, cuda_provider_options(cfg, placement.device_id)), CPU]
         try:
             self.session = rt.InferenceSession(str(model_path), sess_options=session_options(cfg),
                                                providers=providers)
