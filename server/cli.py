@@ -27,7 +27,11 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _examples(args: argparse.Namespace) -> int:
-    from .examples import build_example_repository, build_test_models
+    try:
+        from .examples import build_example_repository, build_test_models
+    except ImportError as exc:
+        print(f"skewless examples needs the onnx package ({exc}): pip install onnx", file=sys.stderr)
+        return 2
 
     out = Path(args.out)
     (build_test_models if args.test_models else build_example_repository)(out)
@@ -62,6 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("out")
     e.add_argument("--test-models", action="store_true")
     e.set_defaults(func=_examples)
+
+    from skewless.benchmarks import loadgen
+
+    loadgen.register(sub)
     return p
 
 

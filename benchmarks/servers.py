@@ -1,0 +1,92 @@
+"""Start a skewless server or the echo server as a subprocess on 127.0.0.1 and a free port, and stop it.
+
+Both print a ready line naming the port they bound (they are started on port 0), so no port is ever guessed;
+a subprocess keeps the server's CPU time separate from the load generator's, which ``--server-pid`` needs.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from types import TracebackType
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE_MODELS = REPO_ROOT / "examples" / "models"
+
+
+class ServerProcess:
+    """A server subprocess; ``with`` stops it with SIGTERM (then SIGKILL after ``grace`` seconds)."""
+
+    def __init__(self, argv: list[str], ready: re.Pattern[str], log_path: Path | None = None,
+                 timeout: float = 60.0, grace: float = 15.0):
+        self.argv, self.grace = argv, grace
+        self._log = open(log_path, "wb") if log_path else subprocess.DEVNULL  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self._log, cwd=REPO_ROOT,
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self.pid = self.proc.pid
+        lines: queue.Queue[str | None] = queue.Queue()
+        # Keep reading stdout for the server's whole life, so a chatty server never blocks on a full pipe.
+        threading.Thread(target=self._pump, args=(lines,), daemon=True).start()
+        deadline = time.monotonic() + timeout
+        seen: list[str] = []
+        while True:
+            try:
+                line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                self.stop()
+                raise RuntimeError(f"{argv[2]} printed no ready line within {timeout:.0f}s: {seen[-5:]}") from None
+            if line is None:
+                self.stop()
+                raise RuntimeError(f"{argv[2]} exited before it was ready (status {self.proc.poll()}): "
+                                   f"{seen[-5:]}; see {log_path}")
+            seen.append(line)
+            m = ready.search(line)
+            if m:
+                self.port = int(m.group("port"))
+                self.target = f"127.0.0.1:{self.port}"
+                return
+
+    def _pump(self, lines: queue.Queue[str | None]) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            lines.put(raw.decode(errors="replace").rstrip())
+        lines.put(None)
+
+    def stop(self) -> int | None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(self.grace)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        if self._log is not subprocess.DEVNULL:
+            self._log.close()
+        return self.proc.returncode
+
+    def __enter__(self) -> ServerProcess:
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()
+
+
+def start_skewless(model_repository: Path = EXAMPLE_MODELS, log_path: Path | None = None,
+                   extra: list[str] | None = None) -> ServerProcess:
+    argv = [sys.executable, "-m", "skewless.server.cli", "serve", "--model-repository", str(model_repository),
+            "--host", "127.0.0.1", "--grpc-port", "0", "--metrics-port", "0", "--log-level", "warning",
+            *(extra or [])]
+    return ServerProcess(argv, re.compile(r"SKEWLESS_READY grpc=[^:]+:(?P<port>\d+)"), log_path)
+
+
+def start_echo(log_path: Path | None = None, model: str = "mlp") -> ServerProcess:
+    argv = [sys.executable, "-m", "skewless.benchmarks.echo_server", "--host", "127.0.0.1", "--port", "0",
+            "--model", model]
+    return ServerProcess(argv, re.compile(r"ECHO_READY (?P<port>\d+)"), log_path)
