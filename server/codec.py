@@ -90,6 +90,10 @@ def decode_raw(name: str, dtype: DataType, shape: Sequence[int], raw: bytes) -> 
 def decode_typed(name: str, dtype: DataType, shape: Sequence[int], contents) -> np.ndarray:
     """Decode typed ``InferTensorContents``; only the field that matches the datatype may be set."""
     if dtype.contents_field is None:
+        if element_count(shape) == 0 and not contents.ListFields():
+            # An empty tensor has no values to carry, so it needs no field: requests that use typed
+            # contents (no raw_input_contents) can still include empty FP16/BF16 inputs.
+            return np.empty(shape, dtype=dtype.numpy)
         raise InvalidArgument(
             f"input '{name}' has datatype {dtype.name}, which typed contents cannot carry: "
             "send it in raw_input_contents"
