@@ -141,6 +141,11 @@ async def run_server(opts: ServerOptions) -> int:
           flush=True)
     await server.wait()
     await server.stop()
+    # Past this point a repeated SIGTERM would find no handler and kill the process with -15 instead of
+    # letting it exit 0; the work is done, so ignore it.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.remove_signal_handler(sig)
+        signal.signal(sig, signal.SIG_IGN)
     return 0
 
 

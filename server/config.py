@@ -31,6 +31,7 @@ class TensorSpec:
     name: str
     datatype: DataType
     dims: tuple[int, ...]
+    reshape: tuple[int, ...] | None = None  # the model's own non-batch shape, when it differs from dims
 
 
 @dataclass(frozen=True)
@@ -138,7 +139,13 @@ def _complete_tensors(fields, model_tensors: list[OnnxTensor], model_name: str, 
             f.name = t.name
             f.data_type = mc.DataType.Value(BY_ONNX[t.onnx_type].config_name)
             dims = _dims(t.shape)
-            f.dims.extend(dims[1:] if batching else dims)
+            dims = dims[1:] if batching else dims
+            if batching and not dims:
+                # As Triton's onnxruntime backend does: a batch-only tensor is [1] to clients, [] to the model.
+                f.dims.append(1)
+                f.reshape.SetInParent()
+            else:
+                f.dims.extend(dims)
         return
     seen = set()
     for f in fields:
@@ -165,13 +172,13 @@ def _complete_tensors(fields, model_tensors: list[OnnxTensor], model_name: str, 
                     f"first dimension (shape {model_dims})"
                 )
             model_dims = model_dims[1:]
-        if f.HasField("reshape"):
-            continue
-        if len(f.dims) != len(model_dims) or any(
-            c != m and m != -1 and c != -1 for c, m in zip(f.dims, model_dims, strict=False)
+        config_dims = list(f.reshape.shape) if f.HasField("reshape") else list(f.dims)
+        if len(config_dims) != len(model_dims) or any(
+            c != m and m != -1 and c != -1 for c, m in zip(config_dims, model_dims, strict=False)
         ):
+            source = "reshape" if f.HasField("reshape") else "dims"
             raise ModelLoadError(
-                f"{what} '{f.name}' of model '{model_name}' has dims {list(f.dims)} in the config but "
+                f"{what} '{f.name}' of model '{model_name}' has {source} {config_dims} in the config but "
                 f"{model_dims} in the ONNX model{' (batch dimension excluded)' if batching else ''}"
             )
     if require_all:
@@ -182,7 +189,8 @@ def _complete_tensors(fields, model_tensors: list[OnnxTensor], model_name: str, 
 
 def tensor_specs(fields) -> dict[str, TensorSpec]:
     return {
-        f.name: TensorSpec(f.name, BY_CONFIG_NAME[mc.DataType.Name(f.data_type)], tuple(int(d) for d in f.dims))
+        f.name: TensorSpec(f.name, BY_CONFIG_NAME[mc.DataType.Name(f.data_type)], tuple(int(d) for d in f.dims),
+                           tuple(int(d) for d in f.reshape.shape) if f.HasField("reshape") else None)
         for f in fields
     }
 

@@ -211,16 +211,29 @@ def decode_inputs(req: pb.ModelInferRequest, mv: ModelVersion) -> tuple[dict[str
             if has_typed:
                 raise InvalidArgument(
                     f"input '{name}' has both raw_input_contents and typed contents: send exactly one of them")
-            feeds[name] = decode_raw(name, spec.datatype, shape, raw[i])
+            arr = decode_raw(name, spec.datatype, shape, raw[i])
         elif has_typed or int(np.prod(shape)) == 0:
-            feeds[name] = decode_typed(name, spec.datatype, shape, tensor.contents)
+            arr = decode_typed(name, spec.datatype, shape, tensor.contents)
         else:
             raise InvalidArgument(f"input '{name}' carries no data: expected raw_input_contents or typed contents")
+        if spec.reshape is not None:
+            arr = _apply_reshape(arr, spec.reshape, mv.max_batch_size > 0, f"input '{name}'")
+        feeds[name] = arr
     if missing:
         raise InvalidArgument(
             f"expected {len(mv.inputs)} inputs but got {len(req.inputs)} inputs for model '{mv.name}'. "
             f"Got input(s) {names}, but missing required input(s) {missing}. Please provide all required input(s).")
     return feeds, batch if batch is not None else 1
+
+
+def _apply_reshape(arr: np.ndarray, shape: tuple[int, ...], batching: bool, what: str) -> np.ndarray:
+    """Triton's ``reshape``: clients see ``dims``, the model sees ``reshape`` (batch dimension kept)."""
+    target = [arr.shape[0], *shape] if batching else list(shape)
+    try:
+        return arr.reshape(target)
+    except ValueError:
+        raise InvalidArgument(
+            f"{what} of shape {format_shape(arr.shape)} cannot be reshaped to {format_shape(target)}") from None
 
 
 def requested_outputs(req: pb.ModelInferRequest, mv: ModelVersion) -> list[str]:
@@ -246,6 +259,8 @@ def encode_response(req: pb.ModelInferRequest, mv: ModelVersion, names: list[str
     resp = pb.ModelInferResponse(model_name=mv.name, model_version=str(mv.version), id=req.id)
     for name, arr in zip(names, arrays, strict=True):
         spec = mv.outputs[name]
+        if spec.reshape is not None:
+            arr = _apply_reshape(arr, spec.dims, mv.max_batch_size > 0, f"output '{name}'")
         resp.outputs.add(name=name, datatype=spec.datatype.name, shape=arr.shape)
         resp.raw_output_contents.append(encode_array(arr, spec.datatype))
     return resp

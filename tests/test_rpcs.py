@@ -69,10 +69,22 @@ def test_model_config_auto_completed(client):
     outputs = {t["name"]: t for t in cfg["output"]}
     assert set(outputs) == {"label", "probabilities"}
     assert outputs["label"]["data_type"] == "TYPE_INT64"
+    # A batch-only tensor is [1] to clients and [] to the model, as Triton's onnxruntime backend completes it.
+    assert outputs["label"]["dims"] == ["1"] and outputs["label"]["reshape"] == {}
     assert outputs["probabilities"]["data_type"] == "TYPE_FP32"
     assert outputs["probabilities"]["dims"] == ["2"]
     assert cfg["version_policy"] == {"latest": {"num_versions": 1}}
     assert cfg["instance_group"] and int(cfg["instance_group"][0]["count"]) >= 1
+
+
+def test_reshaped_output_comes_back_in_config_dims(client):
+    meta = {o.name: list(o.shape) for o in client.get_model_metadata("gbt").outputs}
+    assert meta["label"] == [-1, 1]
+    x = RNG.standard_normal((3, 8)).astype(np.float32)
+    res = infer(client, "gbt", {"features": x})
+    label, proba = res.as_numpy("label"), res.as_numpy("probabilities")
+    assert label.shape == (3, 1) and proba.shape == (3, 2)
+    np.testing.assert_array_equal(label[:, 0], (proba[:, 1] > 0.5).astype(np.int64))
 
 
 def test_model_config_explicit(client):
