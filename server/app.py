@@ -15,10 +15,9 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from skewless.protos import _pool
 from skewless.protos import grpc_service_pb2 as pb
-from skewless.protos import grpc_service_pb2_grpc as pb_grpc
 
 from .dataplane import DataPlane
-from .grpc_service import InferenceServicer
+from .grpc_service import InferenceServicer, add_inference_service
 from .http_endpoint import HttpEndpoint
 from .repository import ModelRepository
 
@@ -87,7 +86,7 @@ class Server:
             ("grpc.max_send_message_length", mb),
             ("grpc.so_reuseport", 0),
         ])
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(self.dataplane), self._grpc)
+        add_inference_service(InferenceServicer(self.dataplane), self._grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
         _add_to_reflection_pool(health_pb2.DESCRIPTOR, reflection_pb2.DESCRIPTOR)
         reflection.enable_server_reflection(

@@ -12,9 +12,10 @@ from importlib import metadata
 
 import numpy as np
 
+from skewless.native.v2_codec import InputTensor, WireFormatError, build_infer_response, parse_infer_request
 from skewless.protos import grpc_service_pb2 as pb
 
-from .codec import DATATYPES, decode_raw, decode_typed, encode_array, format_shape
+from .codec import DATATYPES, decode_raw, decode_typed, element_count, encode_array, format_shape
 from .config import TensorSpec
 from .errors import InvalidArgument, SkewlessError
 from .model import ModelVersion
@@ -22,6 +23,7 @@ from .repository import ModelRepository
 from .stats import Duration, ModelStats
 
 SERVER_NAME = "skewless"
+_STREAM_TAG = bytes([2 << 3 | 2])  # ModelStreamInferResponse.infer_response, length-delimited
 # Only what is really implemented: tritonclient and perf_analyzer branch on these names.
 EXTENSIONS = ["model_repository", "model_configuration", "statistics"]
 
@@ -75,23 +77,50 @@ class DataPlane:
     # -- inference -----------------------------------------------------------------------------------
     async def infer(self, req: pb.ModelInferRequest, received_ns: int | None = None,
                     time_remaining_s: float | None = None) -> pb.ModelInferResponse:
-        """``time_remaining_s`` is the client's gRPC deadline, if any: a request past it is never computed."""
+        """The general path, for protobuf messages (typed contents, output parameters)."""
+        _check_output_parameters(req)
+        mv, names, arrays = await self._run(req.model_name, req.model_version, req.inputs,
+                                            req.raw_input_contents, [o.name for o in req.outputs],
+                                            req.parameters, received_ns, time_remaining_s)
+        return encode_response(req.id, mv, names, arrays)
+
+    async def infer_bytes(self, data: bytes, received_ns: int | None = None,
+                          time_remaining_s: float | None = None, stream: bool = False) -> bytes:
+        """The hot path: request bytes in, reply bytes out, no protobuf objects in between.
+
+        ``stream`` wraps the reply as ModelStreamInferResponse.infer_response (field 2).
+        """
+        try:
+            req = parse_infer_request(data)
+        except WireFormatError as exc:
+            raise InvalidArgument(f"malformed ModelInferRequest: {exc}") from None
+        if req.has_contents or req.output_parameters:
+            resp = await self.infer(pb.ModelInferRequest.FromString(data), received_ns, time_remaining_s)
+            if stream:
+                return pb.ModelStreamInferResponse(infer_response=resp).SerializeToString()
+            return resp.SerializeToString()
+        mv, names, arrays = await self._run(req.model_name, req.model_version, req.inputs, req.raw,
+                                            req.outputs, req.parameters, received_ns, time_remaining_s)
+        return build_infer_response(mv.name, str(mv.version), req.id, output_tensors(mv, names, arrays),
+                                    _STREAM_TAG if stream else None)
+
+    async def _run(self, model_name: str, model_version: str, tensors, raw, output_names: list[str], params,
+                   received_ns: int | None, time_remaining_s: float | None):
         received_ns = received_ns or time.perf_counter_ns()
-        mv = self.repository.get(req.model_name, req.model_version)
+        mv = self.repository.get(model_name, model_version)
         mv.enter()
         ok = False
         queue_ns = 0
         try:
-            feeds, rows = decode_inputs(req, mv)
-            out_names = requested_outputs(req, mv)
-            priority, timeout_us = scheduling_parameters(req)
+            feeds, rows = decode_inputs(tensors, raw, mv)
+            names = requested_outputs(output_names, mv)
+            priority, timeout_us = scheduling_parameters(params)
             deadline = None
             if time_remaining_s is not None:
                 deadline = asyncio.get_running_loop().time() + time_remaining_s
-            outs, queue_ns = await mv.infer(feeds, out_names, rows, priority, timeout_us, deadline)
-            resp = encode_response(req, mv, out_names, outs)
+            arrays, queue_ns = await mv.infer(feeds, names, rows, priority, timeout_us, deadline)
             ok = True
-            return resp
+            return mv, names, arrays
         finally:
             mv.stats.record_request(ok, time.perf_counter_ns() - received_ns, queue_ns)
             mv.leave()
@@ -140,20 +169,23 @@ class DataPlane:
         return pb.RepositoryModelUnloadResponse()
 
 
-def _uint_parameter(req: pb.ModelInferRequest, key: str) -> int | None:
-    if key not in req.parameters:
-        return None
-    p = req.parameters[key]
-    which = p.WhichOneof("parameter_choice")
-    value = getattr(p, which) if which in ("int64_param", "uint64_param") else None
-    if value is None or isinstance(value, bool) or value < 0:
-        raise InvalidArgument(f"request parameter '{key}' must be a non-negative integer (int64 or uint64)")
-    return int(value)
+def scheduling_parameters(params) -> tuple[int, int | None]:
+    """Triton's ``priority`` (0 = the model's default level) and ``timeout`` (microseconds) parameters.
 
-
-def scheduling_parameters(req: pb.ModelInferRequest) -> tuple[int, int | None]:
-    """Triton's ``priority`` (0 = the model's default level) and ``timeout`` (microseconds) parameters."""
-    return _uint_parameter(req, "priority") or 0, _uint_parameter(req, "timeout")
+    ``params`` maps names to plain values (native parser) or to InferParameter messages (protobuf)."""
+    values = []
+    for key in ("priority", "timeout"):
+        if key not in params:
+            values.append(None)
+            continue
+        value = params[key]
+        if isinstance(value, pb.InferParameter):
+            which = value.WhichOneof("parameter_choice")
+            value = getattr(value, which) if which in ("int64_param", "uint64_param") else None
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise InvalidArgument(f"request parameter '{key}' must be a non-negative integer (int64 or uint64)")
+        values.append(int(value))
+    return values[0] or 0, values[1]
 
 
 def _check_shape(name: str, spec: TensorSpec, shape: list[int], mv: ModelVersion) -> None:
@@ -165,19 +197,27 @@ def _check_shape(name: str, spec: TensorSpec, shape: list[int], mv: ModelVersion
         )
 
 
-def decode_inputs(req: pb.ModelInferRequest, mv: ModelVersion) -> tuple[dict[str, np.ndarray], int]:
-    """Validate every input against the model and decode it; returns the feeds and the batch size."""
-    raw = req.raw_input_contents
-    if raw and len(raw) != len(req.inputs):
+def _typed_contents(tensor):
+    """Typed contents of a protobuf input tensor, or None (the native view never carries them)."""
+    if isinstance(tensor, InputTensor) or not tensor.HasField("contents"):
+        return None
+    return tensor.contents if tensor.contents.ListFields() else None
+
+
+def decode_inputs(tensors, raw, mv: ModelVersion) -> tuple[dict[str, np.ndarray], int]:
+    """Validate every input against the model and decode it; returns the feeds and the batch size.
+
+    ``tensors`` are protobuf InferInputTensor messages or native InputTensor views (name, datatype, shape).
+    """
+    if raw and len(raw) != len(tensors):
         raise InvalidArgument(
-            f"raw_input_contents has {len(raw)} entries but the request has {len(req.inputs)} inputs: "
+            f"raw_input_contents has {len(raw)} entries but the request has {len(tensors)} inputs: "
             "expected one entry per input, in the same order"
         )
-    names = [t.name for t in req.inputs]
-    missing = [n for n in mv.inputs if n not in names]
     feeds: dict[str, np.ndarray] = {}
     batch: int | None = None
-    for i, tensor in enumerate(req.inputs):
+    batching = mv.max_batch_size > 0
+    for i, tensor in enumerate(tensors):
         name = tensor.name
         spec = mv.inputs.get(name)
         if spec is None:
@@ -186,7 +226,7 @@ def decode_inputs(req: pb.ModelInferRequest, mv: ModelVersion) -> tuple[dict[str
         if name in feeds:
             raise InvalidArgument(f"input '{name}' is given more than once for model '{mv.name}'")
         if tensor.datatype != spec.datatype.name:
-            if tensor.datatype not in DATATYPES and tensor.datatype != "BF16":
+            if tensor.datatype not in DATATYPES:
                 raise InvalidArgument(f"unknown datatype '{tensor.datatype}' for inference input '{name}'")
             raise InvalidArgument(
                 f"unexpected datatype {tensor.datatype} for inference input '{name}', expecting "
@@ -195,7 +235,7 @@ def decode_inputs(req: pb.ModelInferRequest, mv: ModelVersion) -> tuple[dict[str
         if any(d < 0 for d in shape):
             raise InvalidArgument(f"input '{name}' has a negative dimension in shape {format_shape(shape)}")
         _check_shape(name, spec, shape, mv)
-        if mv.max_batch_size > 0:
+        if batching:
             if not 1 <= shape[0] <= mv.max_batch_size:
                 raise InvalidArgument(
                     f"inference request batch-size must be <= {mv.max_batch_size} for '{mv.name}' and >= 1, "
@@ -206,22 +246,24 @@ def decode_inputs(req: pb.ModelInferRequest, mv: ModelVersion) -> tuple[dict[str
                 raise InvalidArgument(
                     f"input '{name}' has batch size {shape[0]} but an earlier input has {batch}: "
                     "all inputs of a request must share the batch dimension")
-        has_typed = tensor.HasField("contents") and len(tensor.contents.ListFields()) > 0
+        typed = _typed_contents(tensor)
         if raw:
-            if has_typed:
+            if typed is not None:
                 raise InvalidArgument(
                     f"input '{name}' has both raw_input_contents and typed contents: send exactly one of them")
             arr = decode_raw(name, spec.datatype, shape, raw[i])
-        elif has_typed or int(np.prod(shape)) == 0:
-            arr = decode_typed(name, spec.datatype, shape, tensor.contents)
+        elif typed is not None or element_count(shape) == 0:
+            arr = decode_typed(name, spec.datatype, shape, typed if typed is not None else pb.InferTensorContents())
         else:
             raise InvalidArgument(f"input '{name}' carries no data: expected raw_input_contents or typed contents")
         if spec.reshape is not None:
-            arr = _apply_reshape(arr, spec.reshape, mv.max_batch_size > 0, f"input '{name}'")
+            arr = _apply_reshape(arr, spec.reshape, batching, f"input '{name}'")
         feeds[name] = arr
-    if missing:
+    if len(feeds) != len(mv.inputs):
+        names = [t.name for t in tensors]
+        missing = [n for n in mv.inputs if n not in feeds]
         raise InvalidArgument(
-            f"expected {len(mv.inputs)} inputs but got {len(req.inputs)} inputs for model '{mv.name}'. "
+            f"expected {len(mv.inputs)} inputs but got {len(tensors)} inputs for model '{mv.name}'. "
             f"Got input(s) {names}, but missing required input(s) {missing}. Please provide all required input(s).")
     return feeds, batch if batch is not None else 1
 
@@ -236,33 +278,51 @@ def _apply_reshape(arr: np.ndarray, shape: tuple[int, ...], batching: bool, what
             f"{what} of shape {format_shape(arr.shape)} cannot be reshaped to {format_shape(target)}") from None
 
 
-def requested_outputs(req: pb.ModelInferRequest, mv: ModelVersion) -> list[str]:
-    if not req.outputs:
+def requested_outputs(names: list[str], mv: ModelVersion) -> list[str]:
+    if not names:
         return mv.output_names
     out: list[str] = []
-    for o in req.outputs:
-        if o.name not in mv.outputs:
+    for name in names:
+        if name not in mv.outputs:
             raise InvalidArgument(
-                f"unexpected inference output '{o.name}' for model '{mv.name}': expected outputs are "
+                f"unexpected inference output '{name}' for model '{mv.name}': expected outputs are "
                 f"{mv.output_names}")
+        if name not in out:
+            out.append(name)
+    return out
+
+
+def _check_output_parameters(req: pb.ModelInferRequest) -> None:
+    for o in req.outputs:
         if "classification" in o.parameters:
             raise InvalidArgument(
                 f"output '{o.name}' asks for classification, which skewless does not implement; "
                 "request the raw output instead")
-        if o.name not in out:
-            out.append(o.name)
-    return out
 
 
-def encode_response(req: pb.ModelInferRequest, mv: ModelVersion, names: list[str],
-                    arrays: list[np.ndarray]) -> pb.ModelInferResponse:
-    resp = pb.ModelInferResponse(model_name=mv.name, model_version=str(mv.version), id=req.id)
+def output_tensors(mv: ModelVersion, names: list[str], arrays: list[np.ndarray]) -> list[tuple]:
+    """(name, datatype, shape, payload) per output, payload being any buffer the reply copies from."""
+    out = []
+    batching = mv.max_batch_size > 0
     for name, arr in zip(names, arrays, strict=True):
         spec = mv.outputs[name]
         if spec.reshape is not None:
-            arr = _apply_reshape(arr, spec.dims, mv.max_batch_size > 0, f"output '{name}'")
-        resp.outputs.add(name=name, datatype=spec.datatype.name, shape=arr.shape)
-        resp.raw_output_contents.append(encode_array(arr, spec.datatype))
+            arr = _apply_reshape(arr, spec.dims, batching, f"output '{name}'")
+        dt = spec.datatype
+        if dt.name == "BYTES":
+            payload = encode_array(arr, dt)
+        else:
+            payload = arr if arr.dtype == dt.numpy and arr.flags.c_contiguous else np.ascontiguousarray(arr, dt.numpy)
+        out.append((name, dt.name, arr.shape, payload))
+    return out
+
+
+def encode_response(req_id: str, mv: ModelVersion, names: list[str],
+                    arrays: list[np.ndarray]) -> pb.ModelInferResponse:
+    resp = pb.ModelInferResponse(model_name=mv.name, model_version=str(mv.version), id=req_id)
+    for name, datatype, shape, payload in output_tensors(mv, names, arrays):
+        resp.outputs.add(name=name, datatype=datatype, shape=shape)
+        resp.raw_output_contents.append(payload if isinstance(payload, bytes) else payload.tobytes())
     return resp
 
 

@@ -13,6 +13,7 @@ import time
 
 import grpc
 
+from skewless.native.v2_codec import parse_infer_request
 from skewless.protos import grpc_service_pb2 as pb
 from skewless.protos import grpc_service_pb2_grpc as pb_grpc
 
@@ -20,6 +21,8 @@ from .dataplane import DataPlane
 from .errors import SkewlessError
 
 log = logging.getLogger(__name__)
+
+SERVICE = "inference.GRPCInferenceService"
 
 STATUS = {
     "INVALID_ARGUMENT": grpc.StatusCode.INVALID_ARGUMENT,
@@ -110,8 +113,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return await self.dp.repository_unload(request)
 
     @rpc
-    async def ModelInfer(self, request, context):
-        return await self.dp.infer(request, time.perf_counter_ns(), context.time_remaining())
+    async def ModelInfer(self, request: bytes, context):
+        """Registered without (de)serializers: the data plane parses and builds the bytes natively."""
+        return await self.dp.infer_bytes(request, time.perf_counter_ns(), context.time_remaining())
 
     async def ModelStreamInfer(self, request_iterator, context):
         """Requests of one stream run concurrently; each response (or error) is sent when it is ready.
@@ -121,23 +125,19 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         out: asyncio.Queue = asyncio.Queue()
         pending: set[asyncio.Task] = set()
 
-        async def one(req: pb.ModelInferRequest, received: int) -> None:
+        async def one(data: bytes, received: int) -> None:
             try:
-                resp = await self.dp.infer(req, received)
-                out.put_nowait(pb.ModelStreamInferResponse(infer_response=resp))
+                out.put_nowait(await self.dp.infer_bytes(data, received, None, stream=True))
             except Exception as exc:
                 code, message = status_of(exc)
                 if code == grpc.StatusCode.INTERNAL:
                     log.exception("stream request failed")
-                out.put_nowait(pb.ModelStreamInferResponse(
-                    error_message=message,
-                    infer_response=pb.ModelInferResponse(
-                        model_name=req.model_name, model_version=req.model_version, id=req.id)))
+                out.put_nowait(_stream_error(data, message))
 
         async def read() -> None:
             try:
-                async for req in request_iterator:
-                    task = asyncio.create_task(one(req, time.perf_counter_ns()))
+                async for data in request_iterator:
+                    task = asyncio.create_task(one(data, time.perf_counter_ns()))
                     pending.add(task)
                     task.add_done_callback(pending.discard)
                 if pending:
@@ -162,3 +162,40 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     CudaSharedMemoryUnregister = unimplemented("CUDA shared memory")
     TraceSetting = unimplemented("trace settings")
     LogSettings = unimplemented("log settings")
+
+
+def _stream_error(data: bytes, message: str) -> bytes:
+    """A stream error names the request it answers, when its id can be read at all."""
+    resp = pb.ModelStreamInferResponse(error_message=message)
+    try:
+        req = parse_infer_request(data)
+        resp.infer_response.model_name = req.model_name
+        resp.infer_response.model_version = req.model_version
+        resp.infer_response.id = req.id
+    except Exception:  # malformed bytes: the error message already says so
+        pass
+    return resp.SerializeToString()
+
+
+class _HandlerCapture:
+    """Collects the handlers the generated code would register, so two of them can be swapped."""
+
+    def __init__(self) -> None:
+        self.handlers: dict = {}
+
+    def add_generic_rpc_handlers(self, handlers) -> None:
+        pass
+
+    def add_registered_method_handlers(self, service: str, handlers: dict) -> None:
+        self.handlers = dict(handlers)
+
+
+def add_inference_service(servicer: InferenceServicer, server) -> None:
+    """Register every RPC as generated, except ModelInfer and ModelStreamInfer, which take and return bytes."""
+    capture = _HandlerCapture()
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, capture)
+    handlers = capture.handlers
+    handlers["ModelInfer"] = grpc.unary_unary_rpc_method_handler(servicer.ModelInfer)
+    handlers["ModelStreamInfer"] = grpc.stream_stream_rpc_method_handler(servicer.ModelStreamInfer)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    server.add_registered_method_handlers(SERVICE, handlers)
