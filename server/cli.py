@@ -68,7 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=_examples)
 
     from skewless.benchmarks import loadgen
+    from skewless.native import cli as features_cli
 
+    features_cli.register(sub)
     loadgen.register(sub)
     return p
 

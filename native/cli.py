@@ -1,0 +1,173 @@
+"""``skewless fit``, ``skewless transform`` and ``skewless skew-check``: the offline half of the feature core.
+
+``register(subparsers)`` adds the three subcommands to the ``skewless`` argparse parser; each handler
+returns the process exit code (0 ok, 1 skew found, 2 bad input).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+EXIT_OK, EXIT_SKEW, EXIT_USAGE = 0, 1, 2
+
+
+def _error(cmd: str, exc: BaseException) -> int:
+    print(f"skewless {cmd}: error: {exc}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _progress(total: int | None, enabled: bool, desc: str) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="rows", unit_scale=True, file=sys.stderr, desc=desc,
+                disable=not enabled, dynamic_ncols=True)
+
+
+def _config_inputs(config: dict[str, Any]) -> list[str]:
+    names: list[str] = []
+    for f in config.get("features") or []:
+        if isinstance(f, dict):
+            for i in f["inputs"] if "inputs" in f else [f.get("input", f.get("name"))]:
+                if isinstance(i, str) and i not in names:
+                    names.append(i)
+    return names
+
+
+def _fit(args: argparse.Namespace) -> int:
+    from .feature_kernel import FeatureInputError
+    from .fileio import data_files, read_table
+    from .fit import ConfigError, fit, load_config
+
+    try:
+        config = load_config(Path(args.config))
+        table = read_table(data_files(args.data), _config_inputs(config), config.get("inputs"))
+        spec = fit(config, table)
+    except (ConfigError, FeatureInputError, FileNotFoundError, KeyError, ValueError) as exc:
+        return _error("fit", exc)
+    spec.save(args.out)
+    shapes = ", ".join(f"{t.name}: {t.dtype}[{t.width}]" for t in spec.outputs)
+    print(f"fitted {len(spec.features)} features on {table.num_rows} rows -> {args.out} "
+          f"(sha256 {spec.sha256[:16]}; {shapes})", file=sys.stderr)
+    return EXIT_OK
+
+
+def _transform(args: argparse.Namespace) -> int:
+    from .feature_kernel import FeatureInputError
+    from .fileio import NpyWriter, ParquetTensorWriter, count_rows, data_files, iter_batches, prefetch
+    from .spec import FeatureSpec, SpecError
+
+    try:
+        spec = FeatureSpec.load(args.spec)
+        files = data_files(args.data)
+    except (SpecError, FileNotFoundError, OSError) as exc:
+        return _error("transform", exc)
+    out = Path(args.out)
+    threads = args.threads or os.cpu_count() or 1
+    keep = list(args.keep)
+    columns = list(dict.fromkeys([*spec.input_names, *keep]))
+    types = {t.name: t.dtype for t in spec.inputs}
+    if out.suffix == ".npy":
+        if keep:
+            return _error("transform", ValueError("--keep needs a .parquet output"))
+        tensors = [t for t in spec.outputs if args.tensor in (None, t.name)]
+        if not tensors:
+            return _error("transform", ValueError(f"no output tensor named {args.tensor!r}"))
+        paths = {t.name: out if len(tensors) == 1 else out.with_name(f"{out.stem}.{t.name}.npy")
+                 for t in tensors}
+        writers: dict[str, Any] = {t.name: NpyWriter(paths[t.name], t.dtype, t.width) for t in tensors}
+    elif out.suffix == ".parquet":
+        writer = ParquetTensorWriter(out, spec)
+    else:
+        return _error("transform", ValueError("--out must end in .npy or .parquet"))
+    total = count_rows(files)
+    rows = 0
+    try:
+        with _progress(total, not args.no_progress, "transform") as bar:
+            for batch in prefetch(iter_batches(files, columns, args.batch_rows, types)):
+                result = spec.transform(batch, n_threads=threads)
+                if out.suffix == ".npy":
+                    for name, w in writers.items():
+                        w.write(result[name])
+                else:
+                    writer.write(batch, keep, result)
+                rows += batch.num_rows
+                bar.update(batch.num_rows)
+    except (FeatureInputError, KeyError, ValueError) as exc:
+        return _error("transform", exc)
+    finally:
+        if out.suffix == ".npy":
+            for w in writers.values():
+                w.close()
+        else:
+            writer.close()
+    written = ", ".join(str(p) for p in paths.values()) if out.suffix == ".npy" else str(out)
+    print(f"transformed {rows} rows with spec {spec.sha256[:16]} -> {written}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _skew_check(args: argparse.Namespace) -> int:
+    from .feature_kernel import FeatureInputError
+    from .fileio import count_rows, data_files
+    from .skew import skew_check
+    from .spec import FeatureSpec, SpecError
+
+    try:
+        spec = FeatureSpec.load(args.spec)
+        files = data_files(args.log)
+        with _progress(count_rows(files), not args.no_progress, "skew-check") as bar:
+            report = skew_check(spec, files, max_examples=args.max_examples, n_threads=args.threads,
+                                progress=bar.update)
+    except (SpecError, FeatureInputError, FileNotFoundError, KeyError, ValueError) as exc:
+        return _error("skew-check", exc)
+    print(json.dumps(report.to_dict(), indent=1, default=str) if args.json else report.format())
+    return EXIT_OK if report.ok else EXIT_SKEW
+
+
+def register(subparsers: Any) -> None:
+    """Add ``fit``, ``transform`` and ``skew-check`` to the ``skewless`` argparse subparsers."""
+    f = subparsers.add_parser("fit", help="fit a feature config on training data into a frozen features.json")
+    f.add_argument("--data", required=True, help=".parquet/.csv/.arrow file or a directory of them")
+    f.add_argument("--config", required=True, help="feature config (YAML or JSON)")
+    f.add_argument("--out", required=True, help="where to write the spec (features.json)")
+    f.set_defaults(func=_fit)
+
+    t = subparsers.add_parser("transform", help="transform data with a frozen spec, streaming by batches")
+    t.add_argument("--spec", required=True, help="features.json written by 'skewless fit'")
+    t.add_argument("--data", required=True, help=".parquet/.csv/.arrow file or a directory of them")
+    t.add_argument("--out", required=True,
+                   help="out.npy (one file per output tensor: out.<tensor>.npy when there are several) "
+                        "or out.parquet (one fixed_size_list column per tensor)")
+    t.add_argument("--tensor", default=None, help="with .npy: write only this output tensor")
+    t.add_argument("--keep", action="append", default=[], metavar="COLUMN",
+                   help="copy this input column into the .parquet output (repeatable), e.g. a label")
+    t.add_argument("--batch-rows", type=int, default=1 << 16, help="rows per batch (memory bound)")
+    t.add_argument("--threads", type=int, default=0, help="kernel threads (default: all cores)")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    t.set_defaults(func=_transform)
+
+    s = subparsers.add_parser("skew-check",
+                              help="recompute logged served features and report every mismatching byte")
+    s.add_argument("--log", required=True, help="feature log: a .parquet file or a directory of them")
+    s.add_argument("--spec", required=True, help="features.json the served features were computed with")
+    s.add_argument("--max-examples", type=int, default=10)
+    s.add_argument("--threads", type=int, default=None)
+    s.add_argument("--json", action="store_true", help="print the report as JSON")
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(func=_skew_check)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Stand-alone entry point (``python -m skewless.native.cli``) until the server CLI wires these in."""
+    parser = argparse.ArgumentParser(prog="skewless", description=__doc__)
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

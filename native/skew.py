@@ -1,0 +1,116 @@
+"""Training-serving skew check: recompute logged served features offline and report every mismatching byte.
+
+A feature log is Parquet (a file or a directory of files) with the spec's raw input columns, one column per
+output tensor named like the output (``fixed_size_list<dtype>[width]``, or ``binary`` holding each row's
+little-endian bytes), and optional ``request_id`` / ``model_name`` / ``model_version`` / ``time`` columns
+used in the examples. ``skewless transform --keep <inputs...>`` writes exactly this layout, so an offline
+file doubles as a reference log. Comparison is on bit patterns: NaN equals an identical NaN, -0.0 does
+not equal 0.0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .fileio import SPEC_HASH_KEY, data_files, iter_batches, tensor_from_column
+from .spec import FeatureSpec
+
+CONTEXT_COLUMNS = ("request_id", "model_name", "model_version", "time")
+
+
+@dataclass
+class SkewReport:
+    rows: int = 0
+    mismatched_rows: int = 0
+    mismatched_values: int = 0
+    per_feature: dict[str, int] = field(default_factory=dict)
+    examples: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.mismatched_values == 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rows": self.rows, "mismatched_rows": self.mismatched_rows,
+                "mismatched_values": self.mismatched_values, "per_feature": self.per_feature,
+                "examples": self.examples, "warnings": self.warnings, "ok": self.ok}
+
+    def format(self) -> str:
+        lines = [f"rows compared: {self.rows}", f"mismatching rows: {self.mismatched_rows}",
+                 f"mismatching values: {self.mismatched_values}"]
+        lines += [f"warning: {w}" for w in self.warnings]
+        for name, count in sorted(self.per_feature.items(), key=lambda kv: (-kv[1], kv[0])):
+            lines.append(f"  {name}: {count} values")
+        for ex in self.examples:
+            lines.append("  example: " + ", ".join(f"{k}={v}" for k, v in ex.items()))
+        return "\n".join(lines)
+
+
+def _bits(a: np.ndarray) -> np.ndarray:
+    return a.view({1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}[a.dtype.itemsize])
+
+
+def _column_features(spec: FeatureSpec, output: str) -> tuple[list[str], np.ndarray]:
+    """Feature names of an output and, per column, the index of the feature that writes it."""
+    feats = [f for f in spec.features if f["output"] == output]
+    owner = np.zeros(sum(f["width"] for f in feats), dtype=np.int64)
+    for i, f in enumerate(feats):
+        owner[f["offset"]:f["offset"] + f["width"]] = i
+    return [f["name"] for f in feats], owner
+
+
+def skew_check(spec: FeatureSpec, log: str | Path | Sequence[Path], *, max_examples: int = 10,
+               batch_rows: int = 1 << 16, n_threads: int | None = None,
+               progress: Callable[[int], None] | None = None) -> SkewReport:
+    """Compare every logged tensor value with the kernel's recomputation from the logged raw inputs."""
+    import pyarrow.parquet as pq
+
+    files = data_files(log) if isinstance(log, str | Path) else list(log)
+    report = SkewReport()
+    owners = {t.name: _column_features(spec, t.name) for t in spec.outputs}
+    names = {t.name: spec.column_names(t.name) for t in spec.outputs}
+    for f in files:
+        schema = pq.read_schema(f) if f.suffix == ".parquet" else None
+        if schema is not None and schema.metadata and SPEC_HASH_KEY in schema.metadata:
+            logged = schema.metadata[SPEC_HASH_KEY].decode()
+            if logged != spec.sha256:
+                report.warnings.append(f"{f.name} was written with spec {logged[:12]}, checking against "
+                                       f"{spec.sha256[:12]}")
+        available = set(schema.names) if schema is not None else None
+        context = [c for c in CONTEXT_COLUMNS if available is not None and c in available]
+        columns = [*spec.input_names, *spec.output_names, *context]
+        for batch in iter_batches([f], columns, batch_rows):
+            recomputed = spec.transform(batch, n_threads=n_threads)
+            bad_rows = np.zeros(batch.num_rows, dtype=np.bool_)
+            for t in spec.outputs:
+                logged = tensor_from_column(batch.column(t.name), t.dtype, t.width)
+                diff = _bits(logged) != _bits(recomputed[t.name])
+                if not diff.any():
+                    continue
+                bad_rows |= diff.any(axis=1)
+                rows, cols = np.nonzero(diff)
+                report.mismatched_values += rows.size
+                feat_names, owner = owners[t.name]
+                per = np.bincount(owner[cols], minlength=len(feat_names))
+                for i in np.nonzero(per)[0].tolist():
+                    report.per_feature[feat_names[i]] = report.per_feature.get(feat_names[i], 0) + int(per[i])
+                room = max(0, max_examples - len(report.examples))
+                for r, c in zip(rows[:room].tolist(), cols[:room].tolist(), strict=True):
+                    ex: dict[str, Any] = {"row": report.rows + r, "feature": feat_names[owner[c]],
+                                          "column": names[t.name][c],
+                                          "logged": logged[r, c].item(),
+                                          "recomputed": recomputed[t.name][r, c].item()}
+                    for k in context:
+                        ex[k] = batch.column(k)[r].as_py()
+                    report.examples.append(ex)
+            report.mismatched_rows += int(bad_rows.sum())
+            report.rows += batch.num_rows
+            if progress is not None:
+                progress(batch.num_rows)
+    return report
