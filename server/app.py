@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from dataclasses import dataclass, field
@@ -124,6 +125,16 @@ class Server:
         log.info("stopped")
 
 
+def _tune_gc() -> None:
+    """Everything loaded so far (models, protobuf descriptors, modules) lives as long as the server: move it
+    out of the collector's sight, and collect the young generation less often. Full collections over the
+    loaded heap were measured at ~20 us of server CPU per request at 64 clients."""
+    gc.collect()
+    gc.freeze()
+    gen0, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(max(gen0, 50_000), gen1, gen2)
+
+
 async def run_server(opts: ServerOptions) -> int:
     server = Server(opts)
     loop = asyncio.get_running_loop()
@@ -135,6 +146,7 @@ async def run_server(opts: ServerOptions) -> int:
         log.error("failed to start: %s", exc)
         await server.stop()
         return 1
+    _tune_gc()
     # A machine-readable line for scripts and tests that start us on port 0.
     print(f"SKEWLESS_READY grpc={opts.host}:{server.grpc_port} http={opts.host}:{server.metrics_port}",
           flush=True)

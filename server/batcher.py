@@ -88,6 +88,7 @@ class DynamicBatcher:
         self.delayed: deque[Pending] = deque()
         self.cap = max_batch_size  # the adaptive controller lowers this; never above max_batch_size
         self._slots = asyncio.Semaphore(instances)
+        self._inflight = 0  # batches executing now
         self._arrived = asyncio.Event()
         self._seq = itertools.count()
         self._next_release = 0
@@ -127,8 +128,15 @@ class DynamicBatcher:
     async def _run(self) -> None:
         try:
             while True:
+                while not self.queued:
+                    self._arrived.clear()
+                    await self._arrived.wait()
                 await self._slots.acquire()
                 batch = await self._form_batch()
+                if not batch:
+                    self._slots.release()
+                    continue
+                self._inflight += 1
                 asyncio.get_running_loop().create_task(self._execute(batch))
         except asyncio.CancelledError:
             pass
@@ -205,9 +213,7 @@ class DynamicBatcher:
                 self.cap = self.adaptive.cap
             batch, rows = self._gather()
             if not batch:
-                self._arrived.clear()
-                await self._wait(self._next_timer(now))
-                continue
+                return batch
             target = min(self.preferred[-1], self.cap) if self.preferred else self.cap
             head = batch[0]
             if self.adaptive is not None:
@@ -270,6 +276,34 @@ class DynamicBatcher:
             for p, per_request in zip(live, results, strict=True):
                 self._finish(p, ([per_request[index[n]] for n in p.outputs], dispatched - p.enqueued_ns), None)
         finally:
+            self._inflight -= 1
+            self._slots.release()
+
+    # -- the fast path ---------------------------------------------------------------------------------
+    def can_bypass(self) -> bool:
+        """True when queueing could not change what runs: nothing waits, an instance is free, no delay
+        would be spent waiting for company, and (with preserve_ordering) nothing is still running."""
+        if self._closed or self.queued or self._slots.locked():
+            return False
+        if self.preserve_ordering and self._inflight:
+            return False
+        if self.adaptive is not None:
+            now = asyncio.get_running_loop().time()
+            return self.adaptive.wait_budget(now, now) == 0.0
+        return self.delay_s <= 0
+
+    async def run_alone(self, feeds: dict[str, np.ndarray], rows: int, outputs: Sequence[str]):
+        """A batch of one, run by the caller itself: no queue entry, no future, no batcher wake-up."""
+        await self._slots.acquire()  # never waits: can_bypass() saw a free slot and nothing awaited since
+        self._inflight += 1
+        try:
+            start = time.perf_counter_ns()
+            (outs,), thread_wait_ns = await self.model.execute_batch([feeds], [rows], list(outputs))
+            if self.adaptive is not None:
+                self.adaptive.observe((time.perf_counter_ns() - start - thread_wait_ns) / 1e9)
+            return outs, thread_wait_ns
+        finally:
+            self._inflight -= 1
             self._slots.release()
 
     def _finish(self, p: Pending, result, exc: BaseException | None) -> None:
