@@ -81,7 +81,7 @@ class DataPlane:
         _check_output_parameters(req)
         mv, names, arrays = await self._run(req.model_name, req.model_version, req.inputs,
                                             req.raw_input_contents, [o.name for o in req.outputs],
-                                            req.parameters, received_ns, time_remaining_s)
+                                            req.parameters, received_ns, time_remaining_s, request_id=req.id)
         return encode_response(req.id, mv, names, arrays)
 
     async def infer_bytes(self, data: bytes, received_ns: int | None = None,
@@ -100,12 +100,13 @@ class DataPlane:
                 return pb.ModelStreamInferResponse(infer_response=resp).SerializeToString()
             return resp.SerializeToString()
         mv, names, arrays = await self._run(req.model_name, req.model_version, req.inputs, req.raw,
-                                            req.outputs, req.parameters, received_ns, time_remaining_s)
+                                            req.outputs, req.parameters, received_ns, time_remaining_s,
+                                            request_id=req.id)
         return build_infer_response(mv.name, str(mv.version), req.id, output_tensors(mv, names, arrays),
                                     _STREAM_TAG if stream else None)
 
     async def _run(self, model_name: str, model_version: str, tensors, raw, output_names: list[str], params,
-                   received_ns: int | None, time_remaining_s: float | None):
+                   received_ns: int | None, time_remaining_s: float | None, request_id: str = ""):
         received_ns = received_ns or time.perf_counter_ns()
         mv = self.repository.get(model_name, model_version)
         mv.enter()
@@ -113,6 +114,8 @@ class DataPlane:
         queue_ns = 0
         try:
             feeds, rows = decode_inputs(tensors, raw, mv)
+            if mv.features is not None:  # raw feature columns: row counts checked, tagged for the feature log
+                feeds = mv.features.admit(feeds, request_id)
             names = requested_outputs(output_names, mv)
             priority, timeout_us = scheduling_parameters(params)
             deadline = None
@@ -251,7 +254,10 @@ def decode_inputs(tensors, raw, mv: ModelVersion) -> tuple[dict[str, np.ndarray]
             if typed is not None:
                 raise InvalidArgument(
                     f"input '{name}' has both raw_input_contents and typed contents: send exactly one of them")
-            arr = decode_raw(name, spec.datatype, shape, raw[i])
+            if mv.features is not None and spec.datatype.name == "BYTES":  # kept as wire bytes, no str objects
+                arr = mv.features.bytes_payload(name, shape, raw[i])
+            else:
+                arr = decode_raw(name, spec.datatype, shape, raw[i])
         elif typed is not None or element_count(shape) == 0:
             arr = decode_typed(name, spec.datatype, shape, typed if typed is not None else pb.InferTensorContents())
         else:

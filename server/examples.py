@@ -23,12 +23,15 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 __all__ = [
+    "CHURN_FEATURE_CONFIG",
     "IDENTITY_DATATYPES",
     "TEXT_VOCABULARY",
     "build_example_repository",
     "build_test_models",
+    "churn_dataset",
     "make_slow_model",
     "slow_model_iterations",
+    "write_churn_model",
 ]
 
 # Opsets that onnxruntime's CPU provider has long supported; pinned (with the IR
@@ -294,8 +297,137 @@ def _text_model() -> onnx.ModelProto:
     return _make_model(graph, ml=True)
 
 
+#: The churn example's feature config (``skewless fit`` format); its fitted spec is ``1/features.json``.
+CHURN_FEATURE_CONFIG: dict = {
+    "outputs": {"dense": "float32", "ids": "int64"},
+    "features": [
+        {"name": "tenure_months", "impute": "median", "clip": [0, 72], "scale": "standard",
+         "missing_indicator": True},
+        {"name": "tenure_bucket", "input": "tenure_months", "bucketize": {"quantiles": 4}, "encode": "onehot"},
+        {"name": "monthly_charges", "impute": "mean", "log1p": True, "scale": "standard"},
+        {"name": "support_calls", "clip": [0, 10], "scale": "minmax"},
+        {"name": "senior"},
+        {"name": "contract", "kind": "vocabulary", "oov_buckets": 0, "encode": "onehot"},
+        {"name": "payment_method", "kind": "vocabulary", "oov_buckets": 1, "encode": "onehot"},
+        {"name": "region", "kind": "hash", "buckets": 64, "seed": 11},
+        {"name": "contract_x_payment", "kind": "cross", "inputs": ["contract", "payment_method"],
+         "buckets": 32, "seed": 5},
+    ],
+}
+_CHURN_CONTRACTS = ("month-to-month", "one-year", "two-year")
+_CHURN_PAYMENTS = ("electronic-check", "mailed-check", "bank-transfer", "credit-card")
+
+
+def churn_dataset(n: int = 2000, seed: int = 2024) -> dict[str, np.ndarray]:
+    """Synthetic customer table (raw columns plus a ``churned`` label) from a fixed-seed generator.
+
+    Churn is more likely on month-to-month contracts, short tenure, high charges, many support calls and
+    electronic checks; about 5% of tenures are missing (NaN).
+    """
+    rng = np.random.default_rng(seed)
+    contract = rng.choice(np.array(_CHURN_CONTRACTS, dtype=object), n, p=[0.55, 0.25, 0.2])
+    payment = rng.choice(np.array(_CHURN_PAYMENTS, dtype=object), n, p=[0.35, 0.2, 0.25, 0.2])
+    tenure = np.round(rng.gamma(2.0, 14.0, n), 1)
+    charges = np.round(rng.uniform(18.0, 120.0, n), 2)
+    calls = rng.poisson(1.5, n).astype(np.int64)
+    senior = rng.random(n) < 0.16
+    region = np.array([f"region-{i:02d}" for i in rng.integers(0, 40, n)], dtype=object)
+    logit = (-1.2 + 1.4 * (contract == "month-to-month") - 0.04 * np.minimum(tenure, 72)
+             + 0.02 * (charges - 70) + 0.35 * calls + 0.5 * (payment == "electronic-check") + 0.3 * senior)
+    churned = rng.random(n) < 1 / (1 + np.exp(-logit))
+    tenure[rng.random(n) < 0.05] = np.nan
+    return {"tenure_months": tenure, "monthly_charges": charges, "support_calls": calls, "senior": senior,
+            "contract": contract, "payment_method": payment, "region": region, "churned": churned}
+
+
+def _churn_model(spec) -> onnx.ModelProto:
+    """Logistic regression on the spec's dense block plus one learned weight per hashed id (an embedding
+    of width 1), fitted by full-batch gradient descent on ``churn_dataset`` and rounded to 4 decimals so the
+    file does not depend on the machine's BLAS."""
+    data = churn_dataset()
+    x = spec.transform(data)
+    dense, ids = x["dense"].astype(np.float64), x["ids"]
+    width = {t.name: t.width for t in spec.outputs}
+    sizes = [f["buckets"] + 1 for f in spec.features if f["output"] == "ids"]
+    offsets = np.cumsum([0, *sizes[:-1]])
+    onehot = np.zeros((dense.shape[0], sum(sizes)))
+    for j in range(ids.shape[1]):
+        onehot[np.arange(dense.shape[0]), ids[:, j] + offsets[j]] = 1.0
+    design = np.hstack([dense, onehot, np.ones((dense.shape[0], 1))])
+    y = data["churned"].astype(np.float64)
+    w = np.zeros(design.shape[1])
+    for _ in range(400):
+        p = 1 / (1 + np.exp(-(design @ w)))
+        w -= 0.5 * (design.T @ (p - y) / len(y) + 1e-3 * w)
+    w = np.round(w, 4)
+    d = width["dense"]
+    coef = w[:d].astype(np.float32).reshape(d, 1)
+    table = w[d:-1].astype(np.float32).reshape(-1, 1)
+    bias = np.array([w[-1]], dtype=np.float32)
+    nodes = [
+        helper.make_node("MatMul", ["dense", "coef"], ["dense_logit"]),
+        helper.make_node("Add", ["ids", "id_offsets"], ["table_rows"]),
+        helper.make_node("Gather", ["table", "table_rows"], ["id_weights"], axis=0),  # [batch, k, 1]
+        helper.make_node("ReduceSum", ["id_weights", "axis1"], ["id_logit"], keepdims=0),  # [batch, 1]
+        helper.make_node("Add", ["dense_logit", "id_logit"], ["logit0"]),
+        helper.make_node("Add", ["logit0", "bias"], ["logit"]),
+        helper.make_node("Sigmoid", ["logit"], ["p_churn"]),
+        helper.make_node("Sub", ["one", "p_churn"], ["p_stay"]),
+        helper.make_node("Concat", ["p_stay", "p_churn"], ["probabilities"], axis=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "churn",
+        [_vi("dense", "FP32", ["batch", d]), _vi("ids", "INT64", ["batch", width["ids"]])],
+        [_vi("probabilities", "FP32", ["batch", 2])],
+        [
+            numpy_helper.from_array(coef, "coef"),
+            numpy_helper.from_array(table, "table"),
+            numpy_helper.from_array(bias, "bias"),
+            numpy_helper.from_array(offsets.astype(np.int64), "id_offsets"),
+            numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1"),
+            numpy_helper.from_array(np.array(1.0, dtype=np.float32), "one"),
+        ],
+    )
+    return _make_model(graph)
+
+
+_CHURN_CONFIG = """\
+# Clients send the raw inputs of 1/features.json; the server computes the model's "dense" and "ids"
+# tensors with the same kernel as 'skewless transform'. Without this file the inputs are auto-completed.
+name: "churn"
+platform: "onnxruntime_onnx"
+max_batch_size: 64
+input [
+  { name: "tenure_months" data_type: TYPE_FP64 dims: [ 1 ] },
+  { name: "monthly_charges" data_type: TYPE_FP64 dims: [ 1 ] },
+  { name: "support_calls" data_type: TYPE_INT64 dims: [ 1 ] },
+  { name: "senior" data_type: TYPE_BOOL dims: [ 1 ] },
+  { name: "contract" data_type: TYPE_STRING dims: [ 1 ] },
+  { name: "payment_method" data_type: TYPE_STRING dims: [ 1 ] },
+  { name: "region" data_type: TYPE_STRING dims: [ 1 ] }
+]
+output [
+  { name: "probabilities" data_type: TYPE_FP32 dims: [ 2 ] }
+]
+dynamic_batching { max_queue_delay_microseconds: 0 }
+# Served-feature log (replay with: skewless skew-check --log DIR --spec 1/features.json):
+# parameters { key: "skewless.feature_log_rate" value { string_value: "0.01" } }
+# parameters { key: "skewless.feature_log_dir" value { string_value: "/tmp/skewless-features" } }
+"""
+
+
+def write_churn_model(root: pathlib.Path, *, config: bool = True) -> None:
+    """``<root>/churn``: features.json fitted on ``churn_dataset`` plus the model that consumes it."""
+    from skewless.native.fit import fit
+
+    spec = fit(CHURN_FEATURE_CONFIG, {k: v for k, v in churn_dataset().items() if k != "churned"})
+    _write_model_dir(root, "churn", _churn_model(spec), _CHURN_CONFIG if config else None)
+    spec.save(root / "churn" / "1" / "features.json")
+
+
 def build_example_repository(root: pathlib.Path) -> None:
-    """Write the bundled example repository (mlp, gbt without config, text)."""
+    """Write the bundled example repository (mlp, gbt without config, text, churn with features.json)."""
     root = pathlib.Path(root)
     _write_model_dir(
         root,
@@ -323,6 +455,7 @@ def build_example_repository(root: pathlib.Path) -> None:
             [_Tensor("label_id", "INT64", [1]), _Tensor("score_sum", "FP32", [1])],
         ),
     )
+    write_churn_model(root)
 
 
 # ---------------------------------------------------------------------------

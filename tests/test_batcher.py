@@ -108,13 +108,13 @@ def test_incompatible_shapes_are_never_merged(tmp_path, models):
             output [ { name: "y" data_type: TYPE_FP32 dims: [-1] } ]
             dynamic_batching { }""")
         feeds = [np.full((1, 3 + i % 2), i, np.float32) for i in range(10)]
-        # Queued synchronously, so the batcher sees all ten at once.
         futures = [mv.infer({"x": f}, ["y"], 1) for f in feeds]
         results = await asyncio.gather(*futures)
         for f, (outs, _) in zip(feeds, results, strict=True):
             np.testing.assert_array_equal(outs[0], f)
-        assert mv.stats.execution_count == 2  # one batch per shape
-        assert sorted(mv.stats.by_batch_size) == [5]
+        # The first finds an idle instance and runs alone; the nine queued behind it form one batch per shape.
+        assert mv.stats.execution_count == 3
+        assert sorted(mv.stats.by_batch_size) == [1, 4, 5]
         await mv.drain_and_close()
 
     run(main())
@@ -285,9 +285,11 @@ def test_failed_batch_fails_every_request_in_it(tmp_path, models):
             input [ { name: "x" data_type: TYPE_FP32 dims: [4] } ]
             output [ { name: "s" data_type: TYPE_FP32 dims: [4] } ]
             dynamic_batching { }""")
-        futures = [mv.infer(x(1.0), ["s"], 1) for _ in range(3)]  # queued together: one batch of 3
+        # The first runs alone on the idle instance; the three queued behind it merge into one batch.
+        futures = [mv.infer(x(1.0), ["s"], 1) for _ in range(4)]
         results = await asyncio.gather(*futures, return_exceptions=True)
-        assert all(isinstance(r, Internal) and "cannot be split" in str(r) for r in results), results
+        assert results[0][0][0].shape == (2, 4)
+        assert all(isinstance(r, Internal) and "cannot be split" in str(r) for r in results[1:]), results
         (alone,), _ = await mv.infer(x(1.0), ["s"], 1)  # the batcher survives and serves the next one
         assert alone.shape == (2, 4)
         await mv.drain_and_close()

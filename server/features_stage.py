@@ -1,0 +1,287 @@
+"""Serving half of the feature core: a version folder with ``features.json`` beside ``model.onnx``.
+
+Clients of such a model send the spec's *raw* inputs (one value per row); the ONNX model's own inputs are
+the spec's output tensors, computed by the native kernel and never visible to clients. The pieces:
+
+* load time (``FeatureStage.load``): the spec is read and checked against the ONNX model's inputs (names,
+  dtypes, widths), and the raw inputs take the place of the model's inputs in config completion, so
+  ModelMetadata / ModelConfig show them and an explicit ``config.pbtxt`` lists them. Raw dtypes on the wire:
+  float -> FP64 (the spec computes in double: an FP64 input is exactly what offline ``transform`` reads,
+  so served and training tensors are byte-equal; FP32 would round values clients may hold in double),
+  int -> INT64, bool -> BOOL, string -> BYTES. Shapes are [-1, 1] (dims [1] with batching).
+* request time, on the event loop (``bytes_payload``, ``admit``): BYTES inputs are validated and kept as
+  their wire bytes (no Python object per value); row counts are checked, so that every per-request error
+  is raised for that request alone before it can join a batch.
+* batch time, in ``ModelVersion._run_batch`` (``transform_batch``): the raw columns of all requests are
+  concatenated (strings with ``bytes_to_arrow``: one copy, no objects) and the kernel runs once, without the
+  GIL, into a per-thread preallocated tensor that goes straight to onnxruntime; sampled requests are handed
+  to the feature log (``server.feature_log``) without ever waiting for it.
+
+Missing values: a NaN in an FP64 input is missing and gets the spec's policy (impute, missing indicator,
+index 0). The v2 protocol has no null for the other datatypes, so INT64, BOOL and BYTES values are always
+present (an empty string is a value, as it is offline).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from skewless.native.batch_merge import merge_column
+from skewless.native.bytes_codec import BytesFormatError, bytes_to_arrow, check_bytes, decode_bytes
+from skewless.native.feature_kernel import FeatureInputError, strings_to_buffers
+from skewless.native.spec import FeatureSpec, SpecError
+from skewless.protos import model_config_pb2 as mc
+
+from .codec import format_shape
+from .config import OnnxTensor
+from .errors import InvalidArgument, ModelLoadError
+from .feature_log import FeatureLogger, LogRecord, log_settings
+
+log = logging.getLogger(__name__)
+
+FEATURES_FILE = "features.json"
+# Raw spec dtype -> the ONNX type string that config completion turns into the client-facing datatype.
+RAW_ONNX_TYPES = {"float": "tensor(double)", "int": "tensor(int64)", "bool": "tensor(bool)",
+                  "string": "tensor(string)"}
+RAW_CONFIG_TYPES = {"float": "TYPE_FP64", "int": "TYPE_INT64", "bool": "TYPE_BOOL", "string": "TYPE_STRING"}
+NUMPY_TYPES = {"float": np.dtype(np.float64), "int": np.dtype(np.int64), "bool": np.dtype(np.bool_)}
+OUTPUT_ONNX_TYPES = {"float32": "tensor(float)", "float64": "tensor(double)", "int64": "tensor(int64)",
+                     "int32": "tensor(int32)"}
+
+
+class WireBytes(np.ndarray):
+    """A validated serialized BYTES tensor kept as its wire bytes (uint8), with its element count.
+
+    An ndarray, so the batcher's compatibility key and everything else that handles feeds keep working.
+    """
+
+    count: int
+
+
+class FeatureFeeds(dict):
+    """One request's raw columns (name -> array) plus what the feature log records about it."""
+
+    __slots__ = ("request_id", "time_ns", "n_rows")
+
+    def __init__(self, feeds: dict[str, np.ndarray], request_id: str, time_ns: int, n_rows: int) -> None:
+        super().__init__(feeds)
+        self.request_id = request_id
+        self.time_ns = time_ns
+        self.n_rows = n_rows
+
+
+def _dynamic(dim: object) -> bool:
+    return not isinstance(dim, int) or dim < 0
+
+
+def check_model_inputs(spec: FeatureSpec, onnx_inputs: Sequence[OnnxTensor], where: str) -> None:
+    """The spec's outputs must be exactly the ONNX model's inputs: same names, dtypes and widths."""
+    model = {t.name: t for t in onnx_inputs}
+    outputs = {t.name: t for t in spec.outputs}
+    unfed = [n for n in model if n not in outputs]
+    if unfed:
+        raise ModelLoadError(f"{where}: the ONNX model's input(s) {unfed} are not outputs of {FEATURES_FILE} "
+                             f"(its outputs are {list(outputs)})")
+    unused = [n for n in outputs if n not in model]
+    if unused:
+        raise ModelLoadError(f"{where}: {FEATURES_FILE} output(s) {unused} are not inputs of the ONNX model "
+                             f"(its inputs are {list(model)})")
+    for name, out in outputs.items():
+        t = model[name]
+        want = OUTPUT_ONNX_TYPES[out.dtype]
+        if t.onnx_type != want:
+            raise ModelLoadError(f"{where}: {FEATURES_FILE} output '{name}' is {out.dtype} ({want}) but the ONNX "
+                                 f"model's input '{name}' is {t.onnx_type}")
+        shape = ["?" if _dynamic(d) else int(d) for d in t.shape]
+        if len(t.shape) != 2 or not _dynamic(t.shape[0]):
+            raise ModelLoadError(f"{where}: the ONNX model's input '{name}' has shape {shape}; a feature tensor "
+                                 f"is [batch, {out.width}] with a dynamic batch dimension")
+        if not _dynamic(t.shape[1]) and int(t.shape[1]) != out.width:
+            raise ModelLoadError(f"{where}: {FEATURES_FILE} output '{name}' has width {out.width} but the ONNX "
+                                 f"model's input '{name}' has shape {shape}")
+
+
+class FeatureStage:
+    """The loaded spec of one model version and everything the serving path does with it. Thread-safe."""
+
+    def __init__(self, spec: FeatureSpec, model_name: str, version: int, logger: FeatureLogger | None) -> None:
+        self.spec = spec
+        self.model_name = model_name
+        self.version = version
+        self.where = f"model '{model_name}' version {version}"
+        self.logger = logger
+        self.raw_dtypes: list[tuple[str, str]] = [(t.name, t.dtype) for t in spec.inputs]
+        self.raw_tensors = [OnnxTensor(t.name, RAW_ONNX_TYPES[t.dtype], (None, 1)) for t in spec.inputs]
+        self._first_raw = spec.input_names[0] if spec.inputs else ""
+        self._min_rows = 1
+        self._local = threading.local()
+
+    # -- load time ---------------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, version_dir: Path, base_config: mc.ModelConfig, onnx_inputs: Sequence[OnnxTensor],
+             model_name: str, version: int) -> FeatureStage | None:
+        """The stage of a version folder that holds ``features.json``, else None. Raises ModelLoadError."""
+        path = Path(version_dir) / FEATURES_FILE
+        if not path.is_file():
+            return None
+        where = f"model '{model_name}' version {version}"
+        try:
+            spec = FeatureSpec.load(path)
+        except (SpecError, OSError, ValueError, TypeError, KeyError) as exc:  # ValueError covers bad UTF-8
+            raise ModelLoadError(f"{where}: cannot use {path}: {exc}") from None
+        if not spec.inputs:
+            raise ModelLoadError(f"{where}: {path} declares no raw inputs")
+        check_model_inputs(spec, onnx_inputs, where)
+        _check_config_inputs(spec, base_config, where)
+        settings = log_settings(base_config, where)
+        logger = None
+        if settings is not None:
+            logger = FeatureLogger(settings, spec, model_name, version)
+        stage = cls(spec, model_name, version, logger)
+        log.info("%s: serving raw inputs %s through %s (spec %s)%s", where, list(spec.input_names),
+                 FEATURES_FILE, spec.sha256[:12],
+                 f"; logging {settings.rate:g} of requests to {logger.directory}" if logger else "")
+        return stage
+
+    def check_config(self, config: mc.ModelConfig) -> None:
+        """After completion: every raw input carries one value per row, so kernel columns are 1-D."""
+        batching = config.max_batch_size > 0
+        for f in config.input:
+            dims = list(f.dims)
+            if (batching and dims != [1]) or (not batching and (len(dims) != 2 or dims[1] != 1)):
+                want = "[1]" if batching else "[-1, 1]"
+                raise ModelLoadError(f"{self.where}: raw input '{f.name}' has dims {format_shape(dims)} in the "
+                                     f"config; a feature spec takes one value per row: dims {want}")
+        self._min_rows = max(1, config.max_batch_size)
+
+    # -- request time (event loop) -----------------------------------------------------------------------
+    def bytes_payload(self, name: str, shape: Sequence[int], raw: bytes | memoryview) -> WireBytes:
+        """Validate a BYTES raw input and keep its wire bytes: no Python object per value (zero-copy)."""
+        count = math.prod(shape)
+        try:
+            check_bytes(raw, count)
+        except BytesFormatError as exc:
+            raise InvalidArgument(
+                f"malformed BYTES data for input '{name}' with shape {format_shape(shape)}: {exc}") from None
+        arr = np.frombuffer(raw, dtype=np.uint8).view(WireBytes)
+        arr.count = count
+        return arr
+
+    def admit(self, feeds: dict[str, np.ndarray], request_id: str) -> FeatureFeeds:
+        """Check that every raw column has the same number of rows; tag the request for the feature log."""
+        n_rows = -1
+        for name, _ in self.raw_dtypes:
+            arr = feeds[name]
+            n = arr.count if type(arr) is WireBytes else arr.shape[0]
+            if n_rows < 0:
+                n_rows = n
+            elif n != n_rows:
+                raise InvalidArgument(f"input '{name}' has {n} rows but input '{self._first_raw}' has {n_rows}: "
+                                      f"every raw input of model '{self.model_name}' needs one value per row")
+        return FeatureFeeds(feeds, request_id, time.time_ns(), max(n_rows, 0))
+
+    # -- batch time (ModelVersion._run_batch, off the event loop unless the model is cheap enough) --------
+    def transform_batch(self, feeds: Sequence[dict[str, np.ndarray]], *, log_sample: bool = True
+                        ) -> dict[str, np.ndarray]:
+        """Merge the raw columns of a batch, run the kernel once into this thread's buffers, maybe log.
+
+        Returns the model's feeds: views of the first n rows of per-thread tensors, valid until this thread
+        transforms its next batch (i.e. for the onnxruntime run that follows).
+        """
+        counts = [f.n_rows if type(f) is FeatureFeeds else _rows_of(f[self._first_raw]) for f in feeds]
+        n = sum(counts)
+        columns = {name: self._merge(name, dtype, feeds, counts) for name, dtype in self.raw_dtypes}
+        outs = self._buffers(n)
+        try:
+            self.spec.transform_into(columns, outs)
+        except FeatureInputError as exc:
+            # admit() and the decoder catch every per-request problem; reaching here means a whole batch
+            # is bad, which is still the client's input, not a server fault.
+            raise InvalidArgument(f"{exc} (model '{self.model_name}')") from None
+        if log_sample and self.logger is not None:
+            self._log(feeds, counts, columns, outs)
+        return outs
+
+    def _merge(self, name: str, dtype: str, feeds: Sequence[dict[str, np.ndarray]], counts: list[int]):
+        """One raw column of the whole batch, as the kernel takes it: 1-D array or (offsets, data[, valid])."""
+        if dtype != "string":
+            try:
+                return merge_column(feeds if isinstance(feeds, list) else list(feeds), name, NUMPY_TYPES[dtype])
+            except TypeError as exc:  # decode_inputs checked the datatype: only a caller bug gets here
+                raise InvalidArgument(str(exc)) from None
+        parts = [f[name] for f in feeds]
+        if all(type(p) is WireBytes for p in parts):
+            try:
+                return bytes_to_arrow(parts, counts)
+            except BytesFormatError as exc:  # validated at decode time already; kept for safety
+                raise InvalidArgument(f"malformed BYTES data for input '{name}': {exc}") from None
+        # typed contents and warmup samples arrive as object arrays of str: encode them once
+        objs = [decode_bytes(p, p.count, False) if type(p) is WireBytes else p.reshape(-1) for p in parts]
+        offsets, data, valid = strings_to_buffers(np.concatenate(objs) if len(objs) != 1 else objs[0])
+        return (offsets, data) if valid is None else (offsets, data, valid)
+
+    def _buffers(self, n: int) -> dict[str, np.ndarray]:
+        """Views of ``n`` rows of this thread's output tensors, grown when a batch is larger than any yet."""
+        bufs: dict[str, np.ndarray] | None = getattr(self._local, "bufs", None)
+        if bufs is None or next(iter(bufs.values())).shape[0] < n:
+            rows = max(n, self._min_rows)
+            bufs = {t.name: np.empty((rows, t.width), dtype=t.dtype) for t in self.spec.outputs}
+            self._local.bufs = bufs
+        return {name: buf[:n] for name, buf in bufs.items()}
+
+    def _log(self, feeds: Sequence[dict[str, np.ndarray]], counts: list[int], columns: dict,
+             outs: dict[str, np.ndarray]) -> None:
+        logger = self.logger
+        chosen = logger.sample(len(feeds))
+        if not chosen or not logger.has_room():
+            if chosen:
+                logger.drop(sum(counts[i] for i in chosen))
+            return
+        if len(chosen) == len(feeds):
+            rows = None
+            tensors = {name: arr.copy() for name, arr in outs.items()}  # the buffers are reused
+        else:
+            starts = np.cumsum([0, *counts])
+            rows = np.concatenate([np.arange(starts[i], starts[i + 1]) for i in chosen])
+            tensors = {name: arr[rows] for name, arr in outs.items()}
+        requests = [(getattr(feeds[i], "request_id", ""), getattr(feeds[i], "time_ns", 0), counts[i])
+                    for i in chosen]
+        logger.submit(LogRecord(columns, rows, tensors, requests))
+
+    # -- warmup and shutdown -----------------------------------------------------------------------------
+    def model_feeds(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Raw warmup samples -> the model's feeds (copied: warmup runs outside the request path)."""
+        return {k: v.copy() for k, v in self.transform_batch([feeds], log_sample=False).items()}
+
+    def close(self) -> None:
+        """Flush and close the feature log (blocking: call it off the event loop)."""
+        if self.logger is not None:
+            self.logger.close()
+
+
+def _rows_of(arr: np.ndarray) -> int:
+    return arr.count if type(arr) is WireBytes else arr.shape[0]
+
+
+def _check_config_inputs(spec: FeatureSpec, cfg: mc.ModelConfig, where: str) -> None:
+    """An explicit config lists the raw inputs (clear errors for listing the model's feature tensors)."""
+    raw = {t.name: t.dtype for t in spec.inputs}
+    for f in cfg.input:
+        if f.name not in raw:
+            what = (f"is computed from the raw inputs by {FEATURES_FILE}" if f.name in spec.output_names
+                    else f"is not a raw input of {FEATURES_FILE}")
+            raise ModelLoadError(f"{where}: config input '{f.name}' {what}; list the raw inputs {list(raw)} "
+                                 "(or leave the inputs out to have them completed)")
+        want = RAW_CONFIG_TYPES[raw[f.name]]
+        if mc.DataType.Name(f.data_type) != want:
+            raise ModelLoadError(f"{where}: raw input '{f.name}' is {raw[f.name]} in {FEATURES_FILE}, served "
+                                 f"as {want}; the config says {mc.DataType.Name(f.data_type)}")
+        if f.HasField("reshape"):
+            raise ModelLoadError(f"{where}: raw input '{f.name}' cannot have a reshape")
