@@ -105,7 +105,7 @@ class ServerProbe:
             return {"server": "unknown", "server_metadata_error": exc.code().name}
         return {"server": md.name, "server_version": md.version, "extensions": list(md.extensions)}
 
-    def stats(self) -> dict[str, int] | None:
+    def stats(self) -> dict[str, Any] | None:
         if not self.stats_supported:
             return None
         try:
@@ -117,7 +117,10 @@ class ServerProbe:
             return None
         s = {"inference_count": 0, "execution_count": 0, "success": 0, "fail": 0,
              "queue_ns": 0, "queue_count": 0, "compute_infer_ns": 0, "compute_infer_count": 0}
+        by_size: dict[int, int] = {}  # rows per execution -> executions (Triton's batch_stats)
         for m in resp.model_stats:
+            for b in m.batch_stats:
+                by_size[int(b.batch_size)] = by_size.get(int(b.batch_size), 0) + b.compute_infer.count
             st = m.inference_stats
             s["inference_count"] += m.inference_count
             s["execution_count"] += m.execution_count
@@ -127,7 +130,7 @@ class ServerProbe:
             s["queue_count"] += st.queue.count
             s["compute_infer_ns"] += st.compute_infer.ns
             s["compute_infer_count"] += st.compute_infer.count
-        return s
+        return {**s, "by_batch_size": by_size}
 
     def cpu(self) -> float | None:
         return process_tree_cpu(self.cfg.server_pid) if self.cfg.server_pid else None
@@ -136,10 +139,12 @@ class ServerProbe:
         self.channel.close()
 
 
-def stats_delta(a: dict[str, int] | None, b: dict[str, int] | None, rows: int) -> dict[str, Any] | None:
+def stats_delta(a: dict[str, Any] | None, b: dict[str, Any] | None, rows: int) -> dict[str, Any] | None:
     if a is None or b is None:
         return None
-    d = {k: b[k] - a[k] for k in a}
+    d = {k: b[k] - a[k] for k in a if k != "by_batch_size"}
+    sizes_a, sizes_b = a.get("by_batch_size", {}), b.get("by_batch_size", {})
+    by_size = {str(n): c - sizes_a.get(n, 0) for n, c in sorted(sizes_b.items()) if c > sizes_a.get(n, 0)}
     execs = d["execution_count"]
     return {
         "inference_count": d["inference_count"], "execution_count": execs,
@@ -150,6 +155,8 @@ def stats_delta(a: dict[str, int] | None, b: dict[str, int] | None, rows: int) -
         "queue_us_mean": d["queue_ns"] / d["queue_count"] / 1e3 if d["queue_count"] else None,
         "compute_infer_us_mean": d["compute_infer_ns"] / d["compute_infer_count"] / 1e3
         if d["compute_infer_count"] else None,
+        # Executions per batch size (rows) inside the window, from ModelStatistics' batch_stats.
+        "batch_sizes": by_size,
     }
 
 
@@ -167,12 +174,19 @@ class ClientPool:
         self.procs = [ctx.Process(target=worker_main, name=f"bench-client-{i}", daemon=True,
                                   args=(i, opts, wl, self.commands[i], self.results, self.counters))
                       for i in range(self.n)]
-        for p in self.procs:
-            p.start()
         self.pids: dict[int, int] = {}
-        while len(self.pids) < self.n:
-            kind, worker, payload = self._get(60.0)
-            self.pids[worker] = payload
+        try:
+            for p in self.procs:
+                p.start()
+            while len(self.pids) < self.n:
+                kind, worker, payload = self._get(60.0)
+                self.pids[worker] = payload
+        except BaseException:  # a client that failed to start, or an interrupt: leave no process behind
+            for p in self.procs:
+                if p.is_alive():
+                    p.terminate()
+                    p.join(2)
+            raise
 
     def _get(self, timeout: float) -> tuple[str, int, Any]:
         try:
@@ -262,7 +276,7 @@ def run_point(cfg: BenchConfig, pool: ClientPool, probe: ServerProbe, progress: 
     pool.start(specs)
     label = f"{'stream' if cfg.stream else 'unary'} " + (f"c={int(value)}" if mode == "closed" else f"{value:.0f}/s")
     progress.reset()
-    snaps: dict[str, tuple[float | None, dict[str, int] | None, float]] = {}
+    snaps: dict[str, tuple[float | None, dict[str, Any] | None, float]] = {}
     while "end" not in snaps:
         now = time.time()
         edge, at = ("start", t_w) if "start" not in snaps else ("end", t_end)

@@ -1,0 +1,91 @@
+"""Smoke test of the issue 3 report: one very short run of every section writes sane JSON, PNG and table.
+
+It proves the script works end to end (servers started and stopped, every figure present, no errors, replies
+spot-checked); it never judges a speed, which on a shared CI machine would only be noise.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("psutil")
+pytest.importorskip("matplotlib")
+pytest.importorskip("onnx")
+
+import psutil  # noqa: E402
+
+from skewless.benchmarks import issue3_report  # noqa: E402
+
+
+def _our_servers() -> list[str]:
+    out = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            cmd = " ".join(child.cmdline())
+        except psutil.Error:
+            continue
+        if "skewless.server.cli" in cmd or "skewless.benchmarks.echo_server" in cmd:
+            out.append(cmd)
+    return out
+
+
+def test_quick_run_writes_every_figure(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc = issue3_report.main(["--quick", "--duration", "0.3", "--warmup", "0.1", "--out", str(tmp_path)])
+    assert rc == 0
+    assert not _our_servers(), "a server was left running"
+    assert (tmp_path / "issue3.png").stat().st_size > 0
+    table = (tmp_path / "issue3.txt").read_text()
+    assert "targets" in table and table.strip() in capsys.readouterr().out
+    data = json.loads((tmp_path / "issue3.json").read_text())
+    s = data["summary"]
+
+    def measured(r: dict) -> None:
+        assert not r.get("missing"), r
+        assert r["rps"] > 0 and r["errors"] == 0, r
+        assert 0 < r["p50_ms"] <= r["p99_ms"]
+        assert r["cpu_us_per_request"] is not None and r["cpu_us_per_request"] > 0
+
+    for key in ("on", "off", "echo"):
+        measured(s["unary64"][key])
+        assert s["unary64"][key]["concurrency"] == 64 and not s["unary64"][key]["stream"]
+    for key in ("skewless", "echo"):
+        measured(s["stream64"][key])
+        assert s["stream64"][key]["stream"]
+    for key in ("on", "off"):
+        measured(s["single_client"][key])
+        assert s["single_client"][key]["concurrency"] == 1
+    for key in ("on", "off"):
+        assert s["unary64"][key]["mean_batch_size"] >= 1  # skewless reports ModelStatistics
+    assert s["unary64"]["echo"]["mean_batch_size"] is None  # the echo server does not
+
+    assert s["max_rate_rps"] > 0
+    assert [o["percent"] for o in s["open_loop"]] == [50, 80, 95]
+    for o in s["open_loop"]:
+        assert o["offered_rate"] == pytest.approx(s["max_rate_rps"] * o["percent"] / 100)
+        for key in ("without", "adaptive"):
+            measured(o[key])
+            assert o[key]["mode"] == "open" and o[key]["offered_rate"] == pytest.approx(o["offered_rate"])
+
+    h = s["heavy"]
+    measured(h["skewless"])
+    assert h["skewless"]["rows_per_s"] == pytest.approx(h["skewless"]["rps"] * 64)
+    assert h["skewless"]["mean_batch_size"] >= 64 and h["skewless"]["batch_sizes"]
+    assert all(int(size) % 64 == 0 for size in h["skewless"]["batch_sizes"])  # whole 64-row requests
+    assert h["inprocess"]["rows_per_s"] > 0 and h["inprocess"]["sizes"]
+    assert set(h["inprocess"]["sizes"]) <= set(h["skewless"]["batch_sizes"])
+    assert h["fraction"] == pytest.approx(h["skewless"]["rows_per_s"] / h["inprocess"]["rows_per_s"])
+
+    assert len(s["targets"]) == 10
+    for t in s["targets"]:
+        assert t["value"] is not None and t["met"] in (True, False), t
+
+    configs = data["configs"]
+    assert "dynamic_batching" in configs["on"] and "dynamic_batching" not in configs["off"]
+    assert "skewless.latency_slo_ms" in configs["adaptive"] and "dynamic_batching" in configs["adaptive"]
+    assert "preferred_batch_size" in configs["heavy"] and "max_batch_size: 512" in configs["heavy"]
+    for key in ("on", "on_stream", "off", "adaptive", "echo", "echo_stream", "heavy"):
+        for p in data["runs"][key]["points"]:
+            assert p["error_count"] == 0 and p["checks"]["failed"] == 0 and p["checks"]["checked"] > 0
