@@ -24,11 +24,17 @@ cdef inline uint32_t _read_le32(const uint8_t* p) noexcept nogil:
     return (<uint32_t>p[0]) | (<uint32_t>p[1] << 8) | (<uint32_t>p[2] << 16) | (<uint32_t>p[3] << 24)
 
 
-cdef int64_t _scan(const uint8_t* data, Py_ssize_t size, int64_t* offsets, int64_t max_count,
-                   int64_t* error_at) noexcept nogil:
-    """Fill offsets[2*i], offsets[2*i+1] with start and length; return element count, or -1 on error."""
+cdef int64_t _walk(const uint8_t* src, Py_ssize_t size, int64_t max_count, int64_t* offsets, int64_t base,
+                   uint8_t* dst, int64_t cap, int64_t* total, int64_t* error_at) noexcept nogil:
+    """Validate one serialized BYTES tensor; return its element count, or < 0: -1 truncated length prefix,
+    -2 more elements than ``max_count``, -3 an element overruns the buffer, -4 more bytes than ``cap``.
+
+    With ``offsets`` set, also write each element's end (``base`` + bytes so far) to ``offsets[1..]`` and copy
+    the element bytes, without their length prefixes, to ``dst``: the Arrow layout the kernel reads. ``cap``
+    bounds the bytes copied (-4 when a payload holds more than its element count allows).
+    """
     cdef Py_ssize_t pos = 0
-    cdef int64_t n = 0
+    cdef int64_t n = 0, written = 0
     cdef uint32_t length
     while pos < size:
         if n >= max_count:
@@ -37,15 +43,21 @@ cdef int64_t _scan(const uint8_t* data, Py_ssize_t size, int64_t* offsets, int64
         if size - pos < 4:
             error_at[0] = pos
             return -1
-        length = _read_le32(data + pos)
+        length = _read_le32(src + pos)
         pos += 4
         if <Py_ssize_t>length > size - pos:
             error_at[0] = pos - 4
             return -3
-        offsets[2 * n] = pos
-        offsets[2 * n + 1] = length
+        if offsets != NULL:
+            if written + length > cap:
+                error_at[0] = pos - 4
+                return -4
+            memcpy(dst + written, src + pos, length)
+            offsets[n + 1] = base + written + length
+        written += length
         pos += length
         n += 1
+    total[0] = written
     return n
 
 
@@ -69,25 +81,32 @@ def decode_bytes(const uint8_t[::1] buf not None, Py_ssize_t count, bint utf8=Fa
     if count < 0:
         raise ValueError("count must be >= 0")
     cdef Py_ssize_t size = buf.shape[0]
-    cdef cnp.ndarray[cnp.int64_t, ndim=1] offsets = np.empty(2 * count + 2, dtype=np.int64)
-    cdef int64_t* off = <int64_t*>cnp.PyArray_DATA(offsets)
-    cdef int64_t error_at = 0
-    cdef int64_t n
+    cdef int64_t error_at = 0, total = 0
+    cdef int64_t n = 0
     cdef const uint8_t* data = &buf[0] if size > 0 else NULL
-    with nogil:
-        n = _scan(data, size, off, count, &error_at) if size > 0 else 0
+    if size > 0:
+        with nogil:
+            n = _walk(data, size, count, NULL, 0, NULL, 0, &total, &error_at)
     if n != count:
         _raise_format(n, error_at, size, count)
+    # Second pass: the elements packed end to end, ``ends[i]`` where element i stops (the Arrow layout).
+    cdef cnp.ndarray[cnp.int64_t, ndim=1] ends = np.zeros(count + 1, dtype=np.int64)
+    cdef cnp.ndarray[cnp.uint8_t, ndim=1] packed = np.empty(max(total, 1), dtype=np.uint8)
+    cdef int64_t* off = <int64_t*>cnp.PyArray_DATA(ends)
+    cdef uint8_t* dst = <uint8_t*>cnp.PyArray_DATA(packed)
+    if size > 0:
+        with nogil:
+            _walk(data, size, count, off, 0, dst, total, &total, &error_at)
     out = np.empty(count, dtype=object)
     cdef object[:] view = out
     cdef Py_ssize_t i
     if not utf8:
         for i in range(count):
-            view[i] = PyBytes_FromStringAndSize(<const char*>data + off[2 * i], <Py_ssize_t>off[2 * i + 1])
+            view[i] = PyBytes_FromStringAndSize(<const char*>dst + off[i], <Py_ssize_t>(off[i + 1] - off[i]))
         return out
     for i in range(count):
         try:
-            view[i] = PyUnicode_DecodeUTF8(<const char*>data + off[2 * i], <Py_ssize_t>off[2 * i + 1], NULL)
+            view[i] = PyUnicode_DecodeUTF8(<const char*>dst + off[i], <Py_ssize_t>(off[i + 1] - off[i]), NULL)
         except UnicodeDecodeError as exc:
             raise BytesFormatError(
                 f"element {i} is not valid UTF-8 ({exc.reason} at byte {exc.start}); "
@@ -135,42 +154,6 @@ def encode_bytes(cnp.ndarray arr not None):
 
 
 # ---- Arrow-style string columns, for the feature transform (no Python object per value) ----------------
-
-cdef int64_t _walk(const uint8_t* src, Py_ssize_t size, int64_t max_count, int64_t* offsets, int64_t base,
-                   uint8_t* dst, int64_t cap, int64_t* total, int64_t* error_at) noexcept nogil:
-    """Validate one serialized BYTES tensor; return its element count (< 0: the error codes of ``_scan``).
-
-    With ``offsets`` set, also write each element's end (``base`` + bytes so far) to ``offsets[1..]`` and copy
-    the element bytes, without their length prefixes, to ``dst``: the Arrow layout the kernel reads. ``cap``
-    bounds the bytes copied (-4 when a payload holds more than its element count allows).
-    """
-    cdef Py_ssize_t pos = 0
-    cdef int64_t n = 0, written = 0
-    cdef uint32_t length
-    while pos < size:
-        if n >= max_count:
-            error_at[0] = pos
-            return -2
-        if size - pos < 4:
-            error_at[0] = pos
-            return -1
-        length = _read_le32(src + pos)
-        pos += 4
-        if <Py_ssize_t>length > size - pos:
-            error_at[0] = pos - 4
-            return -3
-        if offsets != NULL:
-            if written + length > cap:
-                error_at[0] = pos - 4
-                return -4
-            memcpy(dst + written, src + pos, length)
-            offsets[n + 1] = base + written + length
-        written += length
-        pos += length
-        n += 1
-    total[0] = written
-    return n
-
 
 def check_bytes(const uint8_t[::1] buf not None, Py_ssize_t count):
     """Validate a serialized BYTES tensor of ``count`` elements without creating any object.
