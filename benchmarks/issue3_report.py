@@ -249,13 +249,16 @@ def summarise(runs: dict[str, Any], inproc: dict[str, Any] | None, meta: dict[st
     # The open-loop points of both runs in order: the adaptive run was given the batching-on run's rates.
     opened = [p for p in on["points"] if p["mode"] == "open"] if on else []
     opened_ad = [p for p in ad["points"] if p["mode"] == "open"] if ad else []
+    echo_open = runs.get("echo_open")
+    opened_echo = [p for p in echo_open["points"] if p["mode"] == "open"] if echo_open else []
     open_loop = []
     for i, pct in enumerate(RATE_PERCENTS):
         pt = opened[i] if i < len(opened) else None
         open_loop.append({"percent": pct, "offered_rate": pt["offered_rate"] if pt else None,
                           "without": row("without adaptive", pt),
                           "adaptive": row(f"adaptive (SLO {SLO_MS:g} ms)",
-                                          opened_ad[i] if i < len(opened_ad) else None)})
+                                          opened_ad[i] if i < len(opened_ad) else None),
+                          "echo": row("echo server", opened_echo[i] if i < len(opened_echo) else None)})
     heavy_row = row("skewless", find_point(runs.get("heavy"), "closed", HEAVY_CLIENTS))
     heavy = {"skewless": heavy_row, "inprocess": inproc,
              "fraction": ratio(heavy_row.get("rows_per_s"), (inproc or {}).get("rows_per_s"))}
@@ -311,15 +314,17 @@ def format_table(s: dict[str, Any]) -> str:
     out.append(f"open loop (Poisson, unary) at % of the max closed-loop rate, {_f(s['max_rate_rps'], '.0f')} req/s "
                f"(batching on); adaptive = + {SLO_PARAMETER} {SLO_MS:g}")
     out.append(f"  {'load':<6}{'offered/s':>10} |{'req/s':>7}{'p50 ms':>8}{'p99 ms':>8}{'batch':>7}{'err':>5} "
-               f"|{'req/s':>7}{'p50 ms':>8}{'p99 ms':>8}{'batch':>7}{'err':>5}")
-    out.append(f"  {'':<16} |{'without adaptive':^35} |{'adaptive':^35}")
+               f"|{'req/s':>7}{'p50 ms':>8}{'p99 ms':>8}{'batch':>7}{'err':>5} |{'p99 ms':>8}")
+    out.append(f"  {'':<16} |{'without adaptive':^35} |{'adaptive':^35} |{'echo':>8}")
     for o in s["open_loop"]:
         cells = []
         for r in (o["without"], o["adaptive"]):
             cells.append("(not measured)".center(35) if r.get("missing") else
                          f"{_f(r['rps'], '.0f'):>7}{_f(r['p50_ms']):>8}{_f(r['p99_ms']):>8}"
                          f"{_f(r['mean_batch_size']):>7}{r['errors']:>5}")
-        out.append(f"  {o['percent']:>3}%  {_f(o['offered_rate'], '.0f'):>10} |{cells[0]} |{cells[1]}")
+        echo = o.get("echo") or {"missing": True}
+        floor = "-" if echo.get("missing") else _f(echo["p99_ms"])
+        out.append(f"  {o['percent']:>3}%  {_f(o['offered_rate'], '.0f'):>10} |{cells[0]} |{cells[1]} |{floor:>8}")
     h = s["heavy"]
     hr, ip = h["skewless"], h["inprocess"] or {}
     layers = "->".join(str(n) for n in HEAVY_LAYERS)
@@ -521,7 +526,7 @@ def _run(args: argparse.Namespace, duration: float, warmup: float, out: Path, tm
 
     runs: dict[str, Any] = {}
     # on: 1 and 64 clients + open loop; on_stream; off: 1 and 64; adaptive: open loop; echo: unary, stream; heavy
-    points_total = 2 + len(RATE_PERCENTS) + 1 + 2 + len(RATE_PERCENTS) + 2 + 1
+    points_total = 2 + len(RATE_PERCENTS) + 1 + 2 + len(RATE_PERCENTS) + 2 + len(RATE_PERCENTS) + 1
     done = [0]
 
     def bench(key: str, target: str, pid: int, model: str = MODEL, concurrency: list[int] | None = None,
@@ -553,6 +558,8 @@ def _run(args: argparse.Namespace, duration: float, warmup: float, out: Path, tm
     with start_echo(out / "echo.log") as echo:
         bench("echo", echo.target, echo.pid, concurrency=[CLIENTS], onnx=None)
         bench("echo_stream", echo.target, echo.pid, concurrency=[CLIENTS], stream=True, onnx=None)
+        # The same offered rates against the echo server: the p99 floor of this client and machine.
+        bench("echo_open", echo.target, echo.pid, rates=rates, onnx=None)
     log(f"skewless, heavy MLP {'->'.join(map(str, HEAVY_LAYERS))}, {HEAVY_ROWS} rows/request")
     with start_skewless(repos["heavy"], out / "skewless_heavy.log") as srv:
         heavy = bench("heavy", srv.target, srv.pid, model=HEAVY, concurrency=[HEAVY_CLIENTS], rows=HEAVY_ROWS,
@@ -575,8 +582,9 @@ def _run(args: argparse.Namespace, duration: float, warmup: float, out: Path, tm
         "µs/req: the server process tree's user+sys CPU time ÷ requests answered in the window; batch: rows per "
         "model execution (ModelStatistics); checks: replies spot-checked (values vs onnxruntime for skewless).",
         f"open loop: latency from each request's scheduled Poisson arrival; the adaptive config adds only "
-        f"{SLO_PARAMETER}={SLO_MS:g} (delay 0 in the example config: the adaptive batcher may wait up to "
-        f"{SLO_MS / 4:g} ms, only when arrivals say it pays).",
+        f"{SLO_PARAMETER}={SLO_MS:g} (the example config's delay is 0, so the adaptive batcher never waits; it "
+        f"caps batches by their compute time); echo: the bare echo server at the same offered rates, the p99 "
+        f"floor of this client on this machine.",
         f"heavy in-process: session options as the server derives them; the mix weighs each size's time by the "
         f"batches the server formed ({covered:.0%} of the rows it ran).",
         f"client: {args.processes} process(es) on the same machine as the servers ({os.cpu_count()} CPUs, "
