@@ -127,12 +127,11 @@ class Server:
 
 def _tune_gc() -> None:
     """Everything loaded so far (models, protobuf descriptors, modules) lives as long as the server: move it
-    out of the collector's sight, and collect the young generation less often. Full collections over the
-    loaded heap were measured at ~20 us of server CPU per request at 64 clients."""
+    out of the collector's sight so full collections stay short. The young-generation threshold stays at its
+    default: raising it to 50k saved little CPU but made each collection a 20-40 ms pause (p99.9 of an open
+    loop at half load went from ~8 ms to ~45 ms)."""
     gc.collect()
     gc.freeze()
-    gen0, gen1, gen2 = gc.get_threshold()
-    gc.set_threshold(max(gen0, 50_000), gen1, gen2)
 
 
 async def run_server(opts: ServerOptions) -> int:
