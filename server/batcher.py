@@ -89,6 +89,7 @@ class DynamicBatcher:
         self.cap = max_batch_size  # the adaptive controller lowers this; never above max_batch_size
         self._slots = asyncio.Semaphore(instances)
         self._inflight = 0  # batches executing now
+        self._running = 0  # requests in those batches
         self._arrived = asyncio.Event()
         self._seq = itertools.count()
         self._next_release = 0
@@ -113,8 +114,6 @@ class DynamicBatcher:
                               f"for model '{self.model.name}'")
         loop = asyncio.get_running_loop()
         now = loop.time()
-        if self.adaptive is not None:
-            self.adaptive.on_arrival(now)
         timeout = policy.default_timeout_us
         if timeout_us is not None and policy.allow_timeout_override:
             timeout = timeout_us
@@ -137,6 +136,7 @@ class DynamicBatcher:
                     self._slots.release()
                     continue
                 self._inflight += 1
+                self._running += len(batch)
                 asyncio.get_running_loop().create_task(self._execute(batch))
         except asyncio.CancelledError:
             pass
@@ -217,7 +217,10 @@ class DynamicBatcher:
             target = min(self.preferred[-1], self.cap) if self.preferred else self.cap
             head = batch[0]
             if self.adaptive is not None:
-                wait_until = now + self.adaptive.wait_budget(head.enqueued, now)
+                # Nobody else in flight (all are queued or running): waiting cannot gather anyone.
+                elsewhere = self.model.in_flight - self.queued - self._running
+                wait = self.adaptive.wait_budget(head.enqueued, now) if elsewhere > 0 else 0.0
+                wait_until = now + wait
             else:
                 wait_until = head.enqueued + self.delay_s
             if rows >= target or now >= wait_until:
@@ -277,6 +280,7 @@ class DynamicBatcher:
                 self._finish(p, ([per_request[index[n]] for n in p.outputs], dispatched - p.enqueued_ns), None)
         finally:
             self._inflight -= 1
+            self._running -= len(batch)
             self._slots.release()
 
     # -- the fast path ---------------------------------------------------------------------------------
@@ -288,14 +292,24 @@ class DynamicBatcher:
         if self.preserve_ordering and self._inflight:
             return False
         if self.adaptive is not None:
+            # A lone request in flight (one closed-loop client, or low load) has nobody to wait for, however
+            # high the arrival rate of its predecessors looked.
+            if self.model.in_flight <= 1:
+                return True
             now = asyncio.get_running_loop().time()
             return self.adaptive.wait_budget(now, now) == 0.0
         return self.delay_s <= 0
+
+    def note_arrival(self) -> None:
+        """Every request, queued or not, feeds the adaptive mode's arrival-rate estimate."""
+        if self.adaptive is not None:
+            self.adaptive.on_arrival(asyncio.get_running_loop().time())
 
     async def run_alone(self, feeds: dict[str, np.ndarray], rows: int, outputs: Sequence[str]):
         """A batch of one, run by the caller itself: no queue entry, no future, no batcher wake-up."""
         await self._slots.acquire()  # never waits: can_bypass() saw a free slot and nothing awaited since
         self._inflight += 1
+        self._running += 1
         try:
             start = time.perf_counter_ns()
             (outs,), thread_wait_ns = await self.model.execute_batch([feeds], [rows], list(outputs))
@@ -304,6 +318,7 @@ class DynamicBatcher:
             return outs, thread_wait_ns
         finally:
             self._inflight -= 1
+            self._running -= 1
             self._slots.release()
 
     def _finish(self, p: Pending, result, exc: BaseException | None) -> None:

@@ -128,6 +128,11 @@ class ModelVersion:
     def enter(self) -> None:
         self._inflight += 1
 
+    @property
+    def in_flight(self) -> int:
+        """Requests of this version between decode and reply (the data plane counts them)."""
+        return self._inflight
+
     def leave(self) -> None:
         self._inflight -= 1
         if self._inflight == 0 and self._idle is not None:
@@ -158,6 +163,7 @@ class ModelVersion:
             if self._batcher is None:
                 self._batcher = DynamicBatcher(self, self.config.dynamic_batching, self.max_batch_size,
                                                len(self.runtime.instances), self.adaptive)
+            self._batcher.note_arrival()
             if priority == 0 and self._batcher.can_bypass():
                 return await self._batcher.run_alone(feeds, rows, output_names)
             return await self._batcher.submit(feeds, rows, output_names, priority, timeout_us, deadline)

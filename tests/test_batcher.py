@@ -384,3 +384,28 @@ def test_adaptive_mode_adds_no_delay_under_low_load():
         ctl.on_arrival(now + 2 + 0.0001 * i)
     t = now + 2 + 0.0001 * 199
     assert 0 < ctl.wait_budget(t, t) <= 0.0025
+
+
+def test_adaptive_mode_does_not_spend_the_delay_when_nobody_else_is_coming(tmp_path, models):
+    async def main():
+        mv = version(tmp_path, models / "add_sub" / "1" / "model.onnx", """
+            max_batch_size: 8
+            input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [16] }, { name: "INPUT1" data_type: TYPE_FP32 dims: [16] } ]
+            output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [16] }, { name: "OUTPUT1" data_type: TYPE_FP32 dims: [16] } ]
+            parameters { key: "skewless.latency_slo_ms" value { string_value: "2000" } }
+            dynamic_batching { max_queue_delay_microseconds: 400000 }""")
+        ones = {"INPUT0": np.ones((1, 16), np.float32), "INPUT1": np.ones((1, 16), np.float32)}
+        loop = asyncio.get_running_loop()
+        for _ in range(4):  # one request every 50 ms: the 400 ms delay would never gather a second one
+            start = loop.time()
+            mv.enter()  # as the data plane does: one request in flight
+            try:
+                await mv.infer(ones, ["OUTPUT0"], 1)
+            finally:
+                mv.leave()
+            assert loop.time() - start < 0.2  # a waited delay would take 400 ms
+            await asyncio.sleep(0.05)
+        assert mv.stats.execution_count == 4
+        await mv.drain_and_close()
+
+    run(main())
