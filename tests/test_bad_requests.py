@@ -190,6 +190,22 @@ def test_bad_requests_in_one_stream(stub):
     np.testing.assert_array_equal(output_arrays(goods[0].infer_response)["OUTPUT0"], a + a)
 
 
+@pytest.mark.parametrize("payload", [
+    b"\x0a\xff",  # model_name claims 127 bytes that are not there
+    b"\x0a\x03\xff\xfe\xfd",  # model_name is not UTF-8
+    b"\x3a\x05ab",  # a raw_input_contents entry runs past the end
+    b"\x08" + b"\xff" * 11,  # a varint longer than 10 bytes
+], ids=["truncated", "not-utf8", "overrun", "long-varint"])
+def test_malformed_request_bytes_are_invalid_argument(server, payload):
+    """Bytes that are not a ModelInferRequest at all: the native parser refuses them, the server survives."""
+    with grpc.insecure_channel(server.grpc_url) as channel:
+        call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+        with pytest.raises(grpc.RpcError) as err:
+            call(payload, timeout=RPC_TIMEOUT)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details().startswith("malformed ModelInferRequest")
+
+
 def test_server_still_serves_after_bad_requests(stub, client):
     resp = stub.ModelInfer(add_sub(request_id="after"), timeout=RPC_TIMEOUT)
     a = np.arange(16, dtype=np.float32).reshape(1, 16)
