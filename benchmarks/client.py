@@ -118,6 +118,33 @@ class Recorder:
                            self.first_failure, np.asarray(self.lag, dtype=np.float64), self.messages)
 
 
+class PoissonArrivals:
+    """Poisson arrival times at ``rate`` per second between ``t0`` and ``t_end`` (perf-counter seconds)."""
+
+    def __init__(self, rng: np.random.Generator, rate: float, t0: float, t_end: float, block: int = 4096):
+        self.rng, self.scale, self.t, self.t_end, self.block = rng, 1.0 / rate, t0, t_end, block
+        self.gaps = rng.exponential(self.scale, block)  # drawn in blocks: one draw per request costs ~1 us
+        self.i = 0
+
+    async def wait_next(self) -> tuple[float, float, float] | None:
+        """Sleep until the next arrival; return (scheduled, send, now) times, or None past ``t_end``.
+
+        Latency counts from the send time: the schedule when the client is late (the delay is the system's),
+        the real send when a timer fired early (uvloop rounds to the millisecond), never a time still ahead.
+        """
+        if self.i == self.block:
+            self.gaps, self.i = self.rng.exponential(self.scale, self.block), 0
+        self.t += self.gaps[self.i]
+        self.i += 1
+        if self.t >= self.t_end:
+            return None
+        wait = self.t - perf()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        now = perf()
+        return self.t, min(self.t, now), now
+
+
 def _code(exc: grpc.aio.AioRpcError) -> str:
     return exc.code().name if exc.code() is not None else "UNKNOWN"
 
@@ -220,23 +247,11 @@ class Client:
             if rec.ok(t_sched, perf()):
                 rec.check(pb.ModelInferResponse.FromString(reply), v)
 
-        gaps = rng.exponential(1.0 / rate, 4096)
+        schedule = PoissonArrivals(rng, rate, t0, t_end)
         i = 0
-        t = t0
-        while True:
-            t += gaps[i % 4096]
+        while (arrival := await schedule.wait_next()) is not None:
+            t, t_send, now = arrival
             i += 1
-            if i % 4096 == 0:
-                gaps = rng.exponential(1.0 / rate, 4096)
-            if t >= t_end:
-                break
-            wait = t - perf()
-            if wait > 0:
-                await asyncio.sleep(wait)
-            # Late: count from the schedule (the delay is the system's). Early (uvloop timers round to the
-            # millisecond): count from the real send, never from a time still in the future.
-            now = perf()
-            t_send = min(t, now)
             if t >= rec.t_w:
                 rec.sent += 1
                 rec.lag.append(now - t)
@@ -266,7 +281,8 @@ class Client:
         reqs = self.wl.requests
         nvar = len(reqs)
         seq = 0
-        t_next = t0  # the arrival schedule carries on across a reopened stream
+        # The arrival schedule carries on across a reopened stream.
+        schedule = PoissonArrivals(rng, rate, t0, t_end) if rate else None
         while True:
             call = method()
             pending: dict[str, tuple[float, int]] = {}
@@ -286,16 +302,8 @@ class Client:
                 await call.done_writing()
 
             async def arrivals(pending=pending, todo=todo, drained=drained) -> None:
-                nonlocal t_next
-                while True:
-                    t = t_next = t_next + float(rng.exponential(1.0 / rate))
-                    if t >= t_end:
-                        break
-                    wait = t - perf()
-                    if wait > 0:
-                        await asyncio.sleep(wait)
-                    now = perf()
-                    t_send = min(t, now)  # late: from the schedule; early (timer rounding): from the send
+                while (arrival := await schedule.wait_next()) is not None:
+                    t, t_send, now = arrival
                     if t >= rec.t_w:
                         rec.lag.append(now - t)
                     if len(pending) + todo.qsize() >= spec.max_outstanding:
