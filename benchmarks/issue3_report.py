@@ -367,6 +367,14 @@ def plot(s: dict[str, Any], runs: dict[str, Any], path: Path) -> Path:
     from matplotlib.ticker import FuncFormatter
 
     plain = FuncFormatter(lambda v, _: f"{v:g}")
+
+    def log_ms_axis(ax) -> None:
+        """A log y axis labelled with plain numbers (milliseconds), minor ticks included."""
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(plain)
+        ax.tick_params(axis="y", which="minor", labelsize=7)
+
     fig, axes = plt.subplots(2, 3, figsize=(18, 10))
 
     ax = axes[0][0]
@@ -389,10 +397,7 @@ def plot(s: dict[str, Any], runs: dict[str, Any], path: Path) -> Path:
                 ax.annotate(f"c={p['concurrency']}" if mode == "closed" else f"{p['offered_rate']:.0f}/s", (x, y),
                             textcoords="offset points", xytext=(4, 3), fontsize=7)
     ax.axhline(SLO_MS, color="grey", ls=":", lw=1)
-    ax.set_yscale("log")
-    ax.yaxis.set_major_formatter(plain)
-    ax.yaxis.set_minor_formatter(plain)
-    ax.tick_params(axis="y", which="minor", labelsize=7)
+    log_ms_axis(ax)
     ax.set_xlabel("throughput (requests/s)")
     ax.set_ylabel("p99 latency (ms, log)")
     ax.set_title("example MLP: throughput vs p99")
@@ -445,10 +450,7 @@ def plot(s: dict[str, Any], runs: dict[str, Any], path: Path) -> Path:
             ax.annotate(f"{v:.3g}", (rect.get_x() + rect.get_width() / 2, v), ha="center", va="bottom", fontsize=8)
     ax.axhline(SLO_MS, color="grey", ls=":", lw=1, label=f"objective {SLO_MS:g} ms")
     ax.set_xticks(range(len(ol)), [f"{o['percent']}%\n{_f(o['offered_rate'], '.0f')}/s" for o in ol])
-    ax.set_yscale("log")
-    ax.yaxis.set_major_formatter(plain)
-    ax.yaxis.set_minor_formatter(plain)
-    ax.tick_params(axis="y", which="minor", labelsize=7)
+    log_ms_axis(ax)
     ax.set_ylabel("p99 latency (ms, log)")
     ax.set_title("open loop (Poisson) at % of max rate: p99")
     ax.grid(True, axis="y", which="both", alpha=0.3)
