@@ -15,7 +15,6 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from skewless.protos import _pool
-from skewless.protos import grpc_service_pb2 as pb
 
 from .dataplane import DataPlane
 from .grpc_service import InferenceServicer, add_inference_service
@@ -168,4 +167,4 @@ def run(opts: ServerOptions) -> int:
     return uvloop.run(run_server(opts))
 
 
-__all__ = ["Server", "ServerOptions", "run", "pb"]
+__all__ = ["Server", "ServerOptions", "run"]

@@ -17,7 +17,7 @@ from skewless.protos import grpc_service_pb2 as pb
 
 from .codec import DATATYPES, decode_raw, decode_typed, element_count, encode_array, format_shape
 from .config import TensorSpec
-from .errors import InvalidArgument, SkewlessError
+from .errors import InvalidArgument
 from .model import ModelVersion
 from .repository import ModelRepository
 from .stats import Duration, ModelStats
@@ -352,4 +352,4 @@ def stats_message(mv: ModelVersion) -> pb.ModelStatistics:
     return m
 
 
-__all__ = ["DataPlane", "SkewlessError"]
+__all__ = ["DataPlane"]
