@@ -7,6 +7,7 @@ has a dynamic first dimension gets ``max_batch_size`` = the default (4, Triton's
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,6 +69,12 @@ def parse_config_json(text: str) -> mc.ModelConfig:
 def mentions_max_batch_size(text: str | None) -> bool:
     """proto3 cannot tell an absent max_batch_size from 0; Triton completes it only when it is absent."""
     return bool(text) and re.search(r"(?m)^\s*max_batch_size\s*:", text) is not None
+
+
+def json_mentions_max_batch_size(text: str) -> bool:
+    """The same question for a JSON config override (already parsed once by ``parse_config_json``)."""
+    doc = json.loads(text)
+    return isinstance(doc, dict) and ("max_batch_size" in doc or "maxBatchSize" in doc)
 
 
 def _dynamic(dim: int | str | None) -> bool:

@@ -16,7 +16,13 @@ from pathlib import Path
 
 from skewless.protos import model_config_pb2 as mc
 
-from .config import mentions_max_batch_size, parse_config, parse_config_json, read_config_text
+from .config import (
+    json_mentions_max_batch_size,
+    mentions_max_batch_size,
+    parse_config,
+    parse_config_json,
+    read_config_text,
+)
 from .errors import FailedPrecondition, InvalidArgument, ModelLoadError, NotFound, Unavailable
 from .model import DEFAULT_MODEL_FILE, ModelVersion
 
@@ -195,8 +201,8 @@ class ModelRepository:
                 text = None if config_json else read_config_text(model_dir)
                 base = parse_config_json(config_json) if config_json else (
                     parse_config(text, str(model_dir / "config.pbtxt")) if text is not None else mc.ModelConfig())
-                explicit_mbs = mentions_max_batch_size(text) or (
-                    config_json is not None and "max_batch_size" in config_json.replace("maxBatchSize", "max_batch_size"))
+                explicit_mbs = (json_mentions_max_batch_size(config_json) if config_json
+                                else mentions_max_batch_size(text))
                 filename = base.default_model_filename or DEFAULT_MODEL_FILE
                 available = [v for v, d in version_dirs(model_dir).items() if (d / filename).exists()]
                 wanted = select_versions(base, available)
