@@ -9,13 +9,13 @@ merge, the model run and nothing else, which happen in the model's worker thread
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -42,22 +42,27 @@ class QueuePolicy:
         return cls(p.timeout_action, p.default_timeout_microseconds, p.allow_timeout_override, p.max_queue_size)
 
 
-@dataclass(eq=False)
 class Pending:
-    """One queued request."""
+    """One queued request (a plain slotted class: one is made per request on the hot path)."""
 
-    feeds: dict[str, np.ndarray]
-    rows: int
-    outputs: Sequence[str]
-    key: tuple
-    future: asyncio.Future
-    enqueued: float
-    level: int
-    seq: int
-    timeout_at: float | None = None  # queue-policy timeout, loop clock
-    deadline: float | None = None  # the client's gRPC deadline, loop clock
-    delayed: bool = False  # timed out under a DELAY policy: runs after everything else
-    enqueued_ns: int = field(default_factory=time.perf_counter_ns)
+    __slots__ = ("feeds", "rows", "outputs", "key", "future", "enqueued", "level", "seq", "timeout_at",
+                 "deadline", "delayed", "enqueued_ns")
+
+    def __init__(self, feeds: dict[str, np.ndarray], rows: int, outputs: Sequence[str], key: tuple,
+                 future: asyncio.Future, enqueued: float, level: int, seq: int, timeout_at: float | None = None,
+                 deadline: float | None = None):
+        self.feeds = feeds
+        self.rows = rows
+        self.outputs = outputs
+        self.key = key
+        self.future = future
+        self.enqueued = enqueued  # loop clock
+        self.level = level
+        self.seq = seq
+        self.timeout_at = timeout_at  # queue-policy timeout, loop clock
+        self.deadline = deadline  # the client's gRPC deadline, loop clock
+        self.delayed = False  # timed out under a DELAY policy: runs after everything else
+        self.enqueued_ns = time.perf_counter_ns()
 
 
 def compatibility_key(feeds: dict[str, np.ndarray]) -> tuple:
@@ -91,6 +96,10 @@ class DynamicBatcher:
         self._inflight = 0  # batches executing now
         self._running = 0  # requests in those batches
         self._arrived = asyncio.Event()
+        self._queued_rows = 0  # rows of every queued request, all levels
+        self._wake_rows = 1  # queued rows that wake the scheduler while it waits for a fuller batch
+        self._earliest = math.inf  # no queued request expires before this (loop clock; may be early, never late)
+        self._wake_at = math.inf  # when the scheduler, waiting for a fuller batch, wakes up by itself
         self._seq = itertools.count()
         self._next_release = 0
         self._finished: dict[int, tuple[Pending, object, BaseException | None]] = {}
@@ -120,7 +129,14 @@ class DynamicBatcher:
         p = Pending(feeds, rows, outputs, compatibility_key(feeds), loop.create_future(), now, level,
                     next(self._seq), now + timeout / 1e6 if timeout else None, deadline)
         queue.append(p)
-        self._arrived.set()
+        self._queued_rows += rows
+        expires = min(p.timeout_at or math.inf, math.inf if deadline is None else deadline)
+        if expires < self._earliest:
+            self._earliest = expires
+        # While the scheduler waits for a fuller batch it is woken once, when the batch is full, not at every
+        # arrival; or sooner if this request expires before the scheduler would wake up by itself.
+        if self._queued_rows >= self._wake_rows or expires < self._wake_at:
+            self._arrived.set()
         return p.future
 
     # -- the scheduling loop ---------------------------------------------------------------------------
@@ -151,6 +167,7 @@ class DynamicBatcher:
 
     def _expire(self, now: float) -> None:
         """Drop cancelled requests, fail those past their deadline, apply queue timeouts."""
+        earliest = math.inf
         for queue in (*self.queues.values(), self.delayed):
             if not queue:
                 continue
@@ -158,7 +175,9 @@ class DynamicBatcher:
             for p in queue:
                 if p.future.cancelled():
                     self._finish(p, None, None)
+                    self._queued_rows -= p.rows
                 elif p.deadline is not None and now >= p.deadline:
+                    self._queued_rows -= p.rows
                     self._finish(p, None, DeadlineExceeded(
                         f"the request's deadline passed after {1e3 * (now - p.enqueued):.1f} ms in the queue "
                         f"of model '{self.model.name}'; it was not computed"))
@@ -167,32 +186,47 @@ class DynamicBatcher:
                         p.delayed = True
                         self.delayed.append(p)
                     else:
+                        self._queued_rows -= p.rows
                         self._finish(p, None, Unavailable(
                             f"Request timeout expired after {1e3 * (now - p.enqueued):.1f} ms in the queue of "
                             f"model '{self.model.name}'"))
                 else:
                     keep.append(p)
+                    if p.deadline is not None and p.deadline < earliest:
+                        earliest = p.deadline
+                    if p.timeout_at is not None and not p.delayed and p.timeout_at < earliest:
+                        earliest = p.timeout_at
             queue.clear()
             queue.extend(keep)
+        self._earliest = earliest
 
     def _gather(self) -> tuple[list[Pending], int]:
-        """The head request plus every compatible request after it, in priority order, up to the cap."""
+        """The head request plus every compatible request after it, in priority order, up to the cap.
+
+        Cancelled requests met on the way are dropped here (they are never computed)."""
         batch: list[Pending] = []
         rows = 0
         key = None
+        cancelled: list[Pending] = []
         for p in self._ordered():
+            if p.future.cancelled():
+                cancelled.append(p)
+                continue
             if key is None:
                 key = p.key
             elif p.key != key:
                 continue
             if rows + p.rows > self.cap:
                 if rows == 0:  # a request larger than an adaptive cap still runs, alone
-                    return [p], p.rows
+                    batch, rows = [p], p.rows
                 break
             batch.append(p)
             rows += p.rows
             if rows == self.cap:
                 break
+        for p in cancelled:
+            self._remove(p)
+            self._finish(p, None, None)
         return batch, rows
 
     def _cut_to_preferred(self, batch: list[Pending]) -> list[Pending]:
@@ -208,7 +242,8 @@ class DynamicBatcher:
         loop = asyncio.get_running_loop()
         while True:
             now = loop.time()
-            self._expire(now)
+            if now >= self._earliest:
+                self._expire(now)
             if self.adaptive is not None:
                 self.cap = self.adaptive.cap
             batch, rows = self._gather()
@@ -217,9 +252,9 @@ class DynamicBatcher:
             target = min(self.preferred[-1], self.cap) if self.preferred else self.cap
             head = batch[0]
             if self.adaptive is not None:
-                # Nobody else in flight (all are queued or running): waiting cannot gather anyone.
-                elsewhere = self.model.in_flight - self.queued - self._running
-                wait = self.adaptive.wait_budget(head.enqueued, now) if elsewhere > 0 else 0.0
+                wait = 0.0
+                if self.adaptive.expects_company(time.perf_counter()):
+                    wait = self.adaptive.wait_budget(head.enqueued, now)
                 wait_until = now + wait
             else:
                 wait_until = head.enqueued + self.delay_s
@@ -229,26 +264,29 @@ class DynamicBatcher:
                     self._remove(p)
                 return chosen
             self._arrived.clear()
-            await self._wait(min(wait_until, self._next_timer(now) or wait_until))
+            self._wake_rows = target
+            self._wake_at = min(wait_until, self._earliest)  # expiry does not wait for the next arrival
+            try:
+                await self._wait(self._wake_at)
+            finally:
+                self._wake_rows = 1
+                self._wake_at = math.inf
 
-    def _next_timer(self, now: float) -> float | None:
-        """The earliest deadline or queue timeout, so expiry does not wait for the next arrival."""
-        times = [t for p in self._ordered() for t in (p.deadline, None if p.delayed else p.timeout_at)
-                 if t is not None]
-        return min(times) if times else None
-
-    async def _wait(self, until: float | None) -> None:
-        if until is None:
-            await self._arrived.wait()
-            return
-        timeout = until - asyncio.get_running_loop().time()
+    async def _wait(self, until: float) -> None:
+        """Sleep until ``until`` (loop clock) or an arrival wakes the scheduler, whichever is first."""
+        loop = asyncio.get_running_loop()
+        timeout = until - loop.time()
         if timeout <= 0:
             return
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._arrived.wait(), timeout)
+        timer = loop.call_later(timeout, self._arrived.set)  # cheaper than asyncio.wait_for's extra task
+        try:
+            await self._arrived.wait()
+        finally:
+            timer.cancel()
 
     def _remove(self, p: Pending) -> None:
         (self.delayed if p.delayed else self.queues[p.level]).remove(p)
+        self._queued_rows -= p.rows
 
     # -- execution -------------------------------------------------------------------------------------
     async def _execute(self, batch: list[Pending]) -> None:
@@ -292,18 +330,15 @@ class DynamicBatcher:
         if self.preserve_ordering and self._inflight:
             return False
         if self.adaptive is not None:
-            # A lone request in flight (one closed-loop client, or low load) has nobody to wait for, however
-            # high the arrival rate of its predecessors looked.
-            if self.model.in_flight <= 1:
-                return True
-            now = asyncio.get_running_loop().time()
-            return self.adaptive.wait_budget(now, now) == 0.0
+            # Run at once unless other clients have lately been seen sending concurrently: then queue, so
+            # that requests arriving in the same event-loop turn, or within the wait budget, share a batch.
+            return not self.adaptive.expects_company(time.perf_counter())
         return self.delay_s <= 0
 
     def note_arrival(self) -> None:
-        """Every request, queued or not, feeds the adaptive mode's arrival-rate estimate."""
+        """Every request, queued or not, feeds the adaptive mode's estimates of arrival rate and company."""
         if self.adaptive is not None:
-            self.adaptive.on_arrival(asyncio.get_running_loop().time())
+            self.adaptive.on_arrival(time.perf_counter(), self._queued_rows > 0 or self._running > 0)
 
     async def run_alone(self, feeds: dict[str, np.ndarray], rows: int, outputs: Sequence[str]):
         """A batch of one, run by the caller itself: no queue entry, no future, no batcher wake-up."""
@@ -337,6 +372,7 @@ class DynamicBatcher:
         for q in self.queues.values():
             q.clear()
         self.delayed.clear()
+        self._queued_rows = 0
         for p, _, _ in self._finished.values():
             _settle(p.future, None, exc)
         self._finished.clear()

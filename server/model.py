@@ -59,7 +59,9 @@ class ModelVersion:
         self._inflight = 0
         self._idle: asyncio.Event | None = None
         self._batcher: DynamicBatcher | None = None
-        self._row_cost_ns: float | None = None  # moving average of compute time per row
+        # CPU time of a batch, moving average per power-of-two size class: batch cost is a fixed part plus a
+        # per-row part, so one per-row figure would misjudge batches far from the sizes it was measured at.
+        self._batch_cpu_ns: dict[int, float] = {}
         try:
             self._inline_limit_ns = 1000 * float(parameter(self.config, INLINE_PARAMETER, "100"))
         except ValueError:
@@ -183,21 +185,32 @@ class ModelVersion:
         else:
             per_request, times = await loop.run_in_executor(
                 self.runtime.executor, self._run_batch, feeds, rows, output_names, submitted)
-        queue_ns, input_ns, infer_ns, output_ns = times
-        per_row = (input_ns + infer_ns + output_ns) / total_rows
-        self._row_cost_ns = per_row if self._row_cost_ns is None else 0.8 * self._row_cost_ns + 0.2 * per_row
+        queue_ns, input_ns, infer_ns, output_ns, cpu_ns = times
+        size_class = total_rows.bit_length()
+        seen = self._batch_cpu_ns.get(size_class)
+        self._batch_cpu_ns[size_class] = cpu_ns if seen is None else 0.8 * seen + 0.2 * cpu_ns
         self.stats.record_execution(total_rows, len(rows), input_ns, infer_ns, output_ns)
         return per_request, queue_ns
 
     def _cheap_enough(self, rows: int) -> bool:
         """Run on the event loop when the batch is expected to take less than the hand-off to a worker
-        thread costs (~100 us of CPU, measured): the example MLP's single-row batches take ~10 us. Anything
-        slower, or not yet measured, runs in the model's worker threads and never stalls the loop."""
-        return self._row_cost_ns is not None and self._row_cost_ns * rows < self._inline_limit_ns
+        thread costs (~100 us of CPU, measured): the example MLP's batches of 1 to 64 rows take 5-15 us.
+        Anything slower, or not yet measured at this size, runs in the model's worker threads and never
+        stalls the loop. The estimate is CPU time (a worker's wall time also holds its waits for the GIL)."""
+        size_class = rows.bit_length()
+        cost = self._batch_cpu_ns.get(size_class)
+        if cost is None:  # a smaller size class scaled up by the row ratio (an over-estimate), if any
+            smaller = [c for c in self._batch_cpu_ns if c < size_class]
+            if not smaller:
+                return False
+            c = max(smaller)
+            cost = self._batch_cpu_ns[c] * (1 << (size_class - c))
+        return cost < self._inline_limit_ns
 
     def _run_batch(self, feeds: list[dict[str, np.ndarray]], rows: list[int], output_names: list[str],
                    submitted: int):
         t0 = time.perf_counter_ns()
+        c0 = time.thread_time_ns()
         if self.features is not None:  # one kernel call over the batch's raw columns (features_stage)
             merged = self.features.transform_batch(feeds)
         elif len(feeds) == 1:
@@ -219,7 +232,7 @@ class ModelVersion:
             bounds = np.cumsum([0, *rows])
             split = [[arr[bounds[i]:bounds[i + 1]] for arr in outs] for i in range(len(rows))]
         t3 = time.perf_counter_ns()
-        return split, (t0 - submitted, t1 - t0, t2 - t1, t3 - t2)
+        return split, (t0 - submitted, t1 - t0, t2 - t1, t3 - t2, time.thread_time_ns() - c0)
 
     async def close_batcher(self) -> None:
         if self._batcher is not None:

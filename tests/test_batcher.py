@@ -380,10 +380,18 @@ def test_adaptive_mode_adds_no_delay_under_low_load():
     for i in range(20):  # one request every 100 ms: nothing else will arrive within the budget
         ctl.on_arrival(now + 0.1 * i)
     assert ctl.wait_budget(now + 1.9, now + 1.9) == 0.0
+    assert not ctl.expects_company(now + 1.9)
     for i in range(200):  # one every 0.1 ms: waiting 2.5 ms gathers about 25 more
         ctl.on_arrival(now + 2 + 0.0001 * i)
     t = now + 2 + 0.0001 * 199
     assert 0 < ctl.wait_budget(t, t) <= 0.0025
+    # ... but a high rate alone is no evidence of other clients: one closed-loop client is never busy
+    assert not ctl.expects_company(t)
+    ctl.on_arrival(t + 0.0001, busy=True)  # this one arrived while another was queued
+    assert ctl.expects_company(t + 0.0001) and not ctl.expects_company(t + 0.2)
+    ctl.on_arrival(t + 0.3)
+    ctl.on_arrival(t + 0.3 + 20e-6)  # two arrivals 20 us apart: no single client is that fast
+    assert ctl.expects_company(t + 0.31)
 
 
 def test_adaptive_mode_does_not_spend_the_delay_when_nobody_else_is_coming(tmp_path, models):
