@@ -15,6 +15,11 @@ from cpython.unicode cimport PyUnicode_AsUTF8AndSize, PyUnicode_DecodeUTF8
 from libc.stdint cimport int64_t, uint8_t, uint64_t
 from libc.string cimport memcpy
 
+cimport numpy as cnp
+from cpython.ref cimport Py_INCREF
+
+cnp.import_array()
+
 
 class WireFormatError(ValueError):
     """The request bytes are not a well-formed ModelInferRequest."""
@@ -368,3 +373,139 @@ def build_infer_response(str model_name, str model_version, str id, list outputs
         for j in range(acquired):
             PyBuffer_Release(&views[j])
         PyMem_Free(views)
+
+
+# -- per-model decode plan --------------------------------------------------------------------------------
+
+cdef class DecodePlan:
+    """One model version's inputs and outputs, compiled once so that a well-formed request is checked and
+    turned into onnxruntime feeds in one call, with no Python-level loop per input.
+
+    It covers models whose inputs are all fixed-width (no BYTES) and takes only the common case: raw
+    contents, no typed contents, no output parameters, no duplicate or unknown names. Anything else makes
+    ``decode`` return None and the caller takes the general path, which decodes it or raises the precise
+    error: the error messages live in one place only.
+    """
+    cdef dict index  # input name -> position
+    cdef list names
+    cdef list datatypes  # v2 datatype names
+    cdef list typenums  # numpy type numbers
+    cdef list itemsizes
+    cdef list dims  # per input: tuple of non-batch dims, -1 = any
+    cdef list model_dims  # per input: tuple the model sees (reshape) or None
+    cdef bint batching
+    cdef Py_ssize_t max_batch
+    cdef dict out_index
+    cdef list all_outputs
+    cdef list out_datatypes
+    cdef list out_typenums
+
+    def __init__(self, list inputs, list outputs, Py_ssize_t max_batch_size):
+        """``inputs``: (name, datatype name, numpy dtype, dims, reshape or None) per input;
+        ``outputs``: (name, datatype name, numpy dtype) per output, or None where an output needs the general
+        reply path (BYTES, reshape)."""
+        self.index = {}
+        self.names, self.datatypes, self.typenums, self.itemsizes, self.dims, self.model_dims = [], [], [], [], [], []
+        for i, (name, datatype, dtype, dims, reshape) in enumerate(inputs):
+            self.index[name] = i
+            self.names.append(name)
+            self.datatypes.append(datatype)
+            self.typenums.append(dtype.num)
+            self.itemsizes.append(dtype.itemsize)
+            self.dims.append(tuple(int(d) for d in dims))
+            self.model_dims.append(None if reshape is None else tuple(int(d) for d in reshape))
+        self.batching = max_batch_size > 0
+        self.max_batch = max_batch_size
+        self.out_index = {}
+        self.all_outputs = []
+        self.out_datatypes = []
+        self.out_typenums = []
+        for i, out in enumerate(outputs):
+            name, datatype, dtype = out
+            self.out_index[name] = i
+            self.all_outputs.append(name)
+            self.out_datatypes.append(datatype)
+            self.out_typenums.append(-1 if dtype is None else dtype.num)
+
+    def decode(self, InferRequest req):
+        """(feeds, rows, output names) for a request on the common path, else None."""
+        cdef Py_ssize_t n = len(self.names), i, j, k, nd, rows = -1, count
+        cdef InputTensor t
+        cdef cnp.npy_intp shape_buf[32]
+        cdef const uint8_t[::1] raw_view
+        cdef tuple dims
+        cdef object raw
+        cdef cnp.ndarray arr
+        if req.has_contents or req.output_parameters or len(req.inputs) != n or len(req.raw) != n:
+            return None
+        feeds = {}
+        for i in range(n):
+            t = <InputTensor>req.inputs[i]
+            pos = self.index.get(t.name)
+            if pos is None or t.name in feeds:
+                return None
+            j = pos
+            if t.datatype != self.datatypes[j]:
+                return None
+            dims = <tuple>self.dims[j]
+            nd = len(t.shape)
+            if nd != len(dims) + (1 if self.batching else 0) or nd > 32:
+                return None
+            count = 1
+            k = 0
+            if self.batching:
+                shape_buf[0] = t.shape[0]
+                if shape_buf[0] < 1 or shape_buf[0] > self.max_batch or (rows != -1 and shape_buf[0] != rows):
+                    return None
+                rows = shape_buf[0]
+                count = rows
+                k = 1
+            for d in dims:
+                shape_buf[k] = t.shape[k]
+                if shape_buf[k] < 0 or (d != -1 and shape_buf[k] != d):
+                    return None
+                count *= shape_buf[k]
+                k += 1
+            raw = req.raw[i]
+            raw_view = raw
+            if raw_view.shape[0] != count * <Py_ssize_t>self.itemsizes[j]:
+                return None
+            if self.model_dims[j] is not None:
+                k = 0
+                if self.batching:
+                    k = 1
+                for d in <tuple>self.model_dims[j]:
+                    shape_buf[k] = d
+                    k += 1
+                nd = k
+            arr = cnp.PyArray_SimpleNewFromData(nd, shape_buf, <int>self.typenums[j],
+                                                <void*>(&raw_view[0] if count else NULL))
+            Py_INCREF(raw)
+            cnp.PyArray_SetBaseObject(arr, raw)  # the array keeps the request's buffer alive
+            cnp.PyArray_CLEARFLAGS(arr, cnp.NPY_ARRAY_WRITEABLE)
+            feeds[t.name] = arr
+        if not req.outputs:
+            names = self.all_outputs
+        else:
+            names = []
+            for name in req.outputs:
+                if name not in self.out_index or name in names:
+                    return None
+                names.append(name)
+        return feeds, (rows if rows != -1 else 1), names
+
+    def reply(self, str model_name, str model_version, str id, list names, list arrays, bytes prefix_tag=None):
+        """The reply bytes when every output is plain (fixed-width, no reshape, the model's own dtype and
+        C-contiguous, as batch slices are), else None for the general path."""
+        cdef Py_ssize_t i, j
+        cdef cnp.ndarray arr
+        cdef object a
+        outs = []
+        for i in range(len(names)):
+            j = self.out_index[names[i]]
+            a = arrays[i]
+            arr = a
+            if self.out_typenums[j] != cnp.PyArray_TYPE(arr) or not cnp.PyArray_IS_C_CONTIGUOUS(arr):
+                return None
+            outs.append((names[i], self.out_datatypes[j], a.shape, a))
+        return build_infer_response(model_name, model_version, id, outs, prefix_tag)

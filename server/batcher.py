@@ -73,7 +73,10 @@ def compatibility_key(feeds: dict[str, np.ndarray]) -> tuple:
 class DynamicBatcher:
     def __init__(self, model, batching: mc.ModelDynamicBatching, max_batch_size: int, instances: int,
                  adaptive: AdaptiveController | None = None):
-        self.model = model  # a ModelVersion: execute_batch(), label, name
+        self.model = model  # a ModelVersion: execute_batch(), label, name, fixed_shapes
+        # Every validated request of a model without variable dimensions has the same non-batch shapes and
+        # dtypes, so all of them merge: no per-request compatibility key to compute.
+        self.fixed_shapes = bool(getattr(model, "fixed_shapes", False))
         self.adaptive = adaptive
         self.max_batch_size = max_batch_size
         self.preferred = sorted({int(s) for s in batching.preferred_batch_size if 0 < s <= max_batch_size})
@@ -126,7 +129,8 @@ class DynamicBatcher:
         timeout = policy.default_timeout_us
         if timeout_us is not None and policy.allow_timeout_override:
             timeout = timeout_us
-        p = Pending(feeds, rows, outputs, compatibility_key(feeds), loop.create_future(), now, level,
+        key = () if self.fixed_shapes else compatibility_key(feeds)
+        p = Pending(feeds, rows, outputs, key, loop.create_future(), now, level,
                     next(self._seq), now + timeout / 1e6 if timeout else None, deadline)
         queue.append(p)
         self._queued_rows += rows
@@ -143,7 +147,7 @@ class DynamicBatcher:
     async def _run(self) -> None:
         try:
             while True:
-                while not self.queued:
+                while not self._queued_rows:
                     self._arrived.clear()
                     await self._arrived.wait()
                 await self._slots.acquire()
@@ -325,7 +329,7 @@ class DynamicBatcher:
     def can_bypass(self) -> bool:
         """True when queueing could not change what runs: nothing waits, an instance is free, no delay
         would be spent waiting for company, and (with preserve_ordering) nothing is still running."""
-        if self._closed or self.queued or self._slots.locked():
+        if self._closed or self._queued_rows or self._slots.locked():
             return False
         if self.preserve_ordering and self._inflight:
             return False

@@ -79,9 +79,9 @@ class DataPlane:
                     time_remaining_s: float | None = None) -> pb.ModelInferResponse:
         """The general path, for protobuf messages (typed contents, output parameters)."""
         _check_output_parameters(req)
-        mv, names, arrays = await self._run(req.model_name, req.model_version, req.inputs,
-                                            req.raw_input_contents, [o.name for o in req.outputs],
-                                            req.parameters, received_ns, time_remaining_s, request_id=req.id)
+        mv = self.repository.get(req.model_name, req.model_version)
+        names, arrays = await self._run(mv, req.inputs, req.raw_input_contents, [o.name for o in req.outputs],
+                                        req.parameters, received_ns, time_remaining_s, request_id=req.id)
         return encode_response(req.id, mv, names, arrays)
 
     async def infer_bytes(self, data: bytes, received_ns: int | None = None,
@@ -99,31 +99,42 @@ class DataPlane:
             if stream:
                 return pb.ModelStreamInferResponse(infer_response=resp).SerializeToString()
             return resp.SerializeToString()
-        mv, names, arrays = await self._run(req.model_name, req.model_version, req.inputs, req.raw,
-                                            req.outputs, req.parameters, received_ns, time_remaining_s,
-                                            request_id=req.id)
-        return build_infer_response(mv.name, str(mv.version), req.id, output_tensors(mv, names, arrays),
-                                    _STREAM_TAG if stream else None)
+        mv = self.repository.get(req.model_name, req.model_version)
+        tag = _STREAM_TAG if stream else None
+        plan = mv.plan
+        # The compiled plan takes well-formed requests in one call; anything else (or any error) is decoded
+        # by the general path below, which words the error.
+        decoded = plan.decode(req) if plan is not None else None
+        names, arrays = await self._run(mv, req.inputs, req.raw, req.outputs, req.parameters, received_ns,
+                                        time_remaining_s, req.id, decoded)
+        if plan is not None:
+            reply = plan.reply(mv.name, mv.version_text, req.id, names, arrays, tag)
+            if reply is not None:
+                return reply
+        return build_infer_response(mv.name, mv.version_text, req.id, output_tensors(mv, names, arrays), tag)
 
-    async def _run(self, model_name: str, model_version: str, tensors, raw, output_names: list[str], params,
-                   received_ns: int | None, time_remaining_s: float | None, request_id: str = ""):
+    async def _run(self, mv: ModelVersion, tensors, raw, output_names: list[str], params,
+                   received_ns: int | None, time_remaining_s: float | None, request_id: str = "",
+                   decoded: tuple | None = None) -> tuple[list[str], list[np.ndarray]]:
         received_ns = received_ns or time.perf_counter_ns()
-        mv = self.repository.get(model_name, model_version)
         mv.enter()
         ok = False
         queue_ns = 0
         try:
-            feeds, rows = decode_inputs(tensors, raw, mv)
-            if mv.features is not None:  # raw feature columns: row counts checked, tagged for the feature log
-                feeds = mv.features.admit(feeds, request_id)
-            names = requested_outputs(output_names, mv)
-            priority, timeout_us = scheduling_parameters(params)
+            if decoded is not None:
+                feeds, rows, names = decoded
+            else:
+                feeds, rows = decode_inputs(tensors, raw, mv)
+                if mv.features is not None:  # raw feature columns: row counts checked, tagged for the feature log
+                    feeds = mv.features.admit(feeds, request_id)
+                names = requested_outputs(output_names, mv)
+            priority, timeout_us = scheduling_parameters(params) if params else (0, None)
             deadline = None
             if time_remaining_s is not None:
                 deadline = asyncio.get_running_loop().time() + time_remaining_s
             arrays, queue_ns = await mv.infer(feeds, names, rows, priority, timeout_us, deadline)
             ok = True
-            return mv, names, arrays
+            return names, arrays
         finally:
             mv.stats.record_request(ok, time.perf_counter_ns() - received_ns, queue_ns)
             mv.leave()

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from skewless.native.v2_codec import DecodePlan
 from skewless.protos import model_config_pb2 as mc
 
 from .adaptive import AdaptiveController
@@ -53,6 +54,9 @@ class ModelVersion:
         self.outputs: dict[str, TensorSpec] = tensor_specs(self.config.output)
         self.output_names = list(self.outputs)
         self.max_batch_size = self.config.max_batch_size
+        self.version_text = str(version)
+        self.fixed_shapes = all(-1 not in s.dims for s in self.inputs.values())
+        self.plan = self._decode_plan()
         self.stats = ModelStats()
         self.adaptive = AdaptiveController.from_config(self.config) if self.batching else None
         self.runtime = ModelRuntime(self.path, self.config, f"{name}-{version}")
@@ -74,6 +78,17 @@ class ModelVersion:
         except Exception as exc:
             self.runtime.close()
             raise ModelLoadError(f"warmup of model '{name}' version {version} failed: {exc}") from None
+
+    def _decode_plan(self) -> DecodePlan | None:
+        """The compiled request decoder, for models whose inputs are all fixed-width and go to the model as
+        sent (a feature stage keeps raw BYTES columns as wire bytes, which only the general path does)."""
+        if self.features is not None or any(s.datatype.name == "BYTES" for s in self.inputs.values()):
+            return None
+        inputs = [(s.name, s.datatype.name, s.datatype.numpy, s.dims, s.reshape) for s in self.inputs.values()]
+        outputs = [(s.name, s.datatype.name,
+                    None if s.datatype.name == "BYTES" or s.reshape is not None else s.datatype.numpy)
+                   for s in self.outputs.values()]
+        return DecodePlan(inputs, outputs, self.max_batch_size)
 
     @property
     def label(self) -> str:
