@@ -95,7 +95,8 @@ class DynamicBatcher:
         self.queues: dict[int, deque[Pending]] = {lvl: deque() for lvl in range(1, self.levels + 1)}
         self.delayed: deque[Pending] = deque()
         self.cap = max_batch_size  # the adaptive controller lowers this; never above max_batch_size
-        self._slots = asyncio.Semaphore(instances)
+        self._free = instances  # instances not executing a batch
+        self._freed = asyncio.Event()
         self._inflight = 0  # batches executing now
         self._running = 0  # requests in those batches
         self._arrived = asyncio.Event()
@@ -150,10 +151,13 @@ class DynamicBatcher:
                 while not self._queued_rows:
                     self._arrived.clear()
                     await self._arrived.wait()
-                await self._slots.acquire()
+                while not self._free:
+                    self._freed.clear()
+                    await self._freed.wait()
+                self._free -= 1
                 batch = await self._form_batch()
                 if not batch:
-                    self._slots.release()
+                    self._release()
                     continue
                 self._inflight += 1
                 self._running += len(batch)
@@ -323,13 +327,17 @@ class DynamicBatcher:
         finally:
             self._inflight -= 1
             self._running -= len(batch)
-            self._slots.release()
+            self._release()
+
+    def _release(self) -> None:
+        self._free += 1
+        self._freed.set()
 
     # -- the fast path ---------------------------------------------------------------------------------
     def can_bypass(self) -> bool:
         """True when queueing could not change what runs: nothing waits, an instance is free, no delay
         would be spent waiting for company, and (with preserve_ordering) nothing is still running."""
-        if self._closed or self._queued_rows or self._slots.locked():
+        if self._closed or self._queued_rows or not self._free:
             return False
         if self.preserve_ordering and self._inflight:
             return False
@@ -344,21 +352,41 @@ class DynamicBatcher:
         if self.adaptive is not None:
             self.adaptive.on_arrival(time.perf_counter(), self._queued_rows > 0 or self._running > 0)
 
-    async def run_alone(self, feeds: dict[str, np.ndarray], rows: int, outputs: Sequence[str]):
-        """A batch of one, run by the caller itself: no queue entry, no future, no batcher wake-up."""
-        await self._slots.acquire()  # never waits: can_bypass() saw a free slot and nothing awaited since
+    def run_alone(self, feeds: dict[str, np.ndarray], rows: int, outputs: Sequence[str]) -> asyncio.Future:
+        """A batch of one, started at once: no queue entry, no batcher wake-up; and no task at all when the
+        model is cheap enough to run inline. The instance is claimed before returning, so the next arrival
+        in the same event-loop turn sees it busy and queues."""
+        self._free -= 1
         self._inflight += 1
         self._running += 1
-        try:
-            start = time.perf_counter_ns()
-            (outs,), thread_wait_ns = await self.model.execute_batch([feeds], [rows], list(outputs))
-            if self.adaptive is not None:
-                self.adaptive.observe((time.perf_counter_ns() - start - thread_wait_ns) / 1e9)
-            return outs, thread_wait_ns
-        finally:
-            self._inflight -= 1
-            self._running -= 1
-            self._slots.release()
+        if self.model._cheap_enough(rows):
+            future = asyncio.get_running_loop().create_future()
+            try:
+                start = time.perf_counter_ns()
+                (outs,), queue_ns = self.model.execute_inline([feeds], [rows], list(outputs))
+                if self.adaptive is not None:
+                    self.adaptive.observe((time.perf_counter_ns() - start) / 1e9)
+                future.set_result((outs, queue_ns))
+            except Exception as exc:
+                future.set_exception(exc)
+            finally:
+                self._alone_done(future)
+            return future
+        task = asyncio.ensure_future(self._alone(feeds, rows, outputs))
+        task.add_done_callback(self._alone_done)  # runs even if the task is cancelled before it starts
+        return task
+
+    async def _alone(self, feeds: dict[str, np.ndarray], rows: int, outputs: Sequence[str]):
+        start = time.perf_counter_ns()
+        (outs,), thread_wait_ns = await self.model.execute_batch([feeds], [rows], list(outputs))
+        if self.adaptive is not None:
+            self.adaptive.observe((time.perf_counter_ns() - start - thread_wait_ns) / 1e9)
+        return outs, thread_wait_ns
+
+    def _alone_done(self, _future: asyncio.Future) -> None:
+        self._inflight -= 1
+        self._running -= 1
+        self._release()
 
     def _finish(self, p: Pending, result, exc: BaseException | None) -> None:
         if not self.preserve_ordering:

@@ -7,8 +7,11 @@ client can reuse all of the validation and execution below.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
+from collections.abc import Callable
 from importlib import metadata
+from typing import Any
 
 import numpy as np
 
@@ -79,47 +82,51 @@ class DataPlane:
                     time_remaining_s: float | None = None) -> pb.ModelInferResponse:
         """The general path, for protobuf messages (typed contents, output parameters)."""
         _check_output_parameters(req)
+        received_ns = received_ns or time.perf_counter_ns()
         mv = self.repository.get(req.model_name, req.model_version)
-        names, arrays = await self._run(mv, req.inputs, req.raw_input_contents, [o.name for o in req.outputs],
-                                        req.parameters, received_ns, time_remaining_s, request_id=req.id)
+        names, arrays = await self.start(mv, received_ns, time_remaining_s, None, req.inputs,
+                                         req.raw_input_contents, [o.name for o in req.outputs], req.parameters,
+                                         req.id)
         return encode_response(req.id, mv, names, arrays)
 
-    async def infer_bytes(self, data: bytes, received_ns: int | None = None,
-                          time_remaining_s: float | None = None, stream: bool = False) -> bytes:
-        """The hot path: request bytes in, reply bytes out, no protobuf objects in between.
+    def infer_bytes(self, data: bytes, received_ns: int | None = None, time_remaining_s: float | None = None,
+                    stream: bool = False) -> asyncio.Future:
+        """The hot path: request bytes in, a future of the reply bytes out, no protobuf objects in between.
 
-        ``stream`` wraps the reply as ModelStreamInferResponse.infer_response (field 2).
+        Synchronous up to the model's queue, so a stream can submit each message without a task of its own.
+        Requests rejected at once raise here; later failures come through the future. ``stream`` wraps the
+        reply as ModelStreamInferResponse.infer_response (field 2).
         """
+        received_ns = received_ns or time.perf_counter_ns()
         try:
             req = parse_infer_request(data)
         except WireFormatError as exc:
             raise InvalidArgument(f"malformed ModelInferRequest: {exc}") from None
         if req.has_contents or req.output_parameters:
-            resp = await self.infer(pb.ModelInferRequest.FromString(data), received_ns, time_remaining_s)
-            if stream:
-                return pb.ModelStreamInferResponse(infer_response=resp).SerializeToString()
-            return resp.SerializeToString()
+            return asyncio.ensure_future(self._infer_message(data, received_ns, time_remaining_s, stream))
         mv = self.repository.get(req.model_name, req.model_version)
-        tag = _STREAM_TAG if stream else None
         plan = mv.plan
         # The compiled plan takes well-formed requests in one call; anything else (or any error) is decoded
-        # by the general path below, which words the error.
+        # by the general path, which words the error.
         decoded = plan.decode(req) if plan is not None else None
-        names, arrays = await self._run(mv, req.inputs, req.raw, req.outputs, req.parameters, received_ns,
-                                        time_remaining_s, req.id, decoded)
-        if plan is not None:
-            reply = plan.reply(mv.name, mv.version_text, req.id, names, arrays, tag)
-            if reply is not None:
-                return reply
-        return build_infer_response(mv.name, mv.version_text, req.id, output_tensors(mv, names, arrays), tag)
+        finish = functools.partial(_reply_bytes, mv, req.id, _STREAM_TAG if stream else None)
+        return self.start(mv, received_ns, time_remaining_s, decoded, req.inputs, req.raw, req.outputs,
+                          req.parameters, req.id, finish)
 
-    async def _run(self, mv: ModelVersion, tensors, raw, output_names: list[str], params,
-                   received_ns: int | None, time_remaining_s: float | None, request_id: str = "",
-                   decoded: tuple | None = None) -> tuple[list[str], list[np.ndarray]]:
-        received_ns = received_ns or time.perf_counter_ns()
+    async def _infer_message(self, data: bytes, received_ns: int, time_remaining_s: float | None,
+                             stream: bool) -> bytes:
+        resp = await self.infer(pb.ModelInferRequest.FromString(data), received_ns, time_remaining_s)
+        if stream:
+            return pb.ModelStreamInferResponse(infer_response=resp).SerializeToString()
+        return resp.SerializeToString()
+
+    def start(self, mv: ModelVersion, received_ns: int, time_remaining_s: float | None, decoded: tuple | None,
+              tensors, raw, output_names: list[str], params, request_id: str,
+              finish: Callable[[list[str], list[np.ndarray]], Any] | None = None) -> asyncio.Future:
+        """Validate and decode (unless ``decoded`` by the plan), then queue or run: a future of
+        ``finish(output names, arrays)``, or of (names, arrays) without ``finish``. Counts the request in
+        flight and in the statistics until it completes."""
         mv.enter()
-        ok = False
-        queue_ns = 0
         try:
             if decoded is not None:
                 feeds, rows, names = decoded
@@ -132,12 +139,15 @@ class DataPlane:
             deadline = None
             if time_remaining_s is not None:
                 deadline = asyncio.get_running_loop().time() + time_remaining_s
-            arrays, queue_ns = await mv.infer(feeds, names, rows, priority, timeout_us, deadline)
-            ok = True
-            return names, arrays
-        finally:
-            mv.stats.record_request(ok, time.perf_counter_ns() - received_ns, queue_ns)
+            running = mv.start(feeds, names, rows, priority, timeout_us, deadline)
+        except BaseException:
+            mv.stats.record_request(False, time.perf_counter_ns() - received_ns, 0)
             mv.leave()
+            raise
+        result = asyncio.get_running_loop().create_future()
+        running.add_done_callback(functools.partial(_account, result, mv, names, received_ns, finish))
+        result.add_done_callback(functools.partial(_cancel_with, running))
+        return result
 
     # -- statistics ----------------------------------------------------------------------------------
     def statistics(self, req: pb.ModelStatisticsRequest) -> pb.ModelStatisticsResponse:
@@ -181,6 +191,50 @@ class DataPlane:
         self.repository.check_control()
         await self.repository.unload(req.model_name)
         return pb.RepositoryModelUnloadResponse()
+
+
+def _cancel_with(inner: asyncio.Future, outer: asyncio.Future) -> None:
+    """A cancelled caller (client gone, deadline passed) cancels the queued request, which is then dropped
+    before compute."""
+    if outer.cancelled():
+        inner.cancel()
+
+
+def _account(result: asyncio.Future, mv: ModelVersion, names: list[str], received_ns: int, finish,
+             running: asyncio.Future) -> None:
+    """Completion of a queued or running request: statistics, in-flight count, and the caller's result."""
+    ok = False
+    queue_ns = 0
+    try:
+        if running.cancelled():
+            result.cancel()
+            return
+        exc = running.exception()
+        if exc is not None:
+            if not result.done():
+                result.set_exception(exc)
+            return
+        arrays, queue_ns = running.result()
+        try:
+            value = (names, arrays) if finish is None else finish(names, arrays)
+        except Exception as exc:
+            if not result.done():
+                result.set_exception(exc)
+            return
+        ok = True
+        if not result.done():
+            result.set_result(value)
+    finally:
+        mv.stats.record_request(ok, time.perf_counter_ns() - received_ns, queue_ns)
+        mv.leave()
+
+
+def _reply_bytes(mv: ModelVersion, request_id: str, tag: bytes | None, names: list[str],
+                 arrays: list[np.ndarray]) -> bytes:
+    data = mv.plan.reply(mv.name, mv.version_text, request_id, names, arrays, tag) if mv.plan is not None else None
+    if data is None:
+        data = build_infer_response(mv.name, mv.version_text, request_id, output_tensors(mv, names, arrays), tag)
+    return data
 
 
 def scheduling_parameters(params) -> tuple[int, int | None]:

@@ -118,28 +118,35 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return await self.dp.infer_bytes(request, time.perf_counter_ns(), context.time_remaining())
 
     async def ModelStreamInfer(self, request_iterator, context):
-        """Requests of one stream run concurrently; each response (or error) is sent when it is ready.
+        """Requests of one stream run concurrently (and batch together); each response, or error, is sent as
+        soon as it is ready. Each message is queued straight from the reader: no task per message.
 
         As in Triton, a failed request does not end the stream: its error travels in ``error_message``.
         """
         out: asyncio.Queue = asyncio.Queue()
-        pending: set[asyncio.Task] = set()
+        pending: set[asyncio.Future] = set()
+        dp = self.dp
 
-        async def one(data: bytes, received: int) -> None:
-            try:
-                out.put_nowait(await self.dp.infer_bytes(data, received, None, stream=True))
-            except Exception as exc:
-                code, message = status_of(exc)
-                if code == grpc.StatusCode.INTERNAL:
-                    log.exception("stream request failed")
-                out.put_nowait(_stream_error(data, message))
+        def done(data: bytes, future: asyncio.Future) -> None:
+            pending.discard(future)
+            if future.cancelled():
+                return
+            exc = future.exception()
+            if exc is None:
+                out.put_nowait(future.result())
+            else:
+                out.put_nowait(_stream_failure(data, exc))
 
         async def read() -> None:
             try:
                 async for data in request_iterator:
-                    task = asyncio.create_task(one(data, time.perf_counter_ns()))
-                    pending.add(task)
-                    task.add_done_callback(pending.discard)
+                    try:
+                        future = dp.infer_bytes(data, time.perf_counter_ns(), None, stream=True)
+                    except Exception as exc:
+                        out.put_nowait(_stream_failure(data, exc))
+                        continue
+                    pending.add(future)
+                    future.add_done_callback(functools.partial(done, data))
                 if pending:
                     await asyncio.gather(*pending, return_exceptions=True)
             finally:
@@ -151,8 +158,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 yield item
         finally:
             reader.cancel()
-            for task in list(pending):
-                task.cancel()
+            for future in list(pending):
+                future.cancel()
 
     SystemSharedMemoryStatus = unimplemented("system shared memory")
     SystemSharedMemoryRegister = unimplemented("system shared memory")
@@ -162,6 +169,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     CudaSharedMemoryUnregister = unimplemented("CUDA shared memory")
     TraceSetting = unimplemented("trace settings")
     LogSettings = unimplemented("log settings")
+
+
+def _stream_failure(data: bytes, exc: BaseException) -> bytes:
+    code, message = status_of(exc)
+    if code == grpc.StatusCode.INTERNAL:
+        log.error("stream request failed", exc_info=exc)
+    return _stream_error(data, message)
 
 
 def _stream_error(data: bytes, message: str) -> bytes:

@@ -176,14 +176,25 @@ class ModelVersion:
 
         Returns the outputs in ``output_names`` order and the nanoseconds the request waited in the queue.
         """
+        return await self.start(feeds, output_names, rows, priority, timeout_us, deadline)
+
+    def start(self, feeds: dict[str, np.ndarray], output_names: list[str], rows: int, priority: int = 0,
+              timeout_us: int | None = None, deadline: float | None = None) -> asyncio.Future:
+        """Queue (or start) one request without awaiting it: a future of what ``infer`` returns.
+
+        Cancelling the future before its batch forms drops the request uncomputed."""
         if self.batching:
             if self._batcher is None:
                 self._batcher = DynamicBatcher(self, self.config.dynamic_batching, self.max_batch_size,
                                                len(self.runtime.instances), self.adaptive)
             self._batcher.note_arrival()
             if priority == 0 and self._batcher.can_bypass():
-                return await self._batcher.run_alone(feeds, rows, output_names)
-            return await self._batcher.submit(feeds, rows, output_names, priority, timeout_us, deadline)
+                return self._batcher.run_alone(feeds, rows, output_names)
+            return self._batcher.submit(feeds, rows, output_names, priority, timeout_us, deadline)
+        return asyncio.ensure_future(self._run_unbatched(feeds, output_names, rows))
+
+    async def _run_unbatched(self, feeds: dict[str, np.ndarray], output_names: list[str],
+                             rows: int) -> tuple[list[np.ndarray], int]:
         (outs,), queue_ns = await self.execute_batch([feeds], [rows], output_names)
         return outs, queue_ns
 
@@ -192,20 +203,27 @@ class ModelVersion:
         """Merge the requests' inputs, run them as one batch, and split the outputs back per request.
 
         Also returns how long the batch waited for a free instance thread."""
-        loop = asyncio.get_running_loop()
-        submitted = time.perf_counter_ns()
         total_rows = sum(rows)
         if self._cheap_enough(total_rows):
-            per_request, times = self._run_batch(feeds, rows, output_names, submitted)
-        else:
-            per_request, times = await loop.run_in_executor(
-                self.runtime.executor, self._run_batch, feeds, rows, output_names, submitted)
+            return self.execute_inline(feeds, rows, output_names)
+        submitted = time.perf_counter_ns()
+        per_request, times = await asyncio.get_running_loop().run_in_executor(
+            self.runtime.executor, self._run_batch, feeds, rows, output_names, submitted)
+        return per_request, self._record(total_rows, len(rows), times)
+
+    def execute_inline(self, feeds: list[dict[str, np.ndarray]], rows: list[int],
+                       output_names: list[str]) -> tuple[list[list[np.ndarray]], int]:
+        """execute_batch on the calling (event-loop) thread, for batches _cheap_enough() says are short."""
+        per_request, times = self._run_batch(feeds, rows, output_names, time.perf_counter_ns())
+        return per_request, self._record(sum(rows), len(rows), times)
+
+    def _record(self, total_rows: int, requests: int, times: tuple) -> int:
         queue_ns, input_ns, infer_ns, output_ns, cpu_ns = times
         size_class = total_rows.bit_length()
         seen = self._batch_cpu_ns.get(size_class)
         self._batch_cpu_ns[size_class] = cpu_ns if seen is None else 0.8 * seen + 0.2 * cpu_ns
-        self.stats.record_execution(total_rows, len(rows), input_ns, infer_ns, output_ns)
-        return per_request, queue_ns
+        self.stats.record_execution(total_rows, requests, input_ns, infer_ns, output_ns)
+        return queue_ns
 
     def _cheap_enough(self, rows: int) -> bool:
         """Run on the event loop when the batch is expected to take less than the hand-off to a worker
