@@ -359,7 +359,7 @@ class DynamicBatcher:
         self._free -= 1
         self._inflight += 1
         self._running += 1
-        if self.model._cheap_enough(rows):
+        if self.model.cheap_enough(rows):
             future = asyncio.get_running_loop().create_future()
             try:
                 start = time.perf_counter_ns()

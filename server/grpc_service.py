@@ -10,6 +10,7 @@ import asyncio
 import functools
 import logging
 import time
+from collections import deque
 
 import grpc
 
@@ -123,19 +124,24 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
         As in Triton, a failed request does not end the stream: its error travels in ``error_message``.
         """
-        out: asyncio.Queue = asyncio.Queue()
+        ready: deque = deque()  # replies to send, in completion order; None ends the stream
+        wake: list[asyncio.Future | None] = [None]  # the writer's wait, when it has nothing to send
         pending: set[asyncio.Future] = set()
         dp = self.dp
+        loop = asyncio.get_running_loop()
+
+        def send(item) -> None:
+            ready.append(item)
+            waiter = wake[0]
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
 
         def done(data: bytes, future: asyncio.Future) -> None:
             pending.discard(future)
             if future.cancelled():
                 return
             exc = future.exception()
-            if exc is None:
-                out.put_nowait(future.result())
-            else:
-                out.put_nowait(_stream_failure(data, exc))
+            send(future.result() if exc is None else _stream_failure(data, exc))
 
         async def read() -> None:
             try:
@@ -143,19 +149,26 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                     try:
                         future = dp.infer_bytes(data, time.perf_counter_ns(), None, stream=True)
                     except Exception as exc:
-                        out.put_nowait(_stream_failure(data, exc))
+                        send(_stream_failure(data, exc))
                         continue
                     pending.add(future)
                     future.add_done_callback(functools.partial(done, data))
                 if pending:
                     await asyncio.gather(*pending, return_exceptions=True)
             finally:
-                out.put_nowait(None)
+                send(None)
 
         reader = asyncio.create_task(read())
         try:
-            while (item := await out.get()) is not None:
-                yield item
+            while True:
+                while ready:
+                    item = ready.popleft()
+                    if item is None:
+                        return
+                    yield item
+                wake[0] = loop.create_future()
+                await wake[0]
+                wake[0] = None
         finally:
             reader.cancel()
             for future in list(pending):

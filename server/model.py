@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from pathlib import Path
 
 import numpy as np
@@ -63,9 +64,10 @@ class ModelVersion:
         self._inflight = 0
         self._idle: asyncio.Event | None = None
         self._batcher: DynamicBatcher | None = None
-        # CPU time of a batch, moving average per power-of-two size class: batch cost is a fixed part plus a
-        # per-row part, so one per-row figure would misjudge batches far from the sizes it was measured at.
-        self._batch_cpu_ns: dict[int, float] = {}
+        # Recent CPU times of batches per power-of-two size class (batch cost is a fixed part plus a per-row
+        # part, so one per-row figure would misjudge batches far from the sizes it was measured at). The
+        # estimate is their minimum: a cold worker thread's first runs cost several times a warm run.
+        self._batch_cpu_ns: dict[int, deque[int]] = {}
         try:
             self._inline_limit_ns = 1000 * float(parameter(self.config, INLINE_PARAMETER, "100"))
         except ValueError:
@@ -204,7 +206,7 @@ class ModelVersion:
 
         Also returns how long the batch waited for a free instance thread."""
         total_rows = sum(rows)
-        if self._cheap_enough(total_rows):
+        if self.cheap_enough(total_rows):
             return self.execute_inline(feeds, rows, output_names)
         submitted = time.perf_counter_ns()
         per_request, times = await asyncio.get_running_loop().run_in_executor(
@@ -219,26 +221,28 @@ class ModelVersion:
 
     def _record(self, total_rows: int, requests: int, times: tuple) -> int:
         queue_ns, input_ns, infer_ns, output_ns, cpu_ns = times
-        size_class = total_rows.bit_length()
-        seen = self._batch_cpu_ns.get(size_class)
-        self._batch_cpu_ns[size_class] = cpu_ns if seen is None else 0.8 * seen + 0.2 * cpu_ns
+        recent = self._batch_cpu_ns.get(total_rows.bit_length())
+        if recent is None:
+            recent = self._batch_cpu_ns[total_rows.bit_length()] = deque(maxlen=8)
+        recent.append(cpu_ns)
         self.stats.record_execution(total_rows, requests, input_ns, infer_ns, output_ns)
         return queue_ns
 
-    def _cheap_enough(self, rows: int) -> bool:
+    def cheap_enough(self, rows: int) -> bool:
         """Run on the event loop when the batch is expected to take less than the hand-off to a worker
         thread costs (~100 us of CPU, measured): the example MLP's batches of 1 to 64 rows take 5-15 us.
         Anything slower, or not yet measured at this size, runs in the model's worker threads and never
         stalls the loop. The estimate is CPU time (a worker's wall time also holds its waits for the GIL)."""
         size_class = rows.bit_length()
-        cost = self._batch_cpu_ns.get(size_class)
-        if cost is None:  # a smaller size class scaled up by the row ratio (an over-estimate), if any
-            smaller = [c for c in self._batch_cpu_ns if c < size_class]
-            if not smaller:
-                return False
-            c = max(smaller)
-            cost = self._batch_cpu_ns[c] * (1 << (size_class - c))
-        return cost < self._inline_limit_ns
+        recent = self._batch_cpu_ns.get(size_class)
+        if recent is not None:
+            return min(recent) < self._inline_limit_ns
+        # a smaller size class scaled up by the row ratio (an over-estimate), if any
+        smaller = [c for c in self._batch_cpu_ns if c < size_class]
+        if not smaller:
+            return False
+        c = max(smaller)
+        return min(self._batch_cpu_ns[c]) * (1 << (size_class - c)) < self._inline_limit_ns
 
     def _run_batch(self, feeds: list[dict[str, np.ndarray]], rows: list[int], output_names: list[str],
                    submitted: int):
