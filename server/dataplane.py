@@ -26,6 +26,7 @@ from .repository import ModelRepository
 from .stats import Duration, ModelStats
 
 SERVER_NAME = "skewless"
+Deliver = Callable[[Any, "BaseException | None"], None]
 _STREAM_TAG = bytes([2 << 3 | 2])  # ModelStreamInferResponse.infer_response, length-delimited
 # Only what is really implemented: tritonclient and perf_analyzer branch on these names.
 EXTENSIONS = ["model_repository", "model_configuration", "statistics"]
@@ -90,12 +91,14 @@ class DataPlane:
         return encode_response(req.id, mv, names, arrays)
 
     def infer_bytes(self, data: bytes, received_ns: int | None = None, time_remaining_s: float | None = None,
-                    stream: bool = False) -> asyncio.Future:
+                    stream: bool = False, deliver: Deliver | None = None) -> asyncio.Future:
         """The hot path: request bytes in, a future of the reply bytes out, no protobuf objects in between.
 
         Synchronous up to the model's queue, so a stream can submit each message without a task of its own.
-        Requests rejected at once raise here; later failures come through the future. ``stream`` wraps the
-        reply as ModelStreamInferResponse.infer_response (field 2).
+        Requests rejected at once raise here; later failures come through the future, or with ``deliver``
+        (a stream's callback, given (reply, None) or (None, error); nothing if cancelled) instead of it: the
+        returned future then only serves to cancel. ``stream`` wraps the reply as
+        ModelStreamInferResponse.infer_response (field 2).
         """
         received_ns = received_ns or time.perf_counter_ns()
         try:
@@ -103,7 +106,10 @@ class DataPlane:
         except WireFormatError as exc:
             raise InvalidArgument(f"malformed ModelInferRequest: {exc}") from None
         if req.has_contents or req.output_parameters:
-            return asyncio.ensure_future(self._infer_message(data, received_ns, time_remaining_s, stream))
+            task = asyncio.ensure_future(self._infer_message(data, received_ns, time_remaining_s, stream))
+            if deliver is not None:
+                task.add_done_callback(functools.partial(_deliver_outcome, deliver))
+            return task
         mv = self.repository.get(req.model_name, req.model_version)
         plan = mv.plan
         # The compiled plan takes well-formed requests in one call; anything else (or any error) is decoded
@@ -111,7 +117,7 @@ class DataPlane:
         decoded = plan.decode(req) if plan is not None else None
         finish = functools.partial(_reply_bytes, mv, req.id, _STREAM_TAG if stream else None)
         return self.start(mv, received_ns, time_remaining_s, decoded, req.inputs, req.raw, req.outputs,
-                          req.parameters, req.id, finish)
+                          req.parameters, req.id, finish, deliver)
 
     async def _infer_message(self, data: bytes, received_ns: int, time_remaining_s: float | None,
                              stream: bool) -> bytes:
@@ -122,10 +128,12 @@ class DataPlane:
 
     def start(self, mv: ModelVersion, received_ns: int, time_remaining_s: float | None, decoded: tuple | None,
               tensors, raw, output_names: list[str], params, request_id: str,
-              finish: Callable[[list[str], list[np.ndarray]], Any] | None = None) -> asyncio.Future:
+              finish: Callable[[list[str], list[np.ndarray]], Any] | None = None,
+              deliver: Deliver | None = None) -> asyncio.Future:
         """Validate and decode (unless ``decoded`` by the plan), then queue or run: a future of
-        ``finish(output names, arrays)``, or of (names, arrays) without ``finish``. Counts the request in
-        flight and in the statistics until it completes."""
+        ``finish(output names, arrays)``, or of (names, arrays) without ``finish``; or, with ``deliver``, the
+        outcome handed to it and the running request's own future returned (to cancel it). Counts the
+        request in flight and in the statistics until it completes."""
         mv.enter()
         try:
             if decoded is not None:
@@ -144,8 +152,12 @@ class DataPlane:
             mv.stats.record_request(False, time.perf_counter_ns() - received_ns, 0)
             mv.leave()
             raise
+        if deliver is not None:
+            running.add_done_callback(functools.partial(_account, deliver, mv, names, received_ns, finish))
+            return running
         result = asyncio.get_running_loop().create_future()
-        running.add_done_callback(functools.partial(_account, result, mv, names, received_ns, finish))
+        running.add_done_callback(functools.partial(_account, functools.partial(_settle, result), mv, names,
+                                                    received_ns, finish))
         result.add_done_callback(functools.partial(_cancel_with, running))
         return result
 
@@ -200,33 +212,44 @@ def _cancel_with(inner: asyncio.Future, outer: asyncio.Future) -> None:
         inner.cancel()
 
 
-def _account(result: asyncio.Future, mv: ModelVersion, names: list[str], received_ns: int, finish,
+def _account(deliver: Deliver, mv: ModelVersion, names: list[str], received_ns: int, finish,
              running: asyncio.Future) -> None:
-    """Completion of a queued or running request: statistics, in-flight count, and the caller's result."""
+    """Completion of a queued or running request: statistics, in-flight count, the outcome delivered."""
     ok = False
     queue_ns = 0
     try:
         if running.cancelled():
-            result.cancel()
             return
         exc = running.exception()
         if exc is not None:
-            if not result.done():
-                result.set_exception(exc)
+            deliver(None, exc)
             return
         arrays, queue_ns = running.result()
         try:
             value = (names, arrays) if finish is None else finish(names, arrays)
         except Exception as exc:
-            if not result.done():
-                result.set_exception(exc)
+            deliver(None, exc)
             return
         ok = True
-        if not result.done():
-            result.set_result(value)
+        deliver(value, None)
     finally:
         mv.stats.record_request(ok, time.perf_counter_ns() - received_ns, queue_ns)
         mv.leave()
+
+
+def _settle(future: asyncio.Future, value: Any, exc: BaseException | None) -> None:
+    if future.done():
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(value)
+
+
+def _deliver_outcome(deliver: Deliver, future: asyncio.Future) -> None:
+    if not future.cancelled():
+        exc = future.exception()
+        deliver(None if exc is not None else future.result(), exc)
 
 
 def _reply_bytes(mv: ModelVersion, request_id: str, tag: bytes | None, names: list[str],

@@ -136,23 +136,21 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
 
-        def done(data: bytes, future: asyncio.Future) -> None:
-            pending.discard(future)
-            if future.cancelled():
-                return
-            exc = future.exception()
-            send(future.result() if exc is None else _stream_failure(data, exc))
+        def delivered(data: bytes, reply: bytes | None, exc: BaseException | None) -> None:
+            send(reply if exc is None else _stream_failure(data, exc))
 
         async def read() -> None:
             try:
                 async for data in request_iterator:
                     try:
-                        future = dp.infer_bytes(data, time.perf_counter_ns(), None, stream=True)
+                        future = dp.infer_bytes(data, time.perf_counter_ns(), None, True,
+                                                functools.partial(delivered, data))
                     except Exception as exc:
                         send(_stream_failure(data, exc))
                         continue
-                    pending.add(future)
-                    future.add_done_callback(functools.partial(done, data))
+                    if not future.done():
+                        pending.add(future)
+                        future.add_done_callback(pending.discard)
                 if pending:
                     await asyncio.gather(*pending, return_exceptions=True)
             finally:
