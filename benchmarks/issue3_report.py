@@ -3,14 +3,16 @@
 Every server is started here as a subprocess on 127.0.0.1 and a free port, from temporary repositories built
 for the run, and driven by the load generator; the figures come out side by side in one table:
 
-1. the example MLP, 1 row/request, 64 clients, unary: skewless with batching on (the example config), with
-   batching off (the same config without ``dynamic_batching``) and the bare echo server (the transport
-   ceiling): requests/s, p50/p99, server CPU µs per request, mean batch size; skewless ÷ echo ratios;
+1. the example MLP, 1 row/request, 64 clients, unary: skewless with batching on (the example config, which
+   sets a latency objective: the adaptive mode), with batching off (the same config without
+   ``dynamic_batching``) and the bare echo server (the transport ceiling): requests/s, p50/p99, server CPU
+   µs per request, mean batch size; skewless ÷ echo ratios;
 2. 64 requests in flight over ModelStreamInfer: skewless vs the echo server's stream (CPU per request), and
    skewless's stream requests/s ÷ its unary requests/s;
 3. 1 client: p50/p99 with batching on vs off;
 4. open loop (Poisson) at 50/80/95% of the maximum rate measured in step 1 (batching on, closed loop): p99
-   without and with the adaptive mode (``skewless.latency_slo_ms`` = 10 added to the example config);
+   without the adaptive mode (the example config without ``skewless.latency_slo_ms``: Triton's plain
+   semantics) and with it (``skewless.latency_slo_ms`` = 10);
 5. a compute-heavy MLP 256->1024->1024->10 (FP32, built here from a fixed seed), 64 rows/request, 8 clients:
    rows/s through skewless and the batch sizes it formed (ModelStatistics), against the same model run
    in-process in onnxruntime by one caller at those batch sizes.
@@ -62,9 +64,9 @@ def log(msg: str) -> None:
 
 # -- repositories ------------------------------------------------------------------------------------------
 def mlp_config(source: Path, variant: str) -> str:
-    """The example MLP's config as is ("on"), without dynamic_batching ("off"), or with a latency objective
-    ("adaptive": the example config plus ``skewless.latency_slo_ms``; with the example's delay of 0 the
-    adaptive batcher may wait up to a quarter of the objective, and only when the arrival rate says it pays)."""
+    """The example MLP's config as is ("on"), without dynamic_batching ("off"), without a latency objective
+    ("plain": Triton's semantics), or with ``skewless.latency_slo_ms`` = SLO_MS ("adaptive": the batcher may
+    wait up to a quarter of the objective, and only while other clients are seen sending)."""
     from google.protobuf import text_format
 
     from skewless.protos import model_config_pb2 as mc
@@ -73,6 +75,10 @@ def mlp_config(source: Path, variant: str) -> str:
     text_format.Parse((source / "config.pbtxt").read_text(), cfg)
     if variant == "off":
         cfg.ClearField("dynamic_batching")
+    elif variant == "plain":
+        for key in (SLO_PARAMETER, "skewless.latency_slo_percentile"):
+            if key in cfg.parameters:
+                del cfg.parameters[key]
     elif variant == "adaptive":
         if not cfg.HasField("dynamic_batching"):
             cfg.dynamic_batching.SetInParent()
@@ -236,7 +242,7 @@ def target(figure: str, value: float | None, op: str, bound: float, unit: str = 
 
 
 def summarise(runs: dict[str, Any], inproc: dict[str, Any] | None, meta: dict[str, Any]) -> dict[str, Any]:
-    on, off, ad = runs.get("on"), runs.get("off"), runs.get("adaptive")
+    on, off, plain, ad = runs.get("on"), runs.get("off"), runs.get("plain"), runs.get("adaptive")
     unary = {"on": row("skewless, batching on", find_point(on, "closed", CLIENTS)),
              "off": row("skewless, batching off", find_point(off, "closed", CLIENTS)),
              "echo": row("echo server (transport ceiling)", find_point(runs.get("echo"), "closed", CLIENTS))}
@@ -246,8 +252,8 @@ def summarise(runs: dict[str, Any], inproc: dict[str, Any] | None, meta: dict[st
               "off": row("skewless, batching off", find_point(off, "closed", 1))}
     max_rate = max((p["throughput_rps"] for p in on["points"] if p["mode"] == "closed"), default=None) \
         if on else None
-    # The open-loop points of both runs in order: the adaptive run was given the batching-on run's rates.
-    opened = [p for p in on["points"] if p["mode"] == "open"] if on else []
+    # The open-loop points of both runs in order, both given the same rates (from the batching-on run).
+    opened = [p for p in plain["points"] if p["mode"] == "open"] if plain else []
     opened_ad = [p for p in ad["points"] if p["mode"] == "open"] if ad else []
     echo_open = runs.get("echo_open")
     opened_echo = [p for p in echo_open["points"] if p["mode"] == "open"] if echo_open else []
@@ -312,7 +318,7 @@ def format_table(s: dict[str, Any]) -> str:
             _mlp_line(f"{CLIENTS} in flight, stream", st["skewless"]), _mlp_line("", st["echo"]),
             _mlp_line("1 client, unary", one["on"]), _mlp_line("", one["off"])]
     out.append(f"open loop (Poisson, unary) at % of the max closed-loop rate, {_f(s['max_rate_rps'], '.0f')} req/s "
-               f"(batching on); adaptive = + {SLO_PARAMETER} {SLO_MS:g}")
+               f"(batching on); without = no objective (Triton's semantics), adaptive = {SLO_PARAMETER} {SLO_MS:g}")
     out.append(f"  {'load':<6}{'offered/s':>10} |{'req/s':>7}{'p50 ms':>8}{'p99 ms':>8}{'batch':>7}{'err':>5} "
                f"|{'req/s':>7}{'p50 ms':>8}{'p99 ms':>8}{'batch':>7}{'err':>5} |{'p99 ms':>8}")
     out.append(f"  {'':<16} |{'without adaptive':^35} |{'adaptive':^35} |{'echo':>8}")
@@ -379,6 +385,7 @@ def plot(s: dict[str, Any], runs: dict[str, Any], path: Path) -> Path:
 
     ax = axes[0][0]
     series = [("on", False, "skewless, batching on", "C0"), ("off", False, "skewless, batching off", "C1"),
+              ("plain", False, "skewless, without adaptive", "C6"),
               ("adaptive", False, f"skewless, adaptive (SLO {SLO_MS:g} ms)", "C3"),
               ("echo", False, "echo server", "C2"), ("on_stream", True, "skewless, stream", "C4"),
               ("echo_stream", True, "echo server, stream", "C5")]
@@ -517,7 +524,7 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace, duration: float, warmup: float, out: Path, tmp: Path, t_start: float) -> int:
     src = Path(args.model_repository) / MODEL
     mlp_onnx = src / "1" / "model.onnx"
-    configs = {v: mlp_config(src, v) for v in ("on", "off", "adaptive")}
+    configs = {v: mlp_config(src, v) for v in ("on", "off", "plain", "adaptive")}
     repos = {v: make_repository(tmp / f"mlp_{v}", MODEL, mlp_onnx, c) for v, c in configs.items()}
     heavy_onnx = build_heavy_onnx(tmp / "heavy.onnx")
     configs["heavy"] = heavy_config(args.heavy_preferred, args.heavy_delay_us)
@@ -527,8 +534,8 @@ def _run(args: argparse.Namespace, duration: float, warmup: float, out: Path, tm
         (out / "configs" / f"{v}.pbtxt").write_text(c)
 
     runs: dict[str, Any] = {}
-    # on: 1 and 64 clients + open loop; on_stream; off: 1 and 64; adaptive: open loop; echo: unary, stream; heavy
-    points_total = 2 + len(RATE_PERCENTS) + 1 + 2 + len(RATE_PERCENTS) + 2 + len(RATE_PERCENTS) + 1
+    # on: 1 and 64 clients; on_stream; off: 1 and 64; plain, adaptive: open loop; echo: unary, stream, open; heavy
+    points_total = 2 + 1 + 2 + len(RATE_PERCENTS) + len(RATE_PERCENTS) + 2 + len(RATE_PERCENTS) + 1
     done = [0]
 
     def bench(key: str, target: str, pid: int, model: str = MODEL, concurrency: list[int] | None = None,
@@ -547,12 +554,16 @@ def _run(args: argparse.Namespace, duration: float, warmup: float, out: Path, tm
 
     log(f"skewless, example MLP with batching on (as in {src / 'config.pbtxt'})")
     with start_skewless(repos["on"], out / "skewless_on.log") as srv:
-        on = bench("on", srv.target, srv.pid, concurrency=[1, CLIENTS], rates=[f"{r}%" for r in RATE_PERCENTS])
+        on = bench("on", srv.target, srv.pid, concurrency=[1, CLIENTS])
         bench("on_stream", srv.target, srv.pid, concurrency=[CLIENTS], stream=True)
-    rates = [str(p["offered_rate"]) for p in on["points"] if p["mode"] == "open"]
+    top = max(p["throughput_rps"] for p in on["points"] if p["mode"] == "closed")
+    rates = [str(top * pct / 100) for pct in RATE_PERCENTS]
     log("skewless, example MLP with batching off")
     with start_skewless(repos["off"], out / "skewless_off.log") as srv:
         bench("off", srv.target, srv.pid, concurrency=[1, CLIENTS])
+    log("skewless, example MLP without the adaptive mode (Triton's semantics)")
+    with start_skewless(repos["plain"], out / "skewless_plain.log") as srv:
+        bench("plain", srv.target, srv.pid, rates=rates)
     log(f"skewless, example MLP, adaptive mode ({SLO_PARAMETER} = {SLO_MS:g})")
     with start_skewless(repos["adaptive"], out / "skewless_adaptive.log") as srv:
         bench("adaptive", srv.target, srv.pid, rates=rates)
@@ -583,8 +594,9 @@ def _run(args: argparse.Namespace, duration: float, warmup: float, out: Path, tm
     notes = [
         "µs/req: the server process tree's user+sys CPU time ÷ requests answered in the window; batch: rows per "
         "model execution (ModelStatistics); checks: replies spot-checked (values vs onnxruntime for skewless).",
-        f"open loop: latency from each request's scheduled Poisson arrival; the adaptive config adds only "
-        f"{SLO_PARAMETER}={SLO_MS:g} (the example config's delay is 0, so the adaptive batcher never waits; it "
+        f"open loop: latency from each request's scheduled Poisson arrival; without = the example config "
+        f"minus {SLO_PARAMETER} (Triton's semantics, delay 0), adaptive = {SLO_PARAMETER}={SLO_MS:g} (waits up to "
+        f"{SLO_MS / 4:g} ms while other clients are seen sending; "
         f"caps batches by their compute time); echo: the bare echo server at the same offered rates, the p99 "
         f"floor of this client on this machine.",
         f"heavy in-process: session options as the server derives them; the mix weighs each size's time by the "

@@ -86,7 +86,8 @@ def test_quick_run_writes_every_figure(tmp_path: Path, capsys: pytest.CaptureFix
     configs = data["configs"]
     assert "dynamic_batching" in configs["on"] and "dynamic_batching" not in configs["off"]
     assert "skewless.latency_slo_ms" in configs["adaptive"] and "dynamic_batching" in configs["adaptive"]
+    assert "skewless.latency_slo_ms" not in configs["plain"] and "dynamic_batching" in configs["plain"]
     assert "preferred_batch_size" in configs["heavy"] and "max_batch_size: 512" in configs["heavy"]
-    for key in ("on", "on_stream", "off", "adaptive", "echo", "echo_stream", "heavy"):
+    for key in ("on", "on_stream", "off", "plain", "adaptive", "echo", "echo_stream", "heavy"):
         for p in data["runs"][key]["points"]:
             assert p["error_count"] == 0 and p["checks"]["failed"] == 0 and p["checks"]["checked"] > 0
