@@ -56,6 +56,7 @@ HEAVY_ROWS = 64
 HEAVY_CLIENTS = 8
 HEAVY_MAX_BATCH = 512
 SLO_PARAMETER = "skewless.latency_slo_ms"
+OVERLOAD_ERRORS = ("CANCELLED", "DRAIN_TIMEOUT", "CLIENT_MAX_OUTSTANDING")
 
 
 def log(msg: str) -> None:
@@ -319,15 +320,15 @@ def format_table(s: dict[str, Any]) -> str:
             _mlp_line("1 client, unary", one["on"]), _mlp_line("", one["off"])]
     out.append(f"open loop (Poisson, unary) at % of the max closed-loop rate, {_f(s['max_rate_rps'], '.0f')} req/s "
                f"(batching on); without = no objective (Triton's semantics), adaptive = {SLO_PARAMETER} {SLO_MS:g}")
-    out.append(f"  {'load':<6}{'offered/s':>10} |{'req/s':>7}{'p50 ms':>8}{'p99 ms':>8}{'batch':>7}{'err':>5} "
-               f"|{'req/s':>7}{'p50 ms':>8}{'p99 ms':>8}{'batch':>7}{'err':>5} |{'p99 ms':>8}")
-    out.append(f"  {'':<16} |{'without adaptive':^35} |{'adaptive':^35} |{'echo':>8}")
+    out.append(f"  {'load':<6}{'offered/s':>10} |{'req/s':>7}{'p50 ms':>8}{'p99 ms':>8}{'batch':>7}{'err':>7} "
+               f"|{'req/s':>7}{'p50 ms':>8}{'p99 ms':>8}{'batch':>7}{'err':>7} |{'p99 ms':>8}")
+    out.append(f"  {'':<16} |{'without adaptive':^37} |{'adaptive':^37} |{'echo':>8}")
     for o in s["open_loop"]:
         cells = []
         for r in (o["without"], o["adaptive"]):
-            cells.append("(not measured)".center(35) if r.get("missing") else
+            cells.append("(not measured)".center(37) if r.get("missing") else
                          f"{_f(r['rps'], '.0f'):>7}{_f(r['p50_ms']):>8}{_f(r['p99_ms']):>8}"
-                         f"{_f(r['mean_batch_size']):>7}{r['errors']:>5}")
+                         f"{_f(r['mean_batch_size']):>7}{r['errors']:>7}")
         echo = o.get("echo") or {"missing": True}
         floor = "-" if echo.get("missing") else _f(echo["p99_ms"])
         out.append(f"  {o['percent']:>3}%  {_f(o['offered_rate'], '.0f'):>10} |{cells[0]} |{cells[1]} |{floor:>8}")
@@ -477,6 +478,17 @@ def plot(s: dict[str, Any], runs: dict[str, Any], path: Path) -> Path:
     return path
 
 
+def failed(point: dict[str, Any]) -> bool:
+    """A wrong reply, or an error other than an open loop's overload (an offered rate beyond what the server
+    sustains leaves requests unanswered at the end, or over the client's outstanding limit)."""
+    if point["checks"]["failed"]:
+        return True
+    errors = point.get("errors") or {}
+    if point["mode"] == "open":
+        errors = {code: n for code, n in errors.items() if code not in OVERLOAD_ERRORS}
+    return bool(sum(errors.values()))
+
+
 # -- the run -----------------------------------------------------------------------------------------------
 def _ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip()]
@@ -593,7 +605,9 @@ def _run(args: argparse.Namespace, duration: float, warmup: float, out: Path, tm
     wall = time.monotonic() - t_start
     notes = [
         "µs/req: the server process tree's user+sys CPU time ÷ requests answered in the window; batch: rows per "
-        "model execution (ModelStatistics); checks: replies spot-checked (values vs onnxruntime for skewless).",
+        "model execution (ModelStatistics); checks: replies spot-checked (values vs onnxruntime for skewless); "
+        "err in the open loop: overload (requests still unanswered at the end, or past the client's outstanding "
+        "limit) when the offered rate is beyond what that server sustains.",
         f"open loop: latency from each request's scheduled Poisson arrival; without = the example config "
         f"minus {SLO_PARAMETER} (Triton's semantics, delay 0), adaptive = {SLO_PARAMETER}={SLO_MS:g} (waits up to "
         f"{SLO_MS / 4:g} ms while other clients are seen sending; "
@@ -623,7 +637,7 @@ def _run(args: argparse.Namespace, duration: float, warmup: float, out: Path, tm
     plot(summary, runs, out / "issue3.png")
     print(table)
     print(f"wrote {out / 'issue3.json'}, {out / 'issue3.png'}, {out / 'issue3.txt'}")
-    bad = any(pt["error_count"] or pt["checks"]["failed"] for res in runs.values() for pt in res["points"])
+    bad = any(failed(pt) for res in runs.values() for pt in res["points"])
     return 1 if bad else 0
 
 

@@ -136,21 +136,23 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
 
-        def delivered(data: bytes, reply: bytes | None, exc: BaseException | None) -> None:
+        def delivered(data: bytes, submitted: list, reply: bytes | None, exc: BaseException | None) -> None:
+            if submitted:  # always by now: outcomes are delivered from a later event-loop turn
+                pending.discard(submitted[0])
             send(reply if exc is None else _stream_failure(data, exc))
 
         async def read() -> None:
             try:
                 async for data in request_iterator:
+                    submitted: list = []
                     try:
                         future = dp.infer_bytes(data, time.perf_counter_ns(), None, True,
-                                                functools.partial(delivered, data))
+                                                functools.partial(delivered, data, submitted))
                     except Exception as exc:
                         send(_stream_failure(data, exc))
                         continue
-                    if not future.done():
-                        pending.add(future)
-                        future.add_done_callback(pending.discard)
+                    submitted.append(future)
+                    pending.add(future)
                 if pending:
                     await asyncio.gather(*pending, return_exceptions=True)
             finally:

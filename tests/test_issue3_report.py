@@ -43,9 +43,9 @@ def test_quick_run_writes_every_figure(tmp_path: Path, capsys: pytest.CaptureFix
     data = json.loads((tmp_path / "issue3.json").read_text())
     s = data["summary"]
 
-    def measured(r: dict) -> None:
+    def measured(r: dict, overload_ok: bool = False) -> None:
         assert not r.get("missing"), r
-        assert r["rps"] > 0 and r["errors"] == 0, r
+        assert r["rps"] > 0 and (overload_ok or r["errors"] == 0), r
         assert 0 < r["p50_ms"] <= r["p99_ms"]
         assert r["cpu_us_per_request"] is not None and r["cpu_us_per_request"] > 0
 
@@ -67,7 +67,7 @@ def test_quick_run_writes_every_figure(tmp_path: Path, capsys: pytest.CaptureFix
     for o in s["open_loop"]:
         assert o["offered_rate"] == pytest.approx(s["max_rate_rps"] * o["percent"] / 100)
         for key in ("without", "adaptive"):
-            measured(o[key])
+            measured(o[key], overload_ok=True)  # an open loop past what the server sustains (checked below)
             assert o[key]["mode"] == "open" and o[key]["offered_rate"] == pytest.approx(o["offered_rate"])
 
     h = s["heavy"]
@@ -90,4 +90,4 @@ def test_quick_run_writes_every_figure(tmp_path: Path, capsys: pytest.CaptureFix
     assert "preferred_batch_size" in configs["heavy"] and "max_batch_size: 512" in configs["heavy"]
     for key in ("on", "on_stream", "off", "plain", "adaptive", "echo", "echo_stream", "heavy"):
         for p in data["runs"][key]["points"]:
-            assert p["error_count"] == 0 and p["checks"]["failed"] == 0 and p["checks"]["checked"] > 0
+            assert not issue3_report.failed(p) and p["checks"]["checked"] > 0

@@ -12,7 +12,7 @@ import tritonclient.grpc as grpcclient
 from google.protobuf import descriptor_pool
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
-from helpers import expect_error, http_status, index_rows, infer, infer_input, raw_request
+from helpers import expect_error, http_status, index_rows, infer, infer_input, output_arrays, raw_request
 
 RNG = np.random.default_rng(1)
 
@@ -148,6 +148,28 @@ def test_model_stream_infer(client, server):
     for rid, (a, b) in sent.items():
         np.testing.assert_array_equal(oks[rid].as_numpy("OUTPUT0"), a + b)
         np.testing.assert_array_equal(oks[rid].as_numpy("OUTPUT1"), a - b)
+
+
+def test_stream_messages_batch_together_and_each_gets_its_own_rows(client, stub, shared_repo):
+    """200 messages sent at once on one stream to the example MLP (adaptive batching): each reply carries its
+    request's id and exactly onnxruntime's result for its row, and the server merged them into batches."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(shared_repo / "mlp" / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(5).standard_normal((200, 32)).astype(np.float32)
+    want = sess.run(["probabilities"], {"input": x})[0]
+    before = _stats(client, "mlp")
+    requests = [raw_request("mlp", [("input", "FP32", [1, 32], x[i:i + 1].tobytes())], request_id=f"m{i}")
+                for i in range(len(x))]
+    replies = list(stub.ModelStreamInfer(iter(requests), timeout=60))
+    assert len(replies) == len(x) and all(r.error_message == "" for r in replies)
+    for r in replies:
+        i = int(r.infer_response.id[1:])
+        np.testing.assert_allclose(output_arrays(r.infer_response)["probabilities"], want[i:i + 1], rtol=1e-5,
+                                   atol=1e-6)
+    after = _stats(client, "mlp")
+    assert after.inference_count - before.inference_count == len(x)
+    assert after.execution_count - before.execution_count < len(x)  # merged
 
 
 def _stats(client, model):
