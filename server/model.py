@@ -64,10 +64,13 @@ class ModelVersion:
         self._inflight = 0
         self._idle: asyncio.Event | None = None
         self._batcher: DynamicBatcher | None = None
-        # Recent CPU times of batches per power-of-two size class (batch cost is a fixed part plus a per-row
-        # part, so one per-row figure would misjudge batches far from the sizes it was measured at). The
-        # estimate is their minimum: a cold worker thread's first runs cost several times a warm run.
-        self._batch_cpu_ns: dict[int, deque[int]] = {}
+        # Recent costs of batches per power-of-two size class (batch cost is a fixed part plus a per-row part,
+        # so one per-row figure would misjudge batches far from the sizes it was measured at): wall time of
+        # batches run inline (exactly how long they held the loop), CPU time of the calling thread for those
+        # run in a worker (its wall time also holds waits for the GIL). Estimates take the minimum: a cold
+        # worker thread's first runs cost several times a warm run.
+        self._inline_ns: dict[int, deque[int]] = {}
+        self._worker_cpu_ns: dict[int, deque[int]] = {}
         try:
             self._inline_limit_ns = 1000 * float(parameter(self.config, INLINE_PARAMETER, "100"))
         except ValueError:
@@ -211,22 +214,30 @@ class ModelVersion:
         submitted = time.perf_counter_ns()
         per_request, times = await asyncio.get_running_loop().run_in_executor(
             self.runtime.executor, self._run_batch, feeds, rows, output_names, submitted)
-        return per_request, self._record(total_rows, len(rows), times)
+        return per_request, self._record(total_rows, len(rows), times, inline=False)
 
     def execute_inline(self, feeds: list[dict[str, np.ndarray]], rows: list[int],
                        output_names: list[str]) -> tuple[list[list[np.ndarray]], int]:
-        """execute_batch on the calling (event-loop) thread, for batches _cheap_enough() says are short."""
+        """execute_batch on the calling (event-loop) thread, for batches cheap_enough() says are short."""
         per_request, times = self._run_batch(feeds, rows, output_names, time.perf_counter_ns())
-        return per_request, self._record(sum(rows), len(rows), times)
+        return per_request, self._record(sum(rows), len(rows), times, inline=True)
 
-    def _record(self, total_rows: int, requests: int, times: tuple) -> int:
+    def _record(self, total_rows: int, requests: int, times: tuple, inline: bool) -> int:
         queue_ns, input_ns, infer_ns, output_ns, cpu_ns = times
-        recent = self._batch_cpu_ns.get(total_rows.bit_length())
+        costs = self._inline_ns if inline else self._worker_cpu_ns
+        recent = costs.get(total_rows.bit_length())
         if recent is None:
-            recent = self._batch_cpu_ns[total_rows.bit_length()] = deque(maxlen=8)
-        recent.append(cpu_ns)
+            recent = costs[total_rows.bit_length()] = deque(maxlen=8)
+        recent.append(input_ns + infer_ns + output_ns if inline else cpu_ns)
         self.stats.record_execution(total_rows, requests, input_ns, infer_ns, output_ns)
         return queue_ns
+
+    def _estimate_ns(self, size_class: int) -> float | None:
+        for costs in (self._inline_ns, self._worker_cpu_ns):  # a measured inline run is the exact figure
+            recent = costs.get(size_class)
+            if recent:
+                return min(recent)
+        return None
 
     def cheap_enough(self, rows: int) -> bool:
         """Run on the event loop when the batch is expected to take less than the hand-off to a worker
@@ -234,15 +245,14 @@ class ModelVersion:
         Anything slower, or not yet measured at this size, runs in the model's worker threads and never
         stalls the loop. The estimate is CPU time (a worker's wall time also holds its waits for the GIL)."""
         size_class = rows.bit_length()
-        recent = self._batch_cpu_ns.get(size_class)
-        if recent is not None:
-            return min(recent) < self._inline_limit_ns
-        # a smaller size class scaled up by the row ratio (an over-estimate), if any
-        smaller = [c for c in self._batch_cpu_ns if c < size_class]
-        if not smaller:
-            return False
-        c = max(smaller)
-        return min(self._batch_cpu_ns[c]) * (1 << (size_class - c)) < self._inline_limit_ns
+        cost = self._estimate_ns(size_class)
+        if cost is None:  # a smaller size class scaled up by the row ratio (an over-estimate), if any
+            smaller = [c for c in (*self._inline_ns, *self._worker_cpu_ns) if c < size_class]
+            if not smaller:
+                return False
+            c = max(smaller)
+            cost = self._estimate_ns(c) * (1 << (size_class - c))
+        return cost < self._inline_limit_ns
 
     def _run_batch(self, feeds: list[dict[str, np.ndarray]], rows: list[int], output_names: list[str],
                    submitted: int):

@@ -417,3 +417,45 @@ def test_adaptive_mode_does_not_spend_the_delay_when_nobody_else_is_coming(tmp_p
         await mv.drain_and_close()
 
     run(main())
+
+
+def test_cheap_batches_run_inline_and_slow_ones_never_block_the_loop(tmp_path, models):
+    """The inline decision: a model measured cheap runs its batches on the event loop (no thread hand-off);
+    a slow one always runs in its worker thread, so the loop keeps turning while it computes."""
+    async def main():
+        cheap = version(tmp_path, models / "add_sub" / "1" / "model.onnx", """
+            max_batch_size: 8
+            input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [16] }, { name: "INPUT1" data_type: TYPE_FP32 dims: [16] } ]
+            output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [16] } ]
+            dynamic_batching { }""", name="cheap")
+        ones = {"INPUT0": np.ones((1, 16), np.float32), "INPUT1": np.ones((1, 16), np.float32)}
+        assert not cheap.cheap_enough(1)  # nothing measured yet: the first batch goes to the worker
+        for _ in range(50):  # a fresh worker thread's first runs are slow (~1 ms of CPU): the minimum decides
+            await cheap.infer(ones, ["OUTPUT0"], 1)
+            if cheap.cheap_enough(1):
+                break
+        assert cheap.cheap_enough(1)
+        future = cheap.start(ones, ["OUTPUT0"], 1)
+        assert future.done()  # ran inline, synchronously: no task, no thread
+        np.testing.assert_array_equal(future.result()[0][0], np.full((1, 16), 2.0, np.float32))
+
+        slow = slow_version(tmp_path, models, "", max_batch_size=4)
+        loop = asyncio.get_running_loop()
+        ticks: list[float] = []
+
+        async def ticker() -> None:
+            while True:
+                ticks.append(loop.time())
+                await asyncio.sleep(0.005)
+
+        t = asyncio.create_task(ticker())
+        for i in range(3):
+            await submit(slow, float(i))
+        t.cancel()
+        assert not slow.cheap_enough(1)
+        gaps = np.diff(ticks)
+        assert len(gaps) > 10 and gaps.max() < 0.1  # each slow batch takes ~150 ms; the loop never stalled
+        await cheap.drain_and_close()
+        await slow.drain_and_close()
+
+    run(main())
