@@ -34,7 +34,8 @@ def _our_servers() -> list[str]:
 
 def test_quick_run_writes_every_figure(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     before = set(_our_servers())  # e.g. the suite's session-scoped shared server
-    rc = issue3_report.main(["--quick", "--duration", "0.3", "--warmup", "0.1", "--out", str(tmp_path)])
+    rc = issue3_report.main(["--quick", "--duration", "0.3", "--warmup", "0.1", "--rounds", "2",
+                             "--out", str(tmp_path)])
     assert rc == 0
     assert not set(_our_servers()) - before, "a server was left running"
     assert (tmp_path / "issue3.png").stat().st_size > 0
@@ -78,6 +79,12 @@ def test_quick_run_writes_every_figure(tmp_path: Path, capsys: pytest.CaptureFix
     assert h["inprocess"]["rows_per_s"] > 0 and h["inprocess"]["sizes"]
     assert set(h["inprocess"]["sizes"]) <= set(h["skewless"]["batch_sizes"])
     assert h["fraction"] == pytest.approx(h["skewless"]["rows_per_s"] / h["inprocess"]["rows_per_s"])
+
+    for key in ("unary", "stream"):  # alternating rounds, the median one shown
+        r = s["rounds"][key]
+        assert len(r["rounds"]) == 2 and r["chosen"] in (0, 1)
+        assert all(x["cpu_ratio"] > 0 and x["rps_ratio"] > 0 for x in r["rounds"])
+    assert data["runs"]["on"]["points"][1:] == data["runs"][f"on_r{s['rounds']['unary']['chosen']}"]["points"]
 
     assert len(s["targets"]) == 10
     for t in s["targets"]:
