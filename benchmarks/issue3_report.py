@@ -69,7 +69,7 @@ def log(msg: str) -> None:
 def mlp_config(source: Path, variant: str) -> str:
     """The example MLP's config as is ("on"), without dynamic_batching ("off"), without a latency objective
     ("plain": Triton's semantics), or with ``skewless.latency_slo_ms`` = SLO_MS ("adaptive": the batcher may
-    wait up to a quarter of the objective, and only while other clients are seen sending)."""
+    wait up to a budget it tunes within half the objective, and only while other clients are seen sending)."""
     from google.protobuf import text_format
 
     from skewless.protos import model_config_pb2 as mc
@@ -643,7 +643,7 @@ def _run(args: argparse.Namespace, duration: float, warmup: float, out: Path, tm
         "limit) when the offered rate is beyond what that server sustains.",
         f"open loop: latency from each request's scheduled Poisson arrival; without = the example config "
         f"minus {SLO_PARAMETER} (Triton's semantics, delay 0), adaptive = {SLO_PARAMETER}={SLO_MS:g} (waits up to "
-        f"{SLO_MS / 4:g} ms while other clients are seen sending; "
+        f"{SLO_MS / 2:g} ms, a budget tuned from in-server latency, while other clients are seen sending; "
         f"caps batches by their compute time); echo: the bare echo server at the same offered rates, the p99 "
         f"floor of this client on this machine.",
         f"heavy in-process: session options as the server derives them; the mix weighs each size's time by the "

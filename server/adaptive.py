@@ -7,8 +7,11 @@ Clipper does: end-to-end latency also holds queueing, which a smaller batch make
 request can wait for the batch ahead of it and then run in its own, so a batch gets half the objective.
 
 Why wait at all on a cheap model: over gRPC, most of a request's cost is the transport's wake-ups, and
-requests answered together share them. Holding requests for up to a quarter of the objective while
-others are arriving was measured to halve the server's CPU per request on the example MLP (64 clients).
+requests answered together share them. Holding requests for a few milliseconds while others are arriving
+was measured to halve the server's CPU per request on the example MLP (64 clients). How long is a second
+AIMD loop: the wait budget (at most half the objective, or a smaller configured max_queue_delay) halves
+when the observed percentile of in-server latency (queue + compute, per batch) breaks the objective and
+grows while it stays well under.
 Why not always: a single closed-loop client would pay the whole wait on every request for nothing, so the
 wait needs evidence of company: an arrival while another request is queued or running, or two arrivals
 closer together than one client's round trip can be.
@@ -42,8 +45,11 @@ class AdaptiveController:
         self.slo_s = slo_s
         self.percentile = percentile
         self.max_batch_size = max_batch_size
-        # Wait at most a quarter of the objective, and no longer than a configured max_queue_delay.
-        self.max_delay_s = min(max_delay_s, slo_s / 4) if max_delay_s > 0 else slo_s / 4
+        # Wait at most half the objective, and no longer than a configured max_queue_delay; start at half that.
+        self.max_delay_s = min(max_delay_s, slo_s / 2) if max_delay_s > 0 else slo_s / 2
+        self.delay_s = self.max_delay_s / 2
+        self.latencies: deque[float] = deque(maxlen=window)
+        self._since_latency = 0
         self.cap = max_batch_size
         self.window: deque[float] = deque(maxlen=window)
         self.min_samples = min_samples
@@ -86,7 +92,7 @@ class AdaptiveController:
     def wait_budget(self, oldest_enqueued: float, now: float) -> float:
         """Seconds worth waiting for more requests: zero unless one more is expected before the budget ends.
         The batcher asks only when expects_company() says other clients are sending."""
-        remaining = oldest_enqueued + self.max_delay_s - now
+        remaining = oldest_enqueued + self.delay_s - now
         if remaining <= 0 or self._arrival_rate * remaining < 1.0:
             return 0.0
         return remaining
@@ -96,6 +102,22 @@ class AdaptiveController:
         self._since_adjust += 1
         if self._since_adjust >= self.min_samples and len(self.window) >= self.min_samples:
             self._adjust()
+
+    def observe_latency(self, seconds: float) -> None:
+        """In-server latency of a batch's oldest request (queue + compute): the wait budget's AIMD signal."""
+        self.latencies.append(seconds)
+        self._since_latency += 1
+        if self._since_latency < self.min_samples or len(self.latencies) < self.min_samples:
+            return
+        self._since_latency = 0
+        observed = float(np.percentile(np.fromiter(self.latencies, float), self.percentile))
+        if observed > self.slo_s:
+            self.delay_s /= 2
+            self.latencies.clear()
+            self.adjustments += 1
+        elif observed < 0.7 * self.slo_s and self.delay_s < self.max_delay_s:
+            self.delay_s = min(self.max_delay_s, self.delay_s + self.max_delay_s / 8)
+            self.adjustments += 1
 
     def _adjust(self) -> None:
         self._since_adjust = 0

@@ -322,6 +322,7 @@ class DynamicBatcher:
             index = {name: i for i, name in enumerate(outputs)}
             if self.adaptive is not None:
                 self.adaptive.observe((time.perf_counter_ns() - dispatched - thread_wait_ns) / 1e9)
+                self.adaptive.observe_latency((time.perf_counter_ns() - min(p.enqueued_ns for p in live)) / 1e9)
             for p, per_request in zip(live, results, strict=True):
                 self._finish(p, ([per_request[index[n]] for n in p.outputs], dispatched - p.enqueued_ns), None)
         finally:
@@ -365,7 +366,9 @@ class DynamicBatcher:
                 start = time.perf_counter_ns()
                 (outs,), queue_ns = self.model.execute_inline([feeds], [rows], list(outputs))
                 if self.adaptive is not None:
-                    self.adaptive.observe((time.perf_counter_ns() - start) / 1e9)
+                    elapsed = (time.perf_counter_ns() - start) / 1e9
+                    self.adaptive.observe(elapsed)
+                    self.adaptive.observe_latency(elapsed)
                 future.set_result((outs, queue_ns))
             except Exception as exc:
                 future.set_exception(exc)
@@ -381,6 +384,7 @@ class DynamicBatcher:
         (outs,), thread_wait_ns = await self.model.execute_batch([feeds], [rows], list(outputs))
         if self.adaptive is not None:
             self.adaptive.observe((time.perf_counter_ns() - start - thread_wait_ns) / 1e9)
+            self.adaptive.observe_latency((time.perf_counter_ns() - start) / 1e9)
         return outs, thread_wait_ns
 
     def _alone_done(self, _future: asyncio.Future) -> None:
