@@ -394,23 +394,23 @@ class DynamicBatcher:
 
     def _finish(self, p: Pending, result, exc: BaseException | None) -> None:
         if not self.preserve_ordering:
-            _settle(p.future, result, exc)
+            settle(p.future, result, exc)
             return
         self._finished[p.seq] = (p, result, exc)
         while self._next_release in self._finished:
             q, r, e = self._finished.pop(self._next_release)
-            _settle(q.future, r, e)
+            settle(q.future, r, e)
             self._next_release += 1
 
     def _fail_all(self, exc: BaseException) -> None:
         for p in list(self._ordered()):
-            _settle(p.future, None, exc)
+            settle(p.future, None, exc)
         for q in self.queues.values():
             q.clear()
         self.delayed.clear()
         self._queued_rows = 0
         for p, _, _ in self._finished.values():
-            _settle(p.future, None, exc)
+            settle(p.future, None, exc)
         self._finished.clear()
 
     async def close(self) -> None:
@@ -420,12 +420,9 @@ class DynamicBatcher:
             await asyncio.sleep(0.005)
         self._task.cancel()
 
-    @property
-    def queued(self) -> int:
-        return sum(len(q) for q in self.queues.values()) + len(self.delayed)
 
-
-def _settle(future: asyncio.Future, result, exc: BaseException | None) -> None:
+def settle(future: asyncio.Future, result, exc: BaseException | None) -> None:
+    """Complete a future with a result or an exception, unless it is already done (e.g. cancelled)."""
     if future.done():
         return
     if exc is not None:

@@ -18,6 +18,7 @@ import numpy as np
 from skewless.native.v2_codec import InputTensor, WireFormatError, build_infer_response, parse_infer_request
 from skewless.protos import grpc_service_pb2 as pb
 
+from .batcher import settle
 from .codec import DATATYPES, decode_raw, decode_typed, element_count, encode_array, format_shape
 from .config import TensorSpec
 from .errors import InvalidArgument
@@ -156,7 +157,7 @@ class DataPlane:
             running.add_done_callback(functools.partial(_account, deliver, mv, names, received_ns, finish))
             return running
         result = asyncio.get_running_loop().create_future()
-        running.add_done_callback(functools.partial(_account, functools.partial(_settle, result), mv, names,
+        running.add_done_callback(functools.partial(_account, functools.partial(settle, result), mv, names,
                                                     received_ns, finish))
         result.add_done_callback(functools.partial(_cancel_with, running))
         return result
@@ -235,15 +236,6 @@ def _account(deliver: Deliver, mv: ModelVersion, names: list[str], received_ns: 
     finally:
         mv.stats.record_request(ok, time.perf_counter_ns() - received_ns, queue_ns)
         mv.leave()
-
-
-def _settle(future: asyncio.Future, value: Any, exc: BaseException | None) -> None:
-    if future.done():
-        return
-    if exc is not None:
-        future.set_exception(exc)
-    else:
-        future.set_result(value)
 
 
 def _deliver_outcome(deliver: Deliver, future: asyncio.Future) -> None:

@@ -150,11 +150,6 @@ class ModelVersion:
     def enter(self) -> None:
         self._inflight += 1
 
-    @property
-    def in_flight(self) -> int:
-        """Requests of this version between decode and reply (the data plane counts them)."""
-        return self._inflight
-
     def leave(self) -> None:
         self._inflight -= 1
         if self._inflight == 0 and self._idle is not None:
