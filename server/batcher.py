@@ -2,8 +2,9 @@
 
 A batch is formed only when an instance is free, so under load requests pile up while instances compute
 and the next batch is as large as the queue allows without any added delay; ``max_queue_delay`` only
-waits for a fuller batch when an instance is idle. Everything here runs on the event loop except the
-merge, the model run and nothing else, which happen in the model's worker threads.
+waits for a fuller batch when an instance is idle (the adaptive mode's wait is in adaptive.py). The
+scheduling runs on the event loop; a batch (merge, model run, split) runs in the model's worker thread,
+or inline on the loop when the model has measured it cheaper than the hand-off (ModelVersion.cheap_enough).
 """
 
 from __future__ import annotations
