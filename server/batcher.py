@@ -15,7 +15,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,7 +47,7 @@ class Pending:
     """One queued request (a plain slotted class: one is made per request on the hot path)."""
 
     __slots__ = ("feeds", "rows", "outputs", "key", "future", "enqueued", "level", "seq", "timeout_at",
-                 "deadline", "delayed", "enqueued_ns")
+                 "deadline", "delayed", "enqueued_ns", "hook")
 
     def __init__(self, feeds: dict[str, np.ndarray], rows: int, outputs: Sequence[str], key: tuple,
                  future: asyncio.Future, enqueued: float, level: int, seq: int, timeout_at: float | None = None,
@@ -64,6 +64,9 @@ class Pending:
         self.deadline = deadline  # the client's gRPC deadline, loop clock
         self.delayed = False  # timed out under a DELAY policy: runs after everything else
         self.enqueued_ns = time.perf_counter_ns()
+        # Called once with (result, error, cancelled) in place of completing ``future``: the caller's own
+        # completion runs right away instead of one event-loop turn later through a future's callback.
+        self.hook: Callable[[object, BaseException | None, bool], None] | None = None
 
 
 def compatibility_key(feeds: dict[str, np.ndarray]) -> tuple:
@@ -113,7 +116,9 @@ class DynamicBatcher:
 
     # -- submission ------------------------------------------------------------------------------------
     def submit(self, feeds: dict[str, np.ndarray], rows: int, outputs: Sequence[str], priority: int = 0,
-               timeout_us: int | None = None, deadline: float | None = None) -> asyncio.Future:
+               timeout_us: int | None = None, deadline: float | None = None, hook=None) -> asyncio.Future:
+        """Queue a request. Returns its future (cancel it to drop the request uncomputed); with ``hook``, the
+        outcome goes to ``hook(result, error, cancelled)`` instead and the future only serves to cancel."""
         if self._closed:
             raise Unavailable(f"model {self.model.label} is unloading")
         if priority < 0 or priority > self.levels or (priority and self.levels == 1 and priority != 1):
@@ -134,6 +139,7 @@ class DynamicBatcher:
         key = () if self.fixed_shapes else compatibility_key(feeds)
         p = Pending(feeds, rows, outputs, key, loop.create_future(), now, level,
                     next(self._seq), now + timeout / 1e6 if timeout else None, deadline)
+        p.hook = hook
         queue.append(p)
         self._queued_rows += rows
         expires = min(p.timeout_at or math.inf, math.inf if deadline is None else deadline)
@@ -395,23 +401,35 @@ class DynamicBatcher:
 
     def _finish(self, p: Pending, result, exc: BaseException | None) -> None:
         if not self.preserve_ordering:
-            settle(p.future, result, exc)
+            self._complete(p, result, exc)
             return
         self._finished[p.seq] = (p, result, exc)
         while self._next_release in self._finished:
             q, r, e = self._finished.pop(self._next_release)
-            settle(q.future, r, e)
+            self._complete(q, r, e)
             self._next_release += 1
+
+    def _complete(self, p: Pending, result, exc: BaseException | None) -> None:
+        hook = p.hook
+        if hook is None:
+            settle(p.future, result, exc)
+            return
+        p.hook = None  # exactly once
+        cancelled = p.future.cancelled()
+        try:
+            hook(None if cancelled else result, None if cancelled else exc, cancelled)
+        except Exception:  # the caller's completion must not take the batcher down
+            log.exception("completing a request of model %s failed", self.model.label)
 
     def _fail_all(self, exc: BaseException) -> None:
         for p in list(self._ordered()):
-            settle(p.future, None, exc)
+            self._complete(p, None, exc)
         for q in self.queues.values():
             q.clear()
         self.delayed.clear()
         self._queued_rows = 0
         for p, _, _ in self._finished.values():
-            settle(p.future, None, exc)
+            self._complete(p, None, exc)
         self._finished.clear()
 
     async def close(self) -> None:

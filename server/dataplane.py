@@ -148,17 +148,18 @@ class DataPlane:
             deadline = None
             if time_remaining_s is not None:
                 deadline = asyncio.get_running_loop().time() + time_remaining_s
-            running = mv.start(feeds, names, rows, priority, timeout_us, deadline)
+            result = None
+            if deliver is None:
+                result = asyncio.get_running_loop().create_future()
+                deliver = functools.partial(settle, result)
+            complete = functools.partial(_complete, deliver, mv, names, received_ns, finish)
+            running = mv.start(feeds, names, rows, priority, timeout_us, deadline, complete)
         except BaseException:
             mv.stats.record_request(False, time.perf_counter_ns() - received_ns, 0)
             mv.leave()
             raise
-        if deliver is not None:
-            running.add_done_callback(functools.partial(_account, deliver, mv, names, received_ns, finish))
+        if result is None:
             return running
-        result = asyncio.get_running_loop().create_future()
-        running.add_done_callback(functools.partial(_account, functools.partial(settle, result), mv, names,
-                                                    received_ns, finish))
         result.add_done_callback(functools.partial(_cancel_with, running))
         return result
 
@@ -213,19 +214,19 @@ def _cancel_with(inner: asyncio.Future, outer: asyncio.Future) -> None:
         inner.cancel()
 
 
-def _account(deliver: Deliver, mv: ModelVersion, names: list[str], received_ns: int, finish,
-             running: asyncio.Future) -> None:
-    """Completion of a queued or running request: statistics, in-flight count, the outcome delivered."""
+def _complete(deliver: Deliver, mv: ModelVersion, names: list[str], received_ns: int, finish, outcome,
+              exc: BaseException | None, cancelled: bool) -> None:
+    """Completion of a queued or running request (the model's hook): statistics, in-flight count, and the
+    outcome delivered unless the caller cancelled."""
     ok = False
     queue_ns = 0
     try:
-        if running.cancelled():
+        if cancelled:
             return
-        exc = running.exception()
         if exc is not None:
             deliver(None, exc)
             return
-        arrays, queue_ns = running.result()
+        arrays, queue_ns = outcome
         try:
             value = (names, arrays) if finish is None else finish(names, arrays)
         except Exception as exc:

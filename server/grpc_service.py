@@ -126,7 +126,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         """
         ready: deque = deque()  # replies to send, in completion order; None ends the stream
         wake: list[asyncio.Future | None] = [None]  # the writer's wait, when it has nothing to send
-        pending: set[asyncio.Future] = set()
+        pending: set[asyncio.Future] = set()  # submitted, outcome not delivered yet (cancelled if the stream ends)
+        reading = [True]
         dp = self.dp
         loop = asyncio.get_running_loop()
 
@@ -140,6 +141,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             if submitted:  # always by now: outcomes are delivered from a later event-loop turn
                 pending.discard(submitted[0])
             send(reply if exc is None else _stream_failure(data, exc))
+            if not reading[0] and not pending:
+                send(None)  # the client is done sending and every reply has gone out
 
         async def read() -> None:
             try:
@@ -153,10 +156,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                         continue
                     submitted.append(future)
                     pending.add(future)
-                if pending:
-                    await asyncio.gather(*pending, return_exceptions=True)
             finally:
-                send(None)
+                reading[0] = False
+                if not pending:
+                    send(None)
 
         reader = asyncio.create_task(read())
         try:

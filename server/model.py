@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import deque
@@ -26,6 +27,14 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MODEL_FILE = "model.onnx"
 INLINE_PARAMETER = "skewless.inline_compute_us"  # batches expected to be faster run on the event loop
+
+
+def _hook_from_future(hook, future: asyncio.Future) -> None:
+    if future.cancelled():
+        hook(None, None, True)
+        return
+    exc = future.exception()
+    hook(None if exc is not None else future.result(), exc, False)
 
 
 def model_file(version_dir: Path, cfg: mc.ModelConfig) -> Path:
@@ -179,19 +188,24 @@ class ModelVersion:
         return await self.start(feeds, output_names, rows, priority, timeout_us, deadline)
 
     def start(self, feeds: dict[str, np.ndarray], output_names: list[str], rows: int, priority: int = 0,
-              timeout_us: int | None = None, deadline: float | None = None) -> asyncio.Future:
+              timeout_us: int | None = None, deadline: float | None = None, hook=None) -> asyncio.Future:
         """Queue (or start) one request without awaiting it: a future of what ``infer`` returns.
 
-        Cancelling the future before its batch forms drops the request uncomputed."""
+        Cancelling the future before its batch forms drops the request uncomputed. With ``hook``, the outcome
+        goes to ``hook(result, error, cancelled)``, exactly once, instead (see DynamicBatcher.submit)."""
         if self.batching:
             if self._batcher is None:
                 self._batcher = DynamicBatcher(self, self.config.dynamic_batching, self.max_batch_size,
                                                len(self.runtime.instances), self.adaptive)
             self._batcher.note_arrival()
-            if priority == 0 and self._batcher.can_bypass():
-                return self._batcher.run_alone(feeds, rows, output_names)
-            return self._batcher.submit(feeds, rows, output_names, priority, timeout_us, deadline)
-        return asyncio.ensure_future(self._run_unbatched(feeds, output_names, rows))
+            if not (priority == 0 and self._batcher.can_bypass()):
+                return self._batcher.submit(feeds, rows, output_names, priority, timeout_us, deadline, hook)
+            future = self._batcher.run_alone(feeds, rows, output_names)
+        else:
+            future = asyncio.ensure_future(self._run_unbatched(feeds, output_names, rows))
+        if hook is not None:
+            future.add_done_callback(functools.partial(_hook_from_future, hook))
+        return future
 
     async def _run_unbatched(self, feeds: dict[str, np.ndarray], output_names: list[str],
                              rows: int) -> tuple[list[np.ndarray], int]:
