@@ -10,8 +10,9 @@ Why wait at all on a cheap model: over gRPC, most of a request's cost is the tra
 requests answered together share them. Holding requests for a few milliseconds while others are arriving
 was measured to halve the server's CPU per request on the example MLP (64 clients). How long is a second
 AIMD loop: the wait budget (at most half the objective, or a smaller configured max_queue_delay) halves
-when the observed percentile of in-server latency (queue + compute, per batch) breaks the objective and
-grows while it stays well under.
+when the observed percentile of in-server latency (queue + compute, per batch) breaks the objective because
+of the wait, and grows while it stays well under. When the latency is an overloaded server's queue, the
+wait stays: smaller batches would only add CPU per request.
 Why not always: a single closed-loop client would pay the whole wait on every request for nothing, so the
 wait needs evidence of company: an arrival while another request is queued or running, or two arrivals
 closer together than one client's round trip can be.
@@ -112,9 +113,13 @@ class AdaptiveController:
         self._since_latency = 0
         observed = float(np.percentile(np.fromiter(self.latencies, float), self.percentile))
         if observed > self.slo_s:
-            self.delay_s /= 2
+            # Shrink the wait only where the wait is what breaks the objective. Past that, latency is the
+            # queue of an overloaded server, and smaller batches would cost more CPU per request and lengthen
+            # it: the wait is kept.
+            if observed - self.delay_s <= self.slo_s:
+                self.delay_s /= 2
+                self.adjustments += 1
             self.latencies.clear()
-            self.adjustments += 1
         elif observed < 0.7 * self.slo_s and self.delay_s < self.max_delay_s:
             self.delay_s = min(self.max_delay_s, self.delay_s + self.max_delay_s / 8)
             self.adjustments += 1

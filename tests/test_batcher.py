@@ -462,14 +462,18 @@ def test_cheap_batches_run_inline_and_slow_ones_never_block_the_loop(tmp_path, m
 
 
 def test_adaptive_wait_budget_follows_the_latency_objective():
-    """The wait budget's own AIMD: halved while in-server latency breaks the objective, grown back (never past
-    half the objective) while latency stays well under it."""
+    """The wait budget's own AIMD: halved while the wait is what makes in-server latency break the objective,
+    kept when the latency is an overloaded queue, grown back (never past half the objective) while latency
+    stays well under it."""
     from skewless.server.adaptive import AdaptiveController
 
     ctl = AdaptiveController(slo_s=0.010, percentile=99, max_batch_size=64, max_delay_s=0.0)
     assert ctl.max_delay_s == pytest.approx(0.005) and ctl.delay_s == pytest.approx(0.0025)
     for _ in range(16):
-        ctl.observe_latency(0.020)  # twice the objective
+        ctl.observe_latency(0.040)  # four times the objective: a queue, which no shorter wait would fix
+    assert ctl.delay_s == pytest.approx(0.0025)
+    for _ in range(16):
+        ctl.observe_latency(0.012)  # over the objective by less than the wait
     assert ctl.delay_s < 0.0025
     low = ctl.delay_s
     for _ in range(200):
