@@ -31,8 +31,8 @@ from .errors import ModelLoadError
 
 SLO_PARAMETER = "skewless.latency_slo_ms"
 PERCENTILE_PARAMETER = "skewless.latency_slo_percentile"
-# Two arrivals closer than this cannot come from one closed-loop client (its round trip through the
-# transport alone is longer), so they are evidence of concurrent clients.
+# An arrival this soon after the previous arrival or completion cannot come from one closed-loop client (its
+# round trip through the transport alone is longer), so it is evidence of concurrent clients.
 COMPANY_GAP_S = 50e-6
 COMPANY_MEMORY_S = 0.1  # how long such evidence keeps the batcher willing to wait
 
@@ -58,6 +58,7 @@ class AdaptiveController:
         self._arrival_rate = 0.0  # requests per second, exponentially weighted
         self._last_arrival: float | None = None
         self._company_at = -1e9  # when concurrent clients were last seen
+        self._last_done = -1e9
         self.adjustments = 0
 
     @classmethod
@@ -80,11 +81,17 @@ class AdaptiveController:
         if self._last_arrival is not None:
             gap = max(now - self._last_arrival, 1e-6)
             self._arrival_rate = 0.9 * self._arrival_rate + 0.1 / gap
-            if gap < COMPANY_GAP_S:
+            # Measured from the last completion too: requests handled one by one as they are read (a stream,
+            # or several clients' requests in one event-loop turn) are apart by their own processing time.
+            if now - max(self._last_arrival, self._last_done) < COMPANY_GAP_S:
                 busy = True
         if busy:
             self._company_at = now
         self._last_arrival = now
+
+    def on_done(self, now: float) -> None:
+        """A request or batch completed (``now`` on on_arrival's clock)."""
+        self._last_done = now
 
     def expects_company(self, now: float) -> bool:
         """Whether concurrent clients were seen lately (``now`` on the clock given to on_arrival)."""

@@ -330,6 +330,7 @@ class DynamicBatcher:
             if self.adaptive is not None:
                 self.adaptive.observe((time.perf_counter_ns() - dispatched - thread_wait_ns) / 1e9)
                 self.adaptive.observe_latency((time.perf_counter_ns() - min(p.enqueued_ns for p in live)) / 1e9)
+                self.adaptive.on_done(time.perf_counter())
             for p, per_request in zip(live, results, strict=True):
                 self._finish(p, ([per_request[index[n]] for n in p.outputs], dispatched - p.enqueued_ns), None)
         finally:
@@ -376,6 +377,7 @@ class DynamicBatcher:
                     elapsed = (time.perf_counter_ns() - start) / 1e9
                     self.adaptive.observe(elapsed)
                     self.adaptive.observe_latency(elapsed)
+                    self.adaptive.on_done(time.perf_counter())
                 future.set_result((outs, queue_ns))
             except Exception as exc:
                 future.set_exception(exc)
@@ -398,6 +400,8 @@ class DynamicBatcher:
         self._inflight -= 1
         self._running -= 1
         self._release()
+        if self.adaptive is not None:
+            self.adaptive.on_done(time.perf_counter())
 
     def _finish(self, p: Pending, result, exc: BaseException | None) -> None:
         if not self.preserve_ordering:

@@ -81,7 +81,7 @@ class ModelVersion:
         self._inline_ns: dict[int, deque[int]] = {}
         self._worker_cpu_ns: dict[int, deque[int]] = {}
         try:
-            self._inline_limit_ns = 1000 * float(parameter(self.config, INLINE_PARAMETER, "100"))
+            self._inline_limit_ns = 1000 * float(parameter(self.config, INLINE_PARAMETER, "250"))
         except ValueError:
             raise ModelLoadError(f"config parameter '{INLINE_PARAMETER}' must be a number of microseconds") from None
         try:
@@ -250,7 +250,8 @@ class ModelVersion:
 
     def cheap_enough(self, rows: int) -> bool:
         """Run on the event loop when the batch is expected to take less than the hand-off to a worker
-        thread costs (~100 us of CPU, measured): the example MLP's batches of 1 to 64 rows take 5-15 us.
+        thread costs (~100 us of CPU, measured, plus its latency; default limit 250 us): the example MLP's
+        batches of 1 to 64 rows take 5-15 us warm, and over 100 us on a slow spell of a shared machine.
         Anything slower, or not yet measured at this size, runs in the model's worker threads and never
         stalls the loop. The estimate is CPU time (a worker's wall time also holds its waits for the GIL)."""
         size_class = rows.bit_length()

@@ -392,6 +392,13 @@ def test_adaptive_mode_adds_no_delay_under_low_load():
     ctl.on_arrival(t + 0.3)
     ctl.on_arrival(t + 0.3 + 20e-6)  # two arrivals 20 us apart: no single client is that fast
     assert ctl.expects_company(t + 0.31)
+    ctl.on_arrival(t + 0.5)
+    ctl.on_done(t + 0.5 + 80e-6)  # handled inline in 80 us
+    ctl.on_arrival(t + 0.5 + 90e-6)  # the next was already waiting: 10 us after the completion
+    assert ctl.expects_company(t + 0.51)
+    ctl.on_done(t + 0.7)
+    ctl.on_arrival(t + 0.7 + 300e-6)  # a closed-loop client's next request, a round trip later
+    assert not ctl.expects_company(t + 0.7 + 300e-6)
 
 
 def test_adaptive_mode_does_not_spend_the_delay_when_nobody_else_is_coming(tmp_path, models):
