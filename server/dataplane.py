@@ -160,7 +160,8 @@ class DataPlane:
             raise
         if result is None:
             return running
-        result.add_done_callback(functools.partial(_cancel_with, running))
+        if not result.done():  # a request run inline is complete already
+            result.add_done_callback(functools.partial(_cancel_with, running))
         return result
 
     # -- statistics ----------------------------------------------------------------------------------

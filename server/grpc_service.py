@@ -138,8 +138,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 waiter.set_result(None)
 
         def delivered(data: bytes, submitted: list, reply: bytes | None, exc: BaseException | None) -> None:
-            if submitted:  # always by now: outcomes are delivered from a later event-loop turn
+            if submitted:
                 pending.discard(submitted[0])
+            else:  # delivered at once (run inline): there is nothing to track
+                submitted.append(None)
             send(reply if exc is None else _stream_failure(data, exc))
             if not reading[0] and not pending:
                 send(None)  # the client is done sending and every reply has gone out
@@ -154,8 +156,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                     except Exception as exc:
                         send(_stream_failure(data, exc))
                         continue
-                    submitted.append(future)
-                    pending.add(future)
+                    if not submitted:  # not delivered yet
+                        submitted.append(future)
+                        pending.add(future)
             finally:
                 reading[0] = False
                 if not pending:

@@ -204,7 +204,10 @@ class ModelVersion:
         else:
             future = asyncio.ensure_future(self._run_unbatched(feeds, output_names, rows))
         if hook is not None:
-            future.add_done_callback(functools.partial(_hook_from_future, hook))
+            if future.done():  # ran inline: complete now, so the caller need not wait a loop turn to reply
+                _hook_from_future(hook, future)
+            else:
+                future.add_done_callback(functools.partial(_hook_from_future, hook))
         return future
 
     async def _run_unbatched(self, feeds: dict[str, np.ndarray], output_names: list[str],
