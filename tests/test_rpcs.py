@@ -12,7 +12,16 @@ import tritonclient.grpc as grpcclient
 from google.protobuf import descriptor_pool
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
-from helpers import expect_error, http_status, index_rows, infer, infer_input, output_arrays, raw_request
+from helpers import (
+    expect_error,
+    http_status,
+    index_rows,
+    infer,
+    infer_input,
+    output_arrays,
+    raw_request,
+    raw_stub,
+)
 
 RNG = np.random.default_rng(1)
 
@@ -150,9 +159,9 @@ def test_model_stream_infer(client, server):
         np.testing.assert_array_equal(oks[rid].as_numpy("OUTPUT1"), a - b)
 
 
-def test_stream_messages_batch_together_and_each_gets_its_own_rows(client, stub, shared_repo):
+def test_stream_messages_each_get_their_own_rows(client, stub, shared_repo):
     """200 messages sent at once on one stream to the example MLP (adaptive batching): each reply carries its
-    request's id and exactly onnxruntime's result for its row, and the server merged them into batches."""
+    request's id and exactly onnxruntime's result for its row, whether it ran alone or in a batch."""
     import onnxruntime as ort
 
     sess = ort.InferenceSession(str(shared_repo / "mlp" / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
@@ -163,13 +172,37 @@ def test_stream_messages_batch_together_and_each_gets_its_own_rows(client, stub,
                 for i in range(len(x))]
     replies = list(stub.ModelStreamInfer(iter(requests), timeout=60))
     assert len(replies) == len(x) and all(r.error_message == "" for r in replies)
+    assert sorted(r.infer_response.id for r in replies) == sorted(f"m{i}" for i in range(len(x)))
     for r in replies:
         i = int(r.infer_response.id[1:])
         np.testing.assert_allclose(output_arrays(r.infer_response)["probabilities"], want[i:i + 1], rtol=1e-5,
                                    atol=1e-6)
-    after = _stats(client, "mlp")
-    assert after.inference_count - before.inference_count == len(x)
-    assert after.execution_count - before.execution_count < len(x)  # merged
+    assert _stats(client, "mlp").inference_count - before.inference_count == len(x)
+
+
+def test_stream_messages_queued_behind_a_busy_instance_are_merged(start_server, make_repo):
+    """Messages arriving on a stream while the model's one instance computes are merged into batches (the
+    slow model takes ~100 ms a batch), and each reply still carries its own rows."""
+    repo = make_repo("slow")
+    cfg = repo / "slow" / "config.pbtxt"
+    cfg.write_text(cfg.read_text() + "\ndynamic_batching { }\n")
+    srv = start_server(repo)
+    channel, stub = raw_stub(srv.grpc_url)
+    try:
+        n = 24
+        x = np.arange(n * 4, dtype=np.float32).reshape(n, 4)
+        requests = [raw_request("slow", [("x", "FP32", [1, 4], x[i:i + 1].tobytes())], request_id=f"s{i}")
+                    for i in range(n)]
+        replies = list(stub.ModelStreamInfer(iter(requests), timeout=60))
+        assert len(replies) == n and all(r.error_message == "" for r in replies)
+        for r in replies:
+            i = int(r.infer_response.id[1:])
+            np.testing.assert_array_equal(output_arrays(r.infer_response)["y"], 2 * x[i:i + 1])
+        with grpcclient.InferenceServerClient(srv.grpc_url) as c:
+            stats = _stats(c, "slow")
+        assert stats.inference_count == n and stats.execution_count < n  # merged
+    finally:
+        channel.close()
 
 
 def _stats(client, model):
