@@ -46,6 +46,16 @@ def models(tmp_path_factory) -> Path:
     return root
 
 
+# The add_sub test model batching up to 8 rows (config text; a test appends what it is about).
+ADD_SUB_INPUTS = 'input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [16] }, { name: "INPUT1" data_type: TYPE_FP32 dims: [16] } ]'
+ADD_SUB_8 = f"""max_batch_size: 8
+{ADD_SUB_INPUTS}
+output [ {{ name: "OUTPUT0" data_type: TYPE_FP32 dims: [16] }}, {{ name: "OUTPUT1" data_type: TYPE_FP32 dims: [16] }} ]"""
+ADD_SUB_8_OUTPUT0 = f"""max_batch_size: 8
+{ADD_SUB_INPUTS}
+output [ {{ name: "OUTPUT0" data_type: TYPE_FP32 dims: [16] }} ]"""
+
+
 def version(tmp_path: Path, model_file: Path, config: str, name: str = "m") -> ModelVersion:
     vdir = tmp_path / name / "1"
     vdir.mkdir(parents=True)
@@ -74,10 +84,7 @@ def run(coro):
 
 def test_concurrent_requests_merge_and_split_exactly(tmp_path, models):
     async def main():
-        mv = version(tmp_path, models / "add_sub" / "1" / "model.onnx", """
-            max_batch_size: 8
-            input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [16] }, { name: "INPUT1" data_type: TYPE_FP32 dims: [16] } ]
-            output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [16] }, { name: "OUTPUT1" data_type: TYPE_FP32 dims: [16] } ]
+        mv = version(tmp_path, models / "add_sub" / "1" / "model.onnx", ADD_SUB_8 + """
             dynamic_batching { }""")
         rng = np.random.default_rng(1)
         reqs = []
@@ -238,10 +245,7 @@ def test_expired_deadline_and_cancelled_requests_are_not_computed(tmp_path, mode
 
 def test_queue_delay_waits_for_a_preferred_batch(tmp_path, models):
     async def main():
-        mv = version(tmp_path, models / "add_sub" / "1" / "model.onnx", """
-            max_batch_size: 8
-            input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [16] }, { name: "INPUT1" data_type: TYPE_FP32 dims: [16] } ]
-            output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [16] }, { name: "OUTPUT1" data_type: TYPE_FP32 dims: [16] } ]
+        mv = version(tmp_path, models / "add_sub" / "1" / "model.onnx", ADD_SUB_8 + """
             dynamic_batching { preferred_batch_size: [ 4 ] max_queue_delay_microseconds: 2000000 }""")
         ones = {"INPUT0": np.ones((1, 16), np.float32), "INPUT1": np.ones((1, 16), np.float32)}
         first = [asyncio.ensure_future(mv.infer(ones, ["OUTPUT0"], 1)) for _ in range(2)]
@@ -403,10 +407,7 @@ def test_adaptive_mode_adds_no_delay_under_low_load():
 
 def test_adaptive_mode_does_not_spend_the_delay_when_nobody_else_is_coming(tmp_path, models):
     async def main():
-        mv = version(tmp_path, models / "add_sub" / "1" / "model.onnx", """
-            max_batch_size: 8
-            input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [16] }, { name: "INPUT1" data_type: TYPE_FP32 dims: [16] } ]
-            output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [16] }, { name: "OUTPUT1" data_type: TYPE_FP32 dims: [16] } ]
+        mv = version(tmp_path, models / "add_sub" / "1" / "model.onnx", ADD_SUB_8 + """
             parameters { key: "skewless.latency_slo_ms" value { string_value: "2000" } }
             dynamic_batching { max_queue_delay_microseconds: 400000 }""")
         ones = {"INPUT0": np.ones((1, 16), np.float32), "INPUT1": np.ones((1, 16), np.float32)}
@@ -430,10 +431,7 @@ def test_cheap_batches_run_inline_and_slow_ones_never_block_the_loop(tmp_path, m
     """The inline decision: a model measured cheap runs its batches on the event loop (no thread hand-off);
     a slow one always runs in its worker thread, so the loop keeps turning while it computes."""
     async def main():
-        cheap = version(tmp_path, models / "add_sub" / "1" / "model.onnx", """
-            max_batch_size: 8
-            input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [16] }, { name: "INPUT1" data_type: TYPE_FP32 dims: [16] } ]
-            output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [16] } ]
+        cheap = version(tmp_path, models / "add_sub" / "1" / "model.onnx", ADD_SUB_8_OUTPUT0 + """
             dynamic_batching { }""", name="cheap")
         ones = {"INPUT0": np.ones((1, 16), np.float32), "INPUT1": np.ones((1, 16), np.float32)}
         assert not cheap.cheap_enough(1)  # nothing measured yet: the first batch goes to the worker
