@@ -47,3 +47,21 @@ def merge_column(list feeds not None, name, dtype):
             memcpy(dst + pos, cnp.PyArray_DATA(arr), nbytes)
             pos += nbytes
     return out
+
+
+def split_rows(list outputs not None, list rows not None):
+    """Per request, a view of its own rows of every output: ``[[out[a:b] for out in outputs], ...]``.
+
+    Done in Python, slicing with numpy integers from a cumulative sum cost ~0.75 us per request of a batch
+    of 64 one-row requests, more than the model run; here a slice costs about one tenth of that."""
+    cdef Py_ssize_t n = len(rows), m = len(outputs), i, j, start = 0, stop
+    cdef list result = [None] * n
+    cdef list per
+    for i in range(n):
+        stop = start + <Py_ssize_t>rows[i]
+        per = [None] * m
+        for j in range(m):
+            per[j] = outputs[j][start:stop]
+        result[i] = per
+        start = stop
+    return result

@@ -10,6 +10,7 @@ or inline on the loop when the model has measured it cheaper than the hand-off (
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import math
@@ -44,19 +45,22 @@ class QueuePolicy:
 
 
 class Pending:
-    """One queued request (a plain slotted class: one is made per request on the hot path)."""
+    """One queued request (a plain slotted class: one is made per request on the hot path).
 
-    __slots__ = ("feeds", "rows", "outputs", "key", "future", "enqueued", "level", "seq", "timeout_at",
-                 "deadline", "delayed", "enqueued_ns", "hook")
+    No future of its own: its outcome goes to ``hook(result, error, cancelled)``, exactly once, and
+    ``cancel()`` marks it to be dropped uncomputed (a future per request was measurable on the hot path)."""
+
+    __slots__ = ("feeds", "rows", "outputs", "key", "hook", "enqueued", "level", "seq", "timeout_at",
+                 "deadline", "delayed", "enqueued_ns", "cancelled")
 
     def __init__(self, feeds: dict[str, np.ndarray], rows: int, outputs: Sequence[str], key: tuple,
-                 future: asyncio.Future, enqueued: float, level: int, seq: int, timeout_at: float | None = None,
-                 deadline: float | None = None):
+                 hook: Callable[[object, BaseException | None, bool], None], enqueued: float, level: int,
+                 seq: int, timeout_at: float | None = None, deadline: float | None = None):
         self.feeds = feeds
         self.rows = rows
         self.outputs = outputs
         self.key = key
-        self.future = future
+        self.hook: Callable[[object, BaseException | None, bool], None] | None = hook
         self.enqueued = enqueued  # loop clock
         self.level = level
         self.seq = seq
@@ -64,9 +68,19 @@ class Pending:
         self.deadline = deadline  # the client's gRPC deadline, loop clock
         self.delayed = False  # timed out under a DELAY policy: runs after everything else
         self.enqueued_ns = time.perf_counter_ns()
-        # Called once with (result, error, cancelled) in place of completing ``future``: the caller's own
-        # completion runs right away instead of one event-loop turn later through a future's callback.
-        self.hook: Callable[[object, BaseException | None, bool], None] | None = None
+        self.cancelled = False
+
+    def cancel_if_cancelled(self, future: asyncio.Future) -> None:
+        """Done-callback of the future handed out for a request queued without a hook."""
+        if future.cancelled():
+            self.cancel()
+
+    def cancel(self) -> bool:
+        """Drop the request if it has not run yet (its hook then gets cancelled=True); like Future.cancel."""
+        if self.hook is None:
+            return False
+        self.cancelled = True
+        return True
 
 
 def compatibility_key(feeds: dict[str, np.ndarray]) -> tuple:
@@ -111,14 +125,16 @@ class DynamicBatcher:
         self._seq = itertools.count()
         self._next_release = 0
         self._finished: dict[int, tuple[Pending, object, BaseException | None]] = {}
-        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"batcher-{model.label}")
+        self._loop = asyncio.get_running_loop()
+        self._task = self._loop.create_task(self._run(), name=f"batcher-{model.label}")
         self._closed = False
 
     # -- submission ------------------------------------------------------------------------------------
     def submit(self, feeds: dict[str, np.ndarray], rows: int, outputs: Sequence[str], priority: int = 0,
-               timeout_us: int | None = None, deadline: float | None = None, hook=None) -> asyncio.Future:
+               timeout_us: int | None = None, deadline: float | None = None, hook=None):
         """Queue a request. Returns its future (cancel it to drop the request uncomputed); with ``hook``, the
-        outcome goes to ``hook(result, error, cancelled)`` instead and the future only serves to cancel."""
+        outcome goes to ``hook(result, error, cancelled)`` instead, and what is returned (the queue entry)
+        only serves to ``cancel()`` it."""
         if self._closed:
             raise Unavailable(f"model {self.model.label} is unloading")
         if priority < 0 or priority > self.levels or (priority and self.levels == 1 and priority != 1):
@@ -131,15 +147,19 @@ class DynamicBatcher:
         if policy.max_queue_size and len(queue) >= policy.max_queue_size:
             raise Unavailable(f"Exceeds maximum queue size ({policy.max_queue_size}) of priority level {level} "
                               f"for model '{self.model.name}'")
-        loop = asyncio.get_running_loop()
-        now = loop.time()
+        now = self._loop.time()
         timeout = policy.default_timeout_us
         if timeout_us is not None and policy.allow_timeout_override:
             timeout = timeout_us
         key = () if self.fixed_shapes else compatibility_key(feeds)
-        p = Pending(feeds, rows, outputs, key, loop.create_future(), now, level,
-                    next(self._seq), now + timeout / 1e6 if timeout else None, deadline)
-        p.hook = hook
+        future = None
+        if hook is None:
+            future = self._loop.create_future()
+            hook = functools.partial(_settle_hook, future)
+        p = Pending(feeds, rows, outputs, key, hook, now, level, next(self._seq),
+                    now + timeout / 1e6 if timeout else None, deadline)
+        if future is not None:
+            future.add_done_callback(p.cancel_if_cancelled)
         queue.append(p)
         self._queued_rows += rows
         expires = min(p.timeout_at or math.inf, math.inf if deadline is None else deadline)
@@ -149,7 +169,7 @@ class DynamicBatcher:
         # arrival; or sooner if this request expires before the scheduler would wake up by itself.
         if self._queued_rows >= self._wake_rows or expires < self._wake_at:
             self._arrived.set()
-        return p.future
+        return p if future is None else future
 
     # -- the scheduling loop ---------------------------------------------------------------------------
     async def _run(self) -> None:
@@ -188,7 +208,7 @@ class DynamicBatcher:
                 continue
             keep: deque[Pending] = deque()
             for p in queue:
-                if p.future.cancelled():
+                if p.cancelled:
                     self._finish(p, None, None)
                     self._queued_rows -= p.rows
                 elif p.deadline is not None and now >= p.deadline:
@@ -224,7 +244,7 @@ class DynamicBatcher:
         key = None
         cancelled: list[Pending] = []
         for p in self._ordered():
-            if p.future.cancelled():
+            if p.cancelled:
                 cancelled.append(p)
                 continue
             if key is None:
@@ -306,9 +326,9 @@ class DynamicBatcher:
     # -- execution -------------------------------------------------------------------------------------
     async def _execute(self, batch: list[Pending]) -> None:
         try:
-            live = [p for p in batch if not p.future.cancelled()]
+            live = [p for p in batch if not p.cancelled]
             for p in batch:
-                if p.future.cancelled():
+                if p.cancelled:
                     self._finish(p, None, None)
             if not live:
                 return
@@ -326,13 +346,17 @@ class DynamicBatcher:
                 for p in live:
                     self._finish(p, None, Internal(f"batch execution failed: {exc}"))
                 return
-            index = {name: i for i, name in enumerate(outputs)}
             if self.adaptive is not None:
                 self.adaptive.observe((time.perf_counter_ns() - dispatched - thread_wait_ns) / 1e9)
                 self.adaptive.observe_latency((time.perf_counter_ns() - min(p.enqueued_ns for p in live)) / 1e9)
                 self.adaptive.on_done(time.perf_counter())
+            index = None
+            finish = self._finish if self.preserve_ordering else self._complete
             for p, per_request in zip(live, results, strict=True):
-                self._finish(p, ([per_request[index[n]] for n in p.outputs], dispatched - p.enqueued_ns), None)
+                if p.outputs != outputs:  # asked for a subset, or another order
+                    index = index or {name: i for i, name in enumerate(outputs)}
+                    per_request = [per_request[index[n]] for n in p.outputs]
+                finish(p, (per_request, dispatched - p.enqueued_ns), None)
         finally:
             self._inflight -= 1
             self._running -= len(batch)
@@ -343,7 +367,7 @@ class DynamicBatcher:
         self._freed.set()
 
     # -- the fast path ---------------------------------------------------------------------------------
-    def can_bypass(self) -> bool:
+    def can_bypass(self, now: float) -> bool:
         """True when queueing could not change what runs: nothing waits, an instance is free, no delay
         would be spent waiting for company, and (with preserve_ordering) nothing is still running."""
         if self._closed or self._queued_rows or not self._free:
@@ -353,13 +377,14 @@ class DynamicBatcher:
         if self.adaptive is not None:
             # Run at once unless other clients have lately been seen sending concurrently: then queue, so
             # that requests arriving in the same event-loop turn, or within the wait budget, share a batch.
-            return not self.adaptive.expects_company(time.perf_counter())
+            return not self.adaptive.expects_company(now)
         return self.delay_s <= 0
 
-    def note_arrival(self) -> None:
-        """Every request, queued or not, feeds the adaptive mode's estimates of arrival rate and company."""
+    def note_arrival(self, now: float) -> None:
+        """Every request, queued or not, feeds the adaptive mode's estimates of arrival rate and company
+        (``now``: time.perf_counter())."""
         if self.adaptive is not None:
-            self.adaptive.on_arrival(time.perf_counter(), self._queued_rows > 0 or self._running > 0)
+            self.adaptive.on_arrival(now, self._queued_rows > 0 or self._running > 0)
 
     def run_alone(self, feeds: dict[str, np.ndarray], rows: int, outputs: Sequence[str]) -> asyncio.Future:
         """A batch of one, started at once: no queue entry, no batcher wake-up; and no task at all when the
@@ -415,11 +440,10 @@ class DynamicBatcher:
 
     def _complete(self, p: Pending, result, exc: BaseException | None) -> None:
         hook = p.hook
-        if hook is None:
-            settle(p.future, result, exc)
+        if hook is None:  # completed already
             return
         p.hook = None  # exactly once
-        cancelled = p.future.cancelled()
+        cancelled = p.cancelled
         try:
             hook(None if cancelled else result, None if cancelled else exc, cancelled)
         except Exception:  # the caller's completion must not take the batcher down
@@ -442,6 +466,11 @@ class DynamicBatcher:
         while any(self.queues.values()) or self.delayed:
             await asyncio.sleep(0.005)
         self._task.cancel()
+
+
+def _settle_hook(future: asyncio.Future, result, exc: BaseException | None, cancelled: bool) -> None:
+    if not cancelled:
+        settle(future, result, exc)
 
 
 def settle(future: asyncio.Future, result, exc: BaseException | None) -> None:

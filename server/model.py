@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from skewless.native.batch_merge import merge_column, split_rows
 from skewless.native.v2_codec import DecodePlan
 from skewless.protos import model_config_pb2 as mc
 
@@ -35,6 +36,17 @@ def _hook_from_future(hook, future: asyncio.Future) -> None:
         return
     exc = future.exception()
     hook(None if exc is not None else future.result(), exc, False)
+
+
+def merge_rows(feeds: list[dict[str, np.ndarray]], name: str) -> np.ndarray:
+    """One input of a batch's requests, concatenated along the batch dimension."""
+    first = feeds[0][name]
+    if not first.dtype.hasobject:
+        try:  # one native loop of memcpys: np.concatenate's per-array checks cost more on 1-row requests
+            return merge_column(feeds, name, first.dtype).reshape((-1, *first.shape[1:]))
+        except TypeError:  # a non-contiguous or differently typed part: numpy handles (or refuses) it
+            pass
+    return np.concatenate([f[name] for f in feeds])
 
 
 def model_file(version_dir: Path, cfg: mc.ModelConfig) -> Path:
@@ -66,6 +78,7 @@ class ModelVersion:
         self.max_batch_size = self.config.max_batch_size
         self.version_text = str(version)
         self.fixed_shapes = all(-1 not in s.dims for s in self.inputs.values())
+        self.batching = self.max_batch_size > 0 and self.config.HasField("dynamic_batching")
         self.plan = self._decode_plan()
         self.stats = ModelStats()
         self.adaptive = AdaptiveController.from_config(self.config) if self.batching else None
@@ -74,12 +87,12 @@ class ModelVersion:
         self._idle: asyncio.Event | None = None
         self._batcher: DynamicBatcher | None = None
         # Recent costs of batches per power-of-two size class (batch cost is a fixed part plus a per-row part,
-        # so one per-row figure would misjudge batches far from the sizes it was measured at): wall time of
-        # batches run inline (exactly how long they held the loop), CPU time of the calling thread for those
-        # run in a worker (its wall time also holds waits for the GIL). Estimates take the minimum: a cold
-        # worker thread's first runs cost several times a warm run.
-        self._inline_ns: dict[int, deque[int]] = {}
-        self._worker_cpu_ns: dict[int, deque[int]] = {}
+        # so one per-row figure would misjudge batches far from the sizes it was measured at), as CPU time of
+        # the thread that ran them: wall time also holds the thread's preemption on a busy machine (inline
+        # batches of the example MLP measured 5x their cost that way, and went to the worker threads, which
+        # cost more) and, in a worker, its waits for the GIL. Estimates take the minimum: a cold worker
+        # thread's first runs cost several times a warm run.
+        self._cpu_ns: dict[int, deque[int]] = {}
         try:
             self._inline_limit_ns = 1000 * float(parameter(self.config, INLINE_PARAMETER, "250"))
         except ValueError:
@@ -175,10 +188,6 @@ class ModelVersion:
         log.info("model %s: unloaded", self.label)
 
     # -- execution -----------------------------------------------------------------------------------
-    @property
-    def batching(self) -> bool:
-        return self.max_batch_size > 0 and self.config.HasField("dynamic_batching")
-
     async def infer(self, feeds: dict[str, np.ndarray], output_names: list[str], rows: int, priority: int = 0,
                     timeout_us: int | None = None, deadline: float | None = None) -> tuple[list[np.ndarray], int]:
         """Run one request, batched with others when the config enables dynamic batching.
@@ -197,10 +206,12 @@ class ModelVersion:
             if self._batcher is None:
                 self._batcher = DynamicBatcher(self, self.config.dynamic_batching, self.max_batch_size,
                                                len(self.runtime.instances), self.adaptive)
-            self._batcher.note_arrival()
-            if not (priority == 0 and self._batcher.can_bypass()):
-                return self._batcher.submit(feeds, rows, output_names, priority, timeout_us, deadline, hook)
-            future = self._batcher.run_alone(feeds, rows, output_names)
+            batcher = self._batcher
+            now = time.perf_counter()
+            batcher.note_arrival(now)
+            if priority or not batcher.can_bypass(now):
+                return batcher.submit(feeds, rows, output_names, priority, timeout_us, deadline, hook)
+            future = batcher.run_alone(feeds, rows, output_names)
         else:
             future = asyncio.ensure_future(self._run_unbatched(feeds, output_names, rows))
         if hook is not None:
@@ -226,41 +237,36 @@ class ModelVersion:
         submitted = time.perf_counter_ns()
         per_request, times = await asyncio.get_running_loop().run_in_executor(
             self.runtime.executor, self._run_batch, feeds, rows, output_names, submitted)
-        return per_request, self._record(total_rows, len(rows), times, inline=False)
+        return per_request, self._record(total_rows, len(rows), times)
 
     def execute_inline(self, feeds: list[dict[str, np.ndarray]], rows: list[int],
                        output_names: list[str]) -> tuple[list[list[np.ndarray]], int]:
         """execute_batch on the calling (event-loop) thread, for batches cheap_enough() says are short."""
         per_request, times = self._run_batch(feeds, rows, output_names, time.perf_counter_ns())
-        return per_request, self._record(sum(rows), len(rows), times, inline=True)
+        return per_request, self._record(sum(rows), len(rows), times)
 
-    def _record(self, total_rows: int, requests: int, times: tuple, inline: bool) -> int:
+    def _record(self, total_rows: int, requests: int, times: tuple) -> int:
         queue_ns, input_ns, infer_ns, output_ns, cpu_ns = times
-        costs = self._inline_ns if inline else self._worker_cpu_ns
-        recent = costs.get(total_rows.bit_length())
+        recent = self._cpu_ns.get(total_rows.bit_length())
         if recent is None:
-            recent = costs[total_rows.bit_length()] = deque(maxlen=8)
-        recent.append(input_ns + infer_ns + output_ns if inline else cpu_ns)
+            recent = self._cpu_ns[total_rows.bit_length()] = deque(maxlen=8)
+        recent.append(cpu_ns)
         self.stats.record_execution(total_rows, requests, input_ns, infer_ns, output_ns)
         return queue_ns
 
     def _estimate_ns(self, size_class: int) -> float | None:
-        for costs in (self._inline_ns, self._worker_cpu_ns):  # a measured inline run is the exact figure
-            recent = costs.get(size_class)
-            if recent:
-                return min(recent)
-        return None
+        recent = self._cpu_ns.get(size_class)
+        return min(recent) if recent else None
 
     def cheap_enough(self, rows: int) -> bool:
         """Run on the event loop when the batch is expected to take less than the hand-off to a worker
         thread costs (~100 us of CPU, measured, plus its latency; default limit 250 us): the example MLP's
-        batches of 1 to 64 rows take 5-15 us warm, and over 100 us on a slow spell of a shared machine.
-        Anything slower, or not yet measured at this size, runs in the model's worker threads and never
-        stalls the loop. The estimate is CPU time (a worker's wall time also holds its waits for the GIL)."""
+        batches of 1 to 64 rows take 8-90 us warm. Anything slower, or not yet measured at this size, runs in
+        the model's worker threads and never stalls the loop."""
         size_class = rows.bit_length()
         cost = self._estimate_ns(size_class)
         if cost is None:  # a smaller size class scaled up by the row ratio (an over-estimate), if any
-            smaller = [c for c in (*self._inline_ns, *self._worker_cpu_ns) if c < size_class]
+            smaller = [c for c in self._cpu_ns if c < size_class]
             if not smaller:
                 return False
             c = max(smaller)
@@ -276,7 +282,7 @@ class ModelVersion:
         elif len(feeds) == 1:
             merged = feeds[0]
         else:
-            merged = {name: np.concatenate([f[name] for f in feeds]) for name in feeds[0]}
+            merged = {name: merge_rows(feeds, name) for name in feeds[0]}
         t1 = time.perf_counter_ns()
         outs = self.runtime.run_sync(output_names, merged)
         t2 = time.perf_counter_ns()
@@ -289,8 +295,7 @@ class ModelVersion:
                     raise Internal(
                         f"output '{name}' of model {self.label} has shape {list(arr.shape)}, whose first "
                         f"dimension is not the batch's {total} rows: it cannot be split between requests")
-            bounds = np.cumsum([0, *rows])
-            split = [[arr[bounds[i]:bounds[i + 1]] for arr in outs] for i in range(len(rows))]
+            split = split_rows(outs, rows)
         t3 = time.perf_counter_ns()
         return split, (t0 - submitted, t1 - t0, t2 - t1, t3 - t2, time.thread_time_ns() - c0)
 

@@ -264,12 +264,10 @@ def test_preserve_ordering_releases_in_arrival_order(tmp_path, models):
         mv = slow_version(tmp_path, models, "preserve_ordering: true", instances=2)
         await submit(mv, 1.0)
         batcher = mv._batcher
-        loop = asyncio.get_running_loop()
         base = batcher._next_release
-        pend = [Pending({}, 1, ["y"], (), loop.create_future(), 0.0, 1, base + i) for i in range(3)]
         settled: list[int] = []
-        for p in pend:
-            p.future.add_done_callback(lambda f, s=p.seq: settled.append(s))
+        pend = [Pending({}, 1, ["y"], (), lambda r, e, c, s=base + i: settled.append(s), 0.0, 1, base + i)
+                for i in range(3)]
         batcher._finish(pend[2], "c", None)
         batcher._finish(pend[1], "b", None)
         await asyncio.sleep(0)
