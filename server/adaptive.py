@@ -76,8 +76,9 @@ class AdaptiveController:
             raise ModelLoadError(f"'{SLO_PARAMETER}' must be > 0 and '{PERCENTILE_PARAMETER}' in (0, 100)")
         return cls(slo_ms / 1e3, pct, cfg.max_batch_size, cfg.dynamic_batching.max_queue_delay_microseconds / 1e6)
 
-    def on_arrival(self, now: float, busy: bool = False) -> None:
-        """``now`` from a fine clock (time.perf_counter); ``busy``: another request was queued or running."""
+    def on_arrival(self, now: float, busy: bool = False) -> bool:
+        """``now`` from a fine clock (time.perf_counter); ``busy``: another request was queued or running.
+        Returns expects_company(now), which the batcher asks next."""
         if self._last_arrival is not None:
             gap = max(now - self._last_arrival, 1e-6)
             self._arrival_rate = 0.9 * self._arrival_rate + 0.1 / gap
@@ -88,6 +89,7 @@ class AdaptiveController:
         if busy:
             self._company_at = now
         self._last_arrival = now
+        return now - self._company_at < COMPANY_MEMORY_S
 
     def on_done(self, now: float) -> None:
         """A request or batch completed (``now`` on on_arrival's clock)."""

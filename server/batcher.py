@@ -367,24 +367,22 @@ class DynamicBatcher:
         self._freed.set()
 
     # -- the fast path ---------------------------------------------------------------------------------
-    def can_bypass(self, now: float) -> bool:
-        """True when queueing could not change what runs: nothing waits, an instance is free, no delay
-        would be spent waiting for company, and (with preserve_ordering) nothing is still running."""
+    def arrive(self, now: float) -> bool:
+        """Note an arrival (``now``: time.perf_counter()); every request, queued or not, feeds the adaptive
+        mode's estimates of arrival rate and company. True when it may bypass the queue, because queueing
+        could not change what runs: nothing waits, an instance is free, no delay would be spent waiting for
+        company, and (with preserve_ordering) nothing is still running."""
+        adaptive = self.adaptive
+        company = adaptive is not None and adaptive.on_arrival(now, self._queued_rows > 0 or self._running > 0)
         if self._closed or self._queued_rows or not self._free:
             return False
         if self.preserve_ordering and self._inflight:
             return False
-        if self.adaptive is not None:
+        if adaptive is not None:
             # Run at once unless other clients have lately been seen sending concurrently: then queue, so
             # that requests arriving in the same event-loop turn, or within the wait budget, share a batch.
-            return not self.adaptive.expects_company(now)
+            return not company
         return self.delay_s <= 0
-
-    def note_arrival(self, now: float) -> None:
-        """Every request, queued or not, feeds the adaptive mode's estimates of arrival rate and company
-        (``now``: time.perf_counter())."""
-        if self.adaptive is not None:
-            self.adaptive.on_arrival(now, self._queued_rows > 0 or self._running > 0)
 
     def run_alone(self, feeds: dict[str, np.ndarray], rows: int, outputs: Sequence[str]) -> asyncio.Future:
         """A batch of one, started at once: no queue entry, no batcher wake-up; and no task at all when the

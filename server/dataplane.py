@@ -116,9 +116,8 @@ class DataPlane:
         # The compiled plan takes well-formed requests in one call; anything else (or any error) is decoded
         # by the general path, which words the error.
         decoded = plan.decode(req) if plan is not None else None
-        finish = functools.partial(_reply_bytes, mv, req.id, _STREAM_TAG if stream else None)
         return self.start(mv, received_ns, time_remaining_s, decoded, req.inputs, req.raw, req.outputs,
-                          req.parameters, req.id, finish, deliver)
+                          req.parameters, req.id, (req.id, _STREAM_TAG if stream else None), deliver)
 
     async def _infer_message(self, data: bytes, received_ns: int, time_remaining_s: float | None,
                              stream: bool) -> bytes:
@@ -129,12 +128,12 @@ class DataPlane:
 
     def start(self, mv: ModelVersion, received_ns: int, time_remaining_s: float | None, decoded: tuple | None,
               tensors, raw, output_names: list[str], params, request_id: str,
-              finish: Callable[[list[str], list[np.ndarray]], Any] | None = None,
+              reply: tuple[str, bytes | None] | None = None,
               deliver: Deliver | None = None) -> asyncio.Future:
-        """Validate and decode (unless ``decoded`` by the plan), then queue or run: a future of
-        ``finish(output names, arrays)``, or of (names, arrays) without ``finish``; or, with ``deliver``, the
-        outcome handed to it and the running request's own future returned (to cancel it). Counts the
-        request in flight and in the statistics until it completes."""
+        """Validate and decode (unless ``decoded`` by the plan), then queue or run: a future of the reply
+        bytes with ``reply`` (the request id, and the stream tag or None), else of (output names, arrays); or,
+        with ``deliver``, the outcome handed to it and the running request's own handle returned (to cancel
+        it). Counts the request in flight and in the statistics until it completes."""
         mv.enter()
         try:
             if decoded is not None:
@@ -152,7 +151,7 @@ class DataPlane:
             if deliver is None:
                 result = asyncio.get_running_loop().create_future()
                 deliver = functools.partial(settle, result)
-            complete = functools.partial(_complete, deliver, mv, names, received_ns, finish)
+            complete = functools.partial(_complete, deliver, mv, names, received_ns, reply)
             running = mv.start(feeds, names, rows, priority, timeout_us, deadline, complete)
         except BaseException:
             mv.stats.record_request(False, time.perf_counter_ns() - received_ns, 0)
@@ -215,8 +214,8 @@ def _cancel_with(inner: asyncio.Future, outer: asyncio.Future) -> None:
         inner.cancel()
 
 
-def _complete(deliver: Deliver, mv: ModelVersion, names: list[str], received_ns: int, finish, outcome,
-              exc: BaseException | None, cancelled: bool) -> None:
+def _complete(deliver: Deliver, mv: ModelVersion, names: list[str], received_ns: int,
+              reply: tuple[str, bytes | None] | None, outcome, exc: BaseException | None, cancelled: bool) -> None:
     """Completion of a queued or running request (the model's hook): statistics, in-flight count, and the
     outcome delivered unless the caller cancelled."""
     ok = False
@@ -229,7 +228,7 @@ def _complete(deliver: Deliver, mv: ModelVersion, names: list[str], received_ns:
             return
         arrays, queue_ns = outcome
         try:
-            value = (names, arrays) if finish is None else finish(names, arrays)
+            value = (names, arrays) if reply is None else _reply_bytes(mv, reply[0], reply[1], names, arrays)
         except Exception as exc:
             deliver(None, exc)
             return

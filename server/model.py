@@ -207,9 +207,7 @@ class ModelVersion:
                 self._batcher = DynamicBatcher(self, self.config.dynamic_batching, self.max_batch_size,
                                                len(self.runtime.instances), self.adaptive)
             batcher = self._batcher
-            now = time.perf_counter()
-            batcher.note_arrival(now)
-            if priority or not batcher.can_bypass(now):
+            if not batcher.arrive(time.perf_counter()) or priority:
                 return batcher.submit(feeds, rows, output_names, priority, timeout_us, deadline, hook)
             future = batcher.run_alone(feeds, rows, output_names)
         else:

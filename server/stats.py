@@ -56,8 +56,11 @@ class ModelStats:
         b.compute_output.add(output_ns)
 
     def record_request(self, ok: bool, total_ns: int, queue_ns: int = 0) -> None:
-        if ok:
-            self.success.add(total_ns)
-            self.queue.add(queue_ns)
+        if ok:  # once per request: the additions are spelled out rather than made through Duration.add
+            success, queue = self.success, self.queue
+            success.count += 1
+            success.ns += total_ns
+            queue.count += 1
+            queue.ns += queue_ns
         else:
             self.fail.add(total_ns)
