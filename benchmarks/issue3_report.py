@@ -11,7 +11,7 @@ for the run, and driven by the load generator; the figures come out side by side
    shown, every round's ratios are listed);
 2. 64 requests in flight over ModelStreamInfer: skewless vs the echo server's stream (CPU per request), and
    skewless's stream requests/s ÷ its unary requests/s;
-3. 1 client: p50/p99 with batching on vs off;
+3. 1 client: p50/p99 with batching on vs off (alternating rounds too, the median p50 ratio shown);
 4. open loop (Poisson) at 50/80/95% of the maximum rate measured in step 1 (batching on, closed loop): p99
    without the adaptive mode (the example config without ``skewless.latency_slo_ms``: Triton's plain
    semantics) and with it (``skewless.latency_slo_ms`` = 10);
@@ -21,7 +21,7 @@ for the run, and driven by the load generator; the figures come out side by side
 
 Writes issue3.json, issue3.png and issue3.txt into --out and prints the table.
 
-    python -m skewless.benchmarks.issue3_report            # ~8 s per point, about 3-4 minutes
+    python -m skewless.benchmarks.issue3_report            # ~8 s per point, about 7 minutes
     python -m skewless.benchmarks.issue3_report --quick    # ~1.5 s per point
 """
 
@@ -326,6 +326,11 @@ def format_table(s: dict[str, Any]) -> str:
             cells = ", ".join(f"{_f(x['cpu_ratio'])}×/{_f(x['rps_ratio'])}×" for x in r["rounds"])
             out.append(f"  {what}, skewless ÷ echo CPU/req and req/s per alternating round: {cells} "
                        f"(shown: round {r['chosen'] + 1}, the median CPU ratio)")
+    r = (s.get("rounds") or {}).get("single")
+    if r:
+        cells = ", ".join(f"{_f(x['p50_ratio'])}×/{_f(x['p99_ratio'])}×" for x in r["rounds"])
+        out.append(f"  1 client, batching on ÷ off p50 and p99 per alternating round: {cells} "
+                   f"(shown: round {r['chosen'] + 1}, the median p50 ratio)")
     out.append(f"open loop (Poisson, unary) at % of the max closed-loop rate, {_f(s['max_rate_rps'], '.0f')} req/s "
                f"(batching on); without = no objective (Triton's semantics), adaptive = {SLO_PARAMETER} {SLO_MS:g}")
     out.append(f"  {'load':<6}{'offered/s':>10} |{'req/s':>7}{'p50 ms':>8}{'p99 ms':>8}{'batch':>7}{'err':>7} "
@@ -486,16 +491,20 @@ def plot(s: dict[str, Any], runs: dict[str, Any], path: Path) -> Path:
     return path
 
 
-def choose_round(runs: dict[str, Any], ours: str, theirs: str, n: int) -> dict[str, Any]:
-    """Of ``n`` alternating rounds ``{ours}_r{i}`` / ``{theirs}_r{i}``, keep the one with the median CPU ratio
-    as ``runs[ours]`` / ``runs[theirs]``; returns every round's ratios and the one chosen."""
+def choose_round(runs: dict[str, Any], ours: str, theirs: str, n: int, clients: int = CLIENTS) -> dict[str, Any]:
+    """Of ``n`` alternating rounds ``{ours}_r{i}`` / ``{theirs}_r{i}``, keep the one with the median ratio
+    as ``runs[ours]`` / ``runs[theirs]``; returns every round's ratios and the one chosen. The ratio ranked is
+    CPU per request, or p50 latency for a single client (whose CPU per request is mostly idle polling)."""
     per = []
+    key = "cpu_ratio" if clients > 1 else "p50_ratio"
     for i in range(n):
-        a = find_point(runs[f"{ours}_r{i}"], "closed", CLIENTS, "stream" in ours)
-        b = find_point(runs[f"{theirs}_r{i}"], "closed", CLIENTS, "stream" in theirs)
+        a = find_point(runs[f"{ours}_r{i}"], "closed", clients, "stream" in ours)
+        b = find_point(runs[f"{theirs}_r{i}"], "closed", clients, "stream" in theirs)
         cpu = ratio((a.get("server_cpu") or {}).get("us_per_request"), (b.get("server_cpu") or {}).get("us_per_request"))
-        per.append({"round": i, "cpu_ratio": cpu, "rps_ratio": ratio(a["throughput_rps"], b["throughput_rps"])})
-    ranked = sorted(per, key=lambda r: math.inf if r["cpu_ratio"] is None else r["cpu_ratio"])
+        per.append({"round": i, "cpu_ratio": cpu, "rps_ratio": ratio(a["throughput_rps"], b["throughput_rps"]),
+                    "p50_ratio": ratio(a["latency_ms"]["p50"], b["latency_ms"]["p50"]),
+                    "p99_ratio": ratio(a["latency_ms"]["p99"], b["latency_ms"]["p99"])})
+    ranked = sorted(per, key=lambda r: math.inf if r[key] is None else r[key])
     chosen = ranked[(len(ranked) - 1) // 2]["round"]
     runs[ours], runs[theirs] = dict(runs[f"{ours}_r{chosen}"]), dict(runs[f"{theirs}_r{chosen}"])
     return {"rounds": per, "chosen": chosen}
@@ -523,8 +532,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, help="measured seconds per point (default 8; 1.5 with --quick)")
     p.add_argument("--warmup", type=float, help="warm-up seconds per point (default 2; 0.5 with --quick)")
     p.add_argument("--quick", action="store_true", help="short points, for a smoke run")
-    p.add_argument("--rounds", type=int, default=3,
-                   help="alternating skewless/echo rounds at 64 clients; the median CPU ratio is reported")
+    p.add_argument("--rounds", type=int, default=5,
+                   help="alternating rounds (skewless/echo at 64 clients, batching on/off at 1 client); the "
+                        "round with the median ratio is reported")
     p.add_argument("--processes", type=int, default=1,
                    help="client processes (they share the machine's cores with the servers)")
     p.add_argument("--model-repository", default=str(EXAMPLE_MODELS),
@@ -571,9 +581,9 @@ def _run(args: argparse.Namespace, duration: float, warmup: float, out: Path, tm
         (out / "configs" / f"{v}.pbtxt").write_text(c)
 
     runs: dict[str, Any] = {}
-    # on: 1 client, then rounds of (on, echo, on stream, echo stream) at 64; echo open loop; off: 1 and 64;
-    # plain, adaptive: open loop; heavy
-    points_total = 1 + 4 * args.rounds + len(RATE_PERCENTS) + 2 + 2 * len(RATE_PERCENTS) + 1
+    # rounds of (on, off) at 1 client, rounds of (on, echo, on stream, echo stream) at 64; off at 64; echo
+    # open loop; plain, adaptive: open loop; heavy
+    points_total = 6 * args.rounds + 1 + len(RATE_PERCENTS) + 2 * len(RATE_PERCENTS) + 1
     done = [0]
 
     def bench(key: str, target: str, pid: int, model: str = MODEL, concurrency: list[int] | None = None,
@@ -590,28 +600,32 @@ def _run(args: argparse.Namespace, duration: float, warmup: float, out: Path, tm
         done[0] += n
         return runs[key]
 
-    log(f"skewless, example MLP with batching on (as in {src / 'config.pbtxt'}), and the echo server, "
+    log(f"skewless, example MLP with batching on (as in {src / 'config.pbtxt'}) and off, and the echo server, "
         f"alternating in {args.rounds} round(s)")
-    # The skewless/echo ratios are the headline: their points alternate so that both sides sample the same
-    # spells of a shared machine's noise, and the round with the median CPU ratio is the one reported.
-    with start_skewless(repos["on"], out / "skewless_on.log") as srv, start_echo(out / "echo.log") as echo:
-        single = bench("on_single", srv.target, srv.pid, concurrency=[1])
+    # The ratios are the headline: the points compared alternate so that both sides sample the same spells of
+    # a shared machine's noise, and the round with the median ratio is the one reported. The three servers
+    # run side by side (an idle one costs no CPU).
+    with start_skewless(repos["on"], out / "skewless_on.log") as srv, start_echo(out / "echo.log") as echo, \
+            start_skewless(repos["off"], out / "skewless_off.log") as off:
+        for i in range(args.rounds):
+            bench(f"on_single_r{i}", srv.target, srv.pid, concurrency=[1])
+            bench(f"off_single_r{i}", off.target, off.pid, concurrency=[1])
         for i in range(args.rounds):
             bench(f"on_r{i}", srv.target, srv.pid, concurrency=[CLIENTS])
             bench(f"echo_r{i}", echo.target, echo.pid, concurrency=[CLIENTS], onnx=None)
             bench(f"on_stream_r{i}", srv.target, srv.pid, concurrency=[CLIENTS], stream=True)
             bench(f"echo_stream_r{i}", echo.target, echo.pid, concurrency=[CLIENTS], stream=True, onnx=None)
-        rounds = {"unary": choose_round(runs, "on", "echo", args.rounds),
+        off64 = bench("off", off.target, off.pid, concurrency=[CLIENTS])
+        rounds = {"single": choose_round(runs, "on_single", "off_single", args.rounds, clients=1),
+                  "unary": choose_round(runs, "on", "echo", args.rounds),
                   "stream": choose_round(runs, "on_stream", "echo_stream", args.rounds)}
         on = runs["on"]
-        on["points"] = [*single["points"], *on["points"]]
+        on["points"] = [*runs["on_single"]["points"], *on["points"]]
+        runs["off"] = {**off64, "points": [*runs["off_single"]["points"], *off64["points"]]}
         top = find_point(on, "closed", CLIENTS)["throughput_rps"]
         rates = [str(top * pct / 100) for pct in RATE_PERCENTS]
         # The same offered rates against the echo server: the p99 floor of this client and machine.
         bench("echo_open", echo.target, echo.pid, rates=rates, onnx=None)
-    log("skewless, example MLP with batching off")
-    with start_skewless(repos["off"], out / "skewless_off.log") as srv:
-        bench("off", srv.target, srv.pid, concurrency=[1, CLIENTS])
     log("skewless, example MLP without the adaptive mode (Triton's semantics)")
     with start_skewless(repos["plain"], out / "skewless_plain.log") as srv:
         bench("plain", srv.target, srv.pid, rates=rates)

@@ -85,6 +85,13 @@ def test_quick_run_writes_every_figure(tmp_path: Path, capsys: pytest.CaptureFix
         assert len(r["rounds"]) == 2 and r["chosen"] in (0, 1)
         assert all(x["cpu_ratio"] > 0 and x["rps_ratio"] > 0 for x in r["rounds"])
     assert data["runs"]["on"]["points"][1:] == data["runs"][f"on_r{s['rounds']['unary']['chosen']}"]["points"]
+    r = s["rounds"]["single"]  # 1 client, batching on and off alternating, the median p50 ratio shown
+    assert len(r["rounds"]) == 2 and all(x["p50_ratio"] > 0 and x["p99_ratio"] > 0 for x in r["rounds"])
+    chosen = r["chosen"]
+    assert data["runs"]["on"]["points"][0] == data["runs"][f"on_single_r{chosen}"]["points"][0]
+    assert data["runs"]["off"]["points"][0] == data["runs"][f"off_single_r{chosen}"]["points"][0]
+    assert s["single_client"]["on"]["p50_ms"] / s["single_client"]["off"]["p50_ms"] == pytest.approx(
+        r["rounds"][chosen]["p50_ratio"])
 
     assert len(s["targets"]) == 10
     for t in s["targets"]:
