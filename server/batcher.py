@@ -47,15 +47,17 @@ class QueuePolicy:
 class Pending:
     """One queued request (a plain slotted class: one is made per request on the hot path).
 
-    No future of its own: its outcome goes to ``hook(result, error, cancelled)``, exactly once, and
-    ``cancel()`` marks it to be dropped uncomputed (a future per request was measurable on the hot path)."""
+    No future of its own: its outcome goes to ``hook(result, error, cancelled)``, exactly once. It is dropped
+    uncomputed once ``cancel()`` is called or the caller's own future, ``watch``, is cancelled (polled where it
+    matters: a future per request, or a done-callback on the caller's, was measurable on the hot path)."""
 
     __slots__ = ("feeds", "rows", "outputs", "key", "hook", "enqueued", "level", "seq", "timeout_at",
-                 "deadline", "delayed", "enqueued_ns", "cancelled")
+                 "deadline", "delayed", "enqueued_ns", "cancelled", "watch")
 
     def __init__(self, feeds: dict[str, np.ndarray], rows: int, outputs: Sequence[str], key: tuple,
                  hook: Callable[[object, BaseException | None, bool], None], enqueued: float, level: int,
-                 seq: int, timeout_at: float | None = None, deadline: float | None = None):
+                 seq: int, timeout_at: float | None = None, deadline: float | None = None,
+                 watch: asyncio.Future | None = None):
         self.feeds = feeds
         self.rows = rows
         self.outputs = outputs
@@ -69,11 +71,10 @@ class Pending:
         self.delayed = False  # timed out under a DELAY policy: runs after everything else
         self.enqueued_ns = time.perf_counter_ns()
         self.cancelled = False
+        self.watch = watch
 
-    def cancel_if_cancelled(self, future: asyncio.Future) -> None:
-        """Done-callback of the future handed out for a request queued without a hook."""
-        if future.cancelled():
-            self.cancel()
+    def is_cancelled(self) -> bool:
+        return self.cancelled or (self.watch is not None and self.watch.cancelled())
 
     def cancel(self) -> bool:
         """Drop the request if it has not run yet (its hook then gets cancelled=True); like Future.cancel."""
@@ -131,10 +132,11 @@ class DynamicBatcher:
 
     # -- submission ------------------------------------------------------------------------------------
     def submit(self, feeds: dict[str, np.ndarray], rows: int, outputs: Sequence[str], priority: int = 0,
-               timeout_us: int | None = None, deadline: float | None = None, hook=None):
+               timeout_us: int | None = None, deadline: float | None = None, hook=None,
+               watch: asyncio.Future | None = None):
         """Queue a request. Returns its future (cancel it to drop the request uncomputed); with ``hook``, the
         outcome goes to ``hook(result, error, cancelled)`` instead, and what is returned (the queue entry)
-        only serves to ``cancel()`` it."""
+        only serves to ``cancel()`` it, as does cancelling ``watch`` (the caller's own future), if given."""
         if self._closed:
             raise Unavailable(f"model {self.model.label} is unloading")
         if priority < 0 or priority > self.levels or (priority and self.levels == 1 and priority != 1):
@@ -154,12 +156,10 @@ class DynamicBatcher:
         key = () if self.fixed_shapes else compatibility_key(feeds)
         future = None
         if hook is None:
-            future = self._loop.create_future()
+            future = watch = self._loop.create_future()
             hook = functools.partial(_settle_hook, future)
         p = Pending(feeds, rows, outputs, key, hook, now, level, next(self._seq),
-                    now + timeout / 1e6 if timeout else None, deadline)
-        if future is not None:
-            future.add_done_callback(p.cancel_if_cancelled)
+                    now + timeout / 1e6 if timeout else None, deadline, watch)
         queue.append(p)
         self._queued_rows += rows
         expires = min(p.timeout_at or math.inf, math.inf if deadline is None else deadline)
@@ -208,7 +208,7 @@ class DynamicBatcher:
                 continue
             keep: deque[Pending] = deque()
             for p in queue:
-                if p.cancelled:
+                if p.is_cancelled():
                     self._finish(p, None, None)
                     self._queued_rows -= p.rows
                 elif p.deadline is not None and now >= p.deadline:
@@ -244,7 +244,7 @@ class DynamicBatcher:
         key = None
         cancelled: list[Pending] = []
         for p in self._ordered():
-            if p.cancelled:
+            if p.is_cancelled():
                 cancelled.append(p)
                 continue
             if key is None:
@@ -326,9 +326,9 @@ class DynamicBatcher:
     # -- execution -------------------------------------------------------------------------------------
     async def _execute(self, batch: list[Pending]) -> None:
         try:
-            live = [p for p in batch if not p.cancelled]
+            live = [p for p in batch if not p.is_cancelled()]
             for p in batch:
-                if p.cancelled:
+                if p.is_cancelled():
                     self._finish(p, None, None)
             if not live:
                 return
@@ -441,7 +441,7 @@ class DynamicBatcher:
         if hook is None:  # completed already
             return
         p.hook = None  # exactly once
-        cancelled = p.cancelled
+        cancelled = p.is_cancelled()
         try:
             hook(None if cancelled else result, None if cancelled else exc, cancelled)
         except Exception:  # the caller's completion must not take the batcher down

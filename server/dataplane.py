@@ -152,16 +152,12 @@ class DataPlane:
                 result = asyncio.get_running_loop().create_future()
                 deliver = functools.partial(settle, result)
             complete = functools.partial(_complete, deliver, mv, names, received_ns, reply)
-            running = mv.start(feeds, names, rows, priority, timeout_us, deadline, complete)
+            running = mv.start(feeds, names, rows, priority, timeout_us, deadline, complete, result)
         except BaseException:
             mv.stats.record_request(False, time.perf_counter_ns() - received_ns, 0)
             mv.leave()
             raise
-        if result is None:
-            return running
-        if not result.done():  # a request run inline is complete already
-            result.add_done_callback(functools.partial(_cancel_with, running))
-        return result
+        return running if result is None else result
 
     # -- statistics ----------------------------------------------------------------------------------
     def statistics(self, req: pb.ModelStatisticsRequest) -> pb.ModelStatisticsResponse:
@@ -205,13 +201,6 @@ class DataPlane:
         self.repository.check_control()
         await self.repository.unload(req.model_name)
         return pb.RepositoryModelUnloadResponse()
-
-
-def _cancel_with(inner: asyncio.Future, outer: asyncio.Future) -> None:
-    """A cancelled caller (client gone, deadline passed) cancels the queued request, which is then dropped
-    before compute."""
-    if outer.cancelled():
-        inner.cancel()
 
 
 def _complete(deliver: Deliver, mv: ModelVersion, names: list[str], received_ns: int,

@@ -54,12 +54,16 @@ def rpc(method):
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            code, message = status_of(exc)
-            if code == grpc.StatusCode.INTERNAL:
-                log.exception("%s failed", method.__name__)
-            await context.abort(code, message)
+            await _abort(context, exc, method.__name__)
 
     return wrapper
+
+
+async def _abort(context, exc: Exception, what: str) -> None:
+    code, message = status_of(exc)
+    if code == grpc.StatusCode.INTERNAL:
+        log.error("%s failed", what, exc_info=exc)
+    await context.abort(code, message)
 
 
 def unimplemented(what: str):
@@ -113,10 +117,15 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def RepositoryModelUnload(self, request, context):
         return await self.dp.repository_unload(request)
 
-    @rpc
     async def ModelInfer(self, request: bytes, context):
-        """Registered without (de)serializers: the data plane parses and builds the bytes natively."""
-        return await self.dp.infer_bytes(request, time.perf_counter_ns(), context.time_remaining())
+        """Registered without (de)serializers: the data plane parses and builds the bytes natively. Its own
+        exception boundary (not ``rpc``'s wrapper: one coroutine less per request)."""
+        try:
+            return await self.dp.infer_bytes(request, time.perf_counter_ns(), context.time_remaining())
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            await _abort(context, exc, "ModelInfer")
 
     async def ModelStreamInfer(self, request_iterator, context):
         """Requests of one stream run concurrently (and batch together); each response, or error, is sent as

@@ -49,6 +49,12 @@ def merge_rows(feeds: list[dict[str, np.ndarray]], name: str) -> np.ndarray:
     return np.concatenate([f[name] for f in feeds])
 
 
+def _cancel_with(inner: asyncio.Future, outer: asyncio.Future) -> None:
+    """A cancelled caller (client gone, deadline passed) cancels the running request's task."""
+    if outer.cancelled():
+        inner.cancel()
+
+
 def model_file(version_dir: Path, cfg: mc.ModelConfig) -> Path:
     return version_dir / (cfg.default_model_filename or DEFAULT_MODEL_FILE)
 
@@ -197,18 +203,20 @@ class ModelVersion:
         return await self.start(feeds, output_names, rows, priority, timeout_us, deadline)
 
     def start(self, feeds: dict[str, np.ndarray], output_names: list[str], rows: int, priority: int = 0,
-              timeout_us: int | None = None, deadline: float | None = None, hook=None) -> asyncio.Future:
+              timeout_us: int | None = None, deadline: float | None = None, hook=None,
+              watch: asyncio.Future | None = None) -> asyncio.Future:
         """Queue (or start) one request without awaiting it: a future of what ``infer`` returns.
 
         Cancelling the future before its batch forms drops the request uncomputed. With ``hook``, the outcome
-        goes to ``hook(result, error, cancelled)``, exactly once, instead (see DynamicBatcher.submit)."""
+        goes to ``hook(result, error, cancelled)``, exactly once, instead (see DynamicBatcher.submit), and
+        what is returned only serves to cancel, as does cancelling ``watch``, the caller's future."""
         if self.batching:
             if self._batcher is None:
                 self._batcher = DynamicBatcher(self, self.config.dynamic_batching, self.max_batch_size,
                                                len(self.runtime.instances), self.adaptive)
             batcher = self._batcher
             if not batcher.arrive(time.perf_counter()) or priority:
-                return batcher.submit(feeds, rows, output_names, priority, timeout_us, deadline, hook)
+                return batcher.submit(feeds, rows, output_names, priority, timeout_us, deadline, hook, watch)
             future = batcher.run_alone(feeds, rows, output_names)
         else:
             future = asyncio.ensure_future(self._run_unbatched(feeds, output_names, rows))
@@ -217,6 +225,8 @@ class ModelVersion:
                 _hook_from_future(hook, future)
             else:
                 future.add_done_callback(functools.partial(_hook_from_future, hook))
+                if watch is not None:
+                    watch.add_done_callback(functools.partial(_cancel_with, future))
         return future
 
     async def _run_unbatched(self, feeds: dict[str, np.ndarray], output_names: list[str],
