@@ -14,6 +14,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
+from skewless.server.adaptive import percentile
 from skewless.server.batcher import Pending
 from skewless.server.config import parse_config
 from skewless.server.errors import DeadlineExceeded, Internal, InvalidArgument, Unavailable
@@ -482,3 +483,10 @@ def test_adaptive_wait_budget_follows_the_latency_objective():
     for _ in range(200):
         ctl.observe_latency(0.002)
     assert low < ctl.delay_s == pytest.approx(0.005)
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 64])
+def test_adaptive_percentile_matches_numpy(n):
+    values = np.random.default_rng(n).random(n).tolist()
+    for pct in (0, 50, 90, 99, 99.9, 100):
+        assert percentile(values, pct) == pytest.approx(float(np.percentile(values, pct)), rel=1e-12, abs=1e-15)
