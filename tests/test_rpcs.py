@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import queue
+import time
 from importlib import metadata
 
 import grpc
@@ -201,6 +202,37 @@ def test_stream_messages_queued_behind_a_busy_instance_are_merged(start_server, 
         with grpcclient.InferenceServerClient(srv.grpc_url) as c:
             stats = _stats(c, "slow")
         assert stats.inference_count == n and stats.execution_count < n  # merged
+    finally:
+        channel.close()
+
+
+def test_requests_given_up_by_their_clients_are_never_computed(start_server, make_repo):
+    """Queued behind a busy instance, a request whose client deadline passes and one whose client cancels
+    are dropped before compute (the server sees the cancelled RPC), as ModelStatistics shows."""
+    repo = make_repo("slow")
+    cfg = repo / "slow" / "config.pbtxt"
+    cfg.write_text(cfg.read_text() + "\ndynamic_batching { }\n")
+    srv = start_server(repo)
+    channel, stub = raw_stub(srv.grpc_url)
+
+    def request(value: float, rid: str):
+        x = np.full((1, 4), value, np.float32)
+        return raw_request("slow", [("x", "FP32", [1, 4], x.tobytes())], request_id=rid)
+
+    try:
+        busy = stub.ModelInfer.future(request(1.0, "busy"), timeout=60)  # ~100 ms on the one instance
+        time.sleep(0.02)
+        with pytest.raises(grpc.RpcError) as err:
+            stub.ModelInfer(request(2.0, "late"), timeout=0.03)
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        gone = stub.ModelInfer.future(request(3.0, "gone"), timeout=60)
+        time.sleep(0.01)
+        assert gone.cancel()
+        assert output_arrays(busy.result())["y"][0, 0] == 2.0
+        assert output_arrays(stub.ModelInfer(request(5.0, "after"), timeout=60))["y"][0, 0] == 10.0
+        with grpcclient.InferenceServerClient(srv.grpc_url) as c:
+            stats = _stats(c, "slow")
+        assert stats.inference_count == 2 and stats.execution_count == 2  # busy and after only
     finally:
         channel.close()
 
