@@ -81,25 +81,29 @@ class DataPlane:
 
     # -- inference -----------------------------------------------------------------------------------
     async def infer(self, req: pb.ModelInferRequest, received_ns: int | None = None,
-                    time_remaining_s: float | None = None) -> pb.ModelInferResponse:
-        """The general path, for protobuf messages (typed contents, output parameters)."""
+                    time_remaining_s: float | None = None, watch: asyncio.Future | None = None
+                    ) -> pb.ModelInferResponse:
+        """The general path, for protobuf messages (typed contents, output parameters). Cancelling ``watch``
+        (by default: cancelling this coroutine) drops the request while it is queued."""
         _check_output_parameters(req)
         received_ns = received_ns or time.perf_counter_ns()
         mv = self.repository.get(req.model_name, req.model_version)
         names, arrays = await self.start(mv, received_ns, time_remaining_s, None, req.inputs,
                                          req.raw_input_contents, [o.name for o in req.outputs], req.parameters,
-                                         req.id)
+                                         req.id, watch=watch)
         return encode_response(req.id, mv, names, arrays)
 
     def infer_bytes(self, data: bytes, received_ns: int | None = None, time_remaining_s: float | None = None,
-                    stream: bool = False, deliver: Deliver | None = None) -> asyncio.Future:
+                    stream: bool = False, deliver: Deliver | None = None,
+                    watch: asyncio.Future | None = None) -> asyncio.Future:
         """The hot path: request bytes in, a future of the reply bytes out, no protobuf objects in between.
 
         Synchronous up to the model's queue, so a stream can submit each message without a task of its own.
         Requests rejected at once raise here; later failures come through the future, or with ``deliver``
         (a stream's callback, given (reply, None) or (None, error); nothing if cancelled) instead of it: the
         returned future then only serves to cancel. ``stream`` wraps the reply as
-        ModelStreamInferResponse.infer_response (field 2).
+        ModelStreamInferResponse.infer_response (field 2). With ``deliver``, a queued request is dropped
+        uncomputed once ``watch`` (a stream's own future) is cancelled.
         """
         received_ns = received_ns or time.perf_counter_ns()
         try:
@@ -107,7 +111,7 @@ class DataPlane:
         except WireFormatError as exc:
             raise InvalidArgument(f"malformed ModelInferRequest: {exc}") from None
         if req.has_contents or req.output_parameters:
-            task = asyncio.ensure_future(self._infer_message(data, received_ns, time_remaining_s, stream))
+            task = asyncio.ensure_future(self._infer_message(data, received_ns, time_remaining_s, stream, watch))
             if deliver is not None:
                 task.add_done_callback(functools.partial(_deliver_outcome, deliver))
             return task
@@ -117,11 +121,11 @@ class DataPlane:
         # by the general path, which words the error.
         decoded = plan.decode(req) if plan is not None else None
         return self.start(mv, received_ns, time_remaining_s, decoded, req.inputs, req.raw, req.outputs,
-                          req.parameters, req.id, (req.id, _STREAM_TAG if stream else None), deliver)
+                          req.parameters, req.id, (req.id, _STREAM_TAG if stream else None), deliver, watch)
 
     async def _infer_message(self, data: bytes, received_ns: int, time_remaining_s: float | None,
-                             stream: bool) -> bytes:
-        resp = await self.infer(pb.ModelInferRequest.FromString(data), received_ns, time_remaining_s)
+                             stream: bool, watch: asyncio.Future | None) -> bytes:
+        resp = await self.infer(pb.ModelInferRequest.FromString(data), received_ns, time_remaining_s, watch)
         if stream:
             return pb.ModelStreamInferResponse(infer_response=resp).SerializeToString()
         return resp.SerializeToString()
@@ -129,11 +133,12 @@ class DataPlane:
     def start(self, mv: ModelVersion, received_ns: int, time_remaining_s: float | None, decoded: tuple | None,
               tensors, raw, output_names: list[str], params, request_id: str,
               reply: tuple[str, bytes | None] | None = None,
-              deliver: Deliver | None = None) -> asyncio.Future:
+              deliver: Deliver | None = None, watch: asyncio.Future | None = None) -> asyncio.Future:
         """Validate and decode (unless ``decoded`` by the plan), then queue or run: a future of the reply
         bytes with ``reply`` (the request id, and the stream tag or None), else of (output names, arrays); or,
         with ``deliver``, the outcome handed to it and the running request's own handle returned (to cancel
-        it). Counts the request in flight and in the statistics until it completes."""
+        it), and cancelling ``watch`` drops it while queued. Counts the request in flight and in the statistics
+        until it completes."""
         mv.enter()
         try:
             if decoded is not None:
@@ -151,8 +156,10 @@ class DataPlane:
             if deliver is None:
                 result = asyncio.get_running_loop().create_future()
                 deliver = functools.partial(settle, result)
+                if watch is None:
+                    watch = result
             complete = functools.partial(_complete, deliver, mv, names, received_ns, reply)
-            running = mv.start(feeds, names, rows, priority, timeout_us, deadline, complete, result)
+            running = mv.start(feeds, names, rows, priority, timeout_us, deadline, complete, watch)
         except BaseException:
             mv.stats.record_request(False, time.perf_counter_ns() - received_ns, 0)
             mv.leave()

@@ -135,10 +135,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         """
         ready: deque = deque()  # replies to send, in completion order; None ends the stream
         wake: list[asyncio.Future | None] = [None]  # the writer's wait, when it has nothing to send
-        pending: set[asyncio.Future] = set()  # submitted, outcome not delivered yet (cancelled if the stream ends)
+        outstanding = [0]  # submitted, outcome not delivered yet
         reading = [True]
         dp = self.dp
         loop = asyncio.get_running_loop()
+        gone = loop.create_future()  # cancelled when the stream ends: its queued requests are then dropped
 
         def send(item) -> None:
             ready.append(item)
@@ -146,31 +147,25 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
 
-        def delivered(data: bytes, submitted: list, reply: bytes | None, exc: BaseException | None) -> None:
-            if submitted:
-                pending.discard(submitted[0])
-            else:  # delivered at once (run inline): there is nothing to track
-                submitted.append(None)
+        def delivered(data: bytes, reply: bytes | None, exc: BaseException | None) -> None:
+            outstanding[0] -= 1
             send(reply if exc is None else _stream_failure(data, exc))
-            if not reading[0] and not pending:
+            if not reading[0] and not outstanding[0]:
                 send(None)  # the client is done sending and every reply has gone out
 
         async def read() -> None:
             try:
                 async for data in request_iterator:
-                    submitted: list = []
+                    outstanding[0] += 1
                     try:
-                        future = dp.infer_bytes(data, time.perf_counter_ns(), None, True,
-                                                functools.partial(delivered, data, submitted))
+                        dp.infer_bytes(data, time.perf_counter_ns(), None, True, functools.partial(delivered, data),
+                                       gone)
                     except Exception as exc:
+                        outstanding[0] -= 1
                         send(_stream_failure(data, exc))
-                        continue
-                    if not submitted:  # not delivered yet
-                        submitted.append(future)
-                        pending.add(future)
             finally:
                 reading[0] = False
-                if not pending:
+                if not outstanding[0]:
                     send(None)
 
         reader = asyncio.create_task(read())
@@ -186,8 +181,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 wake[0] = None
         finally:
             reader.cancel()
-            for future in list(pending):
-                future.cancel()
+            gone.cancel()
 
     SystemSharedMemoryStatus = unimplemented("system shared memory")
     SystemSharedMemoryRegister = unimplemented("system shared memory")

@@ -49,12 +49,6 @@ def merge_rows(feeds: list[dict[str, np.ndarray]], name: str) -> np.ndarray:
     return np.concatenate([f[name] for f in feeds])
 
 
-def _cancel_with(inner: asyncio.Future, outer: asyncio.Future) -> None:
-    """A cancelled caller (client gone, deadline passed) cancels the running request's task."""
-    if outer.cancelled():
-        inner.cancel()
-
-
 def model_file(version_dir: Path, cfg: mc.ModelConfig) -> Path:
     return version_dir / (cfg.default_model_filename or DEFAULT_MODEL_FILE)
 
@@ -209,7 +203,9 @@ class ModelVersion:
 
         Cancelling the future before its batch forms drops the request uncomputed. With ``hook``, the outcome
         goes to ``hook(result, error, cancelled)``, exactly once, instead (see DynamicBatcher.submit), and
-        what is returned only serves to cancel, as does cancelling ``watch``, the caller's future."""
+        what is returned only serves to cancel. Cancelling ``watch`` (the caller's future, or a stream's)
+        drops the request while it is queued; one started at once (no queue to wait in) runs to completion,
+        as its compute cannot be taken back from the worker thread anyway."""
         if self.batching:
             if self._batcher is None:
                 self._batcher = DynamicBatcher(self, self.config.dynamic_batching, self.max_batch_size,
@@ -225,8 +221,6 @@ class ModelVersion:
                 _hook_from_future(hook, future)
             else:
                 future.add_done_callback(functools.partial(_hook_from_future, hook))
-                if watch is not None:
-                    watch.add_done_callback(functools.partial(_cancel_with, future))
         return future
 
     async def _run_unbatched(self, feeds: dict[str, np.ndarray], output_names: list[str],

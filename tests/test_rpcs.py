@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import queue
+import threading
 import time
 from importlib import metadata
 
@@ -234,6 +235,41 @@ def test_requests_given_up_by_their_clients_are_never_computed(start_server, mak
             stats = _stats(c, "slow")
         assert stats.inference_count == 2 and stats.execution_count == 2  # busy and after only
     finally:
+        channel.close()
+
+
+def test_a_closed_streams_queued_messages_are_never_computed(start_server, make_repo):
+    """The client cancels its stream while three of its messages wait behind the first one's batch: they
+    are dropped uncomputed; the first, already running, completes."""
+    repo = make_repo("slow")
+    cfg = repo / "slow" / "config.pbtxt"
+    cfg.write_text(cfg.read_text() + "\ndynamic_batching { }\n")
+    srv = start_server(repo)
+    channel, stub = raw_stub(srv.grpc_url)
+    done_sending = threading.Event()
+
+    def request(value: float, rid: str):
+        x = np.full((1, 4), value, np.float32)
+        return raw_request("slow", [("x", "FP32", [1, 4], x.tobytes())], request_id=rid)
+
+    def messages():
+        yield request(1.0, "busy")  # ~100 ms on the one instance
+        time.sleep(0.02)
+        for i in range(3):
+            yield request(2.0 + i, f"queued{i}")
+        done_sending.wait(10)
+
+    try:
+        call = stub.ModelStreamInfer(messages(), timeout=60)
+        time.sleep(0.05)
+        call.cancel()
+        done_sending.set()
+        assert output_arrays(stub.ModelInfer(request(5.0, "after"), timeout=60))["y"][0, 0] == 10.0
+        with grpcclient.InferenceServerClient(srv.grpc_url) as c:
+            stats = _stats(c, "slow")
+        assert stats.inference_count == 2 and stats.execution_count == 2  # busy and after only
+    finally:
+        done_sending.set()
         channel.close()
 
 
