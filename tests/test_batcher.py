@@ -490,3 +490,30 @@ def test_adaptive_percentile_matches_numpy(n):
     values = np.random.default_rng(n).random(n).tolist()
     for pct in (0, 50, 90, 99, 99.9, 100):
         assert percentile(values, pct) == pytest.approx(float(np.percentile(values, pct)), rel=1e-12, abs=1e-15)
+
+
+@pytest.mark.parametrize("fortran", [False, True])
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, np.int8, np.uint64, np.bool_, object])
+def test_merge_and_split_round_trip(dtype, fortran):
+    """A batch's inputs merged along the batch dimension, and outputs split back per request, exactly as
+    numpy's concatenate and slicing would (views for the split, any dtype; object arrays go through numpy)."""
+    from skewless.native.batch_merge import split_rows
+    from skewless.server.model import merge_rows
+
+    rng = np.random.default_rng(7)
+    rows = [1, 3, 2, 1]
+    feeds = [{"a": rng.integers(0, 100, (r, 2, 3)).astype(dtype)} for r in rows]
+    if fortran:  # not C-contiguous: the native memcpy refuses it and numpy's concatenate takes over
+        feeds[1]["a"] = np.asfortranarray(feeds[1]["a"])
+    merged = merge_rows(feeds, "a")
+    expected = np.concatenate([f["a"] for f in feeds])
+    assert merged.dtype == expected.dtype and merged.shape == expected.shape
+    np.testing.assert_array_equal(merged, expected)
+    out = [merged, merged[:, 0, 0] * 2 if dtype is not object else merged[:, 0, 0]]
+    parts = split_rows(out, rows)
+    start = 0
+    for r, part in zip(rows, parts, strict=True):
+        for whole, piece in zip(out, part, strict=True):
+            np.testing.assert_array_equal(piece, whole[start:start + r])
+            assert np.shares_memory(piece, whole) or dtype is object
+        start += r
