@@ -182,13 +182,23 @@ def test_stream_messages_each_get_their_own_rows(client, stub, shared_repo):
     assert _stats(client, "mlp").inference_count - before.inference_count == len(x)
 
 
-def test_stream_messages_queued_behind_a_busy_instance_are_merged(start_server, make_repo):
-    """Messages arriving on a stream while the model's one instance computes are merged into batches (the
-    slow model takes ~100 ms a batch), and each reply still carries its own rows."""
+def slow_batching_server(start_server, make_repo):
+    """A server of the test's own with the slow model (one instance, ~100 ms a batch) batching."""
     repo = make_repo("slow")
     cfg = repo / "slow" / "config.pbtxt"
     cfg.write_text(cfg.read_text() + "\ndynamic_batching { }\n")
-    srv = start_server(repo)
+    return start_server(repo)
+
+
+def slow_request(value: float, rid: str):
+    x = np.full((1, 4), value, np.float32)
+    return raw_request("slow", [("x", "FP32", [1, 4], x.tobytes())], request_id=rid)
+
+
+def test_stream_messages_queued_behind_a_busy_instance_are_merged(start_server, make_repo):
+    """Messages arriving on a stream while the model's one instance computes are merged into batches (the
+    slow model takes ~100 ms a batch), and each reply still carries its own rows."""
+    srv = slow_batching_server(start_server, make_repo)
     channel, stub = raw_stub(srv.grpc_url)
     try:
         n = 24
@@ -210,27 +220,20 @@ def test_stream_messages_queued_behind_a_busy_instance_are_merged(start_server, 
 def test_requests_given_up_by_their_clients_are_never_computed(start_server, make_repo):
     """Queued behind a busy instance, a request whose client deadline passes and one whose client cancels
     are dropped before compute (the server sees the cancelled RPC), as ModelStatistics shows."""
-    repo = make_repo("slow")
-    cfg = repo / "slow" / "config.pbtxt"
-    cfg.write_text(cfg.read_text() + "\ndynamic_batching { }\n")
-    srv = start_server(repo)
+    srv = slow_batching_server(start_server, make_repo)
     channel, stub = raw_stub(srv.grpc_url)
 
-    def request(value: float, rid: str):
-        x = np.full((1, 4), value, np.float32)
-        return raw_request("slow", [("x", "FP32", [1, 4], x.tobytes())], request_id=rid)
-
     try:
-        busy = stub.ModelInfer.future(request(1.0, "busy"), timeout=60)  # ~100 ms on the one instance
+        busy = stub.ModelInfer.future(slow_request(1.0, "busy"), timeout=60)  # ~100 ms on the one instance
         time.sleep(0.02)
         with pytest.raises(grpc.RpcError) as err:
-            stub.ModelInfer(request(2.0, "late"), timeout=0.03)
+            stub.ModelInfer(slow_request(2.0, "late"), timeout=0.03)
         assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-        gone = stub.ModelInfer.future(request(3.0, "gone"), timeout=60)
+        gone = stub.ModelInfer.future(slow_request(3.0, "gone"), timeout=60)
         time.sleep(0.01)
         assert gone.cancel()
         assert output_arrays(busy.result())["y"][0, 0] == 2.0
-        assert output_arrays(stub.ModelInfer(request(5.0, "after"), timeout=60))["y"][0, 0] == 10.0
+        assert output_arrays(stub.ModelInfer(slow_request(5.0, "after"), timeout=60))["y"][0, 0] == 10.0
         with grpcclient.InferenceServerClient(srv.grpc_url) as c:
             stats = _stats(c, "slow")
         assert stats.inference_count == 2 and stats.execution_count == 2  # busy and after only
@@ -241,22 +244,15 @@ def test_requests_given_up_by_their_clients_are_never_computed(start_server, mak
 def test_a_closed_streams_queued_messages_are_never_computed(start_server, make_repo):
     """The client cancels its stream while three of its messages wait behind the first one's batch: they
     are dropped uncomputed; the first, already running, completes."""
-    repo = make_repo("slow")
-    cfg = repo / "slow" / "config.pbtxt"
-    cfg.write_text(cfg.read_text() + "\ndynamic_batching { }\n")
-    srv = start_server(repo)
+    srv = slow_batching_server(start_server, make_repo)
     channel, stub = raw_stub(srv.grpc_url)
     done_sending = threading.Event()
 
-    def request(value: float, rid: str):
-        x = np.full((1, 4), value, np.float32)
-        return raw_request("slow", [("x", "FP32", [1, 4], x.tobytes())], request_id=rid)
-
     def messages():
-        yield request(1.0, "busy")  # ~100 ms on the one instance
+        yield slow_request(1.0, "busy")  # ~100 ms on the one instance
         time.sleep(0.02)
         for i in range(3):
-            yield request(2.0 + i, f"queued{i}")
+            yield slow_request(2.0 + i, f"queued{i}")
         done_sending.wait(10)
 
     try:
@@ -264,7 +260,7 @@ def test_a_closed_streams_queued_messages_are_never_computed(start_server, make_
         time.sleep(0.05)
         call.cancel()
         done_sending.set()
-        assert output_arrays(stub.ModelInfer(request(5.0, "after"), timeout=60))["y"][0, 0] == 10.0
+        assert output_arrays(stub.ModelInfer(slow_request(5.0, "after"), timeout=60))["y"][0, 0] == 10.0
         with grpcclient.InferenceServerClient(srv.grpc_url) as c:
             stats = _stats(c, "slow")
         assert stats.inference_count == 2 and stats.execution_count == 2  # busy and after only
