@@ -155,10 +155,9 @@ class DataPlane:
             result = None
             if deliver is None:
                 result = asyncio.get_running_loop().create_future()
-                deliver = functools.partial(settle, result)
                 if watch is None:
                     watch = result
-            complete = functools.partial(_complete, deliver, mv, names, received_ns, reply)
+            complete = functools.partial(_complete, deliver or result, mv, names, received_ns, reply)
             running = mv.start(feeds, names, rows, priority, timeout_us, deadline, complete, watch)
         except BaseException:
             mv.stats.record_request(False, time.perf_counter_ns() - received_ns, 0)
@@ -210,26 +209,30 @@ class DataPlane:
         return pb.RepositoryModelUnloadResponse()
 
 
-def _complete(deliver: Deliver, mv: ModelVersion, names: list[str], received_ns: int,
+def _complete(target: Deliver | asyncio.Future, mv: ModelVersion, names: list[str], received_ns: int,
               reply: tuple[str, bytes | None] | None, outcome, exc: BaseException | None, cancelled: bool) -> None:
     """Completion of a queued or running request (the model's hook): statistics, in-flight count, and the
-    outcome delivered unless the caller cancelled."""
+    outcome handed to ``target``, a deliver callback or the caller's future. A cancelled request delivers
+    nothing; its future is cancelled (it may have been dropped for a stream's end, not its own)."""
+    is_future = isinstance(target, asyncio.Future)
     ok = False
     queue_ns = 0
     try:
         if cancelled:
+            if is_future:
+                target.cancel()
             return
-        if exc is not None:
-            deliver(None, exc)
-            return
-        arrays, queue_ns = outcome
-        try:
-            value = (names, arrays) if reply is None else _reply_bytes(mv, reply[0], reply[1], names, arrays)
-        except Exception as exc:
-            deliver(None, exc)
-            return
-        ok = True
-        deliver(value, None)
+        if exc is None:
+            arrays, queue_ns = outcome
+            try:
+                value = (names, arrays) if reply is None else _reply_bytes(mv, reply[0], reply[1], names, arrays)
+                ok = True
+            except Exception as e:
+                exc = e
+        if is_future:
+            settle(target, value if ok else None, exc)
+        else:
+            target(value if ok else None, exc)
     finally:
         mv.stats.record_request(ok, time.perf_counter_ns() - received_ns, queue_ns)
         mv.leave()

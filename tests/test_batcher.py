@@ -517,3 +517,44 @@ def test_merge_and_split_round_trip(dtype, fortran):
             np.testing.assert_array_equal(piece, whole[start:start + r])
             assert np.shares_memory(piece, whole) or dtype is object
         start += r
+
+
+def test_stream_end_drops_a_general_path_request_and_ends_its_task(tmp_path, models):
+    """A stream's message with typed contents runs through the general path, in a task of its own; when the
+    stream ends while it is queued, it is dropped uncomputed and its task ends too (cancelled, not left
+    waiting forever for an outcome that will never come)."""
+    from skewless.protos import grpc_service_pb2 as pb
+    from skewless.server.dataplane import DataPlane
+    from skewless.server.repository import ModelRepository
+
+    (tmp_path / "slow" / "1").mkdir(parents=True)
+    (tmp_path / "slow" / "1" / "model.onnx").write_bytes((models / "slow.onnx").read_bytes())
+    (tmp_path / "slow" / "config.pbtxt").write_text(f"max_batch_size: 8\n{SLOW_IO}\ndynamic_batching {{ }}\n")
+
+    def request(value: float, typed: bool) -> bytes:
+        req = pb.ModelInferRequest(model_name="slow")
+        tensor = req.inputs.add(name="x", datatype="FP32", shape=[1, 4])
+        if typed:
+            tensor.contents.fp32_contents.extend([value] * 4)
+        else:
+            req.raw_input_contents.append(np.full((1, 4), value, np.float32).tobytes())
+        return req.SerializeToString()
+
+    async def main():
+        repo = ModelRepository(tmp_path)
+        await repo.start()
+        dp = DataPlane(repo)
+        delivered = []
+        gone = asyncio.get_running_loop().create_future()
+        busy = dp.infer_bytes(request(1.0, False))  # ~150 ms on the one instance
+        await asyncio.sleep(0.02)
+        task = dp.infer_bytes(request(2.0, True), None, None, True, lambda r, e: delivered.append((r, e)), gone)
+        await asyncio.sleep(0.02)
+        gone.cancel()
+        await busy
+        await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), timeout=5)
+        assert task.cancelled() and delivered == []
+        assert repo.get("slow").stats.inference_count == 1
+        await repo.stop()
+
+    run(main())
