@@ -558,3 +558,22 @@ def test_stream_end_drops_a_general_path_request_and_ends_its_task(tmp_path, mod
         await repo.stop()
 
     run(main())
+
+
+def test_a_queued_request_cancelled_through_its_handle_gets_its_hook_once_and_never_runs(tmp_path, models):
+    """With a hook, what start() returns for a queued request serves only to cancel it: the hook then hears
+    cancelled=True, exactly once, and the model never runs it."""
+    async def main():
+        mv = slow_version(tmp_path, models, "")
+        busy = asyncio.create_task(submit(mv, 1.0))
+        await asyncio.sleep(0.01)
+        heard = []
+        handle = mv.start(x(2.0), ["y"], 1, hook=lambda r, e, c: heard.append((r, e, c)))
+        assert handle.cancel()
+        await busy
+        assert (await submit(mv, 3.0))[0, 0] == 6.0
+        assert heard == [(None, None, True)] and not handle.cancel()  # completed: nothing left to cancel
+        assert mv.stats.inference_count == 2
+        await mv.drain_and_close()
+
+    run(main())
