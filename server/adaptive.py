@@ -98,7 +98,7 @@ class AdaptiveController:
         if busy:
             self._company_at = now
         self._last_arrival = now
-        return now - self._company_at < COMPANY_MEMORY_S
+        return self.expects_company(now)
 
     def on_done(self, now: float) -> None:
         """A request or batch completed (``now`` on on_arrival's clock)."""

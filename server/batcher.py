@@ -400,12 +400,11 @@ class DynamicBatcher:
                     elapsed = (time.perf_counter_ns() - start) / 1e9
                     self.adaptive.observe(elapsed)
                     self.adaptive.observe_latency(elapsed)
-                    self.adaptive.on_done(time.perf_counter())
                 future.set_result((outs, queue_ns))
             except Exception as exc:
                 future.set_exception(exc)
             finally:
-                self._alone_done(future)
+                self._alone_done(future)  # also tells the adaptive mode the request is done
             return future
         task = asyncio.ensure_future(self._alone(feeds, rows, outputs))
         task.add_done_callback(self._alone_done)  # runs even if the task is cancelled before it starts

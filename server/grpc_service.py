@@ -59,11 +59,16 @@ def rpc(method):
     return wrapper
 
 
-async def _abort(context, exc: Exception, what: str) -> None:
+def _status_logged(exc: BaseException, what: str) -> tuple[grpc.StatusCode, str]:
+    """status_of(), logging the unexpected (INTERNAL) errors with their traceback."""
     code, message = status_of(exc)
     if code == grpc.StatusCode.INTERNAL:
         log.error("%s failed", what, exc_info=exc)
-    await context.abort(code, message)
+    return code, message
+
+
+async def _abort(context, exc: Exception, what: str) -> None:
+    await context.abort(*_status_logged(exc, what))
 
 
 def unimplemented(what: str):
@@ -194,9 +199,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
 
 def _stream_failure(data: bytes, exc: BaseException) -> bytes:
-    code, message = status_of(exc)
-    if code == grpc.StatusCode.INTERNAL:
-        log.error("stream request failed", exc_info=exc)
+    _, message = _status_logged(exc, "stream request")
     return _stream_error(data, message)
 
 
