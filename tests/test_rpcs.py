@@ -195,6 +195,14 @@ def slow_request(value: float, rid: str):
     return raw_request("slow", [("x", "FP32", [1, 4], x.tobytes())], request_id=rid)
 
 
+def assert_only_busy_and_after_ran(srv, stub) -> None:
+    """One more request ('after', queued behind 'busy'), then the statistics: those two ran, nothing else."""
+    assert output_arrays(stub.ModelInfer(slow_request(5.0, "after"), timeout=60))["y"][0, 0] == 10.0
+    with grpcclient.InferenceServerClient(srv.grpc_url) as c:
+        stats = _stats(c, "slow")
+    assert stats.inference_count == 2 and stats.execution_count == 2
+
+
 def test_stream_messages_queued_behind_a_busy_instance_are_merged(start_server, make_repo):
     """Messages arriving on a stream while the model's one instance computes are merged into batches (the
     slow model takes ~100 ms a batch), and each reply still carries its own rows."""
@@ -233,10 +241,7 @@ def test_requests_given_up_by_their_clients_are_never_computed(start_server, mak
         time.sleep(0.01)
         assert gone.cancel()
         assert output_arrays(busy.result())["y"][0, 0] == 2.0
-        assert output_arrays(stub.ModelInfer(slow_request(5.0, "after"), timeout=60))["y"][0, 0] == 10.0
-        with grpcclient.InferenceServerClient(srv.grpc_url) as c:
-            stats = _stats(c, "slow")
-        assert stats.inference_count == 2 and stats.execution_count == 2  # busy and after only
+        assert_only_busy_and_after_ran(srv, stub)
     finally:
         channel.close()
 
@@ -260,10 +265,7 @@ def test_a_closed_streams_queued_messages_are_never_computed(start_server, make_
         time.sleep(0.05)
         call.cancel()
         done_sending.set()
-        assert output_arrays(stub.ModelInfer(slow_request(5.0, "after"), timeout=60))["y"][0, 0] == 10.0
-        with grpcclient.InferenceServerClient(srv.grpc_url) as c:
-            stats = _stats(c, "slow")
-        assert stats.inference_count == 2 and stats.execution_count == 2  # busy and after only
+        assert_only_busy_and_after_ran(srv, stub)
     finally:
         done_sending.set()
         channel.close()
