@@ -28,6 +28,7 @@ perf = time.perf_counter
 class WorkerOptions:
     target: str
     connections: int = 1
+    streams: int = 1  # ModelStreamInfer calls per connection
     timeout: float = 30.0  # gRPC deadline of each request
     check_every: int = 100
     use_uvloop: bool = True
@@ -163,7 +164,7 @@ class Client:
             self.channels.append(ch)
             # No serialisers: requests go out as the bytes built once, replies come back as bytes.
             self.unary.append(ch.unary_unary(SERVICE + "ModelInfer"))
-            self.streams.append(ch.stream_stream(SERVICE + "ModelStreamInfer"))
+            self.streams += [ch.stream_stream(SERVICE + "ModelStreamInfer")] * max(1, self.opts.streams)
 
     async def close(self) -> None:
         for ch in self.channels:
@@ -180,7 +181,7 @@ class Client:
             await asyncio.sleep(delay)
         ticker = asyncio.create_task(self._tick(rec))
         rng = np.random.default_rng(spec.seed)
-        n = len(self.channels)
+        n = len(self.streams if spec.stream else self.channels)
         try:
             if spec.mode == "closed":
                 total = int(spec.share)
@@ -191,10 +192,9 @@ class Client:
                 else:
                     jobs = [self._closed_unary(self.unary[k % n], rec, k, t_end) for k in range(total)]
             else:
-                rate = spec.share / n
                 if spec.stream:
-                    jobs = [self._stream(s, rec, 0, rate, np.random.default_rng(spec.seed + i), t0, t_end, spec)
-                            for i, s in enumerate(self.streams)]
+                    jobs = [self._stream(s, rec, 0, spec.share / n, np.random.default_rng(spec.seed + i), t0, t_end,
+                                         spec) for i, s in enumerate(self.streams)]
                 else:
                     jobs = [self._open_unary(rec, spec.share, rng, t0, t_end, spec)]
             await asyncio.gather(*jobs)

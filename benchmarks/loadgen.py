@@ -46,6 +46,7 @@ class BenchConfig:
     stream: bool = False
     processes: int = 1
     connections: int = 1
+    streams: int = 1
     duration: float = 10.0
     warmup: float = 2.0
     rows: int = 1
@@ -170,7 +171,7 @@ class ClientPool:
         self.counters = ctx.RawArray("q", 2 * self.n)
         self.results = ctx.Queue()
         self.commands = [ctx.Queue() for _ in range(self.n)]
-        opts = WorkerOptions(cfg.target, cfg.connections, cfg.timeout, cfg.check_every, cfg.uvloop)
+        opts = WorkerOptions(cfg.target, cfg.connections, max(1, cfg.streams), cfg.timeout, cfg.check_every, cfg.uvloop)
         self.procs = [ctx.Process(target=worker_main, name=f"bench-client-{i}", daemon=True,
                                   args=(i, opts, wl, self.commands[i], self.results, self.counters))
                       for i in range(self.n)]
@@ -403,9 +404,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="closed loop: requests outstanding at once, a sweep (default 1 unless --rate is given)")
     g.add_argument("--rate", type=_rates, default=[], metavar="R[,R...]",
                    help="open loop: Poisson arrivals per second, or P%% of the best closed-loop throughput")
-    g.add_argument("--stream", action="store_true", help="send over ModelStreamInfer (one stream per connection)")
+    g.add_argument("--stream", action="store_true", help="send over ModelStreamInfer")
     g.add_argument("--processes", type=int, default=1, help="client processes (each with its own event loop)")
     g.add_argument("--connections", type=int, default=1, help="gRPC connections per client process")
+    g.add_argument("--streams", type=int, default=1,
+                   help="with --stream: streams per connection, sharing its concurrency or rate; one stream carries "
+                        "one write at a time, so several keep the client from being the bottleneck")
     g.add_argument("--duration", type=float, default=10.0, help="measured seconds per point")
     g.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds before each point")
     g.add_argument("--timeout", type=float, default=30.0, help="gRPC deadline of each request (s)")
@@ -440,6 +444,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
     return BenchConfig(
         target=args.target, model=args.model, model_version=args.model_version, concurrency=args.concurrency,
         rates=args.rate, stream=args.stream, processes=args.processes, connections=args.connections,
+        streams=args.streams,
         duration=args.duration, warmup=args.warmup, rows=args.rows, variants=args.variants,
         input_files=args.input_file, outputs=args.output, check_every=args.check_every,
         check_against_onnx=args.check_against_onnx, server_pid=args.server_pid, timeout=args.timeout,

@@ -13,6 +13,12 @@ AIMD loop: the wait budget (at most half the objective, or a smaller configured 
 when the observed percentile of in-server latency (queue + compute, per batch) breaks the objective because
 of the wait, and grows while it stays well under. When the latency is an overloaded server's queue, the
 wait stays: smaller batches would only add CPU per request.
+When to stop waiting early: a closed loop of clients (unary callers, or streams with a request each in
+flight) sends nothing more once every client waits for a reply, so a wait beyond that point only idles
+the server. The count present at the end of a recent full wait estimates that population; once that many
+are present again the batch goes at once (measured on the example MLP: 64 streams with one request each
+ran at about 2x the messages/s, and 64 unary clients at ~14% more requests/s for the same CPU per
+request). The estimate lapses after a quarter of a second, so a full wait now and then measures it afresh.
 Why not always: a single closed-loop client would pay the whole wait on every request for nothing, so the
 wait needs evidence of company: an arrival while another request is queued or running, or two arrivals
 closer together than one client's round trip can be.
@@ -33,6 +39,7 @@ PERCENTILE_PARAMETER = "skewless.latency_slo_percentile"
 # round trip through the transport alone is longer), so it is evidence of concurrent clients.
 COMPANY_GAP_S = 50e-6
 COMPANY_MEMORY_S = 0.1  # how long such evidence keeps the batcher willing to wait
+POPULATION_TTL_S = 0.25  # how long a full wait's count of present requests is trusted
 
 
 def percentile(values, pct: float) -> float:
@@ -68,6 +75,8 @@ class AdaptiveController:
         self._last_arrival: float | None = None
         self._company_at = -1e9  # when concurrent clients were last seen
         self._last_done = -1e9
+        self._population = 0  # requests present (rows queued or running) at the end of the last full wait
+        self._population_at = -1e9
         self.adjustments = 0
 
     @classmethod
@@ -115,6 +124,19 @@ class AdaptiveController:
         if remaining <= 0 or self._arrival_rate * remaining < 1.0:
             return 0.0
         return remaining
+
+    def after_full_wait(self, rows: int, now: float) -> None:
+        """A batch is cut after its oldest request waited the whole budget: ``rows`` were present then."""
+        self._population = rows
+        self._population_at = now
+
+    def population(self, now: float) -> float:
+        """How many rows a wait can expect to gather: the count at the end of a recent full wait. Once that
+        many are present again, waiting longer only idles (in a closed loop everyone is waiting on us);
+        infinite when unknown or stale, so that a full wait now and then measures it afresh."""
+        if self._population < 2 or now - self._population_at > POPULATION_TTL_S:
+            return float("inf")
+        return self._population
 
     def observe(self, batch_compute_s: float) -> None:
         self.window.append(batch_compute_s)

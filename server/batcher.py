@@ -275,34 +275,45 @@ class DynamicBatcher:
 
     async def _form_batch(self) -> list[Pending]:
         loop = asyncio.get_running_loop()
+        adaptive = self.adaptive
+        waited = False
         while True:
             now = loop.time()
             if now >= self._earliest:
                 self._expire(now)
-            if self.adaptive is not None:
-                self.cap = self.adaptive.cap
+            if adaptive is not None:
+                self.cap = adaptive.cap
             batch, rows = self._gather()
             if not batch:
                 return batch
             target = min(self.preferred[-1], self.cap) if self.preferred else self.cap
             head = batch[0]
-            if self.adaptive is not None:
-                wait = 0.0
-                if self.adaptive.expects_company(time.perf_counter()):
-                    wait = self.adaptive.wait_budget(head.enqueued, now)
-                wait_until = now + wait
-            else:
+            if adaptive is None:
                 wait_until = head.enqueued + self.delay_s
-            if rows >= target or now >= wait_until:
+                go = rows >= target or now >= wait_until
+                wake_rows = target
+            else:
+                pc = time.perf_counter()
+                wait = adaptive.wait_budget(head.enqueued, now) if adaptive.expects_company(pc) else 0.0
+                wait_until = now + wait
+                present = self._queued_rows + self._running
+                population = adaptive.population(pc)
+                go = rows >= target or now >= wait_until or present >= population
+                if go and waited and (time.perf_counter_ns() - head.enqueued_ns) / 1e9 >= 0.9 * adaptive.delay_s:
+                    adaptive.after_full_wait(present, pc)
+                # Also wake once everyone a recent full wait counted is here again: waiting on is idling.
+                wake_rows = min(target, max(1, population - self._running))
+            if go:
                 chosen = self._cut_to_preferred(batch)
                 for p in chosen:
                     self._remove(p)
                 return chosen
             self._arrived.clear()
-            self._wake_rows = target
+            self._wake_rows = wake_rows
             self._wake_at = min(wait_until, self._earliest)  # expiry does not wait for the next arrival
             try:
                 await self._wait(self._wake_at)
+                waited = True
             finally:
                 self._wake_rows = 1
                 self._wake_at = math.inf

@@ -577,3 +577,49 @@ def test_a_queued_request_cancelled_through_its_handle_gets_its_hook_once_and_ne
         await mv.drain_and_close()
 
     run(main())
+
+
+def test_adaptive_population_is_the_count_after_a_recent_full_wait():
+    from skewless.server.adaptive import POPULATION_TTL_S, AdaptiveController
+
+    ctl = AdaptiveController(slo_s=0.010, percentile=99, max_batch_size=64, max_delay_s=0.005)
+    assert ctl.population(10.0) == float("inf")  # unknown: wait the whole budget
+    ctl.after_full_wait(24, 10.0)
+    assert ctl.population(10.0 + POPULATION_TTL_S / 2) == 24
+    assert ctl.population(10.0 + 2 * POPULATION_TTL_S) == float("inf")  # lapsed: measure afresh
+    ctl.after_full_wait(1, 11.0)  # one request is no population to wait for
+    assert ctl.population(11.0) == float("inf")
+
+
+def test_adaptive_wait_ends_once_every_closed_loop_client_is_waiting(tmp_path, models):
+    """Eight closed-loop clients and a 100 ms wait budget: after one full wait has counted them, a batch goes
+    as soon as all eight are queued again instead of idling out the budget (which allows ~10 batches/s)."""
+
+    async def main():
+        config = ADD_SUB_8.replace("max_batch_size: 8", "max_batch_size: 32")  # room for more than 8
+        mv = version(tmp_path, models / "add_sub" / "1" / "model.onnx", config + """
+            parameters { key: "skewless.latency_slo_ms" value { string_value: "2000" } }
+            dynamic_batching { max_queue_delay_microseconds: 200000 }""")
+        loop = asyncio.get_running_loop()
+        stop = loop.time() + 1.0
+
+        async def client(i: int) -> int:
+            feeds = {"INPUT0": np.full((1, 16), i, np.float32), "INPUT1": np.ones((1, 16), np.float32)}
+            done = 0
+            while loop.time() < stop:
+                mv.enter()
+                try:
+                    (out0,), _ = await mv.infer(feeds, ["OUTPUT0"], 1)
+                finally:
+                    mv.leave()
+                assert np.array_equal(out0, np.full((1, 16), i + 1, np.float32))  # its own rows, not another's
+                done += 1
+            return done
+
+        done = await asyncio.gather(*(client(i) for i in range(8)))
+        batches = mv.stats.execution_count
+        assert batches >= 40, f"{batches} batches in 1 s: the batcher idled out its 100 ms budget"
+        assert sum(done) / batches >= 4  # still batching: a wait ends when everyone is here, not before
+        await mv.drain_and_close()
+
+    run(main())

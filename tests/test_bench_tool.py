@@ -73,14 +73,14 @@ def test_closed_and_open_loop_against_skewless(skewless_server: ServerProcess, t
 
 def test_stream_cli_against_skewless(skewless_server: ServerProcess, tmp_path: Path,
                                      capsys: pytest.CaptureFixture[str]) -> None:
-    rc = loadgen.main(["-u", skewless_server.target, "-m", "mlp", "--stream", "--concurrency", "4",
+    rc = loadgen.main(["-u", skewless_server.target, "-m", "mlp", "--stream", "--streams", "2", "--concurrency", "4",
                        "--rows", "3", "--duration", "1", "--warmup", "0.3", "--check-every", "5",
                        "--check-against-onnx", str(MLP_ONNX), "--server-pid", str(skewless_server.pid),
                        "--out", str(tmp_path), "--no-progress"])
     assert rc == 0
     assert "stream c=4" in capsys.readouterr().out
     result = load(tmp_path)
-    assert result["workload"]["rows"] == 3
+    assert result["workload"]["rows"] == 3 and result["config"]["streams"] == 2
     check_point(result["points"][0], server_stats=True)
 
 
