@@ -10,7 +10,8 @@ for the run, and driven by the load generator; the figures come out side by side
    rounds, so both sample the same spells of a shared machine's noise; the round with the median CPU ratio is
    shown, every round's ratios are listed);
 2. 64 requests in flight over ModelStreamInfer: skewless vs the echo server's stream (CPU per request), and
-   skewless's stream requests/s ÷ its unary requests/s;
+   skewless's stream requests/s ÷ its unary requests/s; over one stream, and over 64 streams with one
+   request each (as perf_analyzer's streaming contexts send), both in alternating rounds;
 3. 1 client: p50/p99 with batching on vs off (alternating rounds too, the median p50 ratio shown);
 4. open loop (Poisson) at 50/80/95% of the maximum rate measured in step 1 (batching on, closed loop): p99
    without the adaptive mode (the example config without ``skewless.latency_slo_ms``: Triton's plain
@@ -251,6 +252,8 @@ def summarise(runs: dict[str, Any], inproc: dict[str, Any] | None, meta: dict[st
              "echo": row("echo server (transport ceiling)", find_point(runs.get("echo"), "closed", CLIENTS))}
     stream = {"skewless": row("skewless, batching on", find_point(runs.get("on_stream"), "closed", CLIENTS, True)),
               "echo": row("echo server", find_point(runs.get("echo_stream"), "closed", CLIENTS, True))}
+    streams = {"skewless": row("skewless, batching on", find_point(runs.get("on_streams"), "closed", CLIENTS, True)),
+               "echo": row("echo server", find_point(runs.get("echo_streams"), "closed", CLIENTS, True))}
     single = {"on": row("skewless, batching on", find_point(on, "closed", 1)),
               "off": row("skewless, batching off", find_point(off, "closed", 1))}
     max_rate = max((p["throughput_rps"] for p in on["points"] if p["mode"] == "closed"), default=None) \
@@ -285,6 +288,11 @@ def summarise(runs: dict[str, Any], inproc: dict[str, Any] | None, meta: dict[st
                "<=", 1.2),
         target("64 in flight: skewless stream req/s ÷ skewless unary req/s",
                ratio(v(stream["skewless"], "rps"), v(unary["on"], "rps")), ">=", 2.0),
+        target("64 streams × 1: CPU/request, skewless ÷ echo streams",
+               ratio(v(streams["skewless"], "cpu_us_per_request"), v(streams["echo"], "cpu_us_per_request")),
+               "<=", 1.2),
+        target("64 streams × 1: skewless stream req/s ÷ skewless unary req/s",
+               ratio(v(streams["skewless"], "rps"), v(unary["on"], "rps")), ">=", 2.0),
         target("1 client: p50 batching on ÷ off", ratio(v(single["on"], "p50_ms"), v(single["off"], "p50_ms")),
                "<=", 1.0),
         target("1 client: p99 batching on ÷ off", ratio(v(single["on"], "p99_ms"), v(single["off"], "p99_ms")),
@@ -295,7 +303,8 @@ def summarise(runs: dict[str, Any], inproc: dict[str, Any] | None, meta: dict[st
                               o["adaptive"].get("p99_ms"), "<=", SLO_MS, " ms", kind="objective"))
     targets.append(target("heavy MLP: rows/s through skewless ÷ in-process onnxruntime", heavy["fraction"],
                           ">=", 0.85))
-    return {"title": meta["title"], "unary64": unary, "stream64": stream, "single_client": single,
+    return {"title": meta["title"], "unary64": unary, "stream64": stream, "streams64": streams,
+            "single_client": single,
             "max_rate_rps": max_rate, "open_loop": open_loop, "heavy": heavy, "targets": targets,
             "notes": meta["notes"]}
 
@@ -319,8 +328,10 @@ def format_table(s: dict[str, Any]) -> str:
     u, st, one = s["unary64"], s["stream64"], s["single_client"]
     out += [_mlp_line(f"{CLIENTS} clients, unary", u["on"]), _mlp_line("", u["off"]), _mlp_line("", u["echo"]),
             _mlp_line(f"{CLIENTS} in flight, stream", st["skewless"]), _mlp_line("", st["echo"]),
+            _mlp_line(f"{CLIENTS} streams × 1", s["streams64"]["skewless"]), _mlp_line("", s["streams64"]["echo"]),
             _mlp_line("1 client, unary", one["on"]), _mlp_line("", one["off"])]
-    for key, what in (("unary", f"{CLIENTS} clients unary"), ("stream", "stream")):
+    for key, what in (("unary", f"{CLIENTS} clients unary"), ("stream", "stream"),
+                      ("streams", f"{CLIENTS} streams × 1")):
         r = (s.get("rounds") or {}).get(key)
         if r:
             cells = ", ".join(f"{_f(x['cpu_ratio'])}×/{_f(x['rps_ratio'])}×" for x in r["rounds"])
@@ -402,7 +413,9 @@ def plot(s: dict[str, Any], runs: dict[str, Any], path: Path) -> Path:
               ("plain", False, "skewless, without adaptive", "C6"),
               ("adaptive", False, f"skewless, adaptive (SLO {SLO_MS:g} ms)", "C3"),
               ("echo", False, "echo server", "C2"), ("on_stream", True, "skewless, stream", "C4"),
-              ("echo_stream", True, "echo server, stream", "C5")]
+              ("echo_stream", True, "echo server, stream", "C5"),
+              ("on_streams", True, f"skewless, {CLIENTS} streams", "C8"),
+              ("echo_streams", True, f"echo server, {CLIENTS} streams", "C9")]
     for key, stream, name, color in series:
         res = runs.get(key)
         if not res:
@@ -439,8 +452,10 @@ def plot(s: dict[str, Any], runs: dict[str, Any], path: Path) -> Path:
 
     u, st = s["unary64"], s["stream64"]
     cpu_rows = [("skewless\nbatching on\nunary", u["on"]), ("skewless\nbatching off\nunary", u["off"]),
-                ("echo\nunary", u["echo"]), ("skewless\nstream", st["skewless"]), ("echo\nstream", st["echo"])]
-    colors = ["C0", "C1", "C2", "C0", "C2"]
+                ("echo\nunary", u["echo"]), ("skewless\nstream", st["skewless"]), ("echo\nstream", st["echo"]),
+                (f"skewless\n{CLIENTS} streams", s["streams64"]["skewless"]),
+                (f"echo\n{CLIENTS} streams", s["streams64"]["echo"])]
+    colors = ["C0", "C1", "C2", "C0", "C2", "C0", "C2"]
     bars(axes[0][1], [n for n, _ in cpu_rows], [r.get("cpu_us_per_request") for _, r in cpu_rows],
          f"{CLIENTS} clients / in flight: server CPU per request", "CPU µs per request (user+sys)", colors=colors)
     bars(axes[0][2], [n for n, _ in cpu_rows], [r.get("rps") for _, r in cpu_rows],
@@ -581,19 +596,20 @@ def _run(args: argparse.Namespace, duration: float, warmup: float, out: Path, tm
         (out / "configs" / f"{v}.pbtxt").write_text(c)
 
     runs: dict[str, Any] = {}
-    # rounds of (on, off) at 1 client, rounds of (on, echo, on stream, echo stream) at 64; off at 64; echo
+    # rounds of (on, off) at 1 client, rounds of (on, echo, on stream, echo stream, on and echo over 64
+    # streams) at 64; off at 64; echo
     # open loop; plain, adaptive: open loop; heavy
-    points_total = 6 * args.rounds + 1 + len(RATE_PERCENTS) + 2 * len(RATE_PERCENTS) + 1
+    points_total = 8 * args.rounds + 1 + len(RATE_PERCENTS) + 2 * len(RATE_PERCENTS) + 1
     done = [0]
 
     def bench(key: str, target: str, pid: int, model: str = MODEL, concurrency: list[int] | None = None,
               rates: list[str] | None = None, stream: bool = False, rows: int = 1,
-              onnx: Path | None = mlp_onnx) -> dict[str, Any]:
+              onnx: Path | None = mlp_onnx, streams: int = 1) -> dict[str, Any]:
         n = len(concurrency or []) + len(rates or [])
         log(f"{key}: {n} point(s) of {warmup:g}+{duration:g} s "
             f"({done[0]}/{points_total} done, {time.monotonic() - t_start:.0f} s elapsed)")
         cfg = BenchConfig(target=target, model=model, concurrency=concurrency or [], rates=rates or [],
-                          stream=stream, processes=args.processes, duration=duration, warmup=warmup,
+                          stream=stream, streams=streams, processes=args.processes, duration=duration, warmup=warmup,
                           server_pid=pid, rows=rows, check_against_onnx=str(onnx) if onnx else None,
                           out=str(out / key), plot=False, label=f"issue3 {key}")
         runs[key] = run_bench(cfg)
@@ -615,10 +631,14 @@ def _run(args: argparse.Namespace, duration: float, warmup: float, out: Path, tm
             bench(f"echo_r{i}", echo.target, echo.pid, concurrency=[CLIENTS], onnx=None)
             bench(f"on_stream_r{i}", srv.target, srv.pid, concurrency=[CLIENTS], stream=True)
             bench(f"echo_stream_r{i}", echo.target, echo.pid, concurrency=[CLIENTS], stream=True, onnx=None)
+            bench(f"on_streams_r{i}", srv.target, srv.pid, concurrency=[CLIENTS], stream=True, streams=CLIENTS)
+            bench(f"echo_streams_r{i}", echo.target, echo.pid, concurrency=[CLIENTS], stream=True, onnx=None,
+                  streams=CLIENTS)
         off64 = bench("off", off.target, off.pid, concurrency=[CLIENTS])
         rounds = {"single": choose_round(runs, "on_single", "off_single", args.rounds, clients=1),
                   "unary": choose_round(runs, "on", "echo", args.rounds),
-                  "stream": choose_round(runs, "on_stream", "echo_stream", args.rounds)}
+                  "stream": choose_round(runs, "on_stream", "echo_stream", args.rounds),
+                  "streams": choose_round(runs, "on_streams", "echo_streams", args.rounds)}
         on = runs["on"]
         on["points"] = [*runs["on_single"]["points"], *on["points"]]
         runs["off"] = {**off64, "points": [*runs["off_single"]["points"], *off64["points"]]}

@@ -54,8 +54,10 @@ def test_quick_run_writes_every_figure(tmp_path: Path, capsys: pytest.CaptureFix
         measured(s["unary64"][key])
         assert s["unary64"][key]["concurrency"] == 64 and not s["unary64"][key]["stream"]
     for key in ("skewless", "echo"):
-        measured(s["stream64"][key])
-        assert s["stream64"][key]["stream"]
+        for what in ("stream64", "streams64"):  # one stream, and 64 streams with one request each
+            measured(s[what][key])
+            assert s[what][key]["stream"] and s[what][key]["concurrency"] == 64
+    assert data["runs"][f"on_streams_r{s['rounds']['streams']['chosen']}"]["config"]["streams"] == 64
     for key in ("on", "off"):
         measured(s["single_client"][key])
         assert s["single_client"][key]["concurrency"] == 1
@@ -80,7 +82,7 @@ def test_quick_run_writes_every_figure(tmp_path: Path, capsys: pytest.CaptureFix
     assert set(h["inprocess"]["sizes"]) <= set(h["skewless"]["batch_sizes"])
     assert h["fraction"] == pytest.approx(h["skewless"]["rows_per_s"] / h["inprocess"]["rows_per_s"])
 
-    for key in ("unary", "stream"):  # alternating rounds, the median one shown
+    for key in ("unary", "stream", "streams"):  # alternating rounds, the median one shown
         r = s["rounds"][key]
         assert len(r["rounds"]) == 2 and r["chosen"] in (0, 1)
         assert all(x["cpu_ratio"] > 0 and x["rps_ratio"] > 0 for x in r["rounds"])
@@ -93,7 +95,7 @@ def test_quick_run_writes_every_figure(tmp_path: Path, capsys: pytest.CaptureFix
     assert s["single_client"]["on"]["p50_ms"] / s["single_client"]["off"]["p50_ms"] == pytest.approx(
         r["rounds"][chosen]["p50_ratio"])
 
-    assert len(s["targets"]) == 10
+    assert len(s["targets"]) == 12
     for t in s["targets"]:
         assert t["value"] is not None and t["met"] in (True, False), t
 
@@ -102,6 +104,7 @@ def test_quick_run_writes_every_figure(tmp_path: Path, capsys: pytest.CaptureFix
     assert "skewless.latency_slo_ms" in configs["adaptive"] and "dynamic_batching" in configs["adaptive"]
     assert "skewless.latency_slo_ms" not in configs["plain"] and "dynamic_batching" in configs["plain"]
     assert "preferred_batch_size" in configs["heavy"] and "max_batch_size: 512" in configs["heavy"]
-    for key in ("on", "on_stream", "off", "plain", "adaptive", "echo", "echo_stream", "heavy"):
+    for key in ("on", "on_stream", "on_streams", "off", "plain", "adaptive", "echo", "echo_stream", "echo_streams",
+                "heavy"):
         for p in data["runs"][key]["points"]:
             assert not issue3_report.failed(p) and p["checks"]["checked"] > 0
