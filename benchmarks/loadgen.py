@@ -171,7 +171,8 @@ class ClientPool:
         self.counters = ctx.RawArray("q", 2 * self.n)
         self.results = ctx.Queue()
         self.commands = [ctx.Queue() for _ in range(self.n)]
-        opts = WorkerOptions(cfg.target, cfg.connections, max(1, cfg.streams), cfg.timeout, cfg.check_every, cfg.uvloop)
+        opts = WorkerOptions(cfg.target, connections=cfg.connections, streams=max(1, cfg.streams), timeout=cfg.timeout,
+                             check_every=cfg.check_every, use_uvloop=cfg.uvloop)
         self.procs = [ctx.Process(target=worker_main, name=f"bench-client-{i}", daemon=True,
                                   args=(i, opts, wl, self.commands[i], self.results, self.counters))
                       for i in range(self.n)]
