@@ -299,7 +299,7 @@ class DynamicBatcher:
                 present = self._queued_rows + self._running
                 population = adaptive.population(pc)
                 go = rows >= target or now >= wait_until or present >= population
-                if go and waited and (time.perf_counter_ns() - head.enqueued_ns) / 1e9 >= 0.9 * adaptive.delay_s:
+                if go and waited and pc - head.enqueued_ns / 1e9 >= 0.9 * adaptive.delay_s:  # same clock as pc
                     adaptive.after_full_wait(present, pc)
                 # Also wake once everyone a recent full wait counted is here again: waiting on is idling.
                 wake_rows = min(target, max(1, population - self._running))
