@@ -1,7 +1,7 @@
 """A bare KServe v2 gRPC server that answers every inference with one fixed, pre-serialised reply.
 
 It parses nothing (generic handlers with identity serialisers), so its cost per request is what grpc.aio
-itself costs: the transport ceiling any Python server can reach, and the yardstick issue 3 compares
+itself costs: the transport ceiling any Python server can reach, and the yardstick the batching report compares
 skewless's CPU per request and throughput against. It also answers ModelMetadata for a fake model with the
 example MLP's I/O (``input`` FP32 [-1,32] -> ``probabilities`` FP32 [-1,2]) so the load generator can target
 it unchanged; its reply is shaped for one row, so drive it with ``--rows 1`` and without value checks.

@@ -42,8 +42,8 @@ WIRE = {"float": ("FP64", np.float64), "int": ("INT64", np.int64), "bool": ("BOO
 
 
 def _load(model_dir: Path, config: str) -> Any:
-    from skewless.server.config import parse_config
-    from skewless.server.model import ModelVersion
+    from skewless.server.models.config import parse_config
+    from skewless.server.models.version import ModelVersion
 
     return ModelVersion(model_dir.name, 1, model_dir / "1", parse_config(config, "bench"), True, 64)
 
@@ -97,10 +97,10 @@ def _median_ns(fn, calls: int) -> float:
 
 
 def measure_cost(batch: int, calls: int, work: Path) -> dict[str, Any]:
+    from skewless.examples.generate import churn_dataset
     from skewless.native.bytes_codec import decode_bytes
     from skewless.native.spec import FeatureSpec
-    from skewless.server.examples import churn_dataset
-    from skewless.server.features_stage import WireBytes
+    from skewless.server.features.stage import WireBytes
 
     spec = FeatureSpec.load(CHURN / "1" / "features.json")
     data = {k: v for k, v in churn_dataset(batch, seed=1).items() if k != "churned"}
@@ -153,9 +153,9 @@ def measure_parity(n_rows: int, clients: int, work: Path, seed: int = 7) -> dict
     import tritonclient.grpc as grpcclient
 
     from skewless.benchmarks.servers import start_skewless
+    from skewless.examples.generate import churn_dataset
     from skewless.native.skew import skew_check
     from skewless.native.spec import FeatureSpec
-    from skewless.server.examples import churn_dataset
 
     repo, log_dir = work / "repo", work / "feature_log"
     shutil.copytree(CHURN, repo / "churn")

@@ -18,13 +18,13 @@ import numpy as np
 from skewless.native.v2_codec import InputTensor, WireFormatError, build_infer_response, parse_infer_request
 from skewless.protos import grpc_service_pb2 as pb
 
-from .batcher import settle
+from .batching.batcher import settle
 from .codec import DATATYPES, decode_raw, decode_typed, element_count, encode_array, format_shape
-from .config import TensorSpec
 from .errors import InvalidArgument
-from .model import ModelVersion
-from .repository import ModelRepository
-from .stats import Duration, ModelStats
+from .models.config import TensorSpec
+from .models.repository import ModelRepository
+from .models.stats import Duration, ModelStats
+from .models.version import ModelVersion
 
 SERVER_NAME = "skewless"
 Deliver = Callable[[Any, "BaseException | None"], None]

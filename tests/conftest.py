@@ -1,6 +1,6 @@
 """Fixtures: the test model repository, one shared server for read-only tests, and per-test servers.
 
-Every server here is the real thing: ``python -m skewless.server.cli serve`` in a subprocess on 127.0.0.1,
+Every server here is the real thing: ``python -m skewless.server.frontend.cli serve`` in a subprocess on 127.0.0.1,
 reached with the real ``tritonclient.grpc`` client (or its raw protobuf stub for malformed requests).
 """
 
@@ -16,7 +16,7 @@ from helpers import EXAMPLE_MODELS, add_constant_model, raw_stub, write_versions
 from hypothesis import settings
 from serverproc import ServerProcess
 
-from skewless.server.examples import build_test_models
+from skewless.examples.generate import build_test_models
 
 # Property tests: no per-example deadline, since CI machines are slow and shared.
 settings.register_profile("skewless", deadline=None)

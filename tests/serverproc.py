@@ -24,7 +24,7 @@ _READY_RE = re.compile(r"^SKEWLESS_READY grpc=(\S+):(\d+) http=(\S+):(\d+)\s*$")
 
 
 class ServerProcess:
-    """One ``python -m skewless.server.cli serve`` subprocess.
+    """One ``python -m skewless.server.frontend.cli serve`` subprocess.
 
     ``grpc_url`` is what tritonclient takes (``host:port``), ``http_url`` the base of the health probes.
     """
@@ -32,7 +32,7 @@ class ServerProcess:
     def __init__(self, repository: Path, *extra_args: str, start_timeout: float = 30.0):
         self.repository = Path(repository)
         self.args = [
-            sys.executable, "-m", "skewless.server.cli", "serve",
+            sys.executable, "-m", "skewless.server.frontend.cli", "serve",
             "--model-repository", str(self.repository),
             "--host", "127.0.0.1", "--grpc-port", "0", "--metrics-port", "0",
             *extra_args,

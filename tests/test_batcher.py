@@ -14,12 +14,12 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from skewless.server.adaptive import percentile
-from skewless.server.batcher import Pending
-from skewless.server.config import parse_config
+from skewless.examples.generate import build_test_models, make_slow_model
+from skewless.server.batching.adaptive import percentile
+from skewless.server.batching.batcher import Pending
 from skewless.server.errors import DeadlineExceeded, Internal, InvalidArgument, Unavailable
-from skewless.server.examples import build_test_models, make_slow_model
-from skewless.server.model import ModelVersion
+from skewless.server.models.config import parse_config
+from skewless.server.models.version import ModelVersion
 
 SLOW_IO = """
 input [ { name: "x" data_type: TYPE_FP32 dims: [ 4 ] } ]
@@ -376,7 +376,7 @@ parameters { key: "intra_op_thread_count" value { string_value: "1" } }
 
 
 def test_adaptive_mode_adds_no_delay_under_low_load():
-    from skewless.server.adaptive import AdaptiveController
+    from skewless.server.batching.adaptive import AdaptiveController
 
     ctl = AdaptiveController(slo_s=0.010, percentile=99, max_batch_size=8, max_delay_s=0.005)
     now = 100.0
@@ -469,7 +469,7 @@ def test_adaptive_wait_budget_follows_the_latency_objective():
     """The wait budget's own AIMD: halved while the wait is what makes in-server latency break the objective,
     kept when the latency is an overloaded queue, grown back (never past half the objective) while latency
     stays well under it."""
-    from skewless.server.adaptive import AdaptiveController
+    from skewless.server.batching.adaptive import AdaptiveController
 
     ctl = AdaptiveController(slo_s=0.010, percentile=99, max_batch_size=64, max_delay_s=0.0)
     assert ctl.max_delay_s == pytest.approx(0.005) and ctl.delay_s == pytest.approx(0.0025)
@@ -498,7 +498,7 @@ def test_merge_and_split_round_trip(dtype, fortran):
     """A batch's inputs merged along the batch dimension, and outputs split back per request, exactly as
     numpy's concatenate and slicing would (views for the split, any dtype; object arrays go through numpy)."""
     from skewless.native.batch_merge import split_rows
-    from skewless.server.model import merge_rows
+    from skewless.server.models.version import merge_rows
 
     rng = np.random.default_rng(7)
     rows = [1, 3, 2, 1]
@@ -525,7 +525,7 @@ def test_stream_end_drops_a_general_path_request_and_ends_its_task(tmp_path, mod
     waiting forever for an outcome that will never come)."""
     from skewless.protos import grpc_service_pb2 as pb
     from skewless.server.dataplane import DataPlane
-    from skewless.server.repository import ModelRepository
+    from skewless.server.models.repository import ModelRepository
 
     (tmp_path / "slow" / "1").mkdir(parents=True)
     (tmp_path / "slow" / "1" / "model.onnx").write_bytes((models / "slow.onnx").read_bytes())
@@ -580,7 +580,7 @@ def test_a_queued_request_cancelled_through_its_handle_gets_its_hook_once_and_ne
 
 
 def test_adaptive_population_is_the_count_after_a_recent_full_wait():
-    from skewless.server.adaptive import POPULATION_TTL_S, AdaptiveController
+    from skewless.server.batching.adaptive import POPULATION_TTL_S, AdaptiveController
 
     ctl = AdaptiveController(slo_s=0.010, percentile=99, max_batch_size=64, max_delay_s=0.005)
     assert ctl.population(10.0) == float("inf")  # unknown: wait the whole budget

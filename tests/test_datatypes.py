@@ -20,7 +20,7 @@ from helpers import (
 from tritonclient.grpc import service_pb2_grpc
 from tritonclient.utils import triton_to_np_dtype
 
-from skewless.server.examples import IDENTITY_DATATYPES
+from skewless.examples.generate import IDENTITY_DATATYPES
 
 NUMERIC = [dt for dt in IDENTITY_DATATYPES if dt not in ("BOOL", "BYTES")]
 STRINGS = ["", "héllo wörld ✓", "日本語のテキスト", "emoji 🎉 and \t tabs", "nul\x00inside", "plain ascii", "ÿ" * 300]

@@ -10,10 +10,10 @@ import pytest
 
 from skewless.native.v2_codec import build_infer_response, parse_infer_request
 from skewless.protos import grpc_service_pb2 as pb
-from skewless.server.config import parse_config
 from skewless.server.dataplane import decode_inputs, output_tensors, requested_outputs
 from skewless.server.errors import InvalidArgument
-from skewless.server.model import ModelVersion
+from skewless.server.models.config import parse_config
+from skewless.server.models.version import ModelVersion
 
 IO = """
 output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [16] }, { name: "OUTPUT1" data_type: TYPE_FP32 dims: [16] } ]

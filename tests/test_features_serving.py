@@ -28,14 +28,14 @@ from onnx import TensorProto, helper
 from serverproc import ServerProcess
 from tritonclient.grpc import service_pb2
 
+from skewless.examples.generate import churn_dataset, write_churn_model
 from skewless.native.bytes_codec import BytesFormatError, bytes_to_arrow, check_bytes
 from skewless.native.spec import FeatureSpec, content_hash
-from skewless.server.config import parse_config
 from skewless.server.errors import InvalidArgument, ModelLoadError
-from skewless.server.examples import churn_dataset, write_churn_model
-from skewless.server.feature_log import FeatureLogger, LogSettings
-from skewless.server.features_stage import FeatureStage
-from skewless.server.model import ModelVersion
+from skewless.server.features.served_log import FeatureLogger, LogSettings
+from skewless.server.features.stage import FeatureStage
+from skewless.server.models.config import parse_config
+from skewless.server.models.version import ModelVersion
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RAW = ("tenure_months", "monthly_charges", "support_calls", "senior", "contract", "payment_method", "region")
@@ -251,7 +251,7 @@ def test_replies_match_onnxruntime_on_the_offline_tensors(served, feature_repo):
 def test_skew_check_on_the_server_log(served, feature_repo, tmp_path):
     _, log_dir = feature_repo
     spec_path = feature_repo[0] / "churn" / "1" / "features.json"
-    cmd = [sys.executable, "-m", "skewless.server.cli", "skew-check", "--log", str(log_dir), "--no-progress"]
+    cmd = [sys.executable, "-m", "skewless.server.frontend.cli", "skew-check", "--log", str(log_dir), "--no-progress"]
     ok = subprocess.run([*cmd, "--spec", str(spec_path)], capture_output=True, text=True, timeout=120)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert f"rows compared: {served[3].num_rows}" in ok.stdout and "mismatching values: 0" in ok.stdout

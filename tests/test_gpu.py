@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from skewless.server.config import parse_config
-from skewless.server.model import ModelVersion
-from skewless.server.runtime import CUDA, cuda_available
+from skewless.server.models.config import parse_config
+from skewless.server.models.runtime import CUDA, cuda_available
+from skewless.server.models.version import ModelVersion
 
 ROOT = Path(__file__).resolve().parents[1]
 MLP = ROOT / "examples" / "models" / "mlp"

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from skewless.server.config import parse_config
+from skewless.examples.generate import build_test_models
 from skewless.server.errors import ModelLoadError
-from skewless.server.examples import build_test_models
-from skewless.server.model import ModelVersion
+from skewless.server.models.config import parse_config
+from skewless.server.models.version import ModelVersion
 
 ADD_SUB = """
 name: "add_sub"

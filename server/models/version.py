@@ -15,12 +15,12 @@ from skewless.native.batch_merge import merge_column, split_rows
 from skewless.native.v2_codec import DecodePlan
 from skewless.protos import model_config_pb2 as mc
 
-from .adaptive import AdaptiveController
-from .batcher import DynamicBatcher
-from .codec import BY_CONFIG_NAME, DataType
+from ..batching.adaptive import AdaptiveController
+from ..batching.batcher import DynamicBatcher
+from ..codec import BY_CONFIG_NAME, DataType
+from ..errors import Internal, ModelLoadError
+from ..features.stage import FeatureStage
 from .config import TensorSpec, complete_config, parameter, tensor_specs
-from .errors import Internal, ModelLoadError
-from .features_stage import FeatureStage
 from .runtime import ModelRuntime, probe_model_io
 from .stats import ModelStats
 

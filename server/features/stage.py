@@ -39,10 +39,10 @@ from skewless.native.feature_kernel import FeatureInputError, strings_to_buffers
 from skewless.native.spec import FeatureSpec, SpecError
 from skewless.protos import model_config_pb2 as mc
 
-from .codec import format_shape
-from .config import OnnxTensor
-from .errors import InvalidArgument, ModelLoadError
-from .feature_log import FeatureLogger, LogRecord, log_settings
+from ..codec import format_shape
+from ..errors import InvalidArgument, ModelLoadError
+from ..models.config import OnnxTensor
+from .served_log import FeatureLogger, LogRecord, log_settings
 
 log = logging.getLogger(__name__)
 

@@ -23,8 +23,8 @@ import numpy as np
 
 from skewless.protos import model_config_pb2 as mc
 
+from ..errors import DeadlineExceeded, Internal, InvalidArgument, SkewlessError, Unavailable
 from .adaptive import AdaptiveController
-from .errors import DeadlineExceeded, Internal, InvalidArgument, SkewlessError, Unavailable
 
 log = logging.getLogger(__name__)
 

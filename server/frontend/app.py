@@ -16,10 +16,10 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from skewless.protos import _pool
 
-from .dataplane import DataPlane
-from .grpc_service import InferenceServicer, add_inference_service
-from .http_endpoint import HttpEndpoint
-from .repository import ModelRepository
+from ..dataplane import DataPlane
+from ..models.repository import ModelRepository
+from .grpc_servicer import InferenceServicer, add_inference_service
+from .probes_http import HttpEndpoint
 
 log = logging.getLogger("skewless")
 

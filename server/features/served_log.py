@@ -42,8 +42,8 @@ import numpy as np
 from skewless.native.spec import FeatureSpec
 from skewless.protos import model_config_pb2 as mc
 
-from .config import parameter
-from .errors import ModelLoadError
+from ..errors import ModelLoadError
+from ..models.config import parameter
 
 log = logging.getLogger(__name__)
 

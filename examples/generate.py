@@ -6,8 +6,8 @@ fixed-seed generators so every run writes byte-identical ``.onnx`` files.
 
 Usage::
 
-    python -m skewless.server.examples OUT_DIR                # example repository
-    python -m skewless.server.examples OUT_DIR --test-models  # test-only models
+    python -m skewless.examples.generate OUT_DIR                # example repository
+    python -m skewless.examples.generate OUT_DIR --test-models  # test-only models
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ __all__ = [
 _OPSET = 17
 _ML_OPSET = 3  # ai.onnx.ml: TreeEnsembleClassifier-3, LabelEncoder-2
 _IR_VERSION = 8
-_PRODUCER = "skewless.server.examples"
+_PRODUCER = "skewless.examples.generate"
 
 # Triton datatype name -> (ONNX element type, config.pbtxt data_type).
 _DATATYPES: dict[str, tuple[int, str]] = {
@@ -629,7 +629,7 @@ def build_test_models(root: pathlib.Path, *, slow_millis_hint: float = 100.0) ->
 def main(argv: Sequence[str] | None = None) -> None:
     """CLI: write the example repository, or with --test-models the test models."""
     parser = argparse.ArgumentParser(
-        prog="python -m skewless.server.examples",
+        prog="python -m skewless.examples.generate",
         description="Write the example model repository (or the test-only models).",
     )
     parser.add_argument("out_dir", type=pathlib.Path, help="repository root to write")

@@ -18,8 +18,8 @@ from skewless.native.v2_codec import parse_infer_request
 from skewless.protos import grpc_service_pb2 as pb
 from skewless.protos import grpc_service_pb2_grpc as pb_grpc
 
-from .dataplane import DataPlane
-from .errors import SkewlessError
+from ..dataplane import DataPlane
+from ..errors import SkewlessError
 
 log = logging.getLogger(__name__)
 

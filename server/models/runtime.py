@@ -17,8 +17,8 @@ import numpy as np
 
 from skewless.protos import model_config_pb2 as mc
 
+from ..errors import Internal, ModelLoadError
 from .config import OnnxTensor, parameter
-from .errors import Internal, ModelLoadError
 
 log = logging.getLogger(__name__)
 

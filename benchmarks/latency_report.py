@@ -1,12 +1,12 @@
-"""Issue 2's closing figures, from one run: the example MLP served by skewless vs run in onnxruntime directly.
+"""Latency figures, from one run: the example MLP served by skewless vs run in onnxruntime directly.
 
 In one run on one machine: onnxruntime in-process (1 caller: latency; 64 threads: throughput), then
 ``skewless serve --model-repository examples/models`` as a subprocess on free ports driven by the load
 generator at 1 client (p50/p99) and 64 clients (requests/s, p99, server CPU µs per request), then the bare
-echo server at the same points as the transport ceiling. Writes issue2.json, issue2.png and issue2.txt.
+echo server at the same points as the transport ceiling. Writes latency.json, latency.png and latency.txt.
 
-    python -m skewless.benchmarks.issue2_report            # ~10 s per point, about 1.5 minutes
-    python -m skewless.benchmarks.issue2_report --quick    # ~2 s per point
+    python -m skewless.benchmarks.latency_report            # ~10 s per point, about 1.5 minutes
+    python -m skewless.benchmarks.latency_report --quick    # ~2 s per point
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ def plot(summary: dict[str, Any], path: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m skewless.benchmarks.issue2_report", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m skewless.benchmarks.latency_report", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--duration", type=float, help="measured seconds per point (default 10; 2 with --quick)")
     p.add_argument("--warmup", type=float, help="warm-up seconds per point (default 2; 0.5 with --quick)")
@@ -116,11 +116,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="client processes for the 64-client points (the client shares the machine's cores)")
     p.add_argument("--stream", action="store_true", help="also measure 64 in flight over ModelStreamInfer")
     p.add_argument("--model-repository", default=str(EXAMPLE_MODELS))
-    p.add_argument("--out", help="output directory (default benchmarks/results/issue2-<timestamp>)")
+    p.add_argument("--out", help="output directory (default benchmarks/results/latency-<timestamp>)")
     args = p.parse_args(argv)
     duration = args.duration or (2.0 if args.quick else 10.0)
     warmup = args.warmup if args.warmup is not None else (0.5 if args.quick else 2.0)
-    out = Path(args.out or RESULTS_DIR / f"issue2-{datetime.now():%Y%m%d-%H%M%S}")
+    out = Path(args.out or RESULTS_DIR / f"latency-{datetime.now():%Y%m%d-%H%M%S}")
     out.mkdir(parents=True, exist_ok=True)
     onnx_path = Path(args.model_repository) / MODEL / "1" / "model.onnx"
 
@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     notes.append(f"client: {args.processes} process(es), duration {duration:g} s + {warmup:g} s warm-up per point; "
                  f"same machine as the servers ({os.cpu_count()} CPUs, shared)")
     summary = {
-        "title": f"issue 2: example MLP ({MODEL}: FP32 [1,32] -> [1,2]), 1 row/request, one run "
+        "title": f"latency: example MLP ({MODEL}: FP32 [1,32] -> [1,2]), 1 row/request, one run "
                  f"{datetime.now():%Y-%m-%d %H:%M} on {platform.node()} ({os.cpu_count()} CPUs)",
         "rows": rows, "notes": notes,
     }
@@ -175,11 +175,11 @@ def main(argv: list[str] | None = None) -> int:
               "skewless_stream": sk_stream, "echo_stream": ec_stream,
               "config": {"duration": duration, "warmup": warmup, "processes": args.processes,
                          "model_repository": args.model_repository, "argv": sys.argv}}
-    (out / "issue2.json").write_text(json.dumps(result, indent=1) + "\n")
-    (out / "issue2.txt").write_text(table + "\n")
-    plot(summary, out / "issue2.png")
+    (out / "latency.json").write_text(json.dumps(result, indent=1) + "\n")
+    (out / "latency.txt").write_text(table + "\n")
+    plot(summary, out / "latency.png")
     print(table)
-    print(f"wrote {out / 'issue2.json'}, {out / 'issue2.png'}, {out / 'issue2.txt'}")
+    print(f"wrote {out / 'latency.json'}, {out / 'latency.png'}, {out / 'latency.txt'}")
     bad = any(r["errors"] for r in rows) or any(
         pt["checks"]["failed"] for res in (sk, sk_stream) if res for pt in res["points"])
     return 1 if bad else 0

@@ -28,7 +28,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _examples(args: argparse.Namespace) -> int:
     try:
-        from .examples import build_example_repository, build_test_models
+        from skewless.examples.generate import build_example_repository, build_test_models
     except ImportError as exc:
         print(f"skewless examples needs the onnx package ({exc}): pip install onnx", file=sys.stderr)
         return 2

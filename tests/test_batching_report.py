@@ -1,4 +1,4 @@
-"""Smoke test of the issue 3 report: one very short run of every section writes sane JSON, PNG and table.
+"""Smoke test of the batching report: one very short run of every section writes sane JSON, PNG and table.
 
 It proves the script works end to end (servers started and stopped, every figure present, no errors, replies
 spot-checked); it never judges a speed, which on a shared CI machine would only be noise.
@@ -17,7 +17,7 @@ pytest.importorskip("onnx")
 
 import psutil  # noqa: E402
 
-from skewless.benchmarks import issue3_report  # noqa: E402
+from skewless.benchmarks import batching_report  # noqa: E402
 
 
 def _our_servers() -> list[str]:
@@ -27,21 +27,21 @@ def _our_servers() -> list[str]:
             cmd = " ".join(child.cmdline())
         except psutil.Error:
             continue
-        if "skewless.server.cli" in cmd or "skewless.benchmarks.echo_server" in cmd:
+        if "skewless.server.frontend.cli" in cmd or "skewless.benchmarks.echo_server" in cmd:
             out.append(cmd)
     return out
 
 
 def test_quick_run_writes_every_figure(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     before = set(_our_servers())  # e.g. the suite's session-scoped shared server
-    rc = issue3_report.main(["--quick", "--duration", "0.3", "--warmup", "0.1", "--rounds", "2",
+    rc = batching_report.main(["--quick", "--duration", "0.3", "--warmup", "0.1", "--rounds", "2",
                              "--out", str(tmp_path)])
     assert rc == 0
     assert not set(_our_servers()) - before, "a server was left running"
-    assert (tmp_path / "issue3.png").stat().st_size > 0
-    table = (tmp_path / "issue3.txt").read_text()
+    assert (tmp_path / "batching.png").stat().st_size > 0
+    table = (tmp_path / "batching.txt").read_text()
     assert "targets" in table and table.strip() in capsys.readouterr().out
-    data = json.loads((tmp_path / "issue3.json").read_text())
+    data = json.loads((tmp_path / "batching.json").read_text())
     s = data["summary"]
 
     def measured(r: dict, overload_ok: bool = False) -> None:
@@ -107,4 +107,4 @@ def test_quick_run_writes_every_figure(tmp_path: Path, capsys: pytest.CaptureFix
     for key in ("on", "on_stream", "on_streams", "off", "plain", "adaptive", "echo", "echo_stream", "echo_streams",
                 "heavy"):
         for p in data["runs"][key]["points"]:
-            assert not issue3_report.failed(p) and p["checks"]["checked"] > 0
+            assert not batching_report.failed(p) and p["checks"]["checked"] > 0

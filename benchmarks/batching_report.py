@@ -1,4 +1,4 @@
-"""Issue 3's closing figures ("Must show"), from one run on one machine.
+"""Batching figures, from one run on one machine.
 
 Every server is started here as a subprocess on 127.0.0.1 and a free port, from temporary repositories built
 for the run, and driven by the load generator; the figures come out side by side in one table:
@@ -20,10 +20,10 @@ for the run, and driven by the load generator; the figures come out side by side
    rows/s through skewless and the batch sizes it formed (ModelStatistics), against the same model run
    in-process in onnxruntime by one caller at those batch sizes.
 
-Writes issue3.json, issue3.png and issue3.txt into --out and prints the table.
+Writes batching.json, batching.png and batching.txt into --out and prints the table.
 
-    python -m skewless.benchmarks.issue3_report            # ~8 s per point, about 7 minutes
-    python -m skewless.benchmarks.issue3_report --quick    # ~1.5 s per point
+    python -m skewless.benchmarks.batching_report            # ~8 s per point, about 7 minutes
+    python -m skewless.benchmarks.batching_report --quick    # ~1.5 s per point
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ OVERLOAD_ERRORS = ("CANCELLED", "DRAIN_TIMEOUT", "CLIENT_MAX_OUTSTANDING")
 
 
 def log(msg: str) -> None:
-    print(f"[issue3 {datetime.now():%H:%M:%S}] {msg}", file=sys.stderr, flush=True)
+    print(f"[batching {datetime.now():%H:%M:%S}] {msg}", file=sys.stderr, flush=True)
 
 
 # -- repositories ------------------------------------------------------------------------------------------
@@ -128,7 +128,7 @@ def build_heavy_onnx(path: Path, layers: tuple[int, ...] = HEAVY_LAYERS, seed: i
         nodes, HEAVY, [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", layers[0]])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", layers[-1]])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8,
-                              producer_name="skewless.benchmarks.issue3_report")
+                              producer_name="skewless.benchmarks.batching_report")
     onnx.checker.check_model(model)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(model.SerializeToString())
@@ -149,8 +149,8 @@ def server_like_session(onnx_path: Path, config: str):
     import onnxruntime as ort
 
     try:
-        from skewless.server.config import parse_config
-        from skewless.server.runtime import session_options
+        from skewless.server.models.config import parse_config
+        from skewless.server.models.runtime import session_options
 
         so = session_options(parse_config(config, "config.pbtxt"))
         how = "the server's session options for this config"
@@ -377,7 +377,7 @@ def format_table(s: dict[str, Any]) -> str:
         out.append(f"  onnxruntime in-process, 1 caller, at those sizes: {_f(ip['rows_per_s'], '.0f')} rows/s  "
                    f"[{per}]")
     out.append(f"  skewless ÷ in-process: {_f(h['fraction'], '.1%')}")
-    out.append("targets (issue 3, 'Must show'; the open-loop lines compare with the configured objective)")
+    out.append("targets (the open-loop lines compare with the configured objective)")
     for t in s["targets"]:
         sign = "≤" if t["op"] == "<=" else "≥"
         val = "-" if t["value"] is None else f"{t['value']:.2f}{t['unit']}"
@@ -542,7 +542,7 @@ def _ints(text: str) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m skewless.benchmarks.issue3_report", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m skewless.benchmarks.batching_report", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--duration", type=float, help="measured seconds per point (default 8; 1.5 with --quick)")
     p.add_argument("--warmup", type=float, help="warm-up seconds per point (default 2; 0.5 with --quick)")
@@ -558,11 +558,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="preferred_batch_size of the heavy model (default 256,512)")
     p.add_argument("--heavy-delay-us", type=int, default=2000,
                    help="max_queue_delay_microseconds of the heavy model (default 2000)")
-    p.add_argument("--out", help="output directory (default benchmarks/results/issue3-<timestamp>)")
+    p.add_argument("--out", help="output directory (default benchmarks/results/batching-<timestamp>)")
     args = p.parse_args(argv)
     duration = args.duration or (1.5 if args.quick else 8.0)
     warmup = args.warmup if args.warmup is not None else (0.5 if args.quick else 2.0)
-    out = Path(args.out or RESULTS_DIR / f"issue3-{datetime.now():%Y%m%d-%H%M%S}")
+    out = Path(args.out or RESULTS_DIR / f"batching-{datetime.now():%Y%m%d-%H%M%S}")
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.monotonic()
 
@@ -573,7 +573,7 @@ def main(argv: list[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, terminated) \
         if threading.current_thread() is threading.main_thread() else None
     try:
-        with tempfile.TemporaryDirectory(prefix="skewless-issue3-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="skewless-batching-") as tmp:
             return _run(args, duration, warmup, out, Path(tmp), t_start)
     except KeyboardInterrupt:
         log("interrupted; every server started was stopped")
@@ -611,7 +611,7 @@ def _run(args: argparse.Namespace, duration: float, warmup: float, out: Path, tm
         cfg = BenchConfig(target=target, model=model, concurrency=concurrency or [], rates=rates or [],
                           stream=stream, streams=streams, processes=args.processes, duration=duration, warmup=warmup,
                           server_pid=pid, rows=rows, check_against_onnx=str(onnx) if onnx else None,
-                          out=str(out / key), plot=False, label=f"issue3 {key}")
+                          out=str(out / key), plot=False, label=f"batching {key}")
         runs[key] = run_bench(cfg)
         done[0] += n
         return runs[key]
@@ -687,24 +687,24 @@ def _run(args: argparse.Namespace, duration: float, warmup: float, out: Path, tm
     ]
     heavy_desc = (f"max_batch_size {HEAVY_MAX_BATCH}, preferred {args.heavy_preferred}, delay "
                   f"{args.heavy_delay_us} µs, 1 instance")
-    meta = {"title": f"issue 3: one run {datetime.now():%Y-%m-%d %H:%M} on {platform.node()} "
+    meta = {"title": f"batching: one run {datetime.now():%Y-%m-%d %H:%M} on {platform.node()} "
                      f"({os.cpu_count()} CPUs), client processes {args.processes}", "notes": notes}
     summary = summarise(runs, inproc, meta)
     summary["rounds"] = rounds
     summary["heavy_config"] = heavy_desc
     table = format_table(summary)
-    result = {"tool": "skewless issue3_report", "format": 1, "summary": summary, "runs": runs,
+    result = {"tool": "skewless batching_report", "format": 1, "summary": summary, "runs": runs,
               "inprocess_heavy": inproc, "configs": configs, "wall_s": wall,
               "config": {"duration": duration, "warmup": warmup, "processes": args.processes, "quick": args.quick,
                          "model_repository": args.model_repository, "heavy_preferred": args.heavy_preferred,
                          "heavy_delay_us": args.heavy_delay_us, "argv": sys.argv},
               "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "node": platform.node(),
                           "python": platform.python_version()}}
-    (out / "issue3.json").write_text(json.dumps(result, indent=1) + "\n")
-    (out / "issue3.txt").write_text(table + "\n")
-    plot(summary, runs, out / "issue3.png")
+    (out / "batching.json").write_text(json.dumps(result, indent=1) + "\n")
+    (out / "batching.txt").write_text(table + "\n")
+    plot(summary, runs, out / "batching.png")
     print(table)
-    print(f"wrote {out / 'issue3.json'}, {out / 'issue3.png'}, {out / 'issue3.txt'}")
+    print(f"wrote {out / 'batching.json'}, {out / 'batching.png'}, {out / 'batching.txt'}")
     bad = any(failed(pt) for res in runs.values() for pt in res["points"])
     return 1 if bad else 0
 

@@ -16,8 +16,8 @@ from google.protobuf import json_format, text_format
 
 from skewless.protos import model_config_pb2 as mc
 
-from .codec import BY_CONFIG_NAME, BY_ONNX, DataType
-from .errors import ModelLoadError
+from ..codec import BY_CONFIG_NAME, BY_ONNX, DataType
+from ..errors import ModelLoadError
 
 CONFIG_FILE = "config.pbtxt"
 PLATFORM = "onnxruntime_onnx"

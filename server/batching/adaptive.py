@@ -30,8 +30,8 @@ from collections import deque
 
 from skewless.protos import model_config_pb2 as mc
 
-from .config import parameter
-from .errors import ModelLoadError
+from ..errors import ModelLoadError
+from ..models.config import parameter
 
 SLO_PARAMETER = "skewless.latency_slo_ms"
 PERCENTILE_PARAMETER = "skewless.latency_slo_percentile"

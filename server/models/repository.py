@@ -16,6 +16,7 @@ from pathlib import Path
 
 from skewless.protos import model_config_pb2 as mc
 
+from ..errors import FailedPrecondition, InvalidArgument, ModelLoadError, NotFound, Unavailable
 from .config import (
     json_mentions_max_batch_size,
     mentions_max_batch_size,
@@ -23,8 +24,7 @@ from .config import (
     parse_config_json,
     read_config_text,
 )
-from .errors import FailedPrecondition, InvalidArgument, ModelLoadError, NotFound, Unavailable
-from .model import DEFAULT_MODEL_FILE, ModelVersion
+from .version import DEFAULT_MODEL_FILE, ModelVersion
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""Transports only: the gRPC servicer, the HTTP/REST endpoint, app wiring and the CLI. No validation here."""
