@@ -2,7 +2,7 @@
 
 Cost (in-process, the server's own code): 64 one-row requests are serialized as a client would send them,
 parsed and decoded by the data plane (``parse_infer_request`` + ``decode_inputs`` + the feature stage's
-``admit``), then ``ModelVersion._run_batch`` runs them as one batch. ``_run_batch`` reports the time of its
+``admit``), then ``ModelVersion.run_batch`` runs them as one batch. ``run_batch`` reports the time of its
 input stage (Triton's compute_input): for the ``churn`` example that is the merge of the raw columns plus the
 kernel; for the same ONNX model served without ``features.json`` (clients send the ``dense`` and ``ids``
 tensors) it is the plain ``np.concatenate`` of the tensors. The difference per row is what the feature
@@ -77,12 +77,12 @@ def _decode(mv: Any, messages: list[bytes]) -> list[dict[str, np.ndarray]]:
 
 
 def _input_stage_ns(mv: Any, feeds: list[dict[str, np.ndarray]], calls: int) -> float:
-    """Median of _run_batch's input-stage time (merge [+ transform]) over ``calls`` runs."""
+    """Median of run_batch's input-stage time (merge [+ transform]) over ``calls`` runs."""
     rows = [1] * len(feeds)
     samples = []
     for _ in range(calls):
-        _, times = mv._run_batch(feeds, rows, ["probabilities"], time.perf_counter_ns())
-        samples.append(times[1])
+        _, times = mv.run_batch(feeds, rows, ["probabilities"])
+        samples.append(times[0])
     return statistics.median(samples)
 
 

@@ -158,7 +158,7 @@ class DataPlane:
                 if watch is None:
                     watch = result
             complete = functools.partial(_complete, deliver or result, mv, names, received_ns, reply)
-            running = mv.start(feeds, names, rows, priority, timeout_us, deadline, complete, watch)
+            running = mv.scheduler.start(feeds, names, rows, priority, timeout_us, deadline, complete, watch)
         except BaseException:
             mv.stats.record_request(False, time.perf_counter_ns() - received_ns, 0)
             mv.leave()

@@ -75,7 +75,7 @@ def x(value: float, rows: int = 1) -> dict[str, np.ndarray]:
 
 
 async def submit(mv: ModelVersion, value: float, rows: int = 1, **kw):
-    outs, _ = await mv.infer(x(value, rows), ["y"], rows, **kw)
+    outs, _ = await mv.scheduler.infer(x(value, rows), ["y"], rows, **kw)
     return outs[0]
 
 
@@ -93,7 +93,7 @@ def test_concurrent_requests_merge_and_split_exactly(tmp_path, models):
             rows = int(rng.integers(1, 5))
             a, b = rng.random((rows, 16), np.float32), rng.random((rows, 16), np.float32)
             outputs = ["OUTPUT1"] if i % 3 == 0 else ["OUTPUT0", "OUTPUT1"]
-            reqs.append((a, b, outputs, mv.infer({"INPUT0": a, "INPUT1": b}, outputs, rows)))
+            reqs.append((a, b, outputs, mv.scheduler.infer({"INPUT0": a, "INPUT1": b}, outputs, rows)))
         results = await asyncio.gather(*(r[3] for r in reqs))
         for (a, b, outputs, _), (outs, _) in zip(reqs, results, strict=True):
             expect = {"OUTPUT0": a + b, "OUTPUT1": a - b}
@@ -116,7 +116,7 @@ def test_incompatible_shapes_are_never_merged(tmp_path, models):
             output [ { name: "y" data_type: TYPE_FP32 dims: [-1] } ]
             dynamic_batching { }""")
         feeds = [np.full((1, 3 + i % 2), i, np.float32) for i in range(10)]
-        futures = [mv.infer({"x": f}, ["y"], 1) for f in feeds]
+        futures = [mv.scheduler.infer({"x": f}, ["y"], 1) for f in feeds]
         results = await asyncio.gather(*futures)
         for f, (outs, _) in zip(feeds, results, strict=True):
             np.testing.assert_array_equal(outs[0], f)
@@ -249,10 +249,10 @@ def test_queue_delay_waits_for_a_preferred_batch(tmp_path, models):
         mv = version(tmp_path, models / "add_sub" / "1" / "model.onnx", ADD_SUB_8 + """
             dynamic_batching { preferred_batch_size: [ 4 ] max_queue_delay_microseconds: 2000000 }""")
         ones = {"INPUT0": np.ones((1, 16), np.float32), "INPUT1": np.ones((1, 16), np.float32)}
-        first = [asyncio.ensure_future(mv.infer(ones, ["OUTPUT0"], 1)) for _ in range(2)]
+        first = [asyncio.ensure_future(mv.scheduler.infer(ones, ["OUTPUT0"], 1)) for _ in range(2)]
         await asyncio.sleep(0.05)
         assert not any(f.done() for f in first)  # waiting for a fuller batch, within the delay
-        rest = [asyncio.ensure_future(mv.infer(ones, ["OUTPUT0"], 1)) for _ in range(2)]
+        rest = [asyncio.ensure_future(mv.scheduler.infer(ones, ["OUTPUT0"], 1)) for _ in range(2)]
         await asyncio.wait_for(asyncio.gather(*first, *rest), timeout=1.0)  # preferred size reached: no wait
         assert mv.stats.execution_count == 1 and list(mv.stats.by_batch_size) == [4]
         await mv.drain_and_close()
@@ -264,7 +264,7 @@ def test_preserve_ordering_releases_in_arrival_order(tmp_path, models):
     async def main():
         mv = slow_version(tmp_path, models, "preserve_ordering: true", instances=2)
         await submit(mv, 1.0)
-        batcher = mv._batcher
+        batcher = mv.scheduler.batcher
         base = batcher._next_release
         settled: list[int] = []
         pend = [Pending({}, 1, ["y"], (), lambda r, e, c, s=base + i: settled.append(s), 0.0, 1, base + i)
@@ -289,11 +289,11 @@ def test_failed_batch_fails_every_request_in_it(tmp_path, models):
             output [ { name: "s" data_type: TYPE_FP32 dims: [4] } ]
             dynamic_batching { }""")
         # The first runs alone on the idle instance; the three queued behind it merge into one batch.
-        futures = [mv.infer(x(1.0), ["s"], 1) for _ in range(4)]
+        futures = [mv.scheduler.infer(x(1.0), ["s"], 1) for _ in range(4)]
         results = await asyncio.gather(*futures, return_exceptions=True)
         assert results[0][0][0].shape == (2, 4)
         assert all(isinstance(r, Internal) and "cannot be split" in str(r) for r in results[1:]), results
-        (alone,), _ = await mv.infer(x(1.0), ["s"], 1)  # the batcher survives and serves the next one
+        (alone,), _ = await mv.scheduler.infer(x(1.0), ["s"], 1)  # the batcher survives and serves the next one
         assert alone.shape == (2, 4)
         await mv.drain_and_close()
 
@@ -355,7 +355,7 @@ def test_adaptive_mode_shrinks_batches_to_meet_the_objective(tmp_path, models):
                 assert out[0, 0] == 2.0 * i
 
         await asyncio.gather(*(client(i) for i in range(32)))
-        ctl = mv.adaptive
+        ctl = mv.scheduler.adaptive
         assert ctl is not None and ctl.adjustments > 0
         assert ctl.cap < 32  # 32 rows cost far more than the objective: it had to shrink
         recent = sorted(ctl.window)
@@ -415,7 +415,7 @@ def test_adaptive_mode_does_not_spend_the_delay_when_nobody_else_is_coming(tmp_p
             start = loop.time()
             mv.enter()  # as the data plane does: one request in flight
             try:
-                await mv.infer(ones, ["OUTPUT0"], 1)
+                await mv.scheduler.infer(ones, ["OUTPUT0"], 1)
             finally:
                 mv.leave()
             assert loop.time() - start < 0.2  # a waited delay would take 400 ms
@@ -433,13 +433,13 @@ def test_cheap_batches_run_inline_and_slow_ones_never_block_the_loop(tmp_path, m
         cheap = version(tmp_path, models / "add_sub" / "1" / "model.onnx", ADD_SUB_8_OUTPUT0 + """
             dynamic_batching { }""", name="cheap")
         ones = {"INPUT0": np.ones((1, 16), np.float32), "INPUT1": np.ones((1, 16), np.float32)}
-        assert not cheap.cheap_enough(1)  # nothing measured yet: the first batch goes to the worker
+        assert not cheap.scheduler.runner.cheap_enough(1)  # nothing measured yet: the first batch goes to the worker
         for _ in range(50):  # a fresh worker thread's first runs are slow (~1 ms of CPU): the minimum decides
-            await cheap.infer(ones, ["OUTPUT0"], 1)
-            if cheap.cheap_enough(1):
+            await cheap.scheduler.infer(ones, ["OUTPUT0"], 1)
+            if cheap.scheduler.runner.cheap_enough(1):
                 break
-        assert cheap.cheap_enough(1)
-        future = cheap.start(ones, ["OUTPUT0"], 1)
+        assert cheap.scheduler.runner.cheap_enough(1)
+        future = cheap.scheduler.start(ones, ["OUTPUT0"], 1)
         assert future.done()  # ran inline, synchronously: no task, no thread
         np.testing.assert_array_equal(future.result()[0][0], np.full((1, 16), 2.0, np.float32))
 
@@ -456,7 +456,7 @@ def test_cheap_batches_run_inline_and_slow_ones_never_block_the_loop(tmp_path, m
         for i in range(3):
             await submit(slow, float(i))
         t.cancel()
-        assert not slow.cheap_enough(1)
+        assert not slow.scheduler.runner.cheap_enough(1)
         gaps = np.diff(ticks)
         assert len(gaps) > 10 and gaps.max() < 0.1  # each slow batch takes ~150 ms; the loop never stalled
         await cheap.drain_and_close()
@@ -568,7 +568,7 @@ def test_a_queued_request_cancelled_through_its_handle_gets_its_hook_once_and_ne
         busy = asyncio.create_task(submit(mv, 1.0))
         await asyncio.sleep(0.01)
         heard = []
-        handle = mv.start(x(2.0), ["y"], 1, hook=lambda r, e, c: heard.append((r, e, c)))
+        handle = mv.scheduler.start(x(2.0), ["y"], 1, hook=lambda r, e, c: heard.append((r, e, c)))
         assert handle.cancel()
         await busy
         assert (await submit(mv, 3.0))[0, 0] == 6.0
@@ -609,7 +609,7 @@ def test_adaptive_wait_ends_once_every_closed_loop_client_is_waiting(tmp_path, m
             while loop.time() < stop:
                 mv.enter()
                 try:
-                    (out0,), _ = await mv.infer(feeds, ["OUTPUT0"], 1)
+                    (out0,), _ = await mv.scheduler.infer(feeds, ["OUTPUT0"], 1)
                 finally:
                     mv.leave()
                 assert np.array_equal(out0, np.full((1, 16), i + 1, np.float32))  # its own rows, not another's

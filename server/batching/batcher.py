@@ -4,7 +4,8 @@ A batch is formed only when an instance is free, so under load requests pile up 
 and the next batch is as large as the queue allows without any added delay; ``max_queue_delay`` only
 waits for a fuller batch when an instance is idle (the adaptive mode's wait is in adaptive.py). The
 scheduling runs on the event loop; a batch (merge, model run, split) runs in the model's worker thread,
-or inline on the loop when the model has measured it cheaper than the hand-off (ModelVersion.cheap_enough).
+or inline on the loop when it has measured cheaper than the hand-off (runner.py, cost.py). The batcher only
+knows the work it is given to run (a BatchRunner) and the model's name: never the model's internals.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from skewless.protos import model_config_pb2 as mc
 
 from ..errors import DeadlineExceeded, Internal, InvalidArgument, SkewlessError, Unavailable
 from .adaptive import AdaptiveController
+from .runner import BatchRunner
 
 log = logging.getLogger(__name__)
 
@@ -90,12 +92,15 @@ def compatibility_key(feeds: dict[str, np.ndarray]) -> tuple:
 
 
 class DynamicBatcher:
-    def __init__(self, model, batching: mc.ModelDynamicBatching, max_batch_size: int, instances: int,
-                 adaptive: AdaptiveController | None = None):
-        self.model = model  # a ModelVersion: execute_batch(), label, name, fixed_shapes
+    def __init__(self, runner: BatchRunner, name: str, label: str, batching: mc.ModelDynamicBatching,
+                 max_batch_size: int, instances: int, adaptive: AdaptiveController | None = None,
+                 fixed_shapes: bool = False):
+        self.runner = runner
+        self.name = name  # the model's name and label (name and version), for messages
+        self.label = label
         # Every validated request of a model without variable dimensions has the same non-batch shapes and
         # dtypes, so all of them merge: no per-request compatibility key to compute.
-        self.fixed_shapes = bool(getattr(model, "fixed_shapes", False))
+        self.fixed_shapes = fixed_shapes
         self.adaptive = adaptive
         self.max_batch_size = max_batch_size
         self.preferred = sorted({int(s) for s in batching.preferred_batch_size if 0 < s <= max_batch_size})
@@ -127,7 +132,7 @@ class DynamicBatcher:
         self._next_release = 0
         self._finished: dict[int, tuple[Pending, object, BaseException | None]] = {}
         self._loop = asyncio.get_running_loop()
-        self._task = self._loop.create_task(self._run(), name=f"batcher-{model.label}")
+        self._task = self._loop.create_task(self._run(), name=f"batcher-{label}")
         self._closed = False
 
     # -- submission ------------------------------------------------------------------------------------
@@ -138,17 +143,17 @@ class DynamicBatcher:
         outcome goes to ``hook(result, error, cancelled)`` instead, and what is returned (the queue entry)
         only serves to ``cancel()`` it, as does cancelling ``watch`` (the caller's own future), if given."""
         if self._closed:
-            raise Unavailable(f"model {self.model.label} is unloading")
+            raise Unavailable(f"model {self.label} is unloading")
         if priority < 0 or priority > self.levels or (priority and self.levels == 1 and priority != 1):
             raise InvalidArgument(
-                f"priority {priority} is out of range for model '{self.model.name}': expected 0 (default) "
+                f"priority {priority} is out of range for model '{self.name}': expected 0 (default) "
                 f"to {self.levels}")
         level = priority or self.default_level
         policy = self.policies[level]
         queue = self.queues[level]
         if policy.max_queue_size and len(queue) >= policy.max_queue_size:
             raise Unavailable(f"Exceeds maximum queue size ({policy.max_queue_size}) of priority level {level} "
-                              f"for model '{self.model.name}'")
+                              f"for model '{self.name}'")
         now = self._loop.time()
         timeout = policy.default_timeout_us
         if timeout_us is not None and policy.allow_timeout_override:
@@ -192,8 +197,8 @@ class DynamicBatcher:
         except asyncio.CancelledError:
             pass
         except Exception as exc:  # a dead batcher must not leave callers hanging
-            log.exception("batcher of model %s died", self.model.label)
-            self._fail_all(Internal(f"batcher of model {self.model.label} failed: {exc}"))
+            log.exception("batcher of model %s died", self.label)
+            self._fail_all(Internal(f"batcher of model {self.label} failed: {exc}"))
 
     def _ordered(self):
         for lvl in range(1, self.levels + 1):
@@ -215,7 +220,7 @@ class DynamicBatcher:
                     self._queued_rows -= p.rows
                     self._finish(p, None, DeadlineExceeded(
                         f"the request's deadline passed after {1e3 * (now - p.enqueued):.1f} ms in the queue "
-                        f"of model '{self.model.name}'; it was not computed"))
+                        f"of model '{self.name}'; it was not computed"))
                 elif p.timeout_at is not None and now >= p.timeout_at and not p.delayed:
                     if self.policies[p.level].timeout_action == DELAY:
                         p.delayed = True
@@ -224,7 +229,7 @@ class DynamicBatcher:
                         self._queued_rows -= p.rows
                         self._finish(p, None, Unavailable(
                             f"Request timeout expired after {1e3 * (now - p.enqueued):.1f} ms in the queue of "
-                            f"model '{self.model.name}'"))
+                            f"model '{self.name}'"))
                 else:
                     keep.append(p)
                     if p.deadline is not None and p.deadline < earliest:
@@ -346,14 +351,14 @@ class DynamicBatcher:
             outputs = list(dict.fromkeys(name for p in live for name in p.outputs))
             dispatched = time.perf_counter_ns()
             try:
-                results, thread_wait_ns = await self.model.execute_batch(
+                results, thread_wait_ns = await self.runner.run(
                     [p.feeds for p in live], [p.rows for p in live], outputs)
             except SkewlessError as exc:
                 for p in live:
                     self._finish(p, None, exc)
                 return
             except Exception as exc:
-                log.exception("batch execution failed for model %s", self.model.label)
+                log.exception("batch execution failed for model %s", self.label)
                 for p in live:
                     self._finish(p, None, Internal(f"batch execution failed: {exc}"))
                 return
@@ -402,11 +407,11 @@ class DynamicBatcher:
         self._free -= 1
         self._inflight += 1
         self._running += 1
-        if self.model.cheap_enough(rows):
+        if self.runner.cheap_enough(rows):
             future = asyncio.get_running_loop().create_future()
             try:
                 start = time.perf_counter_ns()
-                (outs,), queue_ns = self.model.execute_inline([feeds], [rows], list(outputs))
+                (outs,), queue_ns = self.runner.run_inline([feeds], [rows], list(outputs))
                 if self.adaptive is not None:
                     elapsed = (time.perf_counter_ns() - start) / 1e9
                     self.adaptive.observe(elapsed)
@@ -423,7 +428,7 @@ class DynamicBatcher:
 
     async def _alone(self, feeds: dict[str, np.ndarray], rows: int, outputs: Sequence[str]):
         start = time.perf_counter_ns()
-        (outs,), thread_wait_ns = await self.model.execute_batch([feeds], [rows], list(outputs))
+        (outs,), thread_wait_ns = await self.runner.run([feeds], [rows], list(outputs))
         if self.adaptive is not None:
             self.adaptive.observe((time.perf_counter_ns() - start - thread_wait_ns) / 1e9)
             self.adaptive.observe_latency((time.perf_counter_ns() - start) / 1e9)
@@ -455,7 +460,7 @@ class DynamicBatcher:
         try:
             hook(None if cancelled else result, None if cancelled else exc, cancelled)
         except Exception:  # the caller's completion must not take the batcher down
-            log.exception("completing a request of model %s failed", self.model.label)
+            log.exception("completing a request of model %s failed", self.label)
 
     def _fail_all(self, exc: BaseException) -> None:
         for p in list(self._ordered()):

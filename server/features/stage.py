@@ -12,7 +12,7 @@ the spec's output tensors, computed by the native kernel and never visible to cl
 * request time, on the event loop (``bytes_payload``, ``admit``): BYTES inputs are validated and kept as
   their wire bytes (no Python object per value); row counts are checked, so that every per-request error
   is raised for that request alone before it can join a batch.
-* batch time, in ``ModelVersion._run_batch`` (``transform_batch``): the raw columns of all requests are
+* batch time, in ``ModelVersion.run_batch`` (``transform_batch``): the raw columns of all requests are
   concatenated (strings with ``bytes_to_arrow``: one copy, no objects) and the kernel runs once, without the
   GIL, into a per-thread preallocated tensor that goes straight to onnxruntime; sampled requests are handed
   to the feature log (``server.feature_log``) without ever waiting for it.
@@ -187,7 +187,7 @@ class FeatureStage:
                                       f"every raw input of model '{self.model_name}' needs one value per row")
         return FeatureFeeds(feeds, request_id, time.time_ns(), max(n_rows, 0))
 
-    # -- batch time (ModelVersion._run_batch, off the event loop unless the model is cheap enough) --------
+    # -- batch time (ModelVersion.run_batch, off the event loop unless the model is cheap enough) --------
     def transform_batch(self, feeds: Sequence[dict[str, np.ndarray]], *, log_sample: bool = True
                         ) -> dict[str, np.ndarray]:
         """Merge the raw columns of a batch, run the kernel once into this thread's buffers, maybe log.

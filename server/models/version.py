@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
-from collections import deque
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +13,9 @@ from skewless.native.batch_merge import merge_column, split_rows
 from skewless.native.v2_codec import DecodePlan
 from skewless.protos import model_config_pb2 as mc
 
-from ..batching.adaptive import AdaptiveController
-from ..batching.batcher import DynamicBatcher
+from ..batching.cost import BatchCost
+from ..batching.runner import BatchRunner
+from ..batching.scheduler import Scheduler
 from ..codec import BY_CONFIG_NAME, DataType
 from ..errors import Internal, ModelLoadError
 from ..features.stage import FeatureStage
@@ -28,14 +27,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MODEL_FILE = "model.onnx"
 INLINE_PARAMETER = "skewless.inline_compute_us"  # batches expected to be faster run on the event loop
-
-
-def _hook_from_future(hook, future: asyncio.Future) -> None:
-    if future.cancelled():
-        hook(None, None, True)
-        return
-    exc = future.exception()
-    hook(None if exc is not None else future.result(), exc, False)
 
 
 def merge_rows(feeds: list[dict[str, np.ndarray]], name: str) -> np.ndarray:
@@ -78,26 +69,23 @@ class ModelVersion:
         self.max_batch_size = self.config.max_batch_size
         self.version_text = str(version)
         self.fixed_shapes = all(-1 not in s.dims for s in self.inputs.values())
-        self.batching = self.max_batch_size > 0 and self.config.HasField("dynamic_batching")
         self.plan = self._decode_plan()
         self.stats = ModelStats()
-        self.adaptive = AdaptiveController.from_config(self.config) if self.batching else None
         self.runtime = ModelRuntime(self.path, self.config, f"{name}-{version}")
         self._inflight = 0
         self._idle: asyncio.Event | None = None
-        self._batcher: DynamicBatcher | None = None
-        # Recent costs of batches per power-of-two size class (batch cost is a fixed part plus a per-row part,
-        # so one per-row figure would misjudge batches far from the sizes it was measured at), as CPU time of
-        # the thread that ran them: wall time also holds the thread's preemption on a busy machine (inline
-        # batches of the example MLP measured 5x their cost that way, and went to the worker threads, which
-        # cost more) and, in a worker, its waits for the GIL. Estimates take the minimum: a cold worker
-        # thread's first runs cost several times a warm run.
-        self._cpu_ns: dict[int, deque[int]] = {}
         try:
-            self._inline_limit_ns = 1000 * float(parameter(self.config, INLINE_PARAMETER, "250"))
-        except ValueError:
-            raise ModelLoadError(f"config parameter '{INLINE_PARAMETER}' must be a number of microseconds") from None
-        try:
+            try:
+                inline_limit_ns = 1000 * float(parameter(self.config, INLINE_PARAMETER, "250"))
+            except ValueError:
+                raise ModelLoadError(
+                    f"config parameter '{INLINE_PARAMETER}' must be a number of microseconds") from None
+            # Requests go in through the scheduler (batching/), which runs this version's run_batch: the
+            # batching core is handed the work and its cost, and never reaches back into the version.
+            runner = BatchRunner(self.run_batch, self.runtime.executor, BatchCost(inline_limit_ns),
+                                 self.stats.record_execution)
+            self.scheduler = Scheduler(runner, name, self.label, self.config, len(self.runtime.instances),
+                                       self.fixed_shapes)
             self.warm_up(version_dir)
         except ModelLoadError:
             self.runtime.close()
@@ -178,7 +166,7 @@ class ModelVersion:
             self._idle.set()
 
     async def drain_and_close(self) -> None:
-        await self.close_batcher()
+        await self.scheduler.close()
         if self._inflight:
             self._idle = asyncio.Event()
             await self._idle.wait()
@@ -187,98 +175,12 @@ class ModelVersion:
             await asyncio.get_running_loop().run_in_executor(None, self.features.close)
         log.info("model %s: unloaded", self.label)
 
-    # -- execution -----------------------------------------------------------------------------------
-    async def infer(self, feeds: dict[str, np.ndarray], output_names: list[str], rows: int, priority: int = 0,
-                    timeout_us: int | None = None, deadline: float | None = None) -> tuple[list[np.ndarray], int]:
-        """Run one request, batched with others when the config enables dynamic batching.
-
-        Returns the outputs in ``output_names`` order and the nanoseconds the request waited in the queue.
-        """
-        return await self.start(feeds, output_names, rows, priority, timeout_us, deadline)
-
-    def start(self, feeds: dict[str, np.ndarray], output_names: list[str], rows: int, priority: int = 0,
-              timeout_us: int | None = None, deadline: float | None = None, hook=None,
-              watch: asyncio.Future | None = None) -> asyncio.Future:
-        """Queue (or start) one request without awaiting it: a future of what ``infer`` returns.
-
-        Cancelling the future before its batch forms drops the request uncomputed. With ``hook``, the outcome
-        goes to ``hook(result, error, cancelled)``, exactly once, instead (see DynamicBatcher.submit), and
-        what is returned only serves to cancel. Cancelling ``watch`` (the caller's future, or a stream's)
-        drops the request while it is queued; one started at once (no queue to wait in) runs to completion,
-        as its compute cannot be taken back from the worker thread anyway."""
-        if self.batching:
-            if self._batcher is None:
-                self._batcher = DynamicBatcher(self, self.config.dynamic_batching, self.max_batch_size,
-                                               len(self.runtime.instances), self.adaptive)
-            batcher = self._batcher
-            if not batcher.arrive(time.perf_counter()) or priority:
-                return batcher.submit(feeds, rows, output_names, priority, timeout_us, deadline, hook, watch)
-            future = batcher.run_alone(feeds, rows, output_names)
-        else:
-            future = asyncio.ensure_future(self._run_unbatched(feeds, output_names, rows))
-        if hook is not None:
-            if future.done():  # ran inline: complete now, so the caller need not wait a loop turn to reply
-                _hook_from_future(hook, future)
-            else:
-                future.add_done_callback(functools.partial(_hook_from_future, hook))
-        return future
-
-    async def _run_unbatched(self, feeds: dict[str, np.ndarray], output_names: list[str],
-                             rows: int) -> tuple[list[np.ndarray], int]:
-        (outs,), queue_ns = await self.execute_batch([feeds], [rows], output_names)
-        return outs, queue_ns
-
-    async def execute_batch(self, feeds: list[dict[str, np.ndarray]], rows: list[int],
-                            output_names: list[str]) -> tuple[list[list[np.ndarray]], int]:
-        """Merge the requests' inputs, run them as one batch, and split the outputs back per request.
-
-        Also returns how long the batch waited for a free instance thread."""
-        total_rows = sum(rows)
-        if self.cheap_enough(total_rows):
-            return self.execute_inline(feeds, rows, output_names)
-        submitted = time.perf_counter_ns()
-        per_request, times = await asyncio.get_running_loop().run_in_executor(
-            self.runtime.executor, self._run_batch, feeds, rows, output_names, submitted)
-        return per_request, self._record(total_rows, len(rows), times)
-
-    def execute_inline(self, feeds: list[dict[str, np.ndarray]], rows: list[int],
-                       output_names: list[str]) -> tuple[list[list[np.ndarray]], int]:
-        """execute_batch on the calling (event-loop) thread, for batches cheap_enough() says are short."""
-        per_request, times = self._run_batch(feeds, rows, output_names, time.perf_counter_ns())
-        return per_request, self._record(sum(rows), len(rows), times)
-
-    def _record(self, total_rows: int, requests: int, times: tuple) -> int:
-        queue_ns, input_ns, infer_ns, output_ns, cpu_ns = times
-        recent = self._cpu_ns.get(total_rows.bit_length())
-        if recent is None:
-            recent = self._cpu_ns[total_rows.bit_length()] = deque(maxlen=8)
-        recent.append(cpu_ns)
-        self.stats.record_execution(total_rows, requests, input_ns, infer_ns, output_ns)
-        return queue_ns
-
-    def _estimate_ns(self, size_class: int) -> float | None:
-        recent = self._cpu_ns.get(size_class)
-        return min(recent) if recent else None
-
-    def cheap_enough(self, rows: int) -> bool:
-        """Run on the event loop when the batch is expected to take less than the hand-off to a worker
-        thread costs (~100 us of CPU, measured, plus its latency; default limit 250 us): the example MLP's
-        batches of 1 to 64 rows take 8-90 us warm. Anything slower, or not yet measured at this size, runs in
-        the model's worker threads and never stalls the loop."""
-        size_class = rows.bit_length()
-        cost = self._estimate_ns(size_class)
-        if cost is None:  # a smaller size class scaled up by the row ratio (an over-estimate), if any
-            smaller = [c for c in self._cpu_ns if c < size_class]
-            if not smaller:
-                return False
-            c = max(smaller)
-            cost = self._estimate_ns(c) * (1 << (size_class - c))
-        return cost < self._inline_limit_ns
-
-    def _run_batch(self, feeds: list[dict[str, np.ndarray]], rows: list[int], output_names: list[str],
-                   submitted: int):
+    # -- execution: the work the scheduler runs, on a worker thread or inline ------------------------
+    def run_batch(self, feeds: list[dict[str, np.ndarray]], rows: list[int], output_names: list[str]
+                  ) -> tuple[list[list[np.ndarray]], tuple[int, int, int]]:
+        """Merge the requests' inputs (or transform their raw features), run them as one batch, and split the
+        outputs back per request; also the nanoseconds of each phase (compute input, infer, output)."""
         t0 = time.perf_counter_ns()
-        c0 = time.thread_time_ns()
         if self.features is not None:  # one kernel call over the batch's raw columns (features_stage)
             merged = self.features.transform_batch(feeds)
         elif len(feeds) == 1:
@@ -299,8 +201,4 @@ class ModelVersion:
                         f"dimension is not the batch's {total} rows: it cannot be split between requests")
             split = split_rows(outs, rows)
         t3 = time.perf_counter_ns()
-        return split, (t0 - submitted, t1 - t0, t2 - t1, t3 - t2, time.thread_time_ns() - c0)
-
-    async def close_batcher(self) -> None:
-        if self._batcher is not None:
-            await self._batcher.close()
+        return split, (t1 - t0, t2 - t1, t3 - t2)

@@ -1,0 +1,58 @@
+"""Runs a batch's work where it is cheapest: inline on the event loop, or in the model's worker threads.
+
+The work itself (merge, features, model, split) is a plain callable the model layer hands in; the runner
+only times it, feeds the cost estimate and the execution statistics, and picks the thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+
+import numpy as np
+
+from .cost import BatchCost
+
+Feeds = dict[str, np.ndarray]
+# (per-request inputs, rows per request, output names) -> (per-request outputs, (input, infer, output) ns)
+BatchWork = Callable[[list[Feeds], list[int], list[str]], tuple[list[list[np.ndarray]], tuple[int, int, int]]]
+# (rows, requests, compute_input ns, compute_infer ns, compute_output ns): Triton's execution statistics
+ExecutionObserver = Callable[[int, int, int, int, int], None]
+
+
+class BatchRunner:
+    def __init__(self, work: BatchWork, executor: Executor, cost: BatchCost, on_executed: ExecutionObserver):
+        self.work = work
+        self.executor = executor
+        self.cost = cost
+        self.on_executed = on_executed
+        self.cheap_enough = cost.cheap_enough
+
+    async def run(self, feeds: list[Feeds], rows: list[int], outputs: list[str]
+                  ) -> tuple[list[list[np.ndarray]], int]:
+        """The outputs per request, and how long the batch waited for a free worker thread (ns)."""
+        if self.cheap_enough(sum(rows)):
+            return self.run_inline(feeds, rows, outputs)
+        result = await asyncio.get_running_loop().run_in_executor(
+            self.executor, self._timed, feeds, rows, outputs, time.perf_counter_ns())
+        return self._recorded(rows, result)
+
+    def run_inline(self, feeds: list[Feeds], rows: list[int], outputs: list[str]
+                   ) -> tuple[list[list[np.ndarray]], int]:
+        """run() on the calling (event-loop) thread, for batches cheap_enough() says are short."""
+        return self._recorded(rows, self._timed(feeds, rows, outputs, time.perf_counter_ns()))
+
+    def _timed(self, feeds: list[Feeds], rows: list[int], outputs: list[str], submitted: int):
+        t0 = time.perf_counter_ns()
+        c0 = time.thread_time_ns()
+        per_request, phases = self.work(feeds, rows, outputs)
+        return per_request, t0 - submitted, time.thread_time_ns() - c0, phases
+
+    def _recorded(self, rows: list[int], result) -> tuple[list[list[np.ndarray]], int]:
+        per_request, queue_ns, cpu_ns, (input_ns, infer_ns, output_ns) = result
+        total = sum(rows)
+        self.cost.record(total, cpu_ns)
+        self.on_executed(total, len(rows), input_ns, infer_ns, output_ns)
+        return per_request, queue_ns
