@@ -16,12 +16,12 @@ from skewless.protos import model_config_pb2 as mc
 from ..batching.cost import BatchCost
 from ..batching.runner import BatchRunner
 from ..batching.scheduler import Scheduler
-from ..codec import BY_CONFIG_NAME, DataType
 from ..errors import Internal, ModelLoadError
 from ..features.stage import FeatureStage
 from .config import TensorSpec, complete_config, parameter, tensor_specs
 from .runtime import ModelRuntime, probe_model_io
 from .stats import ModelStats
+from .warmup import warmup_samples
 
 log = logging.getLogger(__name__)
 
@@ -112,49 +112,12 @@ class ModelVersion:
     # -- warmup --------------------------------------------------------------------------------------
     def warm_up(self, version_dir: Path) -> None:
         """Run config.model_warmup samples on every instance before the version is marked ready."""
-        rng = np.random.default_rng(0)
-        for w in self.config.model_warmup:
-            feeds: dict[str, np.ndarray] = {}
-            for in_name, spec in w.inputs.items():
-                if in_name not in self.inputs:
-                    raise ModelLoadError(f"warmup '{w.name}' names unknown input '{in_name}'")
-                dt: DataType = BY_CONFIG_NAME[mc.DataType.Name(spec.data_type)]
-                dims = list(spec.dims)
-                if self.max_batch_size > 0:
-                    dims = [max(1, w.batch_size), *dims]
-                if any(d < 0 for d in dims):
-                    raise ModelLoadError(f"warmup '{w.name}' input '{in_name}' needs fixed dims, got {dims}")
-                feeds[in_name] = self._warmup_tensor(spec, dt, dims, rng, version_dir, w.name, in_name)
+        for sample, count, feeds in warmup_samples(self.config, self.inputs, version_dir):
             if self.features is not None:  # raw warmup samples -> the model's feature tensors
                 feeds = self.features.model_feeds(feeds)
-            for _ in range(max(1, w.count)):
+            for _ in range(count):
                 self.runtime.run_on_each_instance(self.output_names, feeds)
-            log.info("model %s: warmup '%s' done", self.label, w.name)
-
-    @staticmethod
-    def _warmup_tensor(spec, dt: DataType, dims: list[int], rng, version_dir: Path, wname: str,
-                       in_name: str) -> np.ndarray:
-        count = int(np.prod(dims)) if dims else 1
-        choice = spec.WhichOneof("input_data_type")
-        if dt.name == "BYTES":
-            values = [""] * count if choice == "zero_data" else [str(int(v)) for v in rng.integers(0, 100, count)]
-            return np.array(values, dtype=object).reshape(dims)
-        if choice == "zero_data":
-            return np.zeros(dims, dtype=dt.numpy)
-        if choice == "random_data":
-            if dt.numpy.kind == "f":
-                return rng.random(dims).astype(dt.numpy)
-            if dt.numpy.kind == "b":
-                return rng.integers(0, 2, dims).astype(bool)
-            return rng.integers(0, 100, dims).astype(dt.numpy)
-        if choice == "input_data_file":
-            path = version_dir / "warmup" / spec.input_data_file
-            raw = path.read_bytes()
-            need = count * dt.itemsize
-            if len(raw) < need:
-                raise ModelLoadError(f"warmup '{wname}' file {path} has {len(raw)} bytes, needs {need}")
-            return np.frombuffer(raw[:need], dtype=dt.numpy).reshape(dims)
-        raise ModelLoadError(f"warmup '{wname}' input '{in_name}' sets no data (zero_data, random_data or file)")
+            log.info("model %s: warmup '%s' done", self.label, sample)
 
     # -- in-flight accounting, so a retired version closes only when its last request is done ---------
     def enter(self) -> None:
