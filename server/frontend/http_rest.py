@@ -309,19 +309,11 @@ class RestFrontend:
         mv, names, arrays = await self.dp.infer_tensors(
             name, version, req.inputs, req.raw, req.output_names, req.output_parameters, req.parameters, req.id,
             received_ns)
-        blobs: list = []
-        outputs = [rest_codec.output_json(n, dt, shape, payload, req.binary_output(n), blobs)
-                   for n, dt, shape, payload in output_tensors(mv, names, arrays)]
-        doc: dict[str, Any] = {"model_name": mv.name, "model_version": mv.version_text}
-        if req.id:
-            doc["id"] = req.id
-        doc["outputs"] = outputs
-        header = rest_codec.dumps(doc)
-        if not blobs:
-            resp = web.Response(body=header, content_type=JSON)
+        json_size, reply = rest_codec.infer_reply(req, mv.name, mv.version_text, output_tensors(mv, names, arrays))
+        if json_size is None:
+            resp = web.Response(body=reply, content_type=JSON)
         else:
-            resp = web.Response(body=b"".join([header, *blobs]), content_type=BINARY,
-                                headers={HEADER_LENGTH: str(len(header))})
+            resp = web.Response(body=reply, content_type=BINARY, headers={HEADER_LENGTH: str(json_size)})
         return self._compressed(request, resp)
 
     def _compressed(self, request: web.BaseRequest, resp: web.Response) -> web.Response:
