@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import http.client
 import json
+import shutil
 import threading
 import time
 import zlib
@@ -17,12 +18,13 @@ import ml_dtypes
 import numpy as np
 import onnxruntime as ort
 import pytest
+import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from helpers import EXAMPLE_MODELS, RPC_TIMEOUT, infer
 from test_datatypes import sample
 from tritonclient.utils import InferenceServerException
 
-from skewless.examples.generate import IDENTITY_DATATYPES
+from skewless.examples.generate import IDENTITY_DATATYPES, churn_dataset
 
 
 @pytest.fixture(scope="session")
@@ -405,3 +407,21 @@ def test_sigterm_drains_http_requests(start_server, make_repo):
     for y, x in results:
         np.testing.assert_array_equal(y, 2 * x)
     assert srv.wait(20) == 0, srv.stderr_text()
+
+
+def test_feature_model_matches_grpc(start_server, tmp_path):
+    """Raw feature columns (BYTES kept as wire bytes by the feature stage) over REST, binary and JSON, give
+    what gRPC gives for the same rows."""
+    shutil.copytree(EXAMPLE_MODELS / "churn", tmp_path / "churn")
+    srv = start_server(tmp_path)
+    md = httpclient.InferenceServerClient(srv.rest_url).get_model_metadata("churn")
+    types = {t["name"]: t["datatype"] for t in md["inputs"]}
+    rows = churn_dataset(6, seed=5)
+    cols = {name: rows[name].reshape(-1, 1) for name in types}
+    with grpcclient.InferenceServerClient(srv.grpc_url) as g:
+        want = {o.name: infer(g, "churn", cols).as_numpy(o.name) for o in g.get_model_metadata("churn").outputs}
+    with httpclient.InferenceServerClient(srv.rest_url, network_timeout=RPC_TIMEOUT) as c:
+        for binary in (True, False):
+            res = c.infer("churn", [http_input(n, a, types[n], binary) for n, a in cols.items()])
+            for name, arr in want.items():
+                assert res.as_numpy(name).tobytes() == arr.tobytes(), (name, binary)
