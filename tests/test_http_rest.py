@@ -25,6 +25,16 @@ from test_datatypes import sample
 from tritonclient.utils import InferenceServerException
 
 from skewless.examples.generate import IDENTITY_DATATYPES, churn_dataset
+from skewless.server.errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+    Unimplemented,
+)
+from skewless.server.frontend.http_rest import status_of
 
 
 @pytest.fixture(scope="session")
@@ -222,6 +232,10 @@ def _j(doc) -> bytes:
     return json.dumps(doc).encode()
 
 
+def _one(dt: str, data: list) -> bytes:
+    return _j({"inputs": [{"name": f"in_{dt}", "datatype": dt, "shape": [1, len(data)], "data": data}]})
+
+
 # (path, body, headers, status, message that starts the error)
 BAD = {
     "unknown model": ("/v2/models/nope/infer", _j(_add_sub_doc()), {}, 404,
@@ -270,6 +284,18 @@ BAD = {
     "classification": ("/v2/models/add_sub/infer",
                        _j({**_add_sub_doc(), "outputs": [{"name": "OUTPUT0", "parameters": {"classification": 2}}]}),
                        {}, 400, "output 'OUTPUT0' asks for classification"),
+    "UINT8 out of range": ("/v2/models/identity_all/infer", _one("UINT8", [1, 256]), {}, 400,
+                           "a value of input 'in_UINT8' in 'data' does not fit in UINT8"),
+    "INT64 out of range": ("/v2/models/identity_all/infer", _one("INT64", [2**63, 0]), {}, 400,
+                           "a value of input 'in_INT64' in 'data' does not fit in INT64"),
+    "fraction for INT32": ("/v2/models/identity_all/infer", _one("INT32", [1, 1.5]), {}, 400,
+                           "input 'in_INT32' of datatype INT32 got numbers with a fraction or exponent"),
+    "number for BOOL": ("/v2/models/identity_all/infer", _one("BOOL", [1, 0]), {}, 400,
+                        "input 'in_BOOL' of datatype BOOL got integers"),
+    "number for BYTES": ("/v2/models/identity_all/infer", _one("BYTES", ["a", 1]), {}, 400,
+                         "input 'in_BYTES' of datatype BYTES expects strings"),
+    "null for FP64": ("/v2/models/identity_all/infer", _one("FP64", [1.0, None]), {}, 400,
+                      "input 'in_FP64' of datatype FP64 got mixed values"),
     "no route": ("/v2/nothing/here", b"", {}, 404, "no route for /v2/nothing/here"),
     "shared memory": ("/v2/systemsharedmemory/status", None, {}, 501, "/v2/systemsharedmemory/status"),
 }
@@ -307,6 +333,13 @@ def test_errors_match_grpc(rest, client):
 
 def grpcclient_dtype(arr: np.ndarray) -> str:
     return {np.dtype(np.float32): "FP32", np.dtype(np.float64): "FP64"}[arr.dtype]
+
+
+@pytest.mark.parametrize(("error", "status"), [
+    (InvalidArgument("x"), 400), (NotFound("x"), 404), (Unavailable("x"), 503), (Unimplemented("x"), 501),
+    (FailedPrecondition("x"), 400), (DeadlineExceeded("x"), 504), (Internal("x"), 500), (KeyError("x"), 500)])
+def test_status_table(error, status):
+    assert status_of(error)[0] == status
 
 
 def test_unimplemented_and_wrong_method(server):
