@@ -83,7 +83,8 @@ class ServerProcess:
 def start_skewless(model_repository: Path = EXAMPLE_MODELS, log_path: Path | None = None,
                    extra: list[str] | None = None) -> ServerProcess:
     argv = [sys.executable, "-m", "skewless.server.frontend.cli", "serve", "--model-repository", str(model_repository),
-            "--host", "127.0.0.1", "--grpc-port", "0", "--metrics-port", "0", "--log-level", "warning",
+            "--host", "127.0.0.1", "--grpc-port", "0", "--metrics-port", "0", "--http-port", "0",
+            "--log-level", "warning",
             *(extra or [])]
     return ServerProcess(argv, re.compile(r"SKEWLESS_READY grpc=[^:]+:(?P<port>\d+)"), log_path)
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
 
@@ -31,6 +32,15 @@ Deliver = Callable[[Any, "BaseException | None"], None]
 _STREAM_TAG = bytes([2 << 3 | 2])  # ModelStreamInferResponse.infer_response, length-delimited
 # Only what is really implemented: tritonclient and perf_analyzer branch on these names.
 EXTENSIONS = ["model_repository", "model_configuration", "statistics"]
+
+
+@dataclass(frozen=True, slots=True)
+class TensorHeader:
+    """An input as a transport other than gRPC describes it (its data travels separately, as a raw buffer)."""
+
+    name: str
+    datatype: str
+    shape: Sequence[int]
 
 
 def server_version() -> str:
@@ -122,6 +132,24 @@ class DataPlane:
         decoded = plan.decode(req) if plan is not None else None
         return self.start(mv, received_ns, time_remaining_s, decoded, req.inputs, req.raw, req.outputs,
                           req.parameters, req.id, (req.id, _STREAM_TAG if stream else None), deliver, watch)
+
+    async def infer_tensors(self, model_name: str, model_version: str, inputs: Sequence[TensorHeader],
+                            raw: Sequence[bytes | memoryview], output_names: Sequence[str] = (),
+                            output_parameters: Mapping[str, Mapping[str, Any]] | None = None,
+                            params: Mapping[str, Any] | None = None, request_id: str = "",
+                            received_ns: int | None = None
+                            ) -> tuple[ModelVersion, list[str], list[np.ndarray]]:
+        """For transports that are not protobuf (HTTP/REST): inputs as headers plus one raw little-endian
+        buffer each (BYTES length-prefixed, as on the gRPC wire), so every check and message is the gRPC
+        path's. ``params`` are plain values (``priority``, ``timeout`` in µs); ``output_parameters`` the
+        requested outputs' own. Returns the version that ran, the output names and their arrays."""
+        received_ns = received_ns or time.perf_counter_ns()
+        if output_parameters:
+            _check_classification((name, p) for name, p in output_parameters.items())
+        mv = self.repository.get(model_name, model_version)
+        names, arrays = await self.start(mv, received_ns, None, None, inputs, raw, list(output_names), params,
+                                         request_id)
+        return mv, names, arrays
 
     async def _infer_message(self, data: bytes, received_ns: int, time_remaining_s: float | None,
                              stream: bool, watch: asyncio.Future | None) -> bytes:
@@ -281,8 +309,8 @@ def _check_shape(name: str, spec: TensorSpec, shape: list[int], mv: ModelVersion
 
 
 def _typed_contents(tensor):
-    """Typed contents of a protobuf input tensor, or None (the native view never carries them)."""
-    if isinstance(tensor, InputTensor) or not tensor.HasField("contents"):
+    """Typed contents of a protobuf input tensor, or None (native views and TensorHeaders never carry them)."""
+    if isinstance(tensor, (InputTensor, TensorHeader)) or not tensor.HasField("contents"):
         return None
     return tensor.contents if tensor.contents.ListFields() else None
 
@@ -290,7 +318,8 @@ def _typed_contents(tensor):
 def decode_inputs(tensors, raw, mv: ModelVersion) -> tuple[dict[str, np.ndarray], int]:
     """Validate every input against the model and decode it; returns the feeds and the batch size.
 
-    ``tensors`` are protobuf InferInputTensor messages or native InputTensor views (name, datatype, shape).
+    ``tensors`` are protobuf InferInputTensor messages, native InputTensor views or TensorHeaders (name,
+    datatype, shape).
     """
     if raw and len(raw) != len(tensors):
         raise InvalidArgument(
@@ -379,10 +408,15 @@ def requested_outputs(names: list[str], mv: ModelVersion) -> list[str]:
 
 
 def _check_output_parameters(req: pb.ModelInferRequest) -> None:
-    for o in req.outputs:
-        if "classification" in o.parameters:
+    _check_classification((o.name, o.parameters) for o in req.outputs)
+
+
+def _check_classification(outputs) -> None:
+    """``outputs``: (name, parameters) pairs of the requested outputs."""
+    for name, parameters in outputs:
+        if "classification" in parameters:
             raise InvalidArgument(
-                f"output '{o.name}' asks for classification, which skewless does not implement; "
+                f"output '{name}' asks for classification, which skewless does not implement; "
                 "request the raw output instead")
 
 
@@ -432,4 +466,4 @@ def stats_message(mv: ModelVersion) -> pb.ModelStatistics:
     return m
 
 
-__all__ = ["DataPlane"]
+__all__ = ["DataPlane", "TensorHeader"]

@@ -1,7 +1,8 @@
 """Start ``skewless serve`` as a real subprocess on 127.0.0.1 and stop it the way an orchestrator does.
 
 The server is asked for port 0 (the kernel picks a free port) and reports the ports it bound on its
-``SKEWLESS_READY grpc=HOST:PORT http=HOST:PORT`` line, so two test runs never race for a port.
+``SKEWLESS_READY grpc=HOST:PORT http=HOST:PORT rest=HOST:PORT`` line (``http`` is the metrics/health port,
+``rest`` the HTTP/REST API), so two test runs never race for a port.
 """
 
 from __future__ import annotations
@@ -20,13 +21,14 @@ from pathlib import Path
 import pytest
 
 READY_PREFIX = "SKEWLESS_READY"
-_READY_RE = re.compile(r"^SKEWLESS_READY grpc=(\S+):(\d+) http=(\S+):(\d+)\s*$")
+_READY_RE = re.compile(r"^SKEWLESS_READY grpc=(\S+):(\d+) http=(\S+):(\d+) rest=(\S+):(\d+)\s*$")
 
 
 class ServerProcess:
     """One ``python -m skewless.server.frontend.cli serve`` subprocess.
 
-    ``grpc_url`` is what tritonclient takes (``host:port``), ``http_url`` the base of the health probes.
+    ``grpc_url`` and ``rest_url`` are what tritonclient.grpc / tritonclient.http take (``host:port``),
+    ``http_url`` the base of the health probes.
     """
 
     def __init__(self, repository: Path, *extra_args: str, start_timeout: float = 30.0):
@@ -34,13 +36,14 @@ class ServerProcess:
         self.args = [
             sys.executable, "-m", "skewless.server.frontend.cli", "serve",
             "--model-repository", str(self.repository),
-            "--host", "127.0.0.1", "--grpc-port", "0", "--metrics-port", "0",
+            "--host", "127.0.0.1", "--grpc-port", "0", "--metrics-port", "0", "--http-port", "0",
             *extra_args,
         ]
         self.start_timeout = start_timeout
         self.proc: subprocess.Popen | None = None
         self.grpc_url = ""
         self.http_url = ""
+        self.rest_url = ""
         self._stderr = tempfile.TemporaryFile(mode="w+b")  # noqa: SIM115 - lives as long as the server
         self._stdout_lines: queue.Queue[str | None] = queue.Queue()
         self.stdout: list[str] = []
@@ -71,6 +74,7 @@ class ServerProcess:
                 assert m, f"malformed ready line: {line!r}"
                 self.grpc_url = f"{m.group(1)}:{m.group(2)}"
                 self.http_url = f"http://{m.group(3)}:{m.group(4)}"
+                self.rest_url = f"{m.group(5)}:{m.group(6)}"
                 return self
 
     def _pump_stdout(self) -> None:

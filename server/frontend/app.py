@@ -19,6 +19,7 @@ from skewless.protos import _pool
 from ..dataplane import DataPlane
 from ..models.repository import ModelRepository
 from .grpc_servicer import InferenceServicer, add_inference_service
+from .http_rest import RestFrontend
 from .probes_http import HttpEndpoint
 
 log = logging.getLogger("skewless")
@@ -31,6 +32,7 @@ INFERENCE_SERVICE = "inference.GRPCInferenceService"
 class ServerOptions:
     model_repository: Path
     host: str = "127.0.0.1"
+    http_port: int = 8000
     grpc_port: int = 8001
     metrics_port: int = 8002
     model_control_mode: str = "none"
@@ -58,6 +60,7 @@ class Server:
         self.dataplane = DataPlane(self.repository)
         self.health = health_aio.HealthServicer()
         self.grpc_port = 0
+        self.http_port = 0
         self.metrics_port = 0
         self._stop = asyncio.Event()
         self._grpc: grpc.aio.Server | None = None
@@ -65,6 +68,7 @@ class Server:
             "/v2/health/live": lambda: (200, "text/plain", b"live\n"),
             "/v2/health/ready": self._ready_route,
         })
+        self._rest = RestFrontend(self.dataplane, opts.max_message_bytes, opts.grace_period_s)
 
     def _ready_route(self) -> tuple[int, str, bytes]:
         ready = self.dataplane.is_ready()
@@ -102,9 +106,10 @@ class Server:
         for name in self.repository.models:
             await self._set_health(name, self.repository.is_ready(name))
         await self._grpc.start()
+        self.http_port = await self._rest.start(opts.host, opts.http_port)
         self.metrics_port = await self._http.start(opts.host, opts.metrics_port)
-        log.info("serving gRPC on %s:%d (%s), health HTTP on %s:%d", opts.host, self.grpc_port,
-                 INFERENCE_SERVICE, opts.host, self.metrics_port)
+        log.info("serving gRPC on %s:%d (%s), HTTP/REST on %s:%d, health HTTP on %s:%d", opts.host,
+                 self.grpc_port, INFERENCE_SERVICE, opts.host, self.http_port, opts.host, self.metrics_port)
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -117,11 +122,16 @@ class Server:
         log.info("stopping: finishing in-flight requests (grace %.0fs)", self.opts.grace_period_s)
         self.dataplane.accepting = False
         await self.health.enter_graceful_shutdown()
-        if self._grpc is not None:
-            await self._grpc.stop(self.opts.grace_period_s)
+        # Both transports drain at once, each within the grace period.
+        await asyncio.gather(self._grpc.stop(self.opts.grace_period_s) if self._grpc is not None else _nothing(),
+                             self._rest.stop())
         await self._http.stop()
         await self.repository.stop()
         log.info("stopped")
+
+
+async def _nothing() -> None:
+    pass
 
 
 def _tune_gc() -> None:
@@ -145,9 +155,10 @@ async def run_server(opts: ServerOptions) -> int:
         await server.stop()
         return 1
     _tune_gc()
-    # A machine-readable line for scripts and tests that start us on port 0.
-    print(f"SKEWLESS_READY grpc={opts.host}:{server.grpc_port} http={opts.host}:{server.metrics_port}",
-          flush=True)
+    # A machine-readable line for scripts and tests that start us on port 0. ``http=`` is the metrics/health
+    # port (older parsers read it); ``rest=`` the HTTP/REST API, last so that prefix-matching parsers still work.
+    print(f"SKEWLESS_READY grpc={opts.host}:{server.grpc_port} http={opts.host}:{server.metrics_port} "
+          f"rest={opts.host}:{server.http_port}", flush=True)
     await server.wait()
     await server.stop()
     # Past this point a repeated SIGTERM would find no handler and kill the process with -15 instead of

@@ -14,6 +14,7 @@ def _serve(args: argparse.Namespace) -> int:
     opts = ServerOptions(
         model_repository=Path(args.model_repository),
         host=args.host,
+        http_port=args.http_port,
         grpc_port=args.grpc_port,
         metrics_port=args.metrics_port,
         model_control_mode=args.model_control_mode,
@@ -44,9 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     sub = p.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("serve", help="serve a Triton-layout model repository over KServe v2 gRPC")
+    s = sub.add_parser("serve", help="serve a Triton-layout model repository over KServe v2 gRPC and HTTP/REST")
     s.add_argument("--model-repository", required=True, help="directory holding <model>/<version>/model.onnx")
     s.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 in containers)")
+    s.add_argument("--http-port", type=int, default=8000, help="HTTP/REST (KServe v2) port; 0 picks a free one")
     s.add_argument("--grpc-port", type=int, default=8001)
     s.add_argument("--metrics-port", type=int, default=8002, help="HTTP port for /v2/health/* probes")
     s.add_argument("--model-control-mode", choices=["none", "explicit", "poll"], default="none")

@@ -1,0 +1,362 @@
+"""HTTP/REST edge: the KServe v2 REST API (plus Triton's extensions tritonclient.http calls) over the data plane.
+
+Transport only: routes, compression, and the JSON/binary body format (rest_codec); every request check is the
+data plane's, so a bad request gets the gRPC path's message. ``HTTP_STATUS`` maps domain error kinds to
+Triton's HTTP codes (its ``HttpCodeFromError``: NOT_FOUND 404, UNAVAILABLE 503, UNSUPPORTED 501, INTERNAL 500,
+anything else 400); one exception boundary per request turns anything unexpected into a 500 and a log line.
+
+Stack: aiohttp's low-level server (``aiohttp.web.Server``: no router or middleware chain) on the gRPC server's
+event loop (uvloop). Measured on the example MLP against uvicorn + httptools serving a bare ASGI callable with
+the same handler (see the HTTP stack entry in benchmarks/README.md): aiohttp cost about the same or less
+server CPU per request, and it embeds cleanly: no signal handlers of its own, and ``ServerRunner.cleanup``
+drains in-flight requests for a graceful stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import zlib
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import unquote
+
+from aiohttp import web
+from google.protobuf import json_format
+from google.protobuf.descriptor import FieldDescriptor
+
+from skewless.protos import grpc_service_pb2 as pb
+
+from ..dataplane import DataPlane, output_tensors
+from ..errors import InvalidArgument, SkewlessError, Unimplemented
+from . import rest_codec
+
+log = logging.getLogger(__name__)
+
+# Domain error kind -> HTTP status: Triton's table where it has the code, else HTTP's own meaning.
+HTTP_STATUS = {
+    "INVALID_ARGUMENT": 400,
+    "NOT_FOUND": 404,
+    "UNAVAILABLE": 503,
+    "UNIMPLEMENTED": 501,
+    "INTERNAL": 500,
+    "CANCELLED": 400,  # Triton: 400
+    "FAILED_PRECONDITION": 400,  # Triton has no such code and answers 400 for those
+    "RESOURCE_EXHAUSTED": 429,
+    "DEADLINE_EXCEEDED": 504,
+}
+
+JSON = "application/json"
+BINARY = "application/octet-stream"
+HEADER_LENGTH = "Inference-Header-Content-Length"
+# Compressing or decompressing more than this on the event loop would stall every other request.
+OFFLOAD_BYTES = 256 * 1024
+_WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+
+
+class HttpError(SkewlessError):
+    """A transport-level failure with its own status (e.g. 405, 413)."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def status_of(exc: BaseException) -> tuple[int, str]:
+    if isinstance(exc, HttpError):
+        return exc.status, str(exc)
+    if isinstance(exc, SkewlessError):
+        return HTTP_STATUS.get(exc.kind, 500), str(exc)
+    return 500, f"internal error: {type(exc).__name__}: {exc}"
+
+
+def _json(doc: Any, status: int = 200) -> web.Response:
+    return web.Response(status=status, body=rest_codec.dumps(doc), content_type=JSON)
+
+
+def _empty(status: int) -> web.Response:
+    return web.Response(status=status)
+
+
+def message_json(msg) -> dict:
+    """A protobuf message as Triton's JSON: proto field names, defaults printed, 64-bit integers as numbers
+    (protobuf's JSON mapping makes them strings; Triton turns them back, and tritonclient users index them)."""
+    doc = json_format.MessageToDict(msg, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+    _int64_numbers(msg.DESCRIPTOR, doc)
+    return doc
+
+
+_INT64 = (FieldDescriptor.CPPTYPE_INT64, FieldDescriptor.CPPTYPE_UINT64)
+
+
+def _int64_numbers(descriptor, doc: dict) -> None:
+    for f in descriptor.fields:
+        if f.name not in doc:
+            continue
+        value = doc[f.name]
+        if f.message_type is not None and f.message_type.GetOptions().map_entry:
+            vf = f.message_type.fields_by_name["value"]
+            for k, v in value.items():
+                if vf.message_type is not None:
+                    _int64_numbers(vf.message_type, v)
+                elif vf.cpp_type in _INT64:
+                    value[k] = int(v)
+        elif f.message_type is not None:
+            for v in value if isinstance(value, list) else [value]:
+                _int64_numbers(f.message_type, v)
+        elif f.cpp_type in _INT64:
+            doc[f.name] = [int(v) for v in value] if isinstance(value, list) else int(value)
+
+
+Handler = Callable[..., Awaitable[web.StreamResponse]]
+
+
+class RestFrontend:
+    """The routes, over one DataPlane; ``start``/``stop`` bind and drain the listening socket."""
+
+    def __init__(self, dataplane: DataPlane, max_body_bytes: int, grace_period_s: float):
+        self.dp = dataplane
+        self.max_body_bytes = max_body_bytes
+        self.grace_period_s = grace_period_s
+        self._runner: web.ServerRunner | None = None
+        # (method, path segments after /v2) -> handler; a "{}" segment is a path parameter.
+        self._routes: list[tuple[str, tuple[str, ...], Handler]] = []
+        for method, pattern, handler in (
+            ("GET", "", self.server_metadata),
+            ("GET", "health/live", self.live),
+            ("GET", "health/ready", self.ready),
+            ("GET", "models/stats", self.stats),
+            ("GET", "models/{}", self.model_metadata),
+            ("GET", "models/{}/versions/{}", self.model_metadata),
+            ("GET", "models/{}/ready", self.model_ready),
+            ("GET", "models/{}/versions/{}/ready", self.model_ready),
+            ("GET", "models/{}/config", self.model_config),
+            ("GET", "models/{}/versions/{}/config", self.model_config),
+            ("GET", "models/{}/stats", self.stats),
+            ("GET", "models/{}/versions/{}/stats", self.stats),
+            ("POST", "models/{}/infer", self.infer),
+            ("POST", "models/{}/versions/{}/infer", self.infer),
+            ("POST", "repository/index", self.repository_index),
+            ("POST", "repository/models/{}/load", self.load),
+            ("POST", "repository/models/{}/unload", self.unload),
+        ):
+            self._routes.append((method, tuple(pattern.split("/")) if pattern else (), handler))
+
+    # -- lifecycle -------------------------------------------------------------------------------------------
+    async def start(self, host: str, port: int) -> int:
+        # auto_decompress off: Content-Encoding is checked and decoded here, with the body size limit.
+        server = web.Server(self.handle, access_log=None, auto_decompress=False)
+        self._runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=self.grace_period_s)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        return self._runner.addresses[0][1]
+
+    async def stop(self) -> None:
+        """Stop listening, let in-flight requests finish (within the grace period), close connections."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    # -- the exception boundary ------------------------------------------------------------------------------
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        try:
+            handler, args = self._route(request)
+            return await handler(request, *args)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            status, message = status_of(exc)
+            if status == 500:
+                log.error("HTTP %s %s failed", request.method, request.raw_path, exc_info=exc)
+            return _json({"error": message}, status)
+
+    def _route(self, request: web.BaseRequest) -> tuple[Handler, list[str]]:
+        path = request.raw_path.split("?", 1)[0].rstrip("/")
+        parts = path.split("/")[1:]
+        if not parts or parts[0] != "v2":
+            raise HttpError(404, f"no route for {path or '/'}: the KServe v2 API lives under /v2")
+        parts = parts[1:]
+        allowed = []
+        for method, pattern, handler in self._routes:
+            if len(pattern) != len(parts):
+                continue
+            args = []
+            for want, got in zip(pattern, parts, strict=True):
+                if want == "{}":
+                    args.append(unquote(got))
+                elif want != got:
+                    break
+            else:
+                if method == request.method or (method == "GET" and request.method == "HEAD"):
+                    return handler, args
+                allowed.append(method)
+        if allowed:
+            raise HttpError(405, f"{path} accepts {', '.join(allowed)}, not {request.method}")
+        if parts and parts[0] in ("systemsharedmemory", "cudasharedmemory", "trace", "logging") or \
+                parts[-2:] == ["trace", "setting"]:
+            raise Unimplemented(f"{path} (a Triton extension) is not implemented by skewless yet")
+        raise HttpError(404, f"no route for {path}")
+
+    # -- bodies ----------------------------------------------------------------------------------------------
+    async def _body(self, request: web.BaseRequest) -> bytes:
+        """The request body, decompressed per Content-Encoding (gzip, deflate), within the size limit."""
+        limit = self.max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise HttpError(413, f"request body of {request.content_length} bytes exceeds the limit of {limit}")
+        try:
+            if not request.can_read_body:  # no body at all (aiohttp's empty stream refuses readexactly(0))
+                body = b""
+            elif request.content_length is not None:
+                body = await request.content.readexactly(request.content_length)
+            else:  # chunked
+                chunks, size = [], 0
+                while chunk := await request.content.readany():
+                    size += len(chunk)
+                    if size > limit:
+                        raise HttpError(413, f"request body exceeds the limit of {limit} bytes")
+                    chunks.append(chunk)
+                body = b"".join(chunks)
+        except asyncio.IncompleteReadError:
+            raise HttpError(400, "the request body ended before its Content-Length") from None
+        encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+        if encoding == "identity":
+            return body
+        wbits = _WBITS.get(encoding)
+        if wbits is None:
+            raise InvalidArgument(f"unsupported Content-Encoding '{encoding}': use gzip, deflate or identity")
+        if len(body) > OFFLOAD_BYTES:
+            return await asyncio.get_running_loop().run_in_executor(None, _decompress, body, wbits, encoding, limit)
+        return _decompress(body, wbits, encoding, limit)
+
+    async def _json_body(self, request: web.BaseRequest, what: str) -> dict:
+        body = await self._body(request)
+        if not body.strip():
+            return {}
+        doc = rest_codec.load_json(body, what)
+        if not isinstance(doc, dict):
+            raise InvalidArgument(f"the {what} must be a JSON object")
+        return doc
+
+    # -- health and metadata ---------------------------------------------------------------------------------
+    async def server_metadata(self, request):
+        m = self.dp.server_metadata()
+        return _json({"name": m.name, "version": m.version, "extensions": list(m.extensions)})
+
+    async def live(self, request):
+        return _empty(200)
+
+    async def ready(self, request):
+        return _empty(200 if self.dp.is_ready() else 400)  # Triton answers 400 while not ready
+
+    async def model_ready(self, request, name, version=""):
+        ready = self.dp.model_ready(pb.ModelReadyRequest(name=name, version=version)).ready
+        return _empty(200 if ready else 400)
+
+    async def model_metadata(self, request, name, version=""):
+        m = self.dp.model_metadata(pb.ModelMetadataRequest(name=name, version=version))
+        tensors = [[{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in ts]
+                   for ts in (m.inputs, m.outputs)]
+        return _json({"name": m.name, "versions": list(m.versions), "platform": m.platform,
+                      "inputs": tensors[0], "outputs": tensors[1]})
+
+    async def model_config(self, request, name, version=""):
+        return _json(message_json(self.dp.model_config(pb.ModelConfigRequest(name=name, version=version)).config))
+
+    async def stats(self, request, name="", version=""):
+        return _json(message_json(self.dp.statistics(pb.ModelStatisticsRequest(name=name, version=version))))
+
+    # -- repository ------------------------------------------------------------------------------------------
+    async def repository_index(self, request):
+        doc = await self._json_body(request, "repository index request")
+        ready = doc.get("ready", False)
+        if not isinstance(ready, bool):
+            raise InvalidArgument("repository index 'ready' must be true or false")
+        rows = []
+        for m in self.dp.repository_index(pb.RepositoryIndexRequest(ready=ready)).models:
+            row = {"name": m.name}
+            row.update((k, v) for k, v in (("version", m.version), ("state", m.state), ("reason", m.reason)) if v)
+            rows.append(row)
+        return _json(rows)
+
+    async def load(self, request, name):
+        doc = await self._json_body(request, "load request")
+        req = pb.RepositoryModelLoadRequest(model_name=name)
+        for key, value in _parameters(doc, "load request").items():
+            param = req.parameters[key]
+            if isinstance(value, bool):
+                param.bool_param = value
+            elif isinstance(value, int):
+                param.int64_param = value
+            elif isinstance(value, str):
+                param.string_param = value
+            else:
+                raise InvalidArgument(f"load parameter '{key}' must be a string, integer or boolean")
+        await self.dp.repository_load(req)
+        return _empty(200)
+
+    async def unload(self, request, name):
+        _parameters(await self._json_body(request, "unload request"), "unload request")
+        await self.dp.repository_unload(pb.RepositoryModelUnloadRequest(model_name=name))
+        return _empty(200)
+
+    # -- inference -------------------------------------------------------------------------------------------
+    async def infer(self, request, name, version=""):
+        received_ns = time.perf_counter_ns()
+        body = await self._body(request)
+        req = rest_codec.parse_infer_request(
+            body, rest_codec.header_length(request.headers.get(HEADER_LENGTH), len(body)))
+        mv, names, arrays = await self.dp.infer_tensors(
+            name, version, req.inputs, req.raw, req.output_names, req.output_parameters, req.parameters, req.id,
+            received_ns)
+        blobs: list = []
+        outputs = [rest_codec.output_json(n, dt, shape, payload, req.binary_output(n), blobs)
+                   for n, dt, shape, payload in output_tensors(mv, names, arrays)]
+        doc: dict[str, Any] = {"model_name": mv.name, "model_version": mv.version_text}
+        if req.id:
+            doc["id"] = req.id
+        doc["outputs"] = outputs
+        header = rest_codec.dumps(doc)
+        if not blobs:
+            resp = web.Response(body=header, content_type=JSON)
+        else:
+            resp = web.Response(body=b"".join([header, *blobs]), content_type=BINARY,
+                                headers={HEADER_LENGTH: str(len(header))})
+        return self._compressed(request, resp)
+
+    def _compressed(self, request: web.BaseRequest, resp: web.Response) -> web.Response:
+        """Compress when Accept-Encoding asks for gzip or deflate (aiohttp's compressor, which hands large
+        bodies to an executor); the Inference-Header-Content-Length stays the uncompressed JSON size."""
+        accept = request.headers.get("Accept-Encoding", "")
+        if "gzip" in accept or "deflate" in accept:
+            resp.enable_compression()
+        return resp
+
+
+def _parameters(doc: dict, what: str) -> dict:
+    params = doc.get("parameters", {})
+    if not isinstance(params, dict):
+        raise InvalidArgument(f"'parameters' of the {what} must be a JSON object")
+    return params
+
+
+def _decompress(body: bytes, wbits: int, encoding: str, limit: int) -> bytes:
+    d = zlib.decompressobj(wbits)
+    try:
+        out = d.decompress(body, limit + 1)
+    except zlib.error as exc:
+        if encoding != "deflate":
+            raise InvalidArgument(f"request body is not valid {encoding} data: {exc}") from None
+        try:  # "deflate" as raw deflate (RFC 1951) rather than the zlib format (RFC 1950) most clients send
+            d = zlib.decompressobj(-zlib.MAX_WBITS)
+            out = d.decompress(body, limit + 1)
+        except zlib.error:
+            raise InvalidArgument(f"request body is not valid deflate data: {exc}") from None
+    if len(out) > limit:
+        raise HttpError(413, f"decompressed request body exceeds the limit of {limit} bytes")
+    if not d.eof:
+        raise InvalidArgument(f"request body is truncated {encoding} data")
+    return out
+
+
+__all__ = ["HTTP_STATUS", "RestFrontend", "message_json", "status_of"]
