@@ -155,15 +155,12 @@ def plot(s: dict[str, Any], path: Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter
-
-    plain = FuncFormatter(lambda v, _: f"{v:g}")
     colors = {"grpc": "C0", "http_json": "C1", "http_binary": "C2"}
     width = 0.27
     by = {(p["transport"], p["clients"]): p for p in s["points"]}
     fig, axes = plt.subplots(2, 2, figsize=(14, 9.5))
 
-    def grouped(ax, key: str, title: str, ylabel: str, log_scale: bool, fmt: str) -> None:
+    def grouped(ax, key: str, title: str, ylabel: str, fmt: str) -> None:
         top = 0.0
         for k, t in enumerate(TRANSPORTS):
             vals = [by[(t, c)][key] or 0 for c in CLIENTS]
@@ -173,18 +170,14 @@ def plot(s: dict[str, Any], path: Path) -> Path:
             for b, v in zip(bars, vals, strict=True):
                 ax.annotate(format(v, fmt), (b.get_x() + b.get_width() / 2, v), ha="center", va="bottom", fontsize=8)
         ax.set_xticks(range(len(CLIENTS)), [f"{c} client{'s' if c > 1 else ''}" for c in CLIENTS])
-        if log_scale:
-            ax.set_yscale("log")
-            ax.yaxis.set_major_formatter(plain)
-        else:
-            ax.set_ylim(0, (top or 1) * 1.15)
+        ax.set_ylim(0, (top or 1) * 1.15)  # linear from 0: bar heights compare as ratios
         ax.set_title(title)
         ax.set_ylabel(ylabel)
         ax.grid(True, axis="y", which="both", alpha=0.3)
         ax.legend(fontsize=8)
 
-    grouped(axes[0][0], "rps", "throughput", "requests/s (log)", True, ".0f")
-    grouped(axes[0][1], "cpu_us_per_request", "server CPU per request (user+sys)", "CPU µs per request", False, ".0f")
+    grouped(axes[0][0], "rps", "throughput", "requests/s", ".0f")
+    grouped(axes[0][1], "cpu_us_per_request", "server CPU per request (user+sys)", "CPU µs per request", ".0f")
     for ax, c in zip(axes[1], CLIENTS, strict=True):
         for k, (key, name, alpha) in enumerate((("p50_ms", "p50", 1.0), ("p99_ms", "p99", 0.45))):
             vals = [by[(t, c)][key] or 0 for t in TRANSPORTS]
