@@ -123,15 +123,13 @@ class Server:
         self.dataplane.accepting = False
         await self.health.enter_graceful_shutdown()
         # Both transports drain at once, each within the grace period.
-        await asyncio.gather(self._grpc.stop(self.opts.grace_period_s) if self._grpc is not None else _nothing(),
-                             self._rest.stop())
+        draining = [self._rest.stop()]
+        if self._grpc is not None:
+            draining.append(self._grpc.stop(self.opts.grace_period_s))
+        await asyncio.gather(*draining)
         await self._http.stop()
         await self.repository.stop()
         log.info("stopped")
-
-
-async def _nothing() -> None:
-    pass
 
 
 def _tune_gc() -> None:

@@ -200,7 +200,7 @@ def output_json(name: str, datatype: str, shape, payload, binary: bool, blobs: l
     Binary outputs append their buffer to ``blobs`` (sent after the JSON, in order)."""
     out: dict[str, Any] = {"name": name, "datatype": datatype, "shape": [int(d) for d in shape]}
     if binary:
-        buf = payload if isinstance(payload, bytes) else memoryview(payload).cast("B")
+        buf = payload if isinstance(payload, bytes) else payload.reshape(-1).view(np.uint8)  # C-contiguous
         out["parameters"] = {"binary_data_size": len(buf)}
         blobs.append(buf)
         return out
@@ -217,6 +217,21 @@ def output_json(name: str, datatype: str, shape, payload, binary: bool, blobs: l
     else:
         out["data"] = np.asarray(payload).reshape(-1).tolist()
     return out
+
+
+def infer_reply(req: RestInferRequest, model: str, version: str, outputs: list[tuple]) -> tuple[int | None, bytes]:
+    """The reply body, and the JSON header's size when binary outputs follow it (else None: all JSON).
+    ``outputs``: output_tensors()' (name, datatype, shape, payload) tuples."""
+    blobs: list = []
+    doc: dict[str, Any] = {"model_name": model, "model_version": version}
+    if req.id:
+        doc["id"] = req.id
+    doc["outputs"] = [output_json(n, dt, shape, payload, req.binary_output(n), blobs)
+                      for n, dt, shape, payload in outputs]
+    header = dumps(doc)
+    if not blobs:
+        return None, header
+    return len(header), b"".join([header, *blobs])
 
 
 def dumps(doc: Any) -> bytes:
