@@ -19,6 +19,7 @@ import platform
 import queue
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -165,15 +166,17 @@ def stats_delta(a: dict[str, Any] | None, b: dict[str, Any] | None, rows: int) -
 class ClientPool:
     """Spawned (not forked: gRPC's threads do not survive fork) client processes that run one point at a time."""
 
-    def __init__(self, cfg: BenchConfig, wl: Workload):
+    def __init__(self, cfg: BenchConfig, wl: Workload, worker: Callable[..., None] = worker_main,
+                 options: Any = None):
+        """``worker``/``options``: another client with the same command protocol (e.g. the HTTP client)."""
         ctx = mp.get_context("spawn")
         self.n = max(1, cfg.processes)
         self.counters = ctx.RawArray("q", 2 * self.n)
         self.results = ctx.Queue()
         self.commands = [ctx.Queue() for _ in range(self.n)]
-        opts = WorkerOptions(cfg.target, connections=cfg.connections, streams=max(1, cfg.streams), timeout=cfg.timeout,
-                             check_every=cfg.check_every, use_uvloop=cfg.uvloop)
-        self.procs = [ctx.Process(target=worker_main, name=f"bench-client-{i}", daemon=True,
+        opts = options or WorkerOptions(cfg.target, connections=cfg.connections, streams=max(1, cfg.streams),
+                                        timeout=cfg.timeout, check_every=cfg.check_every, use_uvloop=cfg.uvloop)
+        self.procs = [ctx.Process(target=worker, name=f"bench-client-{i}", daemon=True,
                                   args=(i, opts, wl, self.commands[i], self.results, self.counters))
                       for i in range(self.n)]
         self.pids: dict[int, int] = {}
@@ -348,8 +351,14 @@ def resolve_rates(rates: list[str], points: list[dict[str, Any]]) -> list[float]
     return out
 
 
-def run_bench(cfg: BenchConfig, wl: Workload | None = None) -> dict[str, Any]:
-    """Run every point of the sweep; write JSON/PNG/table to ``cfg.out`` when set. Returns the result."""
+def run_bench(cfg: BenchConfig, wl: Workload | None = None, worker: Callable[..., None] = worker_main,
+              options: Any = None) -> dict[str, Any]:
+    """Run every point of the sweep; write JSON/PNG/table to ``cfg.out`` when set. Returns the result.
+
+    ``worker``/``options`` swap in another client process (same command protocol) for the load itself, e.g.
+    ``http_client.http_worker_main``; ``cfg.target`` stays the server's gRPC address, which the metadata,
+    ModelStatistics and the workload are read from.
+    """
     model = wl.model if wl else fetch_model(cfg.target, cfg.model, cfg.model_version)
     wl = wl or build_workload(model, cfg.rows, cfg.variants, cfg.input_files, cfg.outputs,
                               cfg.check_against_onnx, cfg.seed)
@@ -358,7 +367,7 @@ def run_bench(cfg: BenchConfig, wl: Workload | None = None) -> dict[str, Any]:
     probe = ServerProbe(cfg)
     started = datetime.now().astimezone()
     points: list[dict[str, Any]] = []
-    pool = ClientPool(cfg, wl)
+    pool = ClientPool(cfg, wl, worker, options)
     try:
         target_info = probe.server_metadata()
         for i, c in enumerate(concurrency):

@@ -51,6 +51,8 @@ class ServerProcess:
             if m:
                 self.port = int(m.group("port"))
                 self.target = f"127.0.0.1:{self.port}"
+                # Every KEY=HOST:PORT the ready line names (skewless: grpc=, http=, ...), for other endpoints.
+                self.addresses = {k: f"{h}:{p}" for k, h, p in re.findall(r"(\w+)=([^\s=]+):(\d+)", line)}
                 return
 
     def _pump(self, lines: queue.Queue[str | None]) -> None:
