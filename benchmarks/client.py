@@ -8,10 +8,12 @@ bytes (identity serialisers) and append two floats per reply; decoding is kept f
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import time
 import traceback
 from collections import Counter
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 
 import grpc
@@ -366,32 +368,44 @@ class Client:
             await asyncio.sleep(0.01)  # a server refusing streams outright must not spin this loop
 
 
+async def serve_points(worker: int, client, cmd_q, res_q) -> None:
+    """Tell the parent this process is ready, then run each point it sends until it sends None."""
+    res_q.put(("ready", worker, os.getpid()))
+    loop = asyncio.get_running_loop()
+    while True:
+        spec = await loop.run_in_executor(None, cmd_q.get)
+        if spec is None:
+            return
+        res_q.put(("result", worker, await client.run_point(spec)))
+
+
+def run_worker(serve: Callable[[], Coroutine], use_uvloop: bool, worker: int, res_q) -> None:
+    """Run a client process's main coroutine (on uvloop when asked and installed); failures travel back
+    as text so the parent can report them."""
+    try:
+        if use_uvloop:
+            try:
+                import uvloop
+            except ImportError:
+                uvloop = None
+            if uvloop is not None:
+                uvloop.run(serve())
+                return
+        asyncio.run(serve())
+    except BaseException:
+        res_q.put(("error", worker, traceback.format_exc()))
+
+
 async def _serve(worker: int, opts: WorkerOptions, wl: Workload, cmd_q, res_q, counters) -> None:
     client = Client(worker, opts, wl, counters)
     await client.connect()
-    res_q.put(("ready", worker, os.getpid()))
-    loop = asyncio.get_running_loop()
     try:
-        while True:
-            spec = await loop.run_in_executor(None, cmd_q.get)
-            if spec is None:
-                return
-            res_q.put(("result", worker, await client.run_point(spec)))
+        await serve_points(worker, client, cmd_q, res_q)
     finally:
         await client.close()
 
 
 def worker_main(worker: int, opts: WorkerOptions, wl: Workload, cmd_q, res_q, counters) -> None:
-    """Entry point of a spawned client process; failures travel back as text so the parent can report them."""
-    try:
-        if opts.use_uvloop:
-            try:
-                import uvloop
-            except ImportError:
-                asyncio.run(_serve(worker, opts, wl, cmd_q, res_q, counters))
-            else:
-                uvloop.run(_serve(worker, opts, wl, cmd_q, res_q, counters))
-        else:
-            asyncio.run(_serve(worker, opts, wl, cmd_q, res_q, counters))
-    except BaseException:
-        res_q.put(("error", worker, traceback.format_exc()))
+    """Entry point of a spawned gRPC client process."""
+    run_worker(functools.partial(_serve, worker, opts, wl, cmd_q, res_q, counters), opts.use_uvloop, worker,
+               res_q)

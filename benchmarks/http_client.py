@@ -20,17 +20,16 @@ closed loop only.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
-import os
 import time
-import traceback
 from dataclasses import dataclass
 
 import numpy as np
 
 from skewless.protos import grpc_service_pb2 as pb
 
-from .client import PointResult, PointSpec, Recorder
+from .client import PointResult, PointSpec, Recorder, run_worker, serve_points
 from .workload import NUMPY_DTYPES, ModelInfo, Workload, to_raw
 
 perf = time.perf_counter
@@ -332,28 +331,12 @@ async def _serve(worker: int, opts: HttpOptions, wl: Workload, cmd_q, res_q, cou
     client = HttpClient(worker, opts, wl, counters)
     try:
         await client.check_endpoint()
-        res_q.put(("ready", worker, os.getpid()))
-        loop = asyncio.get_running_loop()
-        while True:
-            spec = await loop.run_in_executor(None, cmd_q.get)
-            if spec is None:
-                return
-            res_q.put(("result", worker, await client.run_point(spec)))
+        await serve_points(worker, client, cmd_q, res_q)
     finally:
         client.close()
 
 
 def http_worker_main(worker: int, opts: HttpOptions, wl: Workload, cmd_q, res_q, counters) -> None:
-    """Entry point of a spawned HTTP client process (``ClientPool(worker=...)``); failures travel back as text."""
-    try:
-        if opts.use_uvloop:
-            try:
-                import uvloop
-            except ImportError:
-                asyncio.run(_serve(worker, opts, wl, cmd_q, res_q, counters))
-            else:
-                uvloop.run(_serve(worker, opts, wl, cmd_q, res_q, counters))
-        else:
-            asyncio.run(_serve(worker, opts, wl, cmd_q, res_q, counters))
-    except BaseException:
-        res_q.put(("error", worker, traceback.format_exc()))
+    """Entry point of a spawned HTTP client process (``ClientPool(worker=...)``)."""
+    run_worker(functools.partial(_serve, worker, opts, wl, cmd_q, res_q, counters), opts.use_uvloop, worker,
+               res_q)

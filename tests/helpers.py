@@ -122,6 +122,21 @@ def http_status(url: str) -> int:
 
 
 # -- waiting -------------------------------------------------------------------------------------------
+def child_servers(*markers: str) -> list[str]:
+    """Command lines of this process's descendants that contain any of ``markers`` (servers a test started)."""
+    import psutil
+
+    out = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            cmd = " ".join(child.cmdline())
+        except psutil.Error:
+            continue
+        if any(m in cmd for m in markers):
+            out.append(cmd)
+    return out
+
+
 def wait_until(pred: Callable[[], bool], timeout: float, what: str, interval: float = 0.05) -> None:
     deadline = time.monotonic() + timeout
     while not pred():

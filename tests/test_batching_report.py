@@ -15,21 +15,13 @@ pytest.importorskip("psutil")
 pytest.importorskip("matplotlib")
 pytest.importorskip("onnx")
 
-import psutil  # noqa: E402
+from helpers import child_servers  # noqa: E402
 
 from skewless.benchmarks import batching_report  # noqa: E402
 
 
 def _our_servers() -> list[str]:
-    out = []
-    for child in psutil.Process().children(recursive=True):
-        try:
-            cmd = " ".join(child.cmdline())
-        except psutil.Error:
-            continue
-        if "skewless.server.frontend.cli" in cmd or "skewless.benchmarks.echo_server" in cmd:
-            out.append(cmd)
-    return out
+    return child_servers("skewless.server.frontend.cli", "skewless.benchmarks.echo_server")
 
 
 def test_quick_run_writes_every_figure(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

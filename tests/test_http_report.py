@@ -7,7 +7,6 @@ judges a speed, which on a shared CI machine would only be noise.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -17,25 +16,13 @@ pytest.importorskip("psutil")
 pytest.importorskip("matplotlib")
 pytest.importorskip("onnx")
 
-import psutil  # noqa: E402
+from helpers import child_servers  # noqa: E402
 
 from skewless.benchmarks import http_report  # noqa: E402
-from skewless.server.frontend.app import ServerOptions  # noqa: E402
-
-if "http_port" not in {f.name for f in dataclasses.fields(ServerOptions)}:
-    pytest.skip("this server has no HTTP/REST endpoint (--http-port) yet", allow_module_level=True)
 
 
 def _our_servers() -> list[str]:
-    out = []
-    for child in psutil.Process().children(recursive=True):
-        try:
-            cmd = " ".join(child.cmdline())
-        except psutil.Error:
-            continue
-        if "skewless.server.frontend.cli" in cmd:
-            out.append(cmd)
-    return out
+    return child_servers("skewless.server.frontend.cli")
 
 
 def test_quick_run_writes_every_figure(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
