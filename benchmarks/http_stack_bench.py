@@ -6,7 +6,7 @@ each) send Triton binary-tensor requests of ``--rows`` rows. Reported per stack 
 and the server's CPU µs per request (user+sys of its process over the window), the steadier figure on a shared
 machine. The uvicorn side runs a bare ASGI callable (no router), so any difference is the stack's own.
 
-    python -m skewless.benchmarks.http_stack_bench --clients 1,4 --seconds 5
+    python -m skewless.benchmarks.http_stack_bench --clients 1,4 --seconds 5   # pip install uvicorn httptools first
 """
 
 from __future__ import annotations
@@ -19,9 +19,12 @@ import multiprocessing as mp
 import re
 import sys
 import time
+from datetime import datetime
+from pathlib import Path
 
 import numpy as np
 
+from .loadgen import RESULTS_DIR
 from .servers import EXAMPLE_MODELS, ServerProcess
 
 STACKS = ("aiohttp", "uvicorn")
@@ -132,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rows", type=int, default=1)
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--rounds", type=int, default=2, help="alternate the stacks this many times (noise)")
+    p.add_argument("--out", help="output directory (default benchmarks/results/http-stack-<timestamp>)")
     args = p.parse_args(argv)
     if args.serve:
         import uvloop
@@ -148,8 +152,39 @@ def main(argv: list[str] | None = None) -> int:
                     results.append(r)
                     print(f"{stack:8s} round {rnd} clients {c:3d}: {r['rps']:8.0f} req/s  "
                           f"{r['cpu_us_per_request']:6.0f} server CPU us/request", flush=True)
-    print(json.dumps(results))
+    out = Path(args.out or RESULTS_DIR / f"http-stack-{datetime.now():%Y%m%d-%H%M%S}")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "http_stack.json").write_text(json.dumps(results, indent=1) + "\n")
+    _plot(results, out / "http_stack.png")
+    print(f"wrote {out / 'http_stack.json'}, {out / 'http_stack.png'}")
     return 0
+
+
+def _plot(results: list[dict], path: Path) -> None:
+    """Median over rounds of requests/s and server CPU per request, one bar per stack and client count."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    stacks = list(dict.fromkeys(r["stack"] for r in results))
+    clients = sorted({r["clients"] for r in results})
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    for ax, key, label in ((axes[0], "rps", "requests/s"), (axes[1], "cpu_us_per_request", "server CPU µs/request")):
+        width = 0.8 / len(stacks)
+        for i, stack in enumerate(stacks):
+            values = [float(np.median([r[key] for r in results if r["stack"] == stack and r["clients"] == c]))
+                      for c in clients]
+            bars = ax.bar(np.arange(len(clients)) + i * width, values, width, label=stack)
+            ax.bar_label(bars, fmt="%.0f", fontsize=8)
+        ax.set_xticks(np.arange(len(clients)) + width * (len(stacks) - 1) / 2, [f"{c} clients" for c in clients])
+        ax.set_ylabel(label)
+        ax.set_title(f"{label} (median of rounds)")
+        ax.legend()
+    fig.suptitle("HTTP stack under the REST frontend: example MLP, binary tensors, keep-alive closed loop")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
