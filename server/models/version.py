@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,8 @@ from .warmup import warmup_samples
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL_FILE = "model.onnx"
+# (model inputs by name, output names, output arrays in that order) of one executed batch
+BatchObserver = Callable[[dict[str, np.ndarray], list[str], list[np.ndarray]], None]
 INLINE_PARAMETER = "skewless.inline_compute_us"  # batches expected to be faster run on the event loop
 
 
@@ -74,6 +77,10 @@ class ModelVersion:
         self.runtime = ModelRuntime(self.path, self.config, f"{name}-{version}")
         self._inflight = 0
         self._idle: asyncio.Event | None = None
+        # The one hook side modules (drift monitoring) get on the batch path: called with every batch's model
+        # inputs and outputs, on the thread that ran it, before the outputs are split. It must return at once
+        # (sample, copy what it keeps, queue it): model inputs may be views of buffers reused by the next batch.
+        self.batch_observer: BatchObserver | None = None
         try:
             try:
                 inline_limit_ns = 1000 * float(parameter(self.config, INLINE_PARAMETER, "250"))
@@ -153,6 +160,12 @@ class ModelVersion:
         t1 = time.perf_counter_ns()
         outs = self.runtime.run_sync(output_names, merged)
         t2 = time.perf_counter_ns()
+        observer = self.batch_observer
+        if observer is not None:
+            try:
+                observer(merged, output_names, outs)
+            except Exception:  # a side module's failure never fails the batch
+                log.exception("batch observer of model %s failed", self.label)
         if len(feeds) == 1:
             split = [outs]
         else:
