@@ -21,7 +21,7 @@ from skewless.protos import grpc_service_pb2 as pb
 
 from .batching.batcher import settle
 from .codec import DATATYPES, decode_raw, decode_typed, element_count, encode_array, format_shape
-from .errors import InvalidArgument
+from .errors import InvalidArgument, SkewlessError
 from .models.config import TensorSpec
 from .models.repository import ModelRepository
 from .models.stats import Duration, ModelStats
@@ -187,8 +187,8 @@ class DataPlane:
                     watch = result
             complete = functools.partial(_complete, deliver or result, mv, names, received_ns, reply)
             running = mv.scheduler.start(feeds, names, rows, priority, timeout_us, deadline, complete, watch)
-        except BaseException:
-            mv.stats.record_request(False, time.perf_counter_ns() - received_ns, 0)
+        except BaseException as exc:
+            mv.stats.record_request(False, time.perf_counter_ns() - received_ns, 0, failure_reason(exc))
             mv.leave()
             raise
         return running if result is None else result
@@ -245,6 +245,7 @@ def _complete(target: Deliver | asyncio.Future, mv: ModelVersion, names: list[st
     is_future = isinstance(target, asyncio.Future)
     ok = False
     queue_ns = 0
+    reason = "cancelled"
     try:
         if cancelled:
             if is_future:
@@ -257,13 +258,22 @@ def _complete(target: Deliver | asyncio.Future, mv: ModelVersion, names: list[st
                 ok = True
             except Exception as e:
                 exc = e
+        if not ok:
+            reason = failure_reason(exc)
         if is_future:
             settle(target, value if ok else None, exc)
         else:
             target(value if ok else None, exc)
     finally:
-        mv.stats.record_request(ok, time.perf_counter_ns() - received_ns, queue_ns)
+        mv.stats.record_request(ok, time.perf_counter_ns() - received_ns, queue_ns, reason)
         mv.leave()
+
+
+def failure_reason(exc: BaseException | None) -> str:
+    """Why a request failed, for the statistics (models/stats.py's TRITON_REASONS): a domain error says."""
+    if isinstance(exc, SkewlessError):
+        return exc.reason
+    return "cancelled" if isinstance(exc, asyncio.CancelledError) else "other"
 
 
 def _deliver_outcome(deliver: Deliver, future: asyncio.Future) -> None:

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 
 class SkewlessError(Exception):
-    """Base of every error a request can legitimately fail with."""
+    """Base of every error a request can legitimately fail with.
+
+    ``kind`` picks the status code at each edge; ``reason`` says why a request failed, for the metrics
+    (models/stats.py maps it to Triton's failure reasons)."""
 
     kind = "INTERNAL"
+    reason = "other"
 
 
 class InvalidArgument(SkewlessError):
@@ -21,16 +25,30 @@ class Unavailable(SkewlessError):
     kind = "UNAVAILABLE"
 
 
+class QueueFull(Unavailable):
+    """Refused at arrival: the model's queue is at its max_queue_size."""
+
+    reason = "rejected"
+
+
+class QueueTimeout(Unavailable):
+    """Dropped from the queue by its queue policy's timeout, uncomputed."""
+
+    reason = "shed"
+
+
 class ResourceExhausted(SkewlessError):
     kind = "RESOURCE_EXHAUSTED"
 
 
 class DeadlineExceeded(SkewlessError):
     kind = "DEADLINE_EXCEEDED"
+    reason = "deadline"
 
 
 class Cancelled(SkewlessError):
     kind = "CANCELLED"
+    reason = "cancelled"
 
 
 class FailedPrecondition(SkewlessError):
@@ -43,6 +61,7 @@ class Unimplemented(SkewlessError):
 
 class Internal(SkewlessError):
     kind = "INTERNAL"
+    reason = "backend"
 
 
 class ModelLoadError(SkewlessError):

@@ -24,7 +24,15 @@ import numpy as np
 
 from skewless.protos import model_config_pb2 as mc
 
-from ..errors import DeadlineExceeded, Internal, InvalidArgument, SkewlessError, Unavailable
+from ..errors import (
+    DeadlineExceeded,
+    Internal,
+    InvalidArgument,
+    QueueFull,
+    QueueTimeout,
+    SkewlessError,
+    Unavailable,
+)
 from .adaptive import AdaptiveController
 from .runner import BatchRunner
 
@@ -135,6 +143,10 @@ class DynamicBatcher:
         self._task = self._loop.create_task(self._run(), name=f"batcher-{label}")
         self._closed = False
 
+    @property
+    def queued_rows(self) -> int:
+        return self._queued_rows
+
     # -- submission ------------------------------------------------------------------------------------
     def submit(self, feeds: dict[str, np.ndarray], rows: int, outputs: Sequence[str], priority: int = 0,
                timeout_us: int | None = None, deadline: float | None = None, hook=None,
@@ -152,7 +164,7 @@ class DynamicBatcher:
         policy = self.policies[level]
         queue = self.queues[level]
         if policy.max_queue_size and len(queue) >= policy.max_queue_size:
-            raise Unavailable(f"Exceeds maximum queue size ({policy.max_queue_size}) of priority level {level} "
+            raise QueueFull(f"Exceeds maximum queue size ({policy.max_queue_size}) of priority level {level} "
                               f"for model '{self.name}'")
         now = self._loop.time()
         timeout = policy.default_timeout_us
@@ -227,7 +239,7 @@ class DynamicBatcher:
                         self.delayed.append(p)
                     else:
                         self._queued_rows -= p.rows
-                        self._finish(p, None, Unavailable(
+                        self._finish(p, None, QueueTimeout(
                             f"Request timeout expired after {1e3 * (now - p.enqueued):.1f} ms in the queue of "
                             f"model '{self.name}'"))
                 else:

@@ -87,6 +87,13 @@ class Scheduler:
         (outs,), queue_ns = await self.runner.run([feeds], [rows], output_names)
         return outs, queue_ns
 
+    def queued(self) -> tuple[int, int]:
+        """Requests and rows waiting in the queue now (what the metrics call pending and queue depth)."""
+        batcher = self.batcher
+        if batcher is None:
+            return 0, 0
+        return sum(len(q) for q in batcher.queues.values()) + len(batcher.delayed), batcher.queued_rows
+
     async def close(self) -> None:
         """Stop taking requests; queued ones still run."""
         if self.batcher is not None:

@@ -18,6 +18,8 @@ from skewless.protos import _pool
 
 from ..dataplane import DataPlane
 from ..models.repository import ModelRepository
+from ..telemetry import prometheus_text
+from ..telemetry.metrics import ServerMetrics
 from .grpc_servicer import InferenceServicer, add_inference_service
 from .http_rest import RestFrontend
 from .probes_http import HttpEndpoint
@@ -41,6 +43,7 @@ class ServerOptions:
     max_message_bytes: int = MAX_MESSAGE_BYTES
     grace_period_s: float = 30.0
     default_max_batch_size: int = 4
+    metrics: bool = True  # /metrics on the metrics port (and OTLP export when the OTEL_* variables ask)
 
 
 def _add_to_reflection_pool(*file_descriptors) -> None:
@@ -64,11 +67,19 @@ class Server:
         self.metrics_port = 0
         self._stop = asyncio.Event()
         self._grpc: grpc.aio.Server | None = None
-        self._http = HttpEndpoint({
+        routes = {
             "/v2/health/live": lambda: (200, "text/plain", b"live\n"),
             "/v2/health/ready": self._ready_route,
-        })
+        }
+        # Telemetry hangs off the server here, reading what the request path already counts.
+        self.metrics = ServerMetrics(self.repository) if opts.metrics else None
+        if self.metrics is not None:
+            routes["/metrics"] = self._metrics_route
+        self._http = HttpEndpoint(routes)
         self._rest = RestFrontend(self.dataplane, opts.max_message_bytes, opts.grace_period_s)
+
+    def _metrics_route(self) -> tuple[int, str, bytes]:
+        return 200, prometheus_text.CONTENT_TYPE, prometheus_text.render(self.metrics.collect())
 
     def _ready_route(self) -> tuple[int, str, bytes]:
         ready = self.dataplane.is_ready()
@@ -129,6 +140,8 @@ class Server:
         await asyncio.gather(*draining)
         await self._http.stop()
         await self.repository.stop()
+        if self.metrics is not None:
+            self.metrics.shutdown()
         log.info("stopped")
 
 

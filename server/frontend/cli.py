@@ -23,6 +23,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_message_bytes=args.max_message_bytes,
         grace_period_s=args.grace_period,
         default_max_batch_size=args.default_max_batch_size,
+        metrics=args.metrics,
     )
     return run(opts)
 
@@ -50,7 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 in containers)")
     s.add_argument("--http-port", type=int, default=8000, help="HTTP/REST (KServe v2) port; 0 picks a free one")
     s.add_argument("--grpc-port", type=int, default=8001)
-    s.add_argument("--metrics-port", type=int, default=8002, help="HTTP port for /v2/health/* probes")
+    s.add_argument("--metrics-port", type=int, default=8002,
+                   help="HTTP port for /metrics (Prometheus) and the /v2/health/* probes")
+    s.add_argument("--metrics", action=argparse.BooleanOptionalAction, default=True,
+                   help="serve /metrics, and export OTLP when the standard OTEL_* variables ask (default on)")
     s.add_argument("--model-control-mode", choices=["none", "explicit", "poll"], default="none")
     s.add_argument("--load-model", action="append", default=[], metavar="NAME",
                    help="model to load at start in explicit mode (repeatable; '*' for all)")

@@ -1,4 +1,4 @@
-"""Plain HTTP on the metrics port: Kubernetes liveness/readiness probes (and, later, /metrics).
+"""Plain HTTP on the metrics port: Kubernetes liveness/readiness probes and the Prometheus /metrics page.
 
 A few fixed GET routes need no web framework; asyncio streams keep it on the server's event loop.
 """

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,11 +25,13 @@ from .config import (
     parse_config_json,
     read_config_text,
 )
+from .stats import Histogram
 from .version import DEFAULT_MODEL_FILE, ModelVersion
 
 log = logging.getLogger(__name__)
 
 CONTROL_MODES = ("none", "explicit", "poll")
+LOAD_SECONDS_BOUNDS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 
 
 @dataclass
@@ -101,6 +104,10 @@ class ModelRepository:
         self._seen_signature: dict[str, tuple] = {}
         self._failed_signature: dict[str, tuple] = {}
         self._retiring: set[asyncio.Task] = set()
+        # What the metrics report of model management: (model, event) counts, event one of load (a version
+        # made ready), load_failed, swap (a serving set replaced another) and unload; version build times.
+        self.events: dict[tuple[str, str], int] = {}
+        self.load_seconds = Histogram(LOAD_SECONDS_BOUNDS)
 
     # -- discovery -----------------------------------------------------------------------------------
     def model_names(self) -> list[str]:
@@ -221,10 +228,14 @@ class ModelRepository:
             built: dict[int, ModelVersion] = {}
             try:
                 for v in wanted:
+                    started = time.perf_counter()
                     built[v] = await loop.run_in_executor(
                         None, ModelVersion, name, v, model_dir / str(v), base, explicit_mbs,
                         self.default_max_batch_size)
+                    self.load_seconds.observe(time.perf_counter() - started)
+                    self._count(name, "load")
             except Exception as exc:
+                self._count(name, "load_failed")
                 reason = str(exc)
                 failed = next((v for v in wanted if v not in built), wanted[-1])
                 for mv in built.values():
@@ -239,6 +250,8 @@ class ModelRepository:
                 raise ModelLoadError(f"load failed for model '{name}': version {failed}: {reason}") from None
             old = model.serving
             model.serving = built  # the atomic swap
+            if old:
+                self._count(name, "swap")
             model.loaded_signature = signature
             for v in wanted:
                 model.status[v] = VersionStatus("READY")
@@ -266,7 +279,12 @@ class ModelRepository:
             for v, mv in old.items():
                 model.status[v] = VersionStatus("UNAVAILABLE", reason)
                 self._retire(mv)
+            if old:
+                self._count(name, "unload")
         self._notify(name)
+
+    def _count(self, name: str, event: str) -> None:
+        self.events[(name, event)] = self.events.get((name, event), 0) + 1
 
     def _retire(self, mv: ModelVersion) -> None:
         task = asyncio.create_task(mv.drain_and_close())

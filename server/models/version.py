@@ -127,6 +127,10 @@ class ModelVersion:
             log.info("model %s: warmup '%s' done", self.label, sample)
 
     # -- in-flight accounting, so a retired version closes only when its last request is done ---------
+    @property
+    def in_flight(self) -> int:
+        return self._inflight
+
     def enter(self) -> None:
         self._inflight += 1
 

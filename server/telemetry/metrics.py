@@ -1,0 +1,266 @@
+"""Server metrics: Triton's per-model names, skewless_* extras, process and GPU figures (OpenTelemetry SDK).
+
+Everything is read when collected (a Prometheus scrape, an OTLP export), from what the request path already
+counts (models/stats.py, the repository's event counts): observable instruments for counters and gauges, and
+histogram points built from the stats' bucket counts and added to each collection (the SDK has no observable
+histogram, and recording each request through an instrument costs ~7 us). So a request pays the same
+whether or not anyone scrapes, and a slow or absent collector cannot touch it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import (
+    AggregationTemporality,
+    HistogramDataPoint,
+    Metric,
+    MetricExporter,
+    MetricExportResult,
+    MetricReader,
+    MetricsData,
+    PeriodicExportingMetricReader,
+    ResourceMetrics,
+    ScopeMetrics,
+)
+from opentelemetry.sdk.metrics.export import (
+    Histogram as HistogramData,
+)
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+
+from ..models.repository import ModelRepository
+from ..models.stats import TRITON_REASONS, Histogram
+from ..models.version import ModelVersion
+from .host import HostMetrics
+
+log = logging.getLogger(__name__)
+
+SCOPE = InstrumentationScope("skewless")
+HISTOGRAM_SCOPE = InstrumentationScope("skewless.histograms")
+NS_PER_US = 1000
+
+
+def _versions(repository: ModelRepository) -> Iterator[tuple[dict[str, str], ModelVersion]]:
+    for name, model in list(repository.models.items()):
+        for v, mv in list(model.serving.items()):
+            yield {"model": name, "version": str(v)}, mv
+
+
+class ServerMetrics:
+    """The server's meter provider and its readers: one pulled by /metrics, an OTLP one when configured."""
+
+    def __init__(self, repository: ModelRepository, extra_readers: Iterable[MetricReader] = ()):
+        self.repository = repository
+        self.host = HostMetrics()
+        self.started_ns = time.time_ns()
+        self._pull = _PullReader()
+        readers: list[MetricReader] = [self._pull, *extra_readers]
+        otlp = otlp_reader(self.with_histograms)
+        if otlp is not None:
+            readers.append(otlp)
+        self.resource = Resource.create({"service.name": "skewless"})
+        self.provider = MeterProvider(metric_readers=readers, resource=self.resource)
+        self._register(self.provider.get_meter("skewless"))
+
+    # -- collection ----------------------------------------------------------------------------------------
+    def collect(self) -> MetricsData:
+        """Everything, now: the SDK's instruments plus the histograms (what /metrics renders)."""
+        return self.with_histograms(self._pull.pull())
+
+    def with_histograms(self, data: MetricsData | None) -> MetricsData:
+        now = time.time_ns()
+        extra = ScopeMetrics(HISTOGRAM_SCOPE, list(self._histograms(now)), schema_url="")
+        if data is None or not data.resource_metrics:
+            return MetricsData([ResourceMetrics(self.resource, [extra], schema_url="")])
+        first, *rest = data.resource_metrics
+        first = ResourceMetrics(first.resource, [*first.scope_metrics, extra], first.schema_url)
+        return MetricsData([first, *rest])
+
+    def shutdown(self) -> None:
+        try:
+            self.provider.shutdown()
+        except Exception:  # an exporter that cannot flush at exit must not fail the stop
+            log.warning("metrics shutdown failed", exc_info=True)
+
+    # -- histograms from the stats' bucket counts -----------------------------------------------------------
+    def _histograms(self, now: int) -> Iterator[Metric]:
+        per_version = list(_versions(self.repository))
+        for name, desc, unit, pick, scale in (
+            ("skewless_request_duration_seconds", "Latency of successful requests, received to reply", "s",
+             lambda s: s.request_hist, 1e-9),
+            ("skewless_queue_duration_seconds", "Time successful requests waited in the queue", "s",
+             lambda s: s.queue_hist, 1e-9),
+            ("skewless_compute_duration_seconds", "Time a batch took to compute (input, infer, output)", "s",
+             lambda s: s.compute_hist, 1e-9),
+            ("skewless_batch_size", "Rows per model execution", "{row}", lambda s: s.batch_hist, 1),
+        ):
+            points = [self._point(attrs, pick(mv.stats), scale, now) for attrs, mv in per_version]
+            yield _histogram_metric(name, desc, unit, points)
+        load = self.repository.load_seconds
+        yield _histogram_metric("skewless_model_load_duration_seconds", "Time to load and warm up a model version",
+                                "s", [self._point({}, load, 1, now)])
+
+    def _point(self, attrs: dict[str, str], h: Histogram, scale: float, now: int) -> HistogramDataPoint:
+        counts = list(h.counts)
+        return HistogramDataPoint(
+            attributes=attrs, start_time_unix_nano=self.started_ns, time_unix_nano=now, count=sum(counts),
+            sum=h.sum * scale, bucket_counts=counts, explicit_bounds=[b * scale for b in h.bounds],
+            min=float("nan"), max=float("nan"))
+
+    # -- observable counters and gauges ---------------------------------------------------------------------
+    def _register(self, meter) -> None:
+        repo = self.repository
+
+        def per_version(value: Callable[[ModelVersion], float]):
+            def callback(_options: CallbackOptions) -> Iterator[Observation]:
+                for attrs, mv in _versions(repo):
+                    yield Observation(value(mv), attrs)
+            return [callback]
+
+        # Triton's names, labels and meanings (durations are cumulative microseconds), so existing
+        # dashboards and alerts work unchanged; the values are ModelStatistics' own.
+        triton: list[tuple[str, str, Callable[[ModelVersion], float]]] = [
+            ("nv_inference_request_success", "Number of successful inference requests, all batch sizes",
+             lambda mv: mv.stats.success.count),
+            ("nv_inference_count", "Number of inferences performed (a batch of n counts n)",
+             lambda mv: mv.stats.inference_count),
+            ("nv_inference_exec_count", "Number of model executions performed",
+             lambda mv: mv.stats.execution_count),
+            ("nv_inference_request_duration_us", "Cumulative inference request duration in microseconds",
+             lambda mv: mv.stats.success.ns // NS_PER_US),
+            ("nv_inference_queue_duration_us", "Cumulative inference queuing duration in microseconds",
+             lambda mv: mv.stats.queue.ns // NS_PER_US),
+            ("nv_inference_compute_input_duration_us", "Cumulative compute input duration in microseconds",
+             lambda mv: mv.stats.compute_input.ns // NS_PER_US),
+            ("nv_inference_compute_infer_duration_us", "Cumulative compute inference duration in microseconds",
+             lambda mv: mv.stats.compute_infer.ns // NS_PER_US),
+            ("nv_inference_compute_output_duration_us", "Cumulative inference compute output duration in microseconds",
+             lambda mv: mv.stats.compute_output.ns // NS_PER_US),
+        ]
+        for name, desc, value in triton:
+            meter.create_observable_counter(name, per_version(value), description=desc)
+
+        def failures(_options: CallbackOptions) -> Iterator[Observation]:
+            for attrs, mv in _versions(repo):
+                by_reason = dict.fromkeys(("REJECTED", "CANCELED", "BACKEND", "OTHER"), 0)
+                for reason, n in mv.stats.failures.items():
+                    by_reason[TRITON_REASONS.get(reason, "OTHER")] += n
+                for reason, n in by_reason.items():
+                    yield Observation(n, {**attrs, "reason": reason})
+
+        meter.create_observable_counter("nv_inference_request_failure", [failures],
+                                        description="Number of failed inference requests, all batch sizes")
+        meter.create_observable_gauge("nv_inference_pending_request_count",
+                                      per_version(lambda mv: mv.scheduler.queued()[0]),
+                                      description="Instantaneous number of pending requests awaiting execution")
+
+        # What Triton lacks.
+        meter.create_observable_gauge("skewless_queue_depth_rows", per_version(lambda mv: mv.scheduler.queued()[1]),
+                                      description="Rows waiting in the model's queue now")
+        meter.create_observable_gauge("skewless_requests_in_flight", per_version(lambda mv: mv.in_flight),
+                                      description="Requests received and not yet answered")
+        for reason, desc in (("rejected", "refused at arrival: the queue was full"),
+                             ("shed", "dropped from the queue by its queue policy's timeout, uncomputed"),
+                             ("deadline_dropped", "whose client deadline passed in the queue, uncomputed"),
+                             ("cancelled", "cancelled by the client before they were answered")):
+            key = "deadline" if reason == "deadline_dropped" else reason
+            meter.create_observable_counter(
+                f"skewless_requests_{reason}", per_version(lambda mv, k=key: mv.stats.failures.get(k, 0)),
+                description=f"Requests {desc}")
+
+        def feature_log(attr: str):
+            def callback(_options: CallbackOptions) -> Iterator[Observation]:
+                for attrs, mv in _versions(repo):
+                    logger = mv.features.logger if mv.features is not None else None
+                    if logger is not None:
+                        yield Observation(getattr(logger, attr), attrs)
+            return [callback]
+
+        meter.create_observable_counter("skewless_feature_log_written_rows", feature_log("logged_rows"),
+                                        description="Rows the served-feature log wrote")
+        meter.create_observable_counter("skewless_feature_log_dropped_rows", feature_log("dropped_rows"),
+                                        description="Rows the served-feature log dropped (queue full)")
+
+        def events(_options: CallbackOptions) -> Iterator[Observation]:
+            for (model, event), n in list(repo.events.items()):
+                yield Observation(n, {"model": model, "event": event})
+
+        meter.create_observable_counter("skewless_model_events", [events],
+                                        description="Model management events: load, load_failed, swap, unload")
+
+        self.host.register(meter)
+
+
+def _histogram_metric(name: str, description: str, unit: str, points: list[HistogramDataPoint]) -> Metric:
+    return Metric(name=name, description=description, unit=unit,
+                  data=HistogramData(data_points=points, aggregation_temporality=AggregationTemporality.CUMULATIVE))
+
+
+class _PullReader(MetricReader):
+    """Collects on demand (a scrape) and hands back what the SDK collected."""
+
+    def __init__(self) -> None:
+        super().__init__(preferred_temporality={})  # the defaults: cumulative everywhere
+        self._latest: MetricsData | None = None
+
+    def _receive_metrics(self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any) -> None:
+        self._latest = metrics_data
+
+    def pull(self) -> MetricsData | None:
+        self._latest = None
+        self.collect()
+        return self._latest
+
+    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+        pass
+
+
+class _WithHistograms(MetricExporter):
+    """An OTLP exporter whose exports also carry the histograms built from the stats."""
+
+    def __init__(self, inner: MetricExporter, add: Callable[[MetricsData], MetricsData]):
+        super().__init__(preferred_temporality=inner._preferred_temporality,
+                         preferred_aggregation=inner._preferred_aggregation)
+        self.inner = inner
+        self.add = add
+
+    def export(self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any) -> MetricExportResult:
+        return self.inner.export(self.add(metrics_data), timeout_millis=timeout_millis, **kwargs)
+
+    def force_flush(self, timeout_millis: float = 10_000) -> bool:
+        return self.inner.force_flush(timeout_millis)
+
+    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+        self.inner.shutdown(timeout_millis=timeout_millis, **kwargs)
+
+
+def otlp_reader(add: Callable[[MetricsData], MetricsData],
+                environ: dict[str, str] | None = None) -> MetricReader | None:
+    """OTLP export when the standard variables ask for it: OTEL_METRICS_EXPORTER lists ``otlp``, or an OTLP
+    endpoint is set and OTEL_METRICS_EXPORTER does not say otherwise. The protocol (``grpc`` or
+    ``http/protobuf``), endpoint, headers and interval (OTEL_METRIC_EXPORT_INTERVAL) are the SDK's own
+    variables; the export runs on the SDK's thread, never the event loop."""
+    env = os.environ if environ is None else environ
+    wanted = [e.strip() for e in env.get("OTEL_METRICS_EXPORTER", "").split(",") if e.strip()]
+    endpoint = env.get("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    if "otlp" not in wanted and not (endpoint and not wanted):
+        return None
+    protocol = (env.get("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL") or env.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+                or "grpc").strip()
+    if protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+    elif protocol == "http/protobuf":
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+    else:
+        raise ValueError(f"OTLP protocol '{protocol}' is not supported: use grpc or http/protobuf")
+    return PeriodicExportingMetricReader(_WithHistograms(OTLPMetricExporter(), add))
+
+
+__all__ = ["ServerMetrics", "otlp_reader"]
