@@ -129,8 +129,12 @@ def test_exactly_the_shifted_features_alert(churn_dir, spec, tmp_path, shifted):
 
 def test_false_alarm_rate_over_20_unshifted_windows(churn_dir, tmp_path):
     """Same-distribution data (fresh seeds) over 20 consecutive windows of 2000 rows: 20 x 11 PSI values
-    (10 features, 1 output), measured false alarms 0 (largest PSI ~0.04, the hashed region's 22 bins; the
-    expected PSI under no drift is about bins * (1/window + 1/reference rows) ~= 0.02). Bound: no warn."""
+    (10 features, 1 output), none may reach warn (0.1).
+
+    Measured with this setup over 200 windows (2200 values): 0 false alarms; largest PSI 0.042 (region,
+    hashed, 22 bins: mean 0.024, p99 0.040), every other feature and the output below 0.026. That matches
+    the expected PSI under no drift, about (bins - 1) * (1/window + 1/reference rows) ~= 0.02 for region,
+    so 0.1 is ~2.5x the worst value seen."""
     mv = load(churn_dir, tmp_path, FAST)
     monitor = monitor_for(mv)
     serve(mv, raw(WINDOW, seed=100))  # the prediction reference is learnt from these outputs
