@@ -50,7 +50,7 @@ from .psi import BinShift, Thresholds, psi, top_shifts
 from .reference import (
     Bins,
     PredictionDomain,
-    ReferenceError,
+    ReferenceFormatError,
     feature_bins,
     learn_prediction,
     prediction_bins,
@@ -266,6 +266,8 @@ class DriftMonitor:
         if self.settings.sample_rate < 1.0 and self._rng.random() >= self.settings.sample_rate:
             return
         n = outputs[0].shape[0] if outputs else next(iter(inputs.values())).shape[0]
+        # Token bucket without a lock: batches of several instances may race on it, costing at most one
+        # batch's rows over the cap; a lock would put the instances' threads in line for a statistic.
         now = time.monotonic()
         rate = self.settings.max_rows_per_s
         tokens = min(rate, self._tokens + (now - self._last) * rate)
@@ -478,7 +480,7 @@ def _read_reference_file(mv: ModelVersion, name: str, domains: list[PredictionDo
     try:
         entries = read_prediction_reference(json.loads(path.read_text()))
         bins = {d.output: prediction_bins(d, entries[d.output]) for d in domains if d.output in entries}
-    except (OSError, ValueError) as exc:  # JSONDecodeError and ReferenceError are ValueErrors
+    except (OSError, ValueError) as exc:  # JSONDecodeError and ReferenceFormatError are ValueErrors
         raise ModelLoadError(f"{where}: cannot use the prediction reference {path}: {exc}") from None
     unknown = sorted(set(entries) - {d.output for d in domains})
     if unknown:
@@ -489,4 +491,4 @@ def _read_reference_file(mv: ModelVersion, name: str, domains: list[PredictionDo
     return bins
 
 
-__all__ = ["DriftEvent", "DriftMonitor", "DriftSettings", "ReferenceError", "drift_settings"]
+__all__ = ["DriftEvent", "DriftMonitor", "DriftSettings", "ReferenceFormatError", "drift_settings"]

@@ -47,7 +47,7 @@ FLOAT_TYPES = ("FP16", "FP32", "FP64")
 INT_TYPES = ("BOOL", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64")
 
 
-class ReferenceError(ValueError):
+class ReferenceFormatError(ValueError):
     """A reference document (spec entry or prediction reference file) is malformed."""
 
 
@@ -83,13 +83,13 @@ class HistogramBins(Bins):
         self.name, self.tensor, self.column = name, tensor, column
         self.edges = np.asarray(edges, dtype=np.float64)
         if self.edges.ndim != 1 or np.any(np.diff(self.edges) <= 0) or not np.isfinite(self.edges).all():
-            raise ReferenceError(f"{name}: histogram edges must be finite and increasing")
+            raise ReferenceFormatError(f"{name}: histogram edges must be finite and increasing")
         if len(counts) != self.edges.size + 1:
-            raise ReferenceError(f"{name}: {self.edges.size} edges need {self.edges.size + 1} counts, "
+            raise ReferenceFormatError(f"{name}: {self.edges.size} edges need {self.edges.size + 1} counts, "
                                  f"got {len(counts)}")
         self.reference = np.array([*counts, nan], dtype=np.int64)
         if (self.reference < 0).any():
-            raise ReferenceError(f"{name}: negative counts")
+            raise ReferenceFormatError(f"{name}: negative counts")
         e = [_fmt(v) for v in self.edges.tolist()]
         if e:
             labels = [f"< {e[0]}", *(f"[{a}, {b})" for a, b in zip(e, e[1:], strict=False)), f">= {e[-1]}"]
@@ -125,7 +125,7 @@ class IndexBins(Bins):
         self.reference = np.asarray(reference, dtype=np.int64)
         self.other = len(self.labels) - 1
         if self.reference.size != len(self.labels) or (self.reference < 0).any():
-            raise ReferenceError(f"{name}: reference counts do not match the bins")
+            raise ReferenceFormatError(f"{name}: reference counts do not match the bins")
 
     def count(self, block: np.ndarray) -> np.ndarray:
         if self.onehot:
@@ -171,13 +171,13 @@ def _feature_index_bins(feat: Mapping[str, Any], ref: Mapping[str, Any]) -> Inde
         top = {int(i): int(c) for i, c in ref["top"]}
         rows, missing = int(ref["rows"]), int(ref["missing"])
     except (KeyError, TypeError, ValueError):
-        raise ReferenceError(f"{name}: index reference needs rows, missing and top [[index, count], ...]") \
+        raise ReferenceFormatError(f"{name}: index reference needs rows, missing and top [[index, count], ...]") \
             from None
     known = dict(top)
     known[0] = missing  # index 0 (missing, or unknown without OOV buckets) always gets its own bin
     other = rows - sum(known.values())
     if other < 0:
-        raise ReferenceError(f"{name}: reference counts exceed its {rows} rows")
+        raise ReferenceFormatError(f"{name}: reference counts exceed its {rows} rows")
     names = _index_labels(feat)
     keys, key_bins, labels, counts = [], [], [], []
     for i in sorted(known):
@@ -214,7 +214,7 @@ def _feature_value_bins(feat: Mapping[str, Any], ref: Mapping[str, Any]) -> Hist
         counts = [int(c) for c in hist["counts"]]
         nan = int(ref.get("nan", 0))
     except (KeyError, TypeError, ValueError):
-        raise ReferenceError(f"{name}: value reference needs histogram.edges, histogram.counts and nan") \
+        raise ReferenceFormatError(f"{name}: value reference needs histogram.edges, histogram.counts and nan") \
             from None
     if feat["kind"] == "missing_indicator":
         # 0/1 values: fit's decile edges collapse to [0.0]; the mean is the exact share of ones.
@@ -247,7 +247,7 @@ def feature_bins(spec: FeatureSpec) -> tuple[list[Bins], dict[str, str]]:
             else:
                 skipped[name] = f"its reference ({sorted(ref)}) does not describe its {feat['encode']} encoding"
                 continue
-        except (ValueError, KeyError, TypeError) as exc:  # ReferenceError and SpecError are ValueErrors
+        except (ValueError, KeyError, TypeError) as exc:  # ReferenceFormatError and SpecError are ValueErrors
             skipped[name] = f"unusable reference: {exc}"
             continue
         if int(feat["offset"]) + int(feat["width"]) > widths[feat["output"]]:
@@ -348,7 +348,7 @@ def prediction_reference_document(outputs: Mapping[str, np.ndarray]) -> dict[str
         kind = "FP64" if arr.dtype.kind == "f" else "INT64" if arr.dtype.kind in "iub" else "BYTES"
         domain = prediction_domain(name, kind, [block.shape[1]])
         if isinstance(domain, str):
-            raise ReferenceError(f"output '{name}': {domain}")
+            raise ReferenceFormatError(f"output '{name}': {domain}")
         doc["outputs"][name] = learn_prediction(domain, block)
     return doc
 
@@ -363,14 +363,14 @@ def prediction_bins(domain: PredictionDomain, entry: Mapping[str, Any]) -> Bins:
     """The bins of one output from its reference entry (learnt, or read from the reference file)."""
     name = domain.output
     if not isinstance(entry, Mapping):
-        raise ReferenceError(f"output '{name}': the reference entry must be an object")
+        raise ReferenceFormatError(f"output '{name}': the reference entry must be an object")
     mode = entry.get("domain", domain.mode)
     if mode != domain.mode:
-        raise ReferenceError(f"output '{name}': the reference is a {mode!r} but this output is compared as "
+        raise ReferenceFormatError(f"output '{name}': the reference is a {mode!r} but this output is compared as "
                              f"{domain.mode!r} (its shape decides)")
     column = entry.get("column", domain.column)
     if not isinstance(column, int) or not 0 <= column < domain.width:
-        raise ReferenceError(f"output '{name}': column {column!r} is not within its {domain.width} values")
+        raise ReferenceFormatError(f"output '{name}': column {column!r} is not within its {domain.width} values")
     try:
         if mode == "histogram":
             hist = entry["histogram"]
@@ -380,10 +380,10 @@ def prediction_bins(domain: PredictionDomain, entry: Mapping[str, Any]) -> Bins:
         top = [(int(k), int(c)) for k, c in entry["top"]]
         other = int(entry.get("other", 0))
     except (KeyError, TypeError, ValueError) as exc:
-        raise ReferenceError(f"output '{name}': malformed {mode} reference ({exc})") from None
+        raise ReferenceFormatError(f"output '{name}': malformed {mode} reference ({exc})") from None
     keys = [k for k, _ in top]
     if len(set(keys)) != len(keys):
-        raise ReferenceError(f"output '{name}': duplicate classes in the reference")
+        raise ReferenceFormatError(f"output '{name}': duplicate classes in the reference")
     onehot = domain.width > 1
     return IndexBins(name, name, 0, domain.width, onehot, keys, list(range(len(keys))),
                      [f"class {k}" for k in keys] + ["<other>"], [c for _, c in top] + [other])
@@ -392,10 +392,10 @@ def prediction_bins(domain: PredictionDomain, entry: Mapping[str, Any]) -> Bins:
 def read_prediction_reference(doc: Any) -> dict[str, Mapping[str, Any]]:
     """The per-output entries of a prediction reference document, after checking its header."""
     if not isinstance(doc, Mapping) or doc.get("format") != PREDICTION_FORMAT:
-        raise ReferenceError(f"not a {PREDICTION_FORMAT} document")
+        raise ReferenceFormatError(f"not a {PREDICTION_FORMAT} document")
     if doc.get("format_version") != PREDICTION_FORMAT_VERSION:
-        raise ReferenceError(f"unsupported format_version {doc.get('format_version')!r}")
+        raise ReferenceFormatError(f"unsupported format_version {doc.get('format_version')!r}")
     outputs = doc.get("outputs")
     if not isinstance(outputs, Mapping):
-        raise ReferenceError("'outputs' must map output names to reference entries")
+        raise ReferenceFormatError("'outputs' must map output names to reference entries")
     return dict(outputs)
