@@ -10,19 +10,15 @@ it, never waits. One daemon thread per monitor bins the rows (``reference.Bins``
 
 Config parameters (``config.pbtxt``, string values; a bad value fails the load with ModelLoadError):
 
-=================================  ==========  ==================================================================
-``skewless.drift``                 ``1``       ``0`` switches drift monitoring off for the model
-``skewless.drift_warn``            ``0.1``     PSI at or above which a feature/output is ``warn``
-``skewless.drift_alert``           ``0.25``    PSI at or above which it is ``alert`` (must exceed warn)
-``skewless.drift_window_rows``     ``10000``   rows in the sliding window; PSI is reported once half are in
-``skewless.drift_sample_rate``     ``1``       fraction of batches looked at
-``skewless.drift_max_rows_per_s``  ``2000``    rows kept per second at most (token bucket, 1 s burst)
-``skewless.drift_interval_s``      ``5``       PSI recomputed at most this often
-``skewless.drift_queue``           ``256``     sampled batches waiting for the worker; more are dropped
-``skewless.prediction_reference``  ``learn:1000``  ``learn:N`` (the first N sampled output rows after load), a
-                                               JSON file in the version folder (``reference.
-                                               prediction_reference_document``), or ``off``
-=================================  ==========  ==================================================================
+* ``skewless.drift`` (1): 0 switches drift monitoring off for the model;
+* ``skewless.drift_warn`` (0.1), ``skewless.drift_alert`` (0.25): PSI levels, warn < alert;
+* ``skewless.drift_window_rows`` (10000): rows in the sliding window; PSI is reported once half are in;
+* ``skewless.drift_sample_rate`` (1): fraction of batches looked at;
+* ``skewless.drift_max_rows_per_s`` (2000): rows kept per second at most (token bucket, 1 s burst);
+* ``skewless.drift_interval_s`` (5): PSI recomputed at most this often;
+* ``skewless.drift_queue`` (256): sampled batches waiting for the worker; more are dropped and counted;
+* ``skewless.prediction_reference`` (``learn:1000``): ``learn:N`` (the first N sampled output rows after
+  load), a JSON file in the version folder (format: ``reference.prediction_reference_document``), or ``off``.
 
 Why 2000 rows/s: a PSI over ~10 bins from a few thousand rows has sampling noise near 0.01 (its expected
 value under no drift is about bins * (1/window + 1/reference rows)), far below the 0.1 threshold, so more
