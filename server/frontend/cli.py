@@ -75,9 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     from skewless.benchmarks import loadgen
     from skewless.native import cli as features_cli
+    from skewless.server.telemetry import drift_report
 
     features_cli.register(sub)
     loadgen.register(sub)
+    drift_report.register(sub)
     return p
 
 
