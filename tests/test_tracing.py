@@ -10,6 +10,7 @@ import queue
 import random
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from concurrent import futures
 
@@ -238,6 +239,16 @@ def test_dead_collector_never_slows_or_fails_requests(repo):
             for i in range(100):
                 infer(client, "mlp", MLP_X, request_id=f"d{i}")
             assert time.monotonic() - t0 < 10  # ~0.5 s here; a blocked request would take the export timeout
+        # 100 requests x 6 spans overflow the 64-span queue: the drops are counted where metrics are read
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            counts = {line.split('"')[1]: float(line.split()[-1])
+                      for line in urllib.request.urlopen(proc.http_url + "/metrics", timeout=5).read().decode()
+                      .splitlines() if line.startswith("skewless_trace_spans_total{")}
+            if counts.get("dropped", 0) > 0 and counts.get("export_failed", 0) > 0:
+                break
+            time.sleep(0.2)
+        assert counts["dropped"] > 0 and counts["export_failed"] > 0, counts
     finally:
         t0 = time.monotonic()
         proc.assert_clean_exit()

@@ -44,7 +44,6 @@ from opentelemetry.sdk.trace.sampling import (
     ALWAYS_ON,
     ParentBased,
     Sampler,
-    StaticSampler,
     TraceIdRatioBased,
     _get_from_env_or_default,
 )
@@ -185,9 +184,7 @@ class RequestTracer:
         root = sampler._root if isinstance(sampler, ParentBased) else sampler
         # Roots that can never be sampled skip the sampler: a request without a traceparent then costs
         # one header lookup (the default configuration).
-        self.roots_never = (root is ALWAYS_OFF or (isinstance(root, StaticSampler) and root is not ALWAYS_ON
-                                                   and not root.should_sample(None, 1, "").decision.is_sampled())
-                            or (isinstance(root, TraceIdRatioBased) and root.bound == 0))
+        self.roots_never = root is ALWAYS_OFF or (isinstance(root, TraceIdRatioBased) and root.bound == 0)
         self.propagator = TraceContextTextMapPropagator()
         self.exporter = _CountingExporter(exporter)
         self.processor = _CountingBatchProcessor(self.exporter, meter_provider=meter_provider)
