@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -26,6 +26,9 @@ from .models.config import TensorSpec
 from .models.repository import ModelRepository
 from .models.stats import Duration, ModelStats
 from .models.version import ModelVersion
+
+if TYPE_CHECKING:  # the request path only carries a trace; it never imports OpenTelemetry
+    from .telemetry.tracing import RequestTrace
 
 SERVER_NAME = "skewless"
 Deliver = Callable[[Any, "BaseException | None"], None]
@@ -91,8 +94,8 @@ class DataPlane:
 
     # -- inference -----------------------------------------------------------------------------------
     async def infer(self, req: pb.ModelInferRequest, received_ns: int | None = None,
-                    time_remaining_s: float | None = None, watch: asyncio.Future | None = None
-                    ) -> pb.ModelInferResponse:
+                    time_remaining_s: float | None = None, watch: asyncio.Future | None = None,
+                    trace: RequestTrace | None = None) -> pb.ModelInferResponse:
         """The general path, for protobuf messages (typed contents, output parameters). Cancelling ``watch``
         (by default: cancelling this coroutine) drops the request while it is queued."""
         _check_output_parameters(req)
@@ -100,12 +103,17 @@ class DataPlane:
         mv = self.repository.get(req.model_name, req.model_version)
         names, arrays = await self.start(mv, received_ns, time_remaining_s, None, req.inputs,
                                          req.raw_input_contents, [o.name for o in req.outputs], req.parameters,
-                                         req.id, watch=watch)
-        return encode_response(req.id, mv, names, arrays)
+                                         req.id, watch=watch, trace=trace)
+        if trace is None:
+            return encode_response(req.id, mv, names, arrays)
+        t = time.perf_counter_ns()
+        resp = encode_response(req.id, mv, names, arrays)
+        trace.finish(mv, req.id, received_ns, t, time.perf_counter_ns())
+        return resp
 
     def infer_bytes(self, data: bytes, received_ns: int | None = None, time_remaining_s: float | None = None,
                     stream: bool = False, deliver: Deliver | None = None,
-                    watch: asyncio.Future | None = None) -> asyncio.Future:
+                    watch: asyncio.Future | None = None, trace: RequestTrace | None = None) -> asyncio.Future:
         """The hot path: request bytes in, a future of the reply bytes out, no protobuf objects in between.
 
         Synchronous up to the model's queue, so a stream can submit each message without a task of its own.
@@ -113,7 +121,8 @@ class DataPlane:
         (a stream's callback, given (reply, None) or (None, error); nothing if cancelled) instead of it: the
         returned future then only serves to cancel. ``stream`` wraps the reply as
         ModelStreamInferResponse.infer_response (field 2). With ``deliver``, a queued request is dropped
-        uncomputed once ``watch`` (a stream's own future) is cancelled.
+        uncomputed once ``watch`` (a stream's own future) is cancelled. ``trace``: a sampled request's trace
+        (telemetry/tracing.py; None, the common case, costs nothing), finished once the reply is encoded.
         """
         received_ns = received_ns or time.perf_counter_ns()
         try:
@@ -121,7 +130,8 @@ class DataPlane:
         except WireFormatError as exc:
             raise InvalidArgument(f"malformed ModelInferRequest: {exc}") from None
         if req.has_contents or req.output_parameters:
-            task = asyncio.ensure_future(self._infer_message(data, received_ns, time_remaining_s, stream, watch))
+            task = asyncio.ensure_future(
+                self._infer_message(data, received_ns, time_remaining_s, stream, watch, trace))
             if deliver is not None:
                 task.add_done_callback(functools.partial(_deliver_outcome, deliver))
             return task
@@ -131,29 +141,32 @@ class DataPlane:
         # by the general path, which words the error.
         decoded = plan.decode(req) if plan is not None else None
         return self.start(mv, received_ns, time_remaining_s, decoded, req.inputs, req.raw, req.outputs,
-                          req.parameters, req.id, (req.id, _STREAM_TAG if stream else None), deliver, watch)
+                          req.parameters, req.id, (req.id, _STREAM_TAG if stream else None), deliver, watch, trace)
 
     async def infer_tensors(self, model_name: str, model_version: str, inputs: Sequence[TensorHeader],
                             raw: Sequence[bytes | memoryview], output_names: Sequence[str] = (),
                             output_parameters: Mapping[str, Mapping[str, Any]] | None = None,
                             params: Mapping[str, Any] | None = None, request_id: str = "",
-                            received_ns: int | None = None
+                            received_ns: int | None = None, trace: RequestTrace | None = None
                             ) -> tuple[ModelVersion, list[str], list[np.ndarray]]:
         """For transports that are not protobuf (HTTP/REST): inputs as headers plus one raw little-endian
         buffer each (BYTES length-prefixed, as on the gRPC wire), so every check and message is the gRPC
         path's. ``params`` are plain values (``priority``, ``timeout`` in µs); ``output_parameters`` the
-        requested outputs' own. Returns the version that ran, the output names and their arrays."""
+        requested outputs' own. Returns the version that ran, the output names and their arrays; a ``trace``
+        is finished by the caller, which encodes the reply (on failure, here)."""
         received_ns = received_ns or time.perf_counter_ns()
         if output_parameters:
             _check_classification((name, p) for name, p in output_parameters.items())
         mv = self.repository.get(model_name, model_version)
         names, arrays = await self.start(mv, received_ns, None, None, inputs, raw, list(output_names), params,
-                                         request_id)
+                                         request_id, trace=trace)
         return mv, names, arrays
 
     async def _infer_message(self, data: bytes, received_ns: int, time_remaining_s: float | None,
-                             stream: bool, watch: asyncio.Future | None) -> bytes:
-        resp = await self.infer(pb.ModelInferRequest.FromString(data), received_ns, time_remaining_s, watch)
+                             stream: bool, watch: asyncio.Future | None, trace: RequestTrace | None = None
+                             ) -> bytes:
+        resp = await self.infer(pb.ModelInferRequest.FromString(data), received_ns, time_remaining_s, watch,
+                                trace)
         if stream:
             return pb.ModelStreamInferResponse(infer_response=resp).SerializeToString()
         return resp.SerializeToString()
@@ -161,7 +174,8 @@ class DataPlane:
     def start(self, mv: ModelVersion, received_ns: int, time_remaining_s: float | None, decoded: tuple | None,
               tensors, raw, output_names: list[str], params, request_id: str,
               reply: tuple[str, bytes | None] | None = None,
-              deliver: Deliver | None = None, watch: asyncio.Future | None = None) -> asyncio.Future:
+              deliver: Deliver | None = None, watch: asyncio.Future | None = None,
+              trace: RequestTrace | None = None) -> asyncio.Future:
         """Validate and decode (unless ``decoded`` by the plan), then queue or run: a future of the reply
         bytes with ``reply`` (the request id, and the stream tag or None), else of (output names, arrays); or,
         with ``deliver``, the outcome handed to it and the running request's own handle returned (to cancel
@@ -186,10 +200,16 @@ class DataPlane:
                 if watch is None:
                     watch = result
             complete = functools.partial(_complete, deliver or result, mv, names, received_ns, reply)
+            if trace is not None:  # sampled: note the hand-off to the scheduler, finish after the reply
+                trace.enqueued_ns = time.perf_counter_ns()
+                complete = functools.partial(_complete_traced, trace, mv, request_id, received_ns, complete,
+                                             reply is not None)
             running = mv.scheduler.start(feeds, names, rows, priority, timeout_us, deadline, complete, watch)
         except BaseException as exc:
             mv.stats.record_request(False, time.perf_counter_ns() - received_ns, 0, failure_reason(exc))
             mv.leave()
+            if trace is not None:
+                trace.finish(mv, request_id, received_ns, 0, time.perf_counter_ns(), exc)
             raise
         return running if result is None else result
 
@@ -252,7 +272,7 @@ def _complete(target: Deliver | asyncio.Future, mv: ModelVersion, names: list[st
                 target.cancel()
             return
         if exc is None:
-            arrays, queue_ns = outcome
+            arrays, queue_ns, _ = outcome
             try:
                 value = (names, arrays) if reply is None else _reply_bytes(mv, reply[0], reply[1], names, arrays)
                 ok = True
@@ -267,6 +287,24 @@ def _complete(target: Deliver | asyncio.Future, mv: ModelVersion, names: list[st
     finally:
         mv.stats.record_request(ok, time.perf_counter_ns() - received_ns, queue_ns, reason)
         mv.leave()
+
+
+def _complete_traced(trace: RequestTrace, mv: ModelVersion, request_id: str, received_ns: int,
+                     complete: Callable[[Any, BaseException | None, bool], None], encodes: bool, outcome,
+                     exc: BaseException | None, cancelled: bool) -> None:
+    """_complete for a sampled request: the batch that ran it and the reply's encoding are noted, and the
+    trace finished (its spans are built after this, off the reply's way). Without ``encodes`` the caller
+    encodes the reply and finishes the trace itself, unless the request failed."""
+    if not cancelled and exc is None:
+        trace.batch = outcome[2]
+    t = time.perf_counter_ns()
+    complete(outcome, exc, cancelled)
+    if cancelled:
+        return
+    if exc is not None:
+        trace.finish(mv, request_id, received_ns, 0, t, exc)
+    elif encodes:
+        trace.finish(mv, request_id, received_ns, t, time.perf_counter_ns())
 
 
 def failure_reason(exc: BaseException | None) -> str:

@@ -31,7 +31,8 @@ class ServerProcess:
     ``http_url`` the base of the health probes.
     """
 
-    def __init__(self, repository: Path, *extra_args: str, start_timeout: float = 30.0):
+    def __init__(self, repository: Path, *extra_args: str, start_timeout: float = 30.0,
+                 env: dict[str, str] | None = None):
         self.repository = Path(repository)
         self.args = [
             sys.executable, "-m", "skewless.server.frontend.cli", "serve",
@@ -40,6 +41,7 @@ class ServerProcess:
             *extra_args,
         ]
         self.start_timeout = start_timeout
+        self.extra_env = env or {}  # added to this process's environment (e.g. OTEL_* variables)
         self.proc: subprocess.Popen | None = None
         self.grpc_url = ""
         self.http_url = ""
@@ -51,7 +53,7 @@ class ServerProcess:
 
     # -- lifecycle -------------------------------------------------------------------------------------
     def start(self) -> ServerProcess:
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **self.extra_env)
         self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, stderr=self._stderr, env=env, text=True)
         threading.Thread(target=self._pump_stdout, daemon=True).start()
         deadline = time.monotonic() + self.start_timeout

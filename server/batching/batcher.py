@@ -363,7 +363,7 @@ class DynamicBatcher:
             outputs = list(dict.fromkeys(name for p in live for name in p.outputs))
             dispatched = time.perf_counter_ns()
             try:
-                results, thread_wait_ns = await self.runner.run(
+                results, thread_wait_ns, info = await self.runner.run(
                     [p.feeds for p in live], [p.rows for p in live], outputs)
             except SkewlessError as exc:
                 for p in live:
@@ -384,7 +384,7 @@ class DynamicBatcher:
                 if p.outputs != outputs:  # asked for a subset, or another order
                     index = index or {name: i for i, name in enumerate(outputs)}
                     per_request = [per_request[index[n]] for n in p.outputs]
-                finish(p, (per_request, dispatched - p.enqueued_ns), None)
+                finish(p, (per_request, dispatched - p.enqueued_ns, info), None)
         finally:
             self._inflight -= 1
             self._running -= len(batch)
@@ -423,12 +423,12 @@ class DynamicBatcher:
             future = asyncio.get_running_loop().create_future()
             try:
                 start = time.perf_counter_ns()
-                (outs,), queue_ns = self.runner.run_inline([feeds], [rows], list(outputs))
+                (outs,), queue_ns, info = self.runner.run_inline([feeds], [rows], list(outputs))
                 if self.adaptive is not None:
                     elapsed = (time.perf_counter_ns() - start) / 1e9
                     self.adaptive.observe(elapsed)
                     self.adaptive.observe_latency(elapsed)
-                future.set_result((outs, queue_ns))
+                future.set_result((outs, queue_ns, info))
             except Exception as exc:
                 future.set_exception(exc)
             finally:
@@ -440,11 +440,11 @@ class DynamicBatcher:
 
     async def _alone(self, feeds: dict[str, np.ndarray], rows: int, outputs: Sequence[str]):
         start = time.perf_counter_ns()
-        (outs,), thread_wait_ns = await self.runner.run([feeds], [rows], list(outputs))
+        (outs,), thread_wait_ns, info = await self.runner.run([feeds], [rows], list(outputs))
         if self.adaptive is not None:
             self.adaptive.observe((time.perf_counter_ns() - start - thread_wait_ns) / 1e9)
             self.adaptive.observe_latency((time.perf_counter_ns() - start) / 1e9)
-        return outs, thread_wait_ns
+        return outs, thread_wait_ns, info
 
     def _alone_done(self, _future: asyncio.Future) -> None:
         self._inflight -= 1

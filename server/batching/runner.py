@@ -22,6 +22,23 @@ BatchWork = Callable[[list[Feeds], list[int], list[str]], tuple[list[list[np.nda
 ExecutionObserver = Callable[[int, int, int, int, int], None]
 
 
+class BatchInfo:
+    """What one executed batch did, handed with each of its requests' results (one per batch, not per
+    request): a sampled request's trace builds its queue/features/compute spans from it after it completes,
+    and ``span`` holds the batch's own span once a first sampled request of the batch has made it."""
+
+    __slots__ = ("start_ns", "input_ns", "infer_ns", "output_ns", "rows", "requests", "span")
+
+    def __init__(self, start_ns: int, input_ns: int, infer_ns: int, output_ns: int, rows: int, requests: int):
+        self.start_ns = start_ns  # the work began (perf_counter ns)
+        self.input_ns = input_ns
+        self.infer_ns = infer_ns
+        self.output_ns = output_ns
+        self.rows = rows
+        self.requests = requests
+        self.span = None
+
+
 class BatchRunner:
     def __init__(self, work: BatchWork, executor: Executor, cost: BatchCost, on_executed: ExecutionObserver):
         self.work = work
@@ -31,8 +48,9 @@ class BatchRunner:
         self.cheap_enough = cost.cheap_enough
 
     async def run(self, feeds: list[Feeds], rows: list[int], outputs: list[str]
-                  ) -> tuple[list[list[np.ndarray]], int]:
-        """The outputs per request, and how long the batch waited for a free worker thread (ns)."""
+                  ) -> tuple[list[list[np.ndarray]], int, BatchInfo]:
+        """The outputs per request, how long the batch waited for a free worker thread (ns), and the batch's
+        times."""
         if self.cheap_enough(sum(rows)):
             return self.run_inline(feeds, rows, outputs)
         result = await asyncio.get_running_loop().run_in_executor(
@@ -40,7 +58,7 @@ class BatchRunner:
         return self._recorded(rows, result)
 
     def run_inline(self, feeds: list[Feeds], rows: list[int], outputs: list[str]
-                   ) -> tuple[list[list[np.ndarray]], int]:
+                   ) -> tuple[list[list[np.ndarray]], int, BatchInfo]:
         """run() on the calling (event-loop) thread, for batches cheap_enough() says are short."""
         return self._recorded(rows, self._timed(feeds, rows, outputs, time.perf_counter_ns()))
 
@@ -48,11 +66,11 @@ class BatchRunner:
         t0 = time.perf_counter_ns()
         c0 = time.thread_time_ns()
         per_request, phases = self.work(feeds, rows, outputs)
-        return per_request, t0 - submitted, time.thread_time_ns() - c0, phases
+        return per_request, t0 - submitted, time.thread_time_ns() - c0, phases, t0
 
-    def _recorded(self, rows: list[int], result) -> tuple[list[list[np.ndarray]], int]:
-        per_request, queue_ns, cpu_ns, (input_ns, infer_ns, output_ns) = result
+    def _recorded(self, rows: list[int], result) -> tuple[list[list[np.ndarray]], int, BatchInfo]:
+        per_request, queue_ns, cpu_ns, (input_ns, infer_ns, output_ns), t0 = result
         total = sum(rows)
         self.cost.record(total, cpu_ns)
         self.on_executed(total, len(rows), input_ns, infer_ns, output_ns)
-        return per_request, queue_ns
+        return per_request, queue_ns, BatchInfo(t0, input_ns, infer_ns, output_ns, total, len(rows))

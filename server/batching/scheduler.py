@@ -17,9 +17,9 @@ from skewless.protos import model_config_pb2 as mc
 
 from .adaptive import AdaptiveController
 from .batcher import DynamicBatcher
-from .runner import BatchRunner, Feeds
+from .runner import BatchInfo, BatchRunner, Feeds
 
-# hook(result, error, cancelled), called exactly once; result is (outputs, queue ns)
+# hook(result, error, cancelled), called exactly once; result is (outputs, queue ns, runner.BatchInfo)
 Hook = Callable[[object, "BaseException | None", bool], None]
 
 
@@ -52,12 +52,13 @@ class Scheduler:
 
         Returns the outputs in ``output_names`` order and the nanoseconds the request waited in the queue.
         """
-        return await self.start(feeds, output_names, rows, priority, timeout_us, deadline)
+        outs, queue_ns, _ = await self.start(feeds, output_names, rows, priority, timeout_us, deadline)
+        return outs, queue_ns
 
     def start(self, feeds: Feeds, output_names: list[str], rows: int, priority: int = 0,
               timeout_us: int | None = None, deadline: float | None = None, hook: Hook | None = None,
               watch: asyncio.Future | None = None) -> asyncio.Future:
-        """Queue (or start) one request without awaiting it: a future of what ``infer`` returns.
+        """Queue (or start) one request without awaiting it: a future of (outputs, queue ns, BatchInfo).
 
         Cancelling the future before its batch forms drops the request uncomputed. With ``hook``, the outcome
         goes to ``hook(result, error, cancelled)``, exactly once, instead (see DynamicBatcher.submit), and
@@ -83,9 +84,9 @@ class Scheduler:
         return future
 
     async def _run_unbatched(self, feeds: Feeds, output_names: list[str], rows: int
-                             ) -> tuple[list[np.ndarray], int]:
-        (outs,), queue_ns = await self.runner.run([feeds], [rows], output_names)
-        return outs, queue_ns
+                             ) -> tuple[list[np.ndarray], int, BatchInfo]:
+        (outs,), queue_ns, info = await self.runner.run([feeds], [rows], output_names)
+        return outs, queue_ns, info
 
     def queued(self) -> tuple[int, int]:
         """Requests and rows waiting in the queue now (what the metrics call pending and queue depth)."""

@@ -20,6 +20,7 @@ from ..dataplane import DataPlane
 from ..models.repository import ModelRepository
 from ..telemetry import prometheus_text
 from ..telemetry.metrics import ServerMetrics
+from ..telemetry.tracing import RequestTracer
 from .grpc_servicer import InferenceServicer, add_inference_service
 from .http_rest import RestFrontend
 from .probes_http import HttpEndpoint
@@ -76,7 +77,12 @@ class Server:
         if self.metrics is not None:
             routes["/metrics"] = self._metrics_route
         self._http = HttpEndpoint(routes)
-        self._rest = RestFrontend(self.dataplane, opts.max_message_bytes, opts.grace_period_s)
+        # Traces only when OTEL_TRACES_EXPORTER asks (None otherwise: the request path then reads no headers).
+        self.tracer = RequestTracer.from_env(
+            meter_provider=self.metrics.provider if self.metrics is not None else None)
+        if self.metrics is not None and self.tracer is not None:
+            self.metrics.add_tracer(self.tracer)
+        self._rest = RestFrontend(self.dataplane, opts.max_message_bytes, opts.grace_period_s, self.tracer)
 
     def _metrics_route(self) -> tuple[int, str, bytes]:
         return 200, prometheus_text.CONTENT_TYPE, prometheus_text.render(self.metrics.collect())
@@ -101,7 +107,7 @@ class Server:
             ("grpc.max_send_message_length", mb),
             ("grpc.so_reuseport", 0),
         ])
-        add_inference_service(InferenceServicer(self.dataplane), self._grpc)
+        add_inference_service(InferenceServicer(self.dataplane, self.tracer), self._grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
         _add_to_reflection_pool(health_pb2.DESCRIPTOR, reflection_pb2.DESCRIPTOR)
         reflection.enable_server_reflection(
@@ -140,6 +146,8 @@ class Server:
         await asyncio.gather(*draining)
         await self._http.stop()
         await self.repository.stop()
+        if self.tracer is not None:
+            self.tracer.shutdown()
         if self.metrics is not None:
             self.metrics.shutdown()
         log.info("stopped")

@@ -11,6 +11,7 @@ import functools
 import logging
 import time
 from collections import deque
+from typing import TYPE_CHECKING
 
 import grpc
 
@@ -20,6 +21,9 @@ from skewless.protos import grpc_service_pb2_grpc as pb_grpc
 
 from ..dataplane import DataPlane
 from ..errors import SkewlessError
+
+if TYPE_CHECKING:
+    from ..telemetry.tracing import RequestTracer
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +83,10 @@ def unimplemented(what: str):
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, dataplane: DataPlane):
+    def __init__(self, dataplane: DataPlane, tracer: RequestTracer | None = None):
         self.dp = dataplane
+        # Reading a call's metadata costs microseconds: only done when tracing is configured.
+        self.tracer = tracer
 
     @rpc
     async def ServerLive(self, request, context):
@@ -126,7 +132,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         """Registered without (de)serializers: the data plane parses and builds the bytes natively. Its own
         exception boundary (not ``rpc``'s wrapper: one coroutine less per request)."""
         try:
-            return await self.dp.infer_bytes(request, time.perf_counter_ns(), context.time_remaining())
+            received_ns = time.perf_counter_ns()
+            tracer = self.tracer
+            trace = tracer.start_grpc(context.invocation_metadata()) if tracer is not None else None
+            return await self.dp.infer_bytes(request, received_ns, context.time_remaining(), trace=trace)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -137,6 +146,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         soon as it is ready. Each message is queued straight from the reader: no task per message.
 
         As in Triton, a failed request does not end the stream: its error travels in ``error_message``.
+        With tracing, the stream's traceparent is the parent of every message's trace, each sampled on its own.
         """
         ready: deque = deque()  # replies to send, in completion order; None ends the stream
         wake: list[asyncio.Future | None] = [None]  # the writer's wait, when it has nothing to send
@@ -145,6 +155,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         dp = self.dp
         loop = asyncio.get_running_loop()
         gone = loop.create_future()  # cancelled when the stream ends: its queued requests are then dropped
+        tracer = self.tracer
+        parent = tracer.parent_grpc(context.invocation_metadata()) if tracer is not None else None
 
         def send(item) -> None:
             ready.append(item)
@@ -163,8 +175,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 async for data in request_iterator:
                     outstanding[0] += 1
                     try:
-                        dp.infer_bytes(data, time.perf_counter_ns(), None, True, functools.partial(delivered, data),
-                                       gone)
+                        received_ns = time.perf_counter_ns()
+                        trace = tracer.sample(parent, "grpc-stream") if tracer is not None else None
+                        dp.infer_bytes(data, received_ns, None, True, functools.partial(delivered, data), gone,
+                                       trace)
                     except Exception as exc:
                         outstanding[0] -= 1
                         send(_stream_failure(data, exc))

@@ -22,7 +22,7 @@ import logging
 import time
 import zlib
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 from aiohttp import web
@@ -34,6 +34,9 @@ from skewless.protos import grpc_service_pb2 as pb
 from ..dataplane import DataPlane, output_tensors
 from ..errors import InvalidArgument, SkewlessError, Unimplemented
 from . import rest_codec
+
+if TYPE_CHECKING:
+    from ..telemetry.tracing import RequestTracer
 
 log = logging.getLogger(__name__)
 
@@ -118,8 +121,10 @@ Handler = Callable[..., Awaitable[web.StreamResponse]]
 class RestFrontend:
     """The routes, over one DataPlane; ``start``/``stop`` bind and drain the listening socket."""
 
-    def __init__(self, dataplane: DataPlane, max_body_bytes: int, grace_period_s: float):
+    def __init__(self, dataplane: DataPlane, max_body_bytes: int, grace_period_s: float,
+                 tracer: RequestTracer | None = None):
         self.dp = dataplane
+        self.tracer = tracer  # headers are read for traceparent only when tracing is configured
         self.max_body_bytes = max_body_bytes
         self.grace_period_s = grace_period_s
         self._runner: web.ServerRunner | None = None
@@ -306,13 +311,18 @@ class RestFrontend:
     # -- inference -------------------------------------------------------------------------------------------
     async def infer(self, request, name, version=""):
         received_ns = time.perf_counter_ns()
+        tracer = self.tracer
+        trace = tracer.start_http(request.headers) if tracer is not None else None
         body = await self._body(request)
         req = rest_codec.parse_infer_request(
             body, rest_codec.header_length(request.headers.get(HEADER_LENGTH), len(body)))
         mv, names, arrays = await self.dp.infer_tensors(
             name, version, req.inputs, req.raw, req.output_names, req.output_parameters, req.parameters, req.id,
-            received_ns)
+            received_ns, trace)
+        t = time.perf_counter_ns() if trace is not None else 0
         json_size, reply = rest_codec.infer_reply(req, mv.name, mv.version_text, output_tensors(mv, names, arrays))
+        if trace is not None:
+            trace.finish(mv, req.id, received_ns, t, time.perf_counter_ns())
         if json_size is None:
             resp = web.Response(body=reply, content_type=JSON)
         else:

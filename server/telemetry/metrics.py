@@ -69,6 +69,19 @@ class ServerMetrics:
         self.provider = MeterProvider(metric_readers=readers, resource=self.resource)
         self._register(self.provider.get_meter("skewless"))
 
+    def add_tracer(self, tracer: Any) -> None:
+        """Span export figures (telemetry/tracing.py's RequestTracer): exported, failed, dropped (queue full)."""
+
+        def spans(_options: CallbackOptions) -> Iterator[Observation]:
+            yield Observation(tracer.exported_spans, {"outcome": "exported"})
+            yield Observation(tracer.failed_spans, {"outcome": "export_failed"})
+            yield Observation(tracer.dropped_spans, {"outcome": "dropped"})
+
+        self.provider.get_meter("skewless").create_observable_counter(
+            "skewless_trace_spans", [spans],
+            description="Trace spans by outcome: exported, export_failed (collector down or refusing), dropped "
+                        "(export queue full: a slow or absent collector)")
+
     # -- collection ----------------------------------------------------------------------------------------
     def collect(self) -> MetricsData:
         """Everything, now: the SDK's instruments plus the histograms (what /metrics renders)."""
