@@ -342,6 +342,7 @@ def _run(args: argparse.Namespace, out: Path) -> int:
     summary["title"] = (f"Telemetry cost: example MLP ({MODEL}: FP32 [1,32] -> [1,2]), 1 row/request, one run "
                         f"{datetime.now():%Y-%m-%d %H:%M} on {platform.node()} ({os.cpu_count()} CPUs)")
     spans = sink_totals["traces_1.0"]["spans"]
+    cpu = {r["variant"]: r["cpu"] for r in summary["ratios"] if r["clients"] == max(CLIENTS)}
     summary["notes"] = [
         "srv µs/req: the server process's user+sys CPU ÷ requests answered in the window (everything the "
         "server does meanwhile counts: serving /metrics, exporting OTLP); errors: failed requests plus wrong "
@@ -353,7 +354,9 @@ def _run(args: argparse.Namespace, out: Path) -> int:
         f"traces_1.0: sampler always_on; dead collector: OTLP to {dead}, where nobody listens; off: --no-metrics, "
         "no OTEL_* variable.",
         ("traces at 1.0: the collector received no span, so tracing is not active in this build (the OTEL_TRACES_* "
-         "variables were passed and did nothing); that row measures the same as 'on'." if spans == 0 else
+         "variables were passed and did nothing); that row measures the same code as 'on', so the gap between "
+         f"their CPU/request ratios at {max(CLIENTS)} clients ({report._fmt(cpu['traces_1.0'])}× vs "
+         f"{report._fmt(cpu['on'])}×) is this machine's noise." if spans == 0 else
          f"traces at 1.0: the collector received {spans} spans in all."),
         "SIGTERM to exit: " + ", ".join(f"{NAMES[v]} {stop_s.get(v, float('nan')):.1f} s" for v in VARIANTS)
         + " (not a request, but a dead collector shows here if shutdown waits on its export retries).",
