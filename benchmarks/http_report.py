@@ -30,7 +30,6 @@ import json
 import os
 import platform
 import signal
-import statistics
 import sys
 import threading
 import time
@@ -70,26 +69,7 @@ def start_server(repository: Path, log_path: Path) -> tuple[ServerProcess, str]:
 
 # -- figures -----------------------------------------------------------------------------------------------
 def point_row(transport: str, p: dict[str, Any]) -> dict[str, Any]:
-    lat, cpu, cli = p["latency_ms"], p.get("server_cpu") or {}, p.get("client_cpu") or {}
-    answered = p["requests"] + p["error_count"]
-    return {"transport": transport, "clients": p["concurrency"], "rps": p["throughput_rps"],
-            "p50_ms": lat["p50"], "p99_ms": lat["p99"], "cpu_us_per_request": cpu.get("us_per_request"),
-            "server_cores": cpu.get("cores"), "client_cores": cli.get("cores"),
-            "client_us_per_request": cli["seconds"] * 1e6 / answered if cli and answered else None,
-            "mean_batch_size": (p.get("server_stats") or {}).get("mean_batch_size"),
-            # A wrong reply is an error: transport errors plus failed spot-checks.
-            "errors": p["error_count"] + p["checks"]["failed"], "transport_errors": p["errors"],
-            "error_messages": p.get("error_messages") or {}, "checked": p["checks"]["checked"],
-            "check_failed": p["checks"]["failed"], "first_failure": p["checks"]["first_failure"]}
-
-
-def ratio(a: float | None, b: float | None) -> float | None:
-    return a / b if a is not None and b else None
-
-
-def _median(vals: list[float | None]) -> float | None:
-    vals = [v for v in vals if v is not None]
-    return statistics.median(vals) if vals else None
+    return {"transport": transport, **report.point_figures(p)}
 
 
 RATIO_KEYS = {"rps": "rps", "p50": "p50_ms", "cpu": "cpu_us_per_request"}
@@ -105,7 +85,7 @@ def summarise(rows: dict[tuple[str, int], list[dict[str, Any]]], rounds: int) ->
             agg: dict[str, Any] = {"transport": t, "name": NAMES[t], "clients": c, "rounds": len(per)}
             for key in ("rps", "p50_ms", "p99_ms", "cpu_us_per_request", "server_cores", "client_cores",
                         "client_us_per_request", "mean_batch_size"):
-                agg[key] = _median([r[key] for r in per])
+                agg[key] = report.median([r[key] for r in per])
             for key in ("errors", "checked", "check_failed"):
                 agg[key] = sum(r[key] for r in per)
             agg["error_messages"] = {k: v for r in per for k, v in r["error_messages"].items()}
@@ -114,10 +94,10 @@ def summarise(rows: dict[tuple[str, int], list[dict[str, Any]]], rounds: int) ->
     ratios = []
     for c in CLIENTS:
         for t in TRANSPORTS[1:]:
-            per_round = [{name: ratio(h[key], g[key]) for name, key in RATIO_KEYS.items()}
+            per_round = [{name: report.ratio(h[key], g[key]) for name, key in RATIO_KEYS.items()}
                          for h, g in zip(rows[(t, c)], rows[("grpc", c)], strict=True)]
             ratios.append({"transport": t, "name": NAMES[t], "clients": c, "rounds": per_round,
-                           **{name: _median([r[name] for r in per_round]) for name in RATIO_KEYS}})
+                           **{name: report.median([r[name] for r in per_round]) for name in RATIO_KEYS}})
     return {"points": points, "ratios": ratios, "rounds": rounds}
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,31 @@ def latency_summary(lat_s: np.ndarray) -> dict[str, Any]:
 
 def _fmt(v: float | None, spec: str = ".2f") -> str:
     return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def median(vals: list[float | None]) -> float | None:
+    """Median of the figures that exist (a point can lack one, e.g. CPU without ``--server-pid``)."""
+    vals = [v for v in vals if v is not None]
+    return statistics.median(vals) if vals else None
+
+
+def point_figures(p: dict[str, Any]) -> dict[str, Any]:
+    """One closed-loop point of a load-generator result, flattened to the figures the one-run reports compare."""
+    lat, cpu, cli = p["latency_ms"], p.get("server_cpu") or {}, p.get("client_cpu") or {}
+    answered = p["requests"] + p["error_count"]
+    return {"clients": p["concurrency"], "rps": p["throughput_rps"],
+            "p50_ms": lat["p50"], "p99_ms": lat["p99"], "cpu_us_per_request": cpu.get("us_per_request"),
+            "server_cores": cpu.get("cores"), "client_cores": cli.get("cores"),
+            "client_us_per_request": cli["seconds"] * 1e6 / answered if cli and answered else None,
+            "mean_batch_size": (p.get("server_stats") or {}).get("mean_batch_size"),
+            # A wrong reply is an error: transport errors plus failed spot-checks.
+            "errors": p["error_count"] + p["checks"]["failed"], "transport_errors": p["errors"],
+            "error_messages": p.get("error_messages") or {}, "checked": p["checks"]["checked"],
+            "check_failed": p["checks"]["failed"], "first_failure": p["checks"]["first_failure"]}
 
 
 def point_label(p: dict[str, Any]) -> str:

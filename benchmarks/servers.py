@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 
@@ -22,14 +23,23 @@ EXAMPLE_MODELS = REPO_ROOT / "examples" / "models"
 
 
 class ServerProcess:
-    """A server subprocess; ``with`` stops it with SIGTERM (then SIGKILL after ``grace`` seconds)."""
+    """A server subprocess; ``with`` stops it with SIGTERM (then SIGKILL after ``grace`` seconds).
+
+    ``env`` is laid over this process's environment: a value of None removes that variable, so a caller can
+    start a server without, say, any OTEL_* setting it happens to have inherited.
+    """
 
     def __init__(self, argv: list[str], ready: re.Pattern[str], log_path: Path | None = None,
-                 timeout: float = 60.0, grace: float = 15.0):
+                 timeout: float = 60.0, grace: float = 15.0, env: Mapping[str, str | None] | None = None):
         self.argv, self.grace = argv, grace
         self._log = open(log_path, "wb") if log_path else subprocess.DEVNULL  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self._log, cwd=REPO_ROOT,
-                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        environ = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        for k, v in (env or {}).items():
+            if v is None:
+                environ.pop(k, None)
+            else:
+                environ[k] = v
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self._log, cwd=REPO_ROOT, env=environ)
         self.pid = self.proc.pid
         lines: queue.Queue[str | None] = queue.Queue()
         # Keep reading stdout for the server's whole life, so a chatty server never blocks on a full pipe.
@@ -81,12 +91,12 @@ class ServerProcess:
 
 
 def start_skewless(model_repository: Path = EXAMPLE_MODELS, log_path: Path | None = None,
-                   extra: list[str] | None = None) -> ServerProcess:
+                   extra: list[str] | None = None, env: Mapping[str, str | None] | None = None) -> ServerProcess:
     argv = [sys.executable, "-m", "skewless.server.frontend.cli", "serve", "--model-repository", str(model_repository),
             "--host", "127.0.0.1", "--grpc-port", "0", "--metrics-port", "0", "--http-port", "0",
             "--log-level", "warning",
             *(extra or [])]
-    return ServerProcess(argv, re.compile(r"SKEWLESS_READY grpc=[^:]+:(?P<port>\d+)"), log_path)
+    return ServerProcess(argv, re.compile(r"SKEWLESS_READY grpc=[^:]+:(?P<port>\d+)"), log_path, env=env)
 
 
 def start_echo(log_path: Path | None = None, model: str = "mlp") -> ServerProcess:

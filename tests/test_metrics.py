@@ -5,7 +5,6 @@ OTLP export to a real in-test OTLP receiver.
 
 from __future__ import annotations
 
-import concurrent.futures
 import json
 import shutil
 import socket
@@ -16,13 +15,14 @@ import urllib.request
 from concurrent import futures as cf
 from pathlib import Path
 
-import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 from helpers import RPC_TIMEOUT, infer_input, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
+
+from skewless.benchmarks.otlp_sink import OtlpSink
 
 TRITON_COUNTERS = ("nv_inference_request_success", "nv_inference_request_failure", "nv_inference_count",
                    "nv_inference_exec_count", "nv_inference_request_duration_us", "nv_inference_queue_duration_us",
@@ -226,39 +226,11 @@ def test_a_real_prometheus_scrapes_the_request_count_and_a_p99(make_repo, start_
 
 
 # -- OTLP export to a real in-test receiver ---------------------------------------------------------------
-class _MetricsReceiver:
-    """An OTLP/gRPC metrics collector on 127.0.0.1 that keeps what it is sent."""
-
-    def __init__(self) -> None:
-        from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
-
-        received = self.received = []
-
-        class Servicer(metrics_service_pb2_grpc.MetricsServiceServicer):
-            def Export(self, request, context):
-                received.append(request)
-                return metrics_service_pb2.ExportMetricsServiceResponse()
-
-        self.server = grpc.server(concurrent.futures.ThreadPoolExecutor(2))
-        metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(Servicer(), self.server)
-        self.port = self.server.add_insecure_port("127.0.0.1:0")
-        self.server.start()
-
-    def latest(self, name: str):
-        for request in reversed(self.received):
-            for rm in request.resource_metrics:
-                for sm in rm.scope_metrics:
-                    for m in sm.metrics:
-                        if m.name == name:
-                            return m
-        return None
-
-
 def test_otlp_export_carries_tritons_counters_and_our_histograms(make_repo, start_server, monkeypatch):
-    receiver = _MetricsReceiver()
+    receiver = OtlpSink()
     try:
         monkeypatch.setenv("OTEL_METRICS_EXPORTER", "otlp")
-        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{receiver.port}")
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint)
         monkeypatch.setenv("OTEL_EXPORTER_OTLP_INSECURE", "true")
         monkeypatch.setenv("OTEL_METRIC_EXPORT_INTERVAL", "300")
         server = start_server(make_repo("mlp"))
@@ -279,7 +251,7 @@ def test_otlp_export_carries_tritons_counters_and_our_histograms(make_repo, star
         labels = {kv.key: kv.value.string_value for kv in point.attributes}
         assert labels == {"model": "mlp", "version": "1"}
     finally:
-        receiver.server.stop(0)
+        receiver.stop()
 
 
 def test_a_dead_otlp_collector_never_slows_a_request(make_repo, start_server, monkeypatch):
