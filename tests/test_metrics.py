@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
-from helpers import RPC_TIMEOUT, infer_input, wait_until
+from helpers import EXAMPLE_MODELS, RPC_TIMEOUT, infer_input, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
@@ -267,3 +267,35 @@ def test_a_dead_otlp_collector_never_slows_a_request(make_repo, start_server, mo
     assert time.monotonic() - started < 10  # the exporter's retries run on its own thread
     assert "nv_inference_request_success" in scrape(server)
     client.close()
+
+
+def test_drift_gauges_single_out_the_shifted_feature(tmp_path, start_server):
+    """Served churn rows with one feature shifted: its PSI gauge on /metrics alerts, an unshifted one does not."""
+    from test_features_serving import RAW, infer_inputs
+
+    from skewless.examples.generate import churn_dataset
+
+    repo = tmp_path / "repo"
+    shutil.copytree(EXAMPLE_MODELS / "churn", repo / "churn")
+    cfg = repo / "churn" / "config.pbtxt"
+    cfg.write_text(cfg.read_text() + "".join(
+        f'parameters {{ key: "{k}" value {{ string_value: "{v}" }} }}\n'
+        for k, v in (("skewless.drift_window_rows", "1000"), ("skewless.drift_interval_s", "0.2"),
+                     ("skewless.drift_max_rows_per_s", "100000"))))
+    server = start_server(repo)
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    rows = {k: v for k, v in churn_dataset(1200, seed=5).items() if k in RAW}
+    rows["monthly_charges"] = rows["monthly_charges"] * 3 + 200  # far outside the training range
+    for start in range(0, 1200, 50):
+        client.infer("churn", infer_inputs(rows, np.arange(start, start + 50)), client_timeout=RPC_TIMEOUT)
+    client.close()
+    labels = {"model": "churn", "version": "1"}
+
+    def psi(feature: str) -> float | None:
+        fams = families(scrape(server))
+        fam = fams.get("skewless_feature_drift_psi")
+        return None if fam is None else fam.values.get(
+            ("skewless_feature_drift_psi", tuple(sorted({**labels, "feature": feature}.items()))))
+
+    wait_until(lambda: (psi("monthly_charges") or 0) > 0.25, 20, "the shifted feature's PSI to pass 0.25")
+    assert psi("tenure_months") is not None and psi("tenure_months") < 0.1

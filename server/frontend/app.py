@@ -76,6 +76,7 @@ class Server:
         self.metrics = ServerMetrics(self.repository) if opts.metrics else None
         if self.metrics is not None:
             routes["/metrics"] = self._metrics_route
+            self.repository.version_hooks.append(self.metrics.attach_drift)
         self._http = HttpEndpoint(routes)
         # Traces only when OTEL_TRACES_EXPORTER asks (None otherwise: the request path then reads no headers).
         self.tracer = RequestTracer.from_env(

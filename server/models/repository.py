@@ -107,6 +107,9 @@ class ModelRepository:
         # What the metrics report of model management: (model, event) counts, event one of load (a version
         # made ready), load_failed, swap (a serving set replaced another) and unload; version build times.
         self.events: dict[tuple[str, str], int] = {}
+        # Called with each version once it is built, before it serves (side modules attach their batch
+        # observers here); an exception fails that load like any other load error.
+        self.version_hooks: list[Callable[[ModelVersion], None]] = []
         self.load_seconds = Histogram(LOAD_SECONDS_BOUNDS)
 
     # -- discovery -----------------------------------------------------------------------------------
@@ -229,9 +232,16 @@ class ModelRepository:
             try:
                 for v in wanted:
                     started = time.perf_counter()
-                    built[v] = await loop.run_in_executor(
+                    mv = await loop.run_in_executor(
                         None, ModelVersion, name, v, model_dir / str(v), base, explicit_mbs,
                         self.default_max_batch_size)
+                    try:
+                        for hook in self.version_hooks:
+                            hook(mv)
+                    except Exception:
+                        await loop.run_in_executor(None, mv.runtime.close)
+                        raise
+                    built[v] = mv
                     self.load_seconds.observe(time.perf_counter() - started)
                     self._count(name, "load")
             except Exception as exc:

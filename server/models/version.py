@@ -145,6 +145,9 @@ class ModelVersion:
             self._idle = asyncio.Event()
             await self._idle.wait()
         await asyncio.get_running_loop().run_in_executor(None, self.runtime.close)
+        close_observer = getattr(self.batch_observer, "close", None)
+        if close_observer is not None:  # e.g. a drift monitor's worker thread
+            await asyncio.get_running_loop().run_in_executor(None, close_observer)
         if self.features is not None:  # flush and close the served-feature log
             await asyncio.get_running_loop().run_in_executor(None, self.features.close)
         log.info("model %s: unloaded", self.label)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -38,6 +39,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from ..models.repository import ModelRepository
 from ..models.stats import TRITON_REASONS, Histogram
 from ..models.version import ModelVersion
+from .drift import DriftMonitor
 from .host import HostMetrics
 
 log = logging.getLogger(__name__)
@@ -45,6 +47,7 @@ log = logging.getLogger(__name__)
 SCOPE = InstrumentationScope("skewless")
 HISTOGRAM_SCOPE = InstrumentationScope("skewless.histograms")
 NS_PER_US = 1000
+SHUTDOWN_WAIT_S = 3.0
 
 
 def _versions(repository: ModelRepository) -> Iterator[tuple[dict[str, str], ModelVersion]]:
@@ -96,11 +99,51 @@ class ServerMetrics:
         first = ResourceMetrics(first.resource, [*first.scope_metrics, extra], first.schema_url)
         return MetricsData([first, *rest])
 
-    def shutdown(self) -> None:
-        try:
-            self.provider.shutdown()
-        except Exception:  # an exporter that cannot flush at exit must not fail the stop
-            log.warning("metrics shutdown failed", exc_info=True)
+    def shutdown(self, wait_s: float = SHUTDOWN_WAIT_S) -> None:
+        """Flush and stop the exporters for at most ``wait_s``: the OTLP exporter's final export retries with
+        backoff against a dead collector (~10 s measured), which must not hold up the server's stop."""
+        def stop() -> None:
+            try:
+                self.provider.shutdown()
+            except Exception:  # an exporter that cannot flush at exit must not fail the stop
+                log.warning("metrics shutdown failed", exc_info=True)
+
+        t = threading.Thread(target=stop, name="metrics-shutdown", daemon=True)
+        t.start()
+        t.join(wait_s)
+        if t.is_alive():
+            log.warning("metrics export did not finish within %.0fs at stop: the last export is abandoned", wait_s)
+
+    # -- drift: monitors on the batch observer hook, PSI as gauges ------------------------------------------
+    def attach_drift(self, mv: ModelVersion) -> None:
+        """The repository's version hook: give a loading version its drift monitor (bad config fails the load)."""
+        mv.batch_observer = DriftMonitor.for_version(mv)
+
+    def _register_drift(self, meter) -> None:
+        def monitors() -> Iterator[tuple[dict[str, str], DriftMonitor]]:
+            for attrs, mv in _versions(self.repository):
+                if isinstance(mv.batch_observer, DriftMonitor):
+                    yield attrs, mv.batch_observer
+
+        def psi(kind: str, label: str):
+            def callback(_options: CallbackOptions) -> Iterator[Observation]:
+                for attrs, monitor in monitors():
+                    values = monitor.feature_psi() if kind == "feature" else monitor.prediction_psi()
+                    for name, value in values.items():
+                        yield Observation(value, {**attrs, label: name})
+            return [callback]
+
+        def dropped(_options: CallbackOptions) -> Iterator[Observation]:
+            for attrs, monitor in monitors():
+                yield Observation(monitor.dropped_batches, attrs)
+
+        meter.create_observable_gauge("skewless_feature_drift_psi", psi("feature", "feature"),
+                                      description="PSI of a served feature against features.json's reference, "
+                                                  "over the sliding window (0.1 warn, 0.25 alert by default)")
+        meter.create_observable_gauge("skewless_prediction_drift_psi", psi("prediction", "output"),
+                                      description="PSI of an output against its reference distribution")
+        meter.create_observable_counter("skewless_drift_dropped_batches", [dropped],
+                                        description="Sampled batches the drift monitor dropped (its queue full)")
 
     # -- histograms from the stats' bucket counts -----------------------------------------------------------
     def _histograms(self, now: int) -> Iterator[Metric]:
@@ -208,6 +251,7 @@ class ServerMetrics:
         meter.create_observable_counter("skewless_model_events", [events],
                                         description="Model management events: load, load_failed, swap, unload")
 
+        self._register_drift(meter)
         self.host.register(meter)
 
 
