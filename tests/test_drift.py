@@ -27,6 +27,7 @@ from skewless.server.telemetry.reference import feature_bins, prediction_referen
 
 WINDOW = 2000
 FAST = {"skewless.drift_window_rows": str(WINDOW), "skewless.drift_max_rows_per_s": "1e9",
+        "skewless.drift_max_batches_per_s": "1e9",
         "skewless.drift_interval_s": "3600", "skewless.prediction_reference": f"learn:{WINDOW}"}
 
 
@@ -257,6 +258,19 @@ def test_rows_per_second_cap_and_copies(churn_dir, spec, tmp_path):
     for arr in (*inputs.values(), *outputs):
         arr[...] = 0
     assert monitor.flush()
+    monitor.close()
+
+
+def test_batches_per_second_cap(churn_dir, spec, tmp_path):
+    """At most max_batches_per_s batches are looked at: the rest return after one clock comparison."""
+    mv = load(churn_dir, tmp_path, {**FAST, "skewless.drift_max_batches_per_s": "5"})
+    monitor = DriftMonitor.for_version(mv)
+    inputs = spec.transform(raw(4, seed=62))
+    outputs = mv.runtime.run_sync(mv.output_names, inputs)
+    started = time.monotonic()
+    while time.monotonic() - started < 0.5:
+        monitor(inputs, mv.output_names, outputs)
+    assert 1 <= monitor.counters()["sampled_batches"] <= 4  # 5/s over 0.5 s, the first one at once
     monitor.close()
 
 

@@ -281,7 +281,8 @@ def test_drift_gauges_single_out_the_shifted_feature(tmp_path, start_server):
     cfg.write_text(cfg.read_text() + "".join(
         f'parameters {{ key: "{k}" value {{ string_value: "{v}" }} }}\n'
         for k, v in (("skewless.drift_window_rows", "1000"), ("skewless.drift_interval_s", "0.2"),
-                     ("skewless.drift_max_rows_per_s", "100000"))))
+                     ("skewless.drift_max_rows_per_s", "100000"),
+                     ("skewless.drift_max_batches_per_s", "100000"))))
     server = start_server(repo)
     client = grpcclient.InferenceServerClient(server.grpc_url)
     rows = {k: v for k, v in churn_dataset(1200, seed=5).items() if k in RAW}
