@@ -34,10 +34,8 @@ import math
 import os
 import platform
 import shutil
-import signal
 import sys
 import tempfile
-import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -566,21 +564,12 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.monotonic()
 
-    def terminated(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    # SIGTERM unwinds like Ctrl-C, so the ``with`` blocks stop every server and client process started.
-    previous = signal.signal(signal.SIGTERM, terminated) \
-        if threading.current_thread() is threading.main_thread() else None
     try:
-        with tempfile.TemporaryDirectory(prefix="skewless-batching-") as tmp:
+        with report.sigterm_as_interrupt(), tempfile.TemporaryDirectory(prefix="skewless-batching-") as tmp:
             return _run(args, duration, warmup, out, Path(tmp), t_start)
     except KeyboardInterrupt:
         log("interrupted; every server started was stopped")
         raise
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
 
 
 def _run(args: argparse.Namespace, duration: float, warmup: float, out: Path, tmp: Path, t_start: float) -> int:

@@ -29,9 +29,7 @@ import argparse
 import json
 import os
 import platform
-import signal
 import sys
-import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -200,17 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out or RESULTS_DIR / f"http-{datetime.now():%Y%m%d-%H%M%S}")
     out.mkdir(parents=True, exist_ok=True)
 
-    def terminated(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    # SIGTERM unwinds like Ctrl-C, so the ``with`` block stops the server and the client processes.
-    previous = signal.signal(signal.SIGTERM, terminated) \
-        if threading.current_thread() is threading.main_thread() else None
-    try:
+    with report.sigterm_as_interrupt():
         return _run(args, out)
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
 
 
 def _run(args: argparse.Namespace, out: Path) -> int:

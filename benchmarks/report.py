@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import statistics
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -153,3 +157,21 @@ def write_outputs(result: dict[str, Any], out_dir: Path, plot_png: bool = True) 
     Path(files["json"]).write_text(json.dumps(result, indent=1) + "\n")
     Path(files["table"]).write_text(format_table(result) + "\n")
     return files
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM unwinds like Ctrl-C while inside, so a report's ``with`` blocks stop every server and client
+    process it started (signals can only be set from the main thread; elsewhere this does nothing)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminated(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -30,7 +30,6 @@ import argparse
 import json
 import os
 import platform
-import signal
 import socket
 import sys
 import threading
@@ -257,17 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out or RESULTS_DIR / f"telemetry-{datetime.now():%Y%m%d-%H%M%S}")
     out.mkdir(parents=True, exist_ok=True)
 
-    def terminated(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    # SIGTERM unwinds like Ctrl-C, so the ``with`` blocks stop the servers, the sinks and the scraper.
-    previous = signal.signal(signal.SIGTERM, terminated) \
-        if threading.current_thread() is threading.main_thread() else None
-    try:
+    with report.sigterm_as_interrupt():
         return _run(args, out)
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
 
 
 def _run(args: argparse.Namespace, out: Path) -> int:
