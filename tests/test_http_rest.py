@@ -9,9 +9,10 @@ from __future__ import annotations
 import gzip
 import http.client
 import json
+import re
 import shutil
 import threading
-import time
+import urllib.request
 import zlib
 
 import ml_dtypes
@@ -20,7 +21,7 @@ import onnxruntime as ort
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from helpers import EXAMPLE_MODELS, RPC_TIMEOUT, infer
+from helpers import EXAMPLE_MODELS, RPC_TIMEOUT, infer, wait_until
 from test_datatypes import sample
 from tritonclient.utils import InferenceServerException
 
@@ -420,6 +421,17 @@ def test_load_refused_outside_explicit_mode(rest):
 
 
 @pytest.mark.slow
+def _received(srv, model: str) -> int:
+    """Requests the server has taken for ``model`` so far: answered plus in flight (from /metrics)."""
+    with urllib.request.urlopen(f"{srv.http_url}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    total = 0
+    for name in ("nv_inference_request_success", "skewless_requests_in_flight"):
+        m = re.search(rf'^{name}{{model="{model}",version="1"}} (\d+)$', text, re.M)
+        total += int(m.group(1)) if m else 0
+    return total
+
+
 def test_sigterm_drains_http_requests(start_server, make_repo):
     srv = start_server(make_repo("slow"))
     results: list = []
@@ -432,7 +444,9 @@ def test_sigterm_drains_http_requests(start_server, make_repo):
     threads = [threading.Thread(target=one, args=(i,)) for i in range(4)]
     for t in threads:
         t.start()
-    time.sleep(0.15)  # all four sent; the slow model (~100 ms each, one instance) is working through them
+    # SIGTERM only once all four are in the server (answered or in flight): a fixed sleep raced the clients'
+    # connects on a loaded CI machine, and a request not yet sent is refused, rightly, after SIGTERM.
+    wait_until(lambda: _received(srv, "slow") >= 4, RPC_TIMEOUT, "the server to hold all four requests")
     srv.send_sigterm()
     for t in threads:
         t.join(RPC_TIMEOUT)
