@@ -272,13 +272,14 @@ def socket_port():
 
 
 def test_sampler_defaults_and_env():
-    from opentelemetry.sdk.trace.export import SpanExporter
-
     from skewless.server.telemetry.tracing import RequestTracer, sampler_from_env
 
-    class Null(SpanExporter):
-        def export(self, spans):
-            return None
+    class Null:
+        def send(self, request, spans):
+            return True
+
+        def shutdown(self):
+            pass
 
     assert RequestTracer.from_env({}) is None  # no exporter configured: no tracer at all
     for env, roots in (({}, False), ({"OTEL_TRACES_SAMPLER": "always_on"}, True),
@@ -296,3 +297,110 @@ def test_sampler_defaults_and_env():
             assert sampled == (env.get("OTEL_TRACES_SAMPLER") == "always_on")
         finally:
             tracer.shutdown(1)
+
+
+class HttpReceiver:
+    """An OTLP/HTTP trace collector (protobuf bodies on POST /v1/traces) that keeps what it receives."""
+
+    def __init__(self) -> None:
+        import http.server
+
+        self.spans: list = []
+        self.paths: list[str] = []
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                request = trace_service_pb2.ExportTraceServiceRequest.FromString(body)
+                receiver.paths.append(self.path)
+                for rs in request.resource_spans:
+                    for ss in rs.scope_spans:
+                        receiver.spans.extend(ss.spans)
+                reply = trace_service_pb2.ExportTraceServiceResponse().SerializeToString()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+def test_http_protobuf_exporter_and_error_status(repo):
+    """OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf: spans reach an OTLP/HTTP collector; a failed request's server
+    span carries an error status with the reason."""
+    r = HttpReceiver()
+    proc = ServerProcess(repo, env=otel_env(r.port, OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf")).start()
+    try:
+        header, trace_id, parent_id = traceparent()
+        bad, bad_trace, _ = traceparent()
+        with grpcclient.InferenceServerClient(proc.grpc_url) as client:
+            infer(client, "mlp", MLP_X, request_id="h1", headers={"traceparent": header})
+            inp = grpcclient.InferInput("input", [2, 32], "FP32")
+            inp.set_data_from_numpy(MLP_X["input"])
+            with pytest.raises(Exception, match="does-not-exist"):  # an output the model does not have
+                client.infer("mlp", [inp], outputs=[grpcclient.InferRequestedOutput("does-not-exist")],
+                             headers={"traceparent": bad})
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not ({trace_id, bad_trace} <= {s.trace_id for s in r.spans}):
+            time.sleep(0.05)
+        mine = [s for s in r.spans if s.trace_id == trace_id]
+        assert {s.name for s in mine} == {"infer mlp", "queue", "compute", "reply"}
+        (server,) = [s for s in mine if s.name == "infer mlp"]
+        assert server.parent_span_id == parent_id and attrs(server)["skewless.request.id"] == "h1"
+        assert server.status.code == 0  # unset: the request succeeded
+        failed = [s for s in r.spans if s.trace_id == bad_trace and s.name == "infer mlp"]
+        assert len(failed) == 1 and failed[0].status.code == 2  # STATUS_CODE_ERROR
+        assert "does-not-exist" in failed[0].status.message
+        assert set(r.paths) == {"/v1/traces"}
+    finally:
+        proc.assert_clean_exit()
+        r.server.shutdown()
+
+
+def test_full_queue_counts_exactly_the_spans_it_drops():
+    """Records beyond OTEL_BSP_MAX_QUEUE_SIZE are dropped at once (never waited for) and their spans counted."""
+    from types import SimpleNamespace
+
+    from opentelemetry.sdk.trace.sampling import ALWAYS_ON
+
+    from skewless.server.batching.runner import BatchInfo
+    from skewless.server.telemetry.tracing import RequestTracer
+
+    gate = threading.Event()
+    sent: list[int] = []
+
+    class Stalled:  # a collector that does not answer until the gate opens
+        def send(self, request, spans):
+            gate.wait(10)
+            sent.append(spans)
+            return True
+
+        def shutdown(self):
+            pass
+
+    tracer = RequestTracer(Stalled(), ALWAYS_ON, {"OTEL_BSP_MAX_QUEUE_SIZE": "50",
+                                                  "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "5",
+                                                  "OTEL_BSP_SCHEDULE_DELAY": "10"})
+    mv = SimpleNamespace(name="m", version=3, features=None)
+    batch = BatchInfo(1_000, 10, 20, 30, 4, 2)
+    t0 = time.monotonic()
+    for i in range(40):
+        rt = tracer.start({}, "grpc")
+        rt.batch, rt.enqueued_ns = batch, 500
+        rt.finish(mv, f"r{i}", 100, 2_000, 3_000)  # server, queue, compute, reply: 4 spans each
+    assert time.monotonic() - t0 < 1.0
+    time.sleep(0.1)
+    # 10 records fit the queue (50 spans / 5 per request); one more is held by the stalled send
+    assert tracer.dropped_spans % 4 == 0 and 4 * 28 <= tracer.dropped_spans <= 4 * 30, tracer.dropped_spans
+    gate.set()
+    tracer.shutdown(5)
+    kept = 40 - tracer.dropped_spans // 4
+    assert sum(sent) == 4 * kept + 1  # and the one batch span they share
+    assert tracer.exported_spans == sum(sent) and tracer.failed_spans == 0

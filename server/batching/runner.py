@@ -25,7 +25,7 @@ ExecutionObserver = Callable[[int, int, int, int, int], None]
 class BatchInfo:
     """What one executed batch did, handed with each of its requests' results (one per batch, not per
     request): a sampled request's trace builds its queue/features/compute spans from it after it completes,
-    and ``span`` holds the batch's own span once a first sampled request of the batch has made it."""
+    and ``span`` holds the (trace id, span id) of the batch's own span once its first traced request is exported."""
 
     __slots__ = ("start_ns", "input_ns", "infer_ns", "output_ns", "rows", "requests", "span")
 

@@ -79,8 +79,7 @@ class Server:
             self.repository.version_hooks.append(self.metrics.attach_drift)
         self._http = HttpEndpoint(routes)
         # Traces only when OTEL_TRACES_EXPORTER asks (None otherwise: the request path then reads no headers).
-        self.tracer = RequestTracer.from_env(
-            meter_provider=self.metrics.provider if self.metrics is not None else None)
+        self.tracer = RequestTracer.from_env()
         if self.metrics is not None and self.tracer is not None:
             self.metrics.add_tracer(self.tracer)
         self._rest = RestFrontend(self.dataplane, opts.max_message_bytes, opts.grace_period_s, self.tracer)

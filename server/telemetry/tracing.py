@@ -1,11 +1,11 @@
-"""Request traces (OpenTelemetry SDK): decided at arrival, built after the request is answered.
+"""Request traces: decided at arrival, sent after the request is answered, off the request's way.
 
 The request path never imports OpenTelemetry. A front end asks ``RequestTracer.start`` for a per-request
 ``RequestTrace`` (``None`` when the request is not sampled: the common case, which then costs one comparison);
 the data plane notes when the request was queued and which batch ran it (runner.BatchInfo: its start and
-phase times, rows, requests), and once the reply is encoded hands the trace back with the reply's times.
-The spans are then built, on the event loop after the reply has been handed to the transport, with explicit
-start and end times (perf_counter ns moved to the epoch by one offset taken at start-up):
+phase times, rows, requests), and once the reply is encoded hands the trace back with the reply's times. That
+hand-back is one append to span_export's bounded queue; its thread later encodes the spans (perf_counter ns
+moved to the epoch by one offset taken at start-up) and sends them through the SDK's OTLP exporter:
 
     infer {model}        SERVER; parent: the caller's W3C traceparent, if any
       queue              handed to the scheduler -> its batch starts computing
@@ -17,38 +17,31 @@ start and end times (perf_counter ns moved to the epoch by one offset taken at s
 Sampling is parent-based, with the SDK's own samplers: a valid ``traceparent`` decides by its sampled flag;
 without one the root sampler from ``OTEL_TRACES_SAMPLER`` / ``OTEL_TRACES_SAMPLER_ARG`` decides, by default
 ``parentbased_traceidratio`` at ratio 0 (no root is sampled, so tracing costs nothing unless a caller asks).
-Spans go through a BatchSpanProcessor (bounded queue, ``OTEL_BSP_*``): a slow or absent collector makes it
-drop spans, counted in ``dropped_spans`` (and logged by the SDK), never blocks a request; the exporter runs
-on the processor's thread.
+A slow or absent collector makes the queue drop spans (``OTEL_BSP_MAX_QUEUE_SIZE``), counted in
+``dropped_spans``, never blocks a request.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import random
-import threading
 import time
 from collections.abc import Mapping
 from typing import Any
 
 from opentelemetry import trace as trace_api
 from opentelemetry.context import Context
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
-from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import (
     ALWAYS_OFF,
-    ALWAYS_ON,
     ParentBased,
     Sampler,
     TraceIdRatioBased,
     _get_from_env_or_default,
 )
-from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from .span_export import SpanExporter, SpanSender, otlp_sender
 
 log = logging.getLogger(__name__)
 
@@ -84,132 +77,55 @@ def sampler_from_env(env: Mapping[str, str]) -> Sampler:
                 os.environ[k] = v
 
 
-def _span_exporter(env: Mapping[str, str]) -> SpanExporter:
-    """OTLP over gRPC or HTTP/protobuf, from the SDK's own variables (endpoint, headers, TLS, timeout)."""
-    protocol = (env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get("OTEL_EXPORTER_OTLP_PROTOCOL")
-                or "grpc").strip()
-    if protocol == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-    elif protocol == "http/protobuf":
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-    else:
-        raise ValueError(f"OTLP protocol '{protocol}' is not supported for traces: use grpc or http/protobuf")
-    return OTLPSpanExporter()
-
-
-class _CountingExporter(SpanExporter):
-    """Counts what the exporter delivered and what it failed to (a collector down or refusing)."""
-
-    def __init__(self, inner: SpanExporter):
-        self.inner = inner
-        self.exported = 0
-        self.failed = 0
-
-    def export(self, spans):
-        try:
-            result = self.inner.export(spans)
-        except Exception:
-            log.warning("trace export failed", exc_info=True)
-            result = SpanExportResult.FAILURE
-        if result is SpanExportResult.SUCCESS:
-            self.exported += len(spans)
-        else:
-            self.failed += len(spans)
-        return result
-
-    def shutdown(self) -> None:
-        self.inner.shutdown()
-
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return self.inner.force_flush(timeout_millis)
-
-
-class _CountingBatchProcessor(BatchSpanProcessor):
-    """The SDK's BatchSpanProcessor, counting the spans its full queue drops (the SDK only logs them, or
-    counts them in its opt-in internal metrics)."""
-
-    dropped = 0
-
-    def on_end(self, span: ReadableSpan) -> None:
-        queue = getattr(getattr(self, "_batch_processor", None), "_queue", None)
-        if queue is not None and queue.maxlen is not None and len(queue) >= queue.maxlen:
-            self.dropped += 1
-        super().on_end(span)
-
-
-class _PresetIds(RandomIdGenerator):
-    """Random ids, except the trace id of a root span, which was drawn at arrival (the sampler decided on
-    it) and is set here just before the span starts (spans are built on one thread, the event loop's)."""
-
-    def __init__(self) -> None:
-        self.next_trace_id = 0
-
-    def generate_trace_id(self) -> int:
-        trace_id, self.next_trace_id = self.next_trace_id, 0
-        return trace_id or super().generate_trace_id()
-
-
 class RequestTrace:
     """One sampled request's trace context and the times the path adds as it goes (slots: one per sampled
-    request only). ``parent`` is the caller's context (or None: a root span with ``trace_id``)."""
+    request only). ``parent_span_id`` is the caller's span (0: a root span of trace ``trace_id``)."""
 
-    __slots__ = ("tracer", "parent", "trace_id", "transport", "enqueued_ns", "batch")
+    __slots__ = ("exporter", "trace_id", "parent_span_id", "trace_state", "transport", "enqueued_ns", "batch")
 
-    def __init__(self, tracer: RequestTracer, parent: Context | None, trace_id: int, transport: str):
-        self.tracer = tracer
-        self.parent = parent
+    def __init__(self, exporter: SpanExporter, trace_id: int, parent_span_id: int, trace_state: str,
+                 transport: str):
+        self.exporter = exporter
         self.trace_id = trace_id
+        self.parent_span_id = parent_span_id
+        self.trace_state = trace_state
         self.transport = transport
         self.enqueued_ns = 0  # handed to the scheduler (perf_counter ns)
         self.batch: Any = None  # runner.BatchInfo of the batch that computed it
 
     def finish(self, mv: Any, request_id: str, received_ns: int, reply_start_ns: int, end_ns: int,
                error: BaseException | None = None) -> None:
-        """The request is answered (or failed): build its spans once the loop has sent the reply. Never
-        raises: a tracing failure must not fail the request."""
-        try:
-            asyncio.get_running_loop().call_soon(self.tracer.build, self, mv, request_id, received_ns,
-                                                  reply_start_ns, end_ns, error)
-        except Exception:  # no running loop (not expected): build now
-            self.tracer.build(self, mv, request_id, received_ns, reply_start_ns, end_ns, error)
+        """The request is answered (or failed): queue it for its spans. Never raises or blocks."""
+        text = None if error is None else f"{type(error).__name__}: {error}"
+        self.exporter.submit((self, mv, request_id, received_ns, reply_start_ns, end_ns, text))
 
 
 class RequestTracer:
-    """The tracer provider and the per-request sampling decision; ``None`` from ``from_env`` when no traces
+    """The per-request sampling decision and the span exporter; ``None`` from ``from_env`` when no traces
     exporter is configured, so the default costs nothing at all."""
 
-    def __init__(self, exporter: SpanExporter, sampler: Sampler, resource: Resource | None = None,
-                 meter_provider: Any = None):
+    def __init__(self, sender: SpanSender, sampler: Sampler, environ: Mapping[str, str] | None = None):
         self.sampler = sampler
         root = sampler._root if isinstance(sampler, ParentBased) else sampler
         # Roots that can never be sampled skip the sampler: a request without a traceparent then costs
         # one header lookup (the default configuration).
         self.roots_never = root is ALWAYS_OFF or (isinstance(root, TraceIdRatioBased) and root.bound == 0)
         self.propagator = TraceContextTextMapPropagator()
-        self.exporter = _CountingExporter(exporter)
-        self.processor = _CountingBatchProcessor(self.exporter, meter_provider=meter_provider)
-        self._ids = _PresetIds()
-        # The decision was made at arrival (self.sampler); the provider records every span it is given.
-        self.provider = TracerProvider(sampler=ALWAYS_ON, resource=resource or Resource.create(
-            {"service.name": "skewless"}), id_generator=self._ids, shutdown_on_exit=False)
-        self.provider.add_span_processor(self.processor)
-        self.tracer = self.provider.get_tracer("skewless")
-        self._offset_ns = time.time_ns() - time.perf_counter_ns()  # perf_counter ns -> ns since the epoch
+        offset_ns = time.time_ns() - time.perf_counter_ns()  # perf_counter ns -> ns since the epoch
+        self.exporter = SpanExporter(sender, offset_ns, environ=environ)
         self._rng = random.Random()
-        self.build_failures = 0
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, meter_provider: Any = None
-                 ) -> RequestTracer | None:
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> RequestTracer | None:
         env = os.environ if environ is None else environ
         if not traces_exporter_wanted(env):
             return None
-        return cls(_span_exporter(env), sampler_from_env(env), meter_provider=meter_provider)
+        return cls(otlp_sender(env), sampler_from_env(env), env)
 
     @property
     def dropped_spans(self) -> int:
         """Spans dropped because the export queue was full (a slow or absent collector)."""
-        return self.processor.dropped
+        return self.exporter.dropped
 
     @property
     def exported_spans(self) -> int:
@@ -234,11 +150,14 @@ class RequestTracer:
             if self.roots_never:
                 return None
             trace_id = self._rng.getrandbits(128) or 1
+            parent_span_id, state = 0, ""
         else:
-            trace_id = trace_api.get_current_span(parent).get_span_context().trace_id
+            sc = trace_api.get_current_span(parent).get_span_context()
+            trace_id, parent_span_id = sc.trace_id, sc.span_id
+            state = sc.trace_state.to_header() if sc.trace_state else ""
         if not self.sampler.should_sample(parent, trace_id, "infer").decision.is_sampled():
             return None
-        return RequestTrace(self, parent, trace_id, transport)
+        return RequestTrace(self.exporter, trace_id, parent_span_id, state, transport)
 
     def start(self, carrier: Mapping[str, str], transport: str) -> RequestTrace | None:
         return self.sample(self.parent(carrier), transport)
@@ -253,80 +172,10 @@ class RequestTracer:
     def start_http(self, headers: Mapping[str, str]) -> RequestTrace | None:
         return self.start(http_carrier(headers), "http")
 
-    # -- after the reply -------------------------------------------------------------------------------------
-    def build(self, rt: RequestTrace, mv: Any, request_id: str, received_ns: int, reply_start_ns: int,
-              end_ns: int, error: BaseException | None) -> None:
-        try:
-            self._build(rt, mv, request_id, received_ns, reply_start_ns, end_ns, error)
-        except Exception:
-            self.build_failures += 1
-            log.warning("building a request's spans failed", exc_info=True)
-
-    def _build(self, rt: RequestTrace, mv: Any, request_id: str, received_ns: int, reply_start_ns: int,
-               end_ns: int, error: BaseException | None) -> None:
-        off = self._offset_ns
-        tracer = self.tracer
-        name = mv.name
-        attrs: dict[str, Any] = {"skewless.model.name": name, "skewless.model.version": str(mv.version),
-                                 "skewless.request.id": request_id, "skewless.transport": rt.transport}
-        features = getattr(mv, "features", None)
-        if features is not None:
-            attrs["skewless.feature_spec_hash"] = features.spec.sha256
-        batch = rt.batch
-        if batch is not None:
-            attrs["skewless.batch.size"] = batch.rows
-            attrs["skewless.batch.requests"] = batch.requests
-        if rt.parent is None:
-            self._ids.next_trace_id = rt.trace_id
-        server = tracer.start_span(f"infer {name}", context=rt.parent, kind=SpanKind.SERVER, attributes=attrs,
-                                   start_time=received_ns + off)
-        if error is not None:
-            server.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
-        ctx = trace_api.set_span_in_context(server)
-        if batch is not None:
-            start = batch.start_ns
-            if rt.enqueued_ns:
-                tracer.start_span("queue", context=ctx, start_time=rt.enqueued_ns + off).end(start + off)
-            computed = start + batch.input_ns
-            if features is not None:
-                tracer.start_span("features", context=ctx, start_time=start + off,
-                                  attributes={"skewless.feature_spec_hash": features.spec.sha256}
-                                  ).end(computed + off)
-            span = batch.span
-            if span is None:
-                span = batch.span = self._batch_span(name, mv, batch, rt)
-            tracer.start_span("compute", context=ctx, start_time=computed + off,
-                              links=[Link(span.get_span_context())],
-                              attributes={"skewless.batch.size": batch.rows}).end(computed + batch.infer_ns + off)
-        if reply_start_ns:
-            tracer.start_span("reply", context=ctx, start_time=reply_start_ns + off).end(end_ns + off)
-        server.end(end_ns + off)
-
-    def _batch_span(self, name: str, mv: Any, batch: Any, rt: RequestTrace):
-        """The batch's own span (a root of its own trace: it serves requests of many traces), made once."""
-        off = self._offset_ns
-        span = self.tracer.start_span(
-            f"batch {name}", context=Context(), kind=SpanKind.INTERNAL, start_time=batch.start_ns + off,
-            attributes={"skewless.model.name": name, "skewless.model.version": str(mv.version),
-                        "skewless.batch.size": batch.rows, "skewless.batch.requests": batch.requests})
-        span.end(batch.start_ns + batch.input_ns + batch.infer_ns + batch.output_ns + off)
-        return span
-
     # -- stop ------------------------------------------------------------------------------------------------
     def shutdown(self, wait_s: float = SHUTDOWN_WAIT_S) -> None:
-        """Flush what is queued for at most ``wait_s`` (a dead collector must not hold the stop up), on a
-        daemon thread that is abandoned after that."""
-        t = threading.Thread(target=self._shutdown, name="trace-shutdown", daemon=True)
-        t.start()
-        t.join(wait_s)
-        if t.is_alive():
-            log.warning("trace export did not finish within %.0fs at stop: queued spans abandoned", wait_s)
-
-    def _shutdown(self) -> None:
-        try:
-            self.provider.shutdown()
-        except Exception:
-            log.warning("trace shutdown failed", exc_info=True)
+        """Send what is queued for at most ``wait_s`` (a dead collector must not hold the stop up)."""
+        self.exporter.shutdown(wait_s)
 
 
 def grpc_carrier(metadata: Any) -> dict[str, str]:
