@@ -44,14 +44,34 @@ class SpanSender(Protocol):
 
 
 def otlp_sender(env: Mapping[str, str]) -> SpanSender:
-    """The SDK's OTLP exporter for ``OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL``: grpc (default) or http/protobuf."""
+    """The SDK's OTLP exporter for ``OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL``: grpc (default) or http/protobuf.
+
+    The protocol is checked now; the exporter (a gRPC channel or an HTTP session) is made at the first export,
+    so a server whose sampler never samples (the default, ratio 0) holds no connection to the collector."""
     protocol = (env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get("OTEL_EXPORTER_OTLP_PROTOCOL")
                 or "grpc").strip()
     if protocol == "grpc":
-        return _grpc_sender()
+        return _LazySender(_grpc_sender)
     if protocol == "http/protobuf":
-        return _http_sender()
+        return _LazySender(_http_sender)
     raise ValueError(f"OTLP protocol '{protocol}' is not supported for traces: use grpc or http/protobuf")
+
+
+class _LazySender:
+    """Makes its sender on first use (on the export thread)."""
+
+    def __init__(self, make: Any) -> None:
+        self._make = make
+        self._sender: SpanSender | None = None
+
+    def send(self, request: ExportTraceServiceRequest, spans: int) -> bool:
+        if self._sender is None:
+            self._sender = self._make()
+        return self._sender.send(request, spans)
+
+    def shutdown(self) -> None:
+        if self._sender is not None:
+            self._sender.shutdown()
 
 
 def _grpc_sender() -> SpanSender:
