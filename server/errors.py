@@ -68,3 +68,17 @@ class ModelLoadError(SkewlessError):
     """A model version could not be loaded; the message is what RepositoryIndex shows as the reason."""
 
     kind = "INVALID_ARGUMENT"
+
+
+class Unauthenticated(SkewlessError):
+    """No credentials, or credentials that name no one (a bad token, an unknown certificate)."""
+
+    kind = "UNAUTHENTICATED"
+    reason = "rejected"
+
+
+class PermissionDenied(SkewlessError):
+    """A known caller asking for what its groups do not allow (or admin from afar with no auth set up)."""
+
+    kind = "PERMISSION_DENIED"
+    reason = "rejected"

@@ -18,10 +18,14 @@ from skewless.protos import _pool
 
 from ..dataplane import DataPlane
 from ..models.repository import ModelRepository
+from ..security.grpc_guard import GrpcGuard
+from ..security.guard import Guard, is_loopback
+from ..security.principals import Principals
+from ..security.tls import CertFiles, TlsSettings, grpc_credentials, ssl_context
 from ..telemetry import prometheus_text
 from ..telemetry.metrics import ServerMetrics
 from ..telemetry.tracing import RequestTracer
-from .grpc_servicer import InferenceServicer, add_inference_service
+from .grpc_servicer import InferenceServicer, add_inference_service, status_of
 from .http_rest import RestFrontend
 from .probes_http import HttpEndpoint
 
@@ -45,6 +49,9 @@ class ServerOptions:
     grace_period_s: float = 30.0
     default_max_batch_size: int = 4
     metrics: bool = True  # /metrics on the metrics port (and OTLP export when the OTEL_* variables ask)
+    tls: TlsSettings | None = None  # TLS (and mTLS with a client CA) on all three ports
+    auth_principals: Path | None = None  # bearer tokens / certificate names and their groups (security/)
+    rate_limit: float | None = None  # requests per second per principal (per address when anonymous)
 
 
 def _add_to_reflection_pool(*file_descriptors) -> None:
@@ -68,6 +75,15 @@ class Server:
         self.metrics_port = 0
         self._stop = asyncio.Event()
         self._grpc: grpc.aio.Server | None = None
+        # Security: bad certificate or principals files fail the start, before anything listens.
+        self.cert_files = CertFiles(opts.tls) if opts.tls is not None else None
+        self.ssl_context = ssl_context(self.cert_files) if self.cert_files is not None else None
+        self.guard = Guard(Principals(opts.auth_principals) if opts.auth_principals is not None else None,
+                           opts.rate_limit)
+        # Nothing to refuse when no one authenticates, nothing is rate-limited and only this host can connect
+        # (admin from loopback is allowed): then no guard sits on the request path at all.
+        guarded = self.guard.authenticating or opts.rate_limit is not None or not is_loopback(opts.host)
+        self._guard = self.guard if guarded else None
         routes = {
             "/v2/health/live": lambda: (200, "text/plain", b"live\n"),
             "/v2/health/ready": self._ready_route,
@@ -77,12 +93,13 @@ class Server:
         if self.metrics is not None:
             routes["/metrics"] = self._metrics_route
             self.repository.version_hooks.append(self.metrics.attach_drift)
-        self._http = HttpEndpoint(routes)
+        self._http = HttpEndpoint(routes, self._guard, self.ssl_context)
         # Traces only when OTEL_TRACES_EXPORTER asks (None otherwise: the request path then reads no headers).
         self.tracer = RequestTracer.from_env()
         if self.metrics is not None and self.tracer is not None:
             self.metrics.add_tracer(self.tracer)
-        self._rest = RestFrontend(self.dataplane, opts.max_message_bytes, opts.grace_period_s, self.tracer)
+        self._rest = RestFrontend(self.dataplane, opts.max_message_bytes, opts.grace_period_s, self.tracer,
+                                  self._guard, self.ssl_context)
 
     def _metrics_route(self) -> tuple[int, str, bytes]:
         return 200, prometheus_text.CONTENT_TYPE, prometheus_text.render(self.metrics.collect())
@@ -102,18 +119,24 @@ class Server:
     async def start(self) -> None:
         opts = self.opts
         mb = opts.max_message_bytes
-        self._grpc = grpc.aio.server(options=[
-            ("grpc.max_receive_message_length", mb),
-            ("grpc.max_send_message_length", mb),
-            ("grpc.so_reuseport", 0),
-        ])
+        self._grpc = grpc.aio.server(
+            interceptors=[GrpcGuard(self._guard, status_of)] if self._guard is not None else None,
+            options=[
+                ("grpc.max_receive_message_length", mb),
+                ("grpc.max_send_message_length", mb),
+                ("grpc.so_reuseport", 0),
+            ])
         add_inference_service(InferenceServicer(self.dataplane, self.tracer), self._grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
         _add_to_reflection_pool(health_pb2.DESCRIPTOR, reflection_pb2.DESCRIPTOR)
         reflection.enable_server_reflection(
             [INFERENCE_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
              reflection.SERVICE_NAME], self._grpc, pool=_pool.POOL)
-        self.grpc_port = self._grpc.add_insecure_port(f"{opts.host}:{opts.grpc_port}")
+        address = f"{opts.host}:{opts.grpc_port}"
+        if self.cert_files is not None:
+            self.grpc_port = self._grpc.add_secure_port(address, grpc_credentials(self.cert_files))
+        else:
+            self.grpc_port = self._grpc.add_insecure_port(address)
         if self.grpc_port == 0:
             raise OSError(f"cannot bind gRPC port {opts.host}:{opts.grpc_port}")
         await self._set_health("", False)

@@ -8,9 +8,41 @@ import sys
 from pathlib import Path
 
 
+def _tls(args: argparse.Namespace, parser_error) -> object | None:
+    from ..security.tls import TlsSettings
+
+    if not (args.tls_cert or args.tls_key or args.tls_client_ca):
+        return None
+    if not (args.tls_cert and args.tls_key):
+        parser_error("--tls-cert and --tls-key go together (a client CA needs the server's own certificate too)")
+    for flag, path in (("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key),
+                       ("--tls-client-ca", args.tls_client_ca)):
+        if path and not Path(path).is_file():
+            parser_error(f"{flag} {path}: no such file")
+    settings = TlsSettings(Path(args.tls_cert), Path(args.tls_key),
+                           Path(args.tls_client_ca) if args.tls_client_ca else None,
+                           args.tls_client_auth if args.tls_client_ca else "none")
+    try:  # unreadable or mismatched PEM files: say so here rather than as a traceback from the server
+        from ..security.tls import CertFiles, ssl_context
+
+        ssl_context(CertFiles(settings))
+    except Exception as exc:
+        parser_error(f"cannot use the TLS files: {exc}")
+    return settings
+
+
 def _serve(args: argparse.Namespace) -> int:
     from .app import ServerOptions, run
 
+    if args.rate_limit is not None and args.rate_limit <= 0:
+        args.parser.error("--rate-limit must be a positive number of requests per second")
+    if args.auth_principals:
+        from ..security.principals import parse
+
+        try:
+            parse(Path(args.auth_principals).read_text(), args.auth_principals)
+        except (OSError, ValueError) as exc:
+            args.parser.error(f"--auth-principals: {exc}")
     opts = ServerOptions(
         model_repository=Path(args.model_repository),
         host=args.host,
@@ -24,6 +56,9 @@ def _serve(args: argparse.Namespace) -> int:
         grace_period_s=args.grace_period,
         default_max_batch_size=args.default_max_batch_size,
         metrics=args.metrics,
+        tls=_tls(args, args.parser.error),
+        auth_principals=Path(args.auth_principals) if args.auth_principals else None,
+        rate_limit=args.rate_limit,
     )
     return run(opts)
 
@@ -66,7 +101,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="max_batch_size given to models whose config is auto-completed (Triton's default 4)")
     s.add_argument("--log-level", dest="sub_log_level", default=None,
                    choices=["debug", "info", "warning", "error"])
-    s.set_defaults(func=_serve)
+    sec = s.add_argument_group("security", "TLS on all three ports; callers and what they may do (README: Security)")
+    sec.add_argument("--tls-cert", metavar="PEM", help="server certificate chain (re-read when the file changes)")
+    sec.add_argument("--tls-key", metavar="PEM", help="server private key")
+    sec.add_argument("--tls-client-ca", metavar="PEM", help="CA bundle that client certificates must chain to (mTLS)")
+    sec.add_argument("--tls-client-auth", choices=["required", "optional"], default="required",
+                     help="with --tls-client-ca: refuse clients without a certificate, or only verify those that "
+                          "send one")
+    sec.add_argument("--auth-principals", metavar="FILE",
+                     help="principals, their groups (inference, metadata, admin) and credentials (bearer token, "
+                          "its sha256, or 'cert'); without it admin requests are accepted from loopback only")
+    sec.add_argument("--rate-limit", type=float, metavar="RPS",
+                     help="requests per second per principal (per address for anonymous callers)")
+    s.set_defaults(func=_serve, parser=s)
 
     e = sub.add_parser("examples", help="write the bundled example model repository (or the test models)")
     e.add_argument("out")

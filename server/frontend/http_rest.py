@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 import zlib
 from collections.abc import Awaitable, Callable
@@ -33,6 +34,8 @@ from skewless.protos import grpc_service_pb2 as pb
 
 from ..dataplane import DataPlane, output_tensors
 from ..errors import InvalidArgument, SkewlessError, Unimplemented
+from ..security.guard import Guard
+from ..security.http_guard import check_http
 from . import rest_codec
 
 if TYPE_CHECKING:
@@ -51,6 +54,8 @@ HTTP_STATUS = {
     "FAILED_PRECONDITION": 400,  # Triton has no such code and answers 400 for those
     "RESOURCE_EXHAUSTED": 429,
     "DEADLINE_EXCEEDED": 504,
+    "UNAUTHENTICATED": 401,
+    "PERMISSION_DENIED": 403,
 }
 
 JSON = "application/json"
@@ -122,8 +127,11 @@ class RestFrontend:
     """The routes, over one DataPlane; ``start``/``stop`` bind and drain the listening socket."""
 
     def __init__(self, dataplane: DataPlane, max_body_bytes: int, grace_period_s: float,
-                 tracer: RequestTracer | None = None):
+                 tracer: RequestTracer | None = None, guard: Guard | None = None,
+                 ssl_context: ssl.SSLContext | None = None):
         self.dp = dataplane
+        self.guard = guard  # None: nothing to refuse (no principals, no rate limit, loopback only)
+        self.ssl_context = ssl_context
         self.tracer = tracer  # headers are read for traceparent only when tracing is configured
         self.max_body_bytes = max_body_bytes
         self.grace_period_s = grace_period_s
@@ -157,7 +165,7 @@ class RestFrontend:
         server = web.Server(self.handle, access_log=None, auto_decompress=False)
         self._runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=self.grace_period_s)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
+        site = web.TCPSite(self._runner, host, port, ssl_context=self.ssl_context)
         await site.start()
         return self._runner.addresses[0][1]
 
@@ -169,6 +177,9 @@ class RestFrontend:
     # -- the exception boundary ------------------------------------------------------------------------------
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         try:
+            if self.guard is not None:
+                check_http(self.guard, request.method, request.path, request.headers.get("Authorization"),
+                           request.transport, request.remote)
             handler, args = self._route(request)
             return await handler(request, *args)
         except asyncio.CancelledError:
@@ -177,7 +188,10 @@ class RestFrontend:
             status, message = status_of(exc)
             if status == 500:
                 log.error("HTTP %s %s failed", request.method, request.raw_path, exc_info=exc)
-            return _json({"error": message}, status)
+            resp = _json({"error": message}, status)
+            if status == 401:
+                resp.headers["WWW-Authenticate"] = 'Bearer realm="skewless"'
+            return resp
 
     def _route(self, request: web.BaseRequest) -> tuple[Handler, list[str]]:
         path = request.raw_path.split("?", 1)[0].rstrip("/")

@@ -7,22 +7,32 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Callable
+
+from ..errors import SkewlessError
+from ..security.guard import Guard
+from ..security.http_guard import check_http
 
 log = logging.getLogger(__name__)
 
 Route = Callable[[], tuple[int, str, bytes]]
 
-_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}
+_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
+            405: "Method Not Allowed", 429: "Too Many Requests", 503: "Service Unavailable"}
+_REFUSED = {"UNAUTHENTICATED": 401, "PERMISSION_DENIED": 403, "RESOURCE_EXHAUSTED": 429}
 
 
 class HttpEndpoint:
-    def __init__(self, routes: dict[str, Route]):
+    def __init__(self, routes: dict[str, Route], guard: Guard | None = None,
+                 ssl_context: ssl.SSLContext | None = None):
         self.routes = routes
+        self.guard = guard  # health routes stay open; /metrics names models, so it is checked
+        self.ssl_context = ssl_context
         self._server: asyncio.base_events.Server | None = None
 
     async def start(self, host: str, port: int) -> int:
-        self._server = await asyncio.start_server(self._handle, host, port)
+        self._server = await asyncio.start_server(self._handle, host, port, ssl=self.ssl_context)
         return self._server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
@@ -36,7 +46,10 @@ class HttpEndpoint:
             method, target, _ = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ", 2)
             path = target.split("?", 1)[0]
             route = self.routes.get(path)
-            if method not in ("GET", "HEAD"):
+            refused = self._refused(head, method, path, writer) if self.guard is not None else None
+            if refused is not None:
+                status, ctype, body = refused
+            elif method not in ("GET", "HEAD"):
                 status, ctype, body = 405, "text/plain", b"only GET is supported\n"
             elif route is None:
                 status, ctype, body = 404, "text/plain", f"no route {path}\n".encode()
@@ -53,3 +66,18 @@ class HttpEndpoint:
             log.exception("HTTP endpoint error")
         finally:
             writer.close()
+
+    def _refused(self, head: bytes, method: str, path: str, writer: asyncio.StreamWriter
+                 ) -> tuple[int, str, bytes] | None:
+        authorization = None
+        for line in head.split(b"\r\n")[1:]:
+            key, _, value = line.decode("latin-1").partition(":")
+            if key.strip().lower() == "authorization":
+                authorization = value.strip()
+        peer = writer.get_extra_info("peername")
+        try:
+            assert self.guard is not None
+            check_http(self.guard, method, path, authorization, writer.transport, peer[0] if peer else None)
+        except SkewlessError as exc:
+            return _REFUSED.get(exc.kind, 403), "text/plain", f"{exc}\n".encode()
+        return None

@@ -1,0 +1,122 @@
+"""The guard on the gRPC server: an interceptor that checks each RPC before its handler runs.
+
+gRPC's interceptor sees the method name but not the peer or its certificate, so for guarded methods it wraps
+the handler and checks with the call's context (metadata, ``auth_context``, ``peer``) before the servicer
+sees the request. Unguarded methods get their handler back untouched, and the server installs no interceptor
+at all when nothing can be refused (no principals, no rate limit, bound to loopback only).
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import grpc
+
+from ..errors import SkewlessError
+from .guard import ADMIN, HEALTH, Guard, bearer_of, grpc_group
+
+
+def peer_host(peer: str) -> str | None:
+    """The address in gRPC's peer string: ``ipv4:127.0.0.1:5000``, ``ipv6:[::1]:5000``, ``unix:/path``."""
+    kind, _, rest = peer.partition(":")
+    if kind == "ipv4":
+        return rest.rpartition(":")[0]
+    if kind == "ipv6":
+        return rest.rpartition(":")[0].strip("[]")
+    if kind == "unix":
+        return "127.0.0.1"  # a local socket: only this host can reach it
+    return None
+
+
+def _credentials(context: grpc.aio.ServicerContext) -> tuple[str | None, str | None]:
+    bearer = None
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization":
+            bearer = bearer_of(value if isinstance(value, str) else value.decode("latin-1"))
+            break
+    names = (context.auth_context() or {}).get("x509_common_name")
+    cert = names[0].decode("utf-8", "replace") if names else None
+    return bearer, cert
+
+
+class GrpcGuard(grpc.aio.ServerInterceptor):
+    def __init__(self, guard: Guard, status_of: Any):
+        self.guard = guard
+        self.status_of = status_of  # the servicer's domain error -> (code, message) table
+
+    def guarded(self, group: str) -> bool:
+        if group == HEALTH:
+            return False
+        return self.guard.authenticating or self.guard.rate is not None or group == ADMIN
+
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        group = grpc_group(handler_call_details.method)
+        if not self.guarded(group):
+            return handler
+        return self._wrap(handler, group)
+
+    async def _check(self, group: str, context: grpc.aio.ServicerContext) -> bool:
+        try:
+            bearer, cert = _credentials(context)
+            self.guard.check(group, bearer, cert, peer_host(context.peer()))
+            return True
+        except SkewlessError as exc:
+            await context.abort(*self.status_of(exc))
+        return False  # not reached: abort raises
+
+    def _wrap(self, handler: grpc.RpcMethodHandler, group: str) -> grpc.RpcMethodHandler:
+        kw = {"request_deserializer": handler.request_deserializer,
+              "response_serializer": handler.response_serializer}
+        check = self._check
+        if handler.unary_unary is not None:
+            inner = handler.unary_unary
+
+            async def unary_unary(request, context):
+                await check(group, context)
+                return await inner(request, context)
+
+            return grpc.unary_unary_rpc_method_handler(unary_unary, **kw)
+        if handler.stream_stream is not None:
+            inner_ss = handler.stream_stream
+            if inspect.isasyncgenfunction(inner_ss):
+                async def stream_gen(request_iterator, context):
+                    await check(group, context)
+                    async for reply in inner_ss(request_iterator, context):
+                        yield reply
+
+                return grpc.stream_stream_rpc_method_handler(stream_gen, **kw)
+
+            async def stream_stream(request_iterator, context):
+                await check(group, context)
+                return await inner_ss(request_iterator, context)
+
+            return grpc.stream_stream_rpc_method_handler(stream_stream, **kw)
+        if handler.unary_stream is not None:
+            inner_us = handler.unary_stream
+            if inspect.isasyncgenfunction(inner_us):
+                async def unary_gen(request, context):
+                    await check(group, context)
+                    async for reply in inner_us(request, context):
+                        yield reply
+
+                return grpc.unary_stream_rpc_method_handler(unary_gen, **kw)
+
+            async def unary_stream(request, context):
+                await check(group, context)
+                return await inner_us(request, context)
+
+            return grpc.unary_stream_rpc_method_handler(unary_stream, **kw)
+        inner_su = handler.stream_unary
+
+        async def stream_unary(request_iterator, context):
+            await check(group, context)
+            return await inner_su(request_iterator, context)
+
+        return grpc.stream_unary_rpc_method_handler(stream_unary, **kw)
+
+
+__all__ = ["GrpcGuard", "peer_host"]
