@@ -84,10 +84,12 @@ class RemoteFile:
 
 @dataclass(frozen=True)
 class VersionListing:
-    """One version's files and, when the version was published with one, its manifest's parsed content."""
+    """One version's files and, when the version was published with one, its manifest's parsed content
+    (``manifest_error`` says why a manifest that is there could not be used: the version is then rejected)."""
 
     files: dict[str, RemoteFile]
     manifest: dict | None = None
+    manifest_error: str = ""
 
 
 class Source(abc.ABC):
