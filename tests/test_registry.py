@@ -5,6 +5,7 @@ under 64 clients with no failed or mixed reply."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -36,6 +37,7 @@ CONFIG = "max_batch_size: 64\n"
 @pytest.fixture
 def s3(monkeypatch, tmp_path):
     """A fresh S3 server and bucket; the credentials and endpoint as the standard AWS variables."""
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's per-request access log
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
