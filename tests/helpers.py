@@ -16,6 +16,8 @@ from onnx import TensorProto, helper, numpy_helper
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
+from skewless.benchmarks.swap_load import add_constant_model  # noqa: F401 - shared with the registry report
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_MODELS = REPO_ROOT / "examples" / "models"
 MAX_MESSAGE = 2**31 - 1
@@ -160,16 +162,6 @@ def _model(graph: onnx.GraphProto) -> bytes:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     onnx.checker.check_model(model)
     return model.SerializeToString()
-
-
-def add_constant_model(c: float) -> bytes:
-    """y = x + c on FP32 [batch, 4]: each version of a model gets its own c, so replies tell them apart."""
-    graph = helper.make_graph(
-        [helper.make_node("Add", ["x", "c"], ["y"])], "add_constant",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
-        [numpy_helper.from_array(np.array(c, dtype=np.float32), "c")])
-    return _model(graph)
 
 
 def mlp_variant_model(seed: int) -> bytes:

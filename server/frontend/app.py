@@ -18,6 +18,9 @@ from skewless.protos import _pool
 
 from ..dataplane import DataPlane
 from ..models.repository import ModelRepository
+from ..registry.cache import VersionCache, default_cache_dir
+from ..registry.fsspec_source import FsspecSource, is_remote_url
+from ..registry.sync import RegistryRepository
 from ..security.grpc_guard import GrpcGuard
 from ..security.guard import Guard, is_loopback
 from ..security.principals import Principals
@@ -25,6 +28,7 @@ from ..security.tls import CertFiles, TlsSettings, grpc_credentials, ssl_context
 from ..telemetry import prometheus_text
 from ..telemetry.metrics import ServerMetrics
 from ..telemetry.tracing import RequestTracer
+from .admin_servicer import ADMIN_SERVICE, AdminServicer, add_admin_service
 from .grpc_servicer import InferenceServicer, add_inference_service, status_of
 from .http_rest import RestFrontend
 from .probes_http import HttpEndpoint
@@ -37,7 +41,7 @@ INFERENCE_SERVICE = "inference.GRPCInferenceService"
 
 @dataclass
 class ServerOptions:
-    model_repository: Path
+    model_repository: Path | str  # a directory, or a registry URL (s3://, gs://, file://…) synced into a cache
     host: str = "127.0.0.1"
     http_port: int = 8000
     grpc_port: int = 8001
@@ -52,6 +56,20 @@ class ServerOptions:
     tls: TlsSettings | None = None  # TLS (and mTLS with a client CA) on all three ports
     auth_principals: Path | None = None  # bearer tokens / certificate names and their groups (security/)
     rate_limit: float | None = None  # requests per second per principal (per address when anonymous)
+    registry_cache: Path | None = None  # where registry versions are cached (default: the user's cache dir)
+    registry_cache_bytes: int = 10 * 2**30
+    registry_keep: int = 2  # earlier served versions kept cached for rollback
+
+
+def make_repository(opts: ServerOptions) -> ModelRepository:
+    """A local repository read in place, or, for a URL, one synced from that registry into a local cache."""
+    location = str(opts.model_repository)
+    if not is_remote_url(location):
+        return ModelRepository(Path(location), opts.model_control_mode, opts.load_models, opts.poll_interval_s,
+                               opts.default_max_batch_size)
+    cache = VersionCache(opts.registry_cache or default_cache_dir(), opts.registry_cache_bytes)
+    return RegistryRepository(FsspecSource(location), cache, opts.model_control_mode, opts.load_models,
+                              opts.poll_interval_s, opts.default_max_batch_size, opts.registry_keep)
 
 
 def _add_to_reflection_pool(*file_descriptors) -> None:
@@ -66,8 +84,7 @@ def _add_to_reflection_pool(*file_descriptors) -> None:
 class Server:
     def __init__(self, opts: ServerOptions):
         self.opts = opts
-        self.repository = ModelRepository(opts.model_repository, opts.model_control_mode, opts.load_models,
-                                          opts.poll_interval_s, opts.default_max_batch_size)
+        self.repository = make_repository(opts)
         self.dataplane = DataPlane(self.repository)
         self.health = health_aio.HealthServicer()
         self.grpc_port = 0
@@ -93,6 +110,8 @@ class Server:
         if self.metrics is not None:
             routes["/metrics"] = self._metrics_route
             self.repository.version_hooks.append(self.metrics.attach_drift)
+            if isinstance(self.repository, RegistryRepository):
+                self.metrics.add_registry(self.repository)
         self._http = HttpEndpoint(routes, self._guard, self.ssl_context)
         # Traces only when OTEL_TRACES_EXPORTER asks (None otherwise: the request path then reads no headers).
         self.tracer = RequestTracer.from_env()
@@ -127,10 +146,11 @@ class Server:
                 ("grpc.so_reuseport", 0),
             ])
         add_inference_service(InferenceServicer(self.dataplane, self.tracer), self._grpc)
+        add_admin_service(AdminServicer(self.repository), self._grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
         _add_to_reflection_pool(health_pb2.DESCRIPTOR, reflection_pb2.DESCRIPTOR)
         reflection.enable_server_reflection(
-            [INFERENCE_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            [INFERENCE_SERVICE, ADMIN_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
              reflection.SERVICE_NAME], self._grpc, pool=_pool.POOL)
         address = f"{opts.host}:{opts.grpc_port}"
         if self.cert_files is not None:

@@ -44,7 +44,7 @@ def _serve(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as exc:
             args.parser.error(f"--auth-principals: {exc}")
     opts = ServerOptions(
-        model_repository=Path(args.model_repository),
+        model_repository=args.model_repository,
         host=args.host,
         http_port=args.http_port,
         grpc_port=args.grpc_port,
@@ -59,6 +59,9 @@ def _serve(args: argparse.Namespace) -> int:
         tls=_tls(args, args.parser.error),
         auth_principals=Path(args.auth_principals) if args.auth_principals else None,
         rate_limit=args.rate_limit,
+        registry_cache=Path(args.registry_cache) if args.registry_cache else None,
+        registry_cache_bytes=int(args.registry_cache_gb * 2**30),
+        registry_keep=args.registry_keep,
     )
     return run(opts)
 
@@ -82,7 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("serve", help="serve a Triton-layout model repository over KServe v2 gRPC and HTTP/REST")
-    s.add_argument("--model-repository", required=True, help="directory holding <model>/<version>/model.onnx")
+    s.add_argument("--model-repository", required=True,
+                   help="directory holding <model>/<version>/model.onnx, or a registry URL laid out the same way "
+                        "(s3://bucket/prefix, gs://…, file://…), synced into a local cache")
     s.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 in containers)")
     s.add_argument("--http-port", type=int, default=8000, help="HTTP/REST (KServe v2) port; 0 picks a free one")
     s.add_argument("--grpc-port", type=int, default=8001)
@@ -94,6 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--load-model", action="append", default=[], metavar="NAME",
                    help="model to load at start in explicit mode (repeatable; '*' for all)")
     s.add_argument("--repository-poll-secs", type=float, default=15.0, help="poll interval in poll mode")
+    s.add_argument("--registry-cache", default=None, metavar="DIR",
+                   help="local cache of registry versions (default ~/.cache/skewless/registry; one per server)")
+    s.add_argument("--registry-cache-gb", type=float, default=10.0,
+                   help="bound on the cache's disk use; least recently used versions are evicted")
+    s.add_argument("--registry-keep", type=int, default=2,
+                   help="earlier served versions kept cached for `skewless rollback`")
     s.add_argument("--max-message-bytes", type=int, default=2**31 - 1, help="gRPC send/receive limit")
     s.add_argument("--grace-period", type=float, default=30.0,
                    help="seconds in-flight requests get to finish after SIGTERM/SIGINT")
@@ -122,11 +133,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     from skewless.benchmarks import loadgen
     from skewless.native import cli as features_cli
+    from skewless.server.registry import cli as registry_cli
     from skewless.server.telemetry import drift_report
 
     features_cli.register(sub)
     loadgen.register(sub)
     drift_report.register(sub)
+    registry_cli.register(sub)
     return p
 
 

@@ -206,7 +206,6 @@ class ModelRepository:
         async with model.lock:
             model.wanted = True
             signature = tree_signature(model_dir)
-            loop = asyncio.get_running_loop()
             try:
                 text = None if config_json else read_config_text(model_dir)
                 base = parse_config_json(config_json) if config_json else (
@@ -225,52 +224,65 @@ class ModelRepository:
                 model.reason = str(exc)
                 raise
             model.reason = ""
+            await self._install(model, base, explicit_mbs, {v: model_dir / str(v) for v in wanted}, signature)
+        self._notify(name)
+
+    async def _install(self, model: ManagedModel, base: mc.ModelConfig, explicit_mbs: bool,
+                       dirs: dict[int, Path], signature: object,
+                       check: Callable[[ModelVersion, Path], None] | None = None) -> None:
+        """Build every version in ``dirs`` (number -> local version directory), run ``check`` on each (on a
+        worker thread: registry validation sets), then swap them in as the serving set in one assignment.
+        Shared by local loads and registry sync; the caller holds ``model.lock``. On failure nothing changes
+        for the versions already serving, and the reason is recorded per version."""
+        name = model.name
+        wanted = sorted(dirs)
+        loop = asyncio.get_running_loop()
+        for v in wanted:
+            if v not in model.serving:
+                model.status[v] = VersionStatus("LOADING")
+        built: dict[int, ModelVersion] = {}
+        try:
+            for v in wanted:
+                started = time.perf_counter()
+                mv = await loop.run_in_executor(
+                    None, ModelVersion, name, v, dirs[v], base, explicit_mbs, self.default_max_batch_size)
+                try:
+                    for hook in self.version_hooks:
+                        hook(mv)
+                    if check is not None:
+                        await loop.run_in_executor(None, check, mv, dirs[v])
+                except Exception:
+                    await loop.run_in_executor(None, mv.runtime.close)
+                    raise
+                built[v] = mv
+                self.load_seconds.observe(time.perf_counter() - started)
+                self._count(name, "load")
+        except Exception as exc:
+            self._count(name, "load_failed")
+            reason = str(exc)
+            failed = next((v for v in wanted if v not in built), wanted[-1])
+            for mv in built.values():
+                await loop.run_in_executor(None, mv.runtime.close)
             for v in wanted:
                 if v not in model.serving:
-                    model.status[v] = VersionStatus("LOADING")
-            built: dict[int, ModelVersion] = {}
-            try:
-                for v in wanted:
-                    started = time.perf_counter()
-                    mv = await loop.run_in_executor(
-                        None, ModelVersion, name, v, model_dir / str(v), base, explicit_mbs,
-                        self.default_max_batch_size)
-                    try:
-                        for hook in self.version_hooks:
-                            hook(mv)
-                    except Exception:
-                        await loop.run_in_executor(None, mv.runtime.close)
-                        raise
-                    built[v] = mv
-                    self.load_seconds.observe(time.perf_counter() - started)
-                    self._count(name, "load")
-            except Exception as exc:
-                self._count(name, "load_failed")
-                reason = str(exc)
-                failed = next((v for v in wanted if v not in built), wanted[-1])
-                for mv in built.values():
-                    await loop.run_in_executor(None, mv.runtime.close)
-                for v in wanted:
-                    if v not in model.serving:
-                        model.status[v] = VersionStatus("UNAVAILABLE", reason if v == failed else "load aborted")
-                if model.serving:
-                    reason += f" (previously loaded versions {sorted(model.serving)} keep serving)"
-                model.reason = reason
-                log.error("load of model '%s' failed: %s", name, reason)
-                raise ModelLoadError(f"load failed for model '{name}': version {failed}: {reason}") from None
-            old = model.serving
-            model.serving = built  # the atomic swap
-            if old:
-                self._count(name, "swap")
-            model.loaded_signature = signature
-            for v in wanted:
-                model.status[v] = VersionStatus("READY")
-            for v, mv in old.items():
-                if v not in built:
-                    model.status[v] = VersionStatus("UNAVAILABLE", "unloaded")
-                self._retire(mv)
-            log.info("model '%s': serving versions %s", name, sorted(built))
-        self._notify(name)
+                    model.status[v] = VersionStatus("UNAVAILABLE", reason if v == failed else "load aborted")
+            if model.serving:
+                reason += f" (previously loaded versions {sorted(model.serving)} keep serving)"
+            model.reason = reason
+            log.error("load of model '%s' failed: %s", name, reason)
+            raise ModelLoadError(f"load failed for model '{name}': version {failed}: {reason}") from None
+        old = model.serving
+        model.serving = built  # the atomic swap
+        if old:
+            self._count(name, "swap")
+        model.loaded_signature = signature
+        for v in wanted:
+            model.status[v] = VersionStatus("READY")
+        for v, mv in old.items():
+            if v not in built:
+                model.status[v] = VersionStatus("UNAVAILABLE", "unloaded")
+            self._retire(mv)
+        log.info("model '%s': serving versions %s", name, sorted(built))
 
     async def unload(self, name: str) -> None:
         model = self.models.get(name)

@@ -85,6 +85,34 @@ class ServerMetrics:
             description="Trace spans by outcome: exported, export_failed (collector down or refusing), dropped "
                         "(export queue full: a slow or absent collector)")
 
+    def add_registry(self, repo: Any) -> None:
+        """Registry sync figures (registry/sync.py's RegistryRepository): store health, cache disk use, pins.
+        Rejected versions, rollbacks and swaps are skewless_model_events."""
+        meter = self.provider.get_meter("skewless")
+
+        def reachable(_options: CallbackOptions) -> Iterator[Observation]:
+            yield Observation(1 if repo.health.reachable else 0)
+
+        def failures(_options: CallbackOptions) -> Iterator[Observation]:
+            yield Observation(repo.health.failures)
+
+        def cache_bytes(_options: CallbackOptions) -> Iterator[Observation]:
+            yield Observation(repo.cache.disk_bytes())
+
+        def pinned(_options: CallbackOptions) -> Iterator[Observation]:
+            for name in list(repo.sync_state):
+                yield Observation(1 if repo.pinned(name) else 0, {"model": name})
+
+        meter.create_observable_gauge("skewless_registry_reachable", [reachable],
+                                      description="1 while the model registry answers, 0 during a failure episode")
+        meter.create_observable_counter("skewless_registry_failures", [failures],
+                                        description="Registry failure episodes (unreachable, slow or erroring), "
+                                                    "counted once each however many polls they last")
+        meter.create_observable_gauge("skewless_registry_cache_bytes", [cache_bytes], unit="By",
+                                      description="Disk used by the registry's local version cache")
+        meter.create_observable_gauge("skewless_model_pinned", [pinned],
+                                      description="1 while a rollback pins the model (until skewless unpin)")
+
     # -- collection ----------------------------------------------------------------------------------------
     def collect(self) -> MetricsData:
         """Everything, now: the SDK's instruments plus the histograms (what /metrics renders)."""
@@ -249,7 +277,9 @@ class ServerMetrics:
                 yield Observation(n, {"model": model, "event": event})
 
         meter.create_observable_counter("skewless_model_events", [events],
-                                        description="Model management events: load, load_failed, swap, unload")
+                                        description="Model management events: load, load_failed, swap, unload; with a "
+                                                    "registry also rollback and rejected_{incomplete,corrupt,"
+                                                    "changed,validation}")
 
         self._register_drift(meter)
         self.host.register(meter)

@@ -1,0 +1,1 @@
+"""Registry sync: models pulled from an object store, verified, cached, warmed and hot-swapped."""
