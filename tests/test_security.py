@@ -411,3 +411,39 @@ def test_grpc_channel_without_tls_gets_no_reply_from_tls_port(make_repo, pki):
         channel.close()
     finally:
         proc.assert_clean_exit()
+
+
+# -- model repository safety ----------------------------------------------------------------------------------
+def test_model_paths_never_escape_the_repository(make_repo, tmp_path):
+    """default_model_filename as an absolute or '..' path (config.pbtxt or RepositoryModelLoad's JSON), a
+    symlinked model folder, version folder or model file pointing outside: all refused, the server unharmed."""
+    import shutil
+
+    repo = make_repo("mlp")
+    outside = tmp_path / "outside"
+    shutil.copytree(repo / "mlp", outside / "mlp")  # a perfectly good model, just not in the repository
+    (repo / "linked_model").symlink_to(outside / "mlp", target_is_directory=True)
+    (repo / "linked_version" / "1").parent.mkdir()
+    (repo / "linked_version" / "1").symlink_to(outside / "mlp" / "1", target_is_directory=True)
+    (repo / "linked_file" / "1").mkdir(parents=True)
+    (repo / "linked_file" / "1" / "model.onnx").symlink_to(outside / "mlp" / "1" / "model.onnx")
+    (repo / "dotdot" / "1").mkdir(parents=True)
+    (repo / "dotdot" / "config.pbtxt").write_text('default_model_filename: "../../../outside/mlp/1/model.onnx"\n')
+    proc = ServerProcess(repo, "--model-control-mode", "explicit").start()
+    try:
+        with grpcclient.InferenceServerClient(proc.grpc_url) as client:
+            absolute = json.dumps({"default_model_filename": str(outside / "mlp" / "1" / "model.onnx")})
+            expect_error(lambda: client.load_model("mlp", config=absolute), "INVALID_ARGUMENT",
+                         "must be a file name inside the version folder")
+            expect_error(lambda: client.load_model("mlp", config=json.dumps(
+                {"default_model_filename": "../1/model.onnx"})), "INVALID_ARGUMENT", "not a path")
+            expect_error(lambda: client.load_model("dotdot"), "INVALID_ARGUMENT", "not a path")
+            expect_error(lambda: client.load_model("linked_model"), "INVALID_ARGUMENT", "resolves outside")
+            expect_error(lambda: client.load_model("linked_file"), "INVALID_ARGUMENT", "resolves outside")
+            expect_error(lambda: client.load_model("linked_version"), "INVALID_ARGUMENT", "no version")
+            client.load_model("mlp")  # the repository's own model still loads and serves
+            assert infer(client, "mlp", X).as_numpy("probabilities").shape == (1, 2)
+            index = {m.name: m for m in client.get_model_repository_index().models}
+            assert "resolves outside" in index["linked_file"].reason
+    finally:
+        proc.assert_clean_exit()

@@ -42,6 +42,7 @@ from skewless.protos import model_config_pb2 as mc
 from ..codec import format_shape
 from ..errors import InvalidArgument, ModelLoadError
 from ..models.config import OnnxTensor
+from ..security.paths import contained
 from .served_log import FeatureLogger, LogRecord, log_settings
 
 log = logging.getLogger(__name__)
@@ -131,6 +132,7 @@ class FeatureStage:
         path = Path(version_dir) / FEATURES_FILE
         if not path.is_file():
             return None
+        contained(path, version_dir, FEATURES_FILE)
         where = f"model '{model_name}' version {version}"
         try:
             spec = FeatureSpec.load(path)

@@ -18,6 +18,7 @@ from pathlib import Path
 from skewless.protos import model_config_pb2 as mc
 
 from ..errors import FailedPrecondition, InvalidArgument, ModelLoadError, NotFound, Unavailable
+from ..security.paths import contained, plain_file_name
 from .config import (
     json_mentions_max_batch_size,
     mentions_max_batch_size,
@@ -55,9 +56,16 @@ class ManagedModel:
 
 
 def version_dirs(model_dir: Path) -> dict[int, Path]:
+    """Numbered version folders; one that resolves outside the model folder (a symlink out) is skipped."""
     out = {}
+    real = model_dir.resolve()
     for child in model_dir.iterdir() if model_dir.is_dir() else ():
         if child.is_dir() and child.name.isdigit() and not child.name.startswith("0"):
+            resolved = child.resolve()
+            if resolved.parent != real and real not in resolved.parents:
+                log.warning("skipping %s: it resolves outside %s (model files must stay in the repository)",
+                            child, model_dir)
+                continue
             out[int(child.name)] = child
     return out
 
@@ -200,8 +208,9 @@ class ModelRepository:
 
     async def load(self, name: str, config_json: str | None = None) -> None:
         model_dir = self.root / name
-        if "/" in name or name.startswith(".") or not model_dir.is_dir():
+        if "/" in name or "\\" in name or name.startswith(".") or not model_dir.is_dir():
             raise NotFound(f"failed to load '{name}': no model directory '{name}' in repository {self.root}")
+        contained(model_dir, self.root, "model folder")
         model = self.models.setdefault(name, ManagedModel(name))
         async with model.lock:
             model.wanted = True
@@ -212,7 +221,8 @@ class ModelRepository:
                     parse_config(text, str(model_dir / "config.pbtxt")) if text is not None else mc.ModelConfig())
                 explicit_mbs = (json_mentions_max_batch_size(config_json) if config_json
                                 else mentions_max_batch_size(text))
-                filename = base.default_model_filename or DEFAULT_MODEL_FILE
+                filename = plain_file_name(base.default_model_filename or DEFAULT_MODEL_FILE,
+                                           "default_model_filename")
                 available = [v for v, d in version_dirs(model_dir).items() if (d / filename).exists()]
                 wanted = select_versions(base, available)
                 if not wanted:

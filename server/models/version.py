@@ -19,6 +19,7 @@ from ..batching.runner import BatchRunner
 from ..batching.scheduler import Scheduler
 from ..errors import Internal, ModelLoadError
 from ..features.stage import FeatureStage
+from ..security.paths import contained, plain_file_name
 from .config import TensorSpec, complete_config, parameter, tensor_specs
 from .runtime import ModelRuntime, probe_model_io
 from .stats import ModelStats
@@ -44,7 +45,7 @@ def merge_rows(feeds: list[dict[str, np.ndarray]], name: str) -> np.ndarray:
 
 
 def model_file(version_dir: Path, cfg: mc.ModelConfig) -> Path:
-    return version_dir / (cfg.default_model_filename or DEFAULT_MODEL_FILE)
+    return version_dir / plain_file_name(cfg.default_model_filename or DEFAULT_MODEL_FILE, "default_model_filename")
 
 
 class ModelVersion:
@@ -57,6 +58,7 @@ class ModelVersion:
         self.path = model_file(version_dir, base_config)
         if not self.path.is_file():
             raise ModelLoadError(f"model file {self.path} does not exist")
+        contained(self.path, version_dir, "model file")
         onnx_in, onnx_out = probe_model_io(self.path)
         # features.json beside the model: clients send its raw inputs, the kernel feeds onnx_in
         self.features = FeatureStage.load(version_dir, base_config, onnx_in, name, version)
