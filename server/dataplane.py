@@ -21,7 +21,7 @@ from skewless.protos import grpc_service_pb2 as pb
 
 from .batching.batcher import settle
 from .codec import DATATYPES, decode_raw, decode_typed, element_count, encode_array, format_shape
-from .errors import InvalidArgument, SkewlessError
+from .errors import InvalidArgument, Overloaded, SkewlessError
 from .models.config import TensorSpec
 from .models.repository import ModelRepository
 from .models.stats import Duration, ModelStats
@@ -183,6 +183,10 @@ class DataPlane:
         until it completes."""
         mv.enter()
         try:
+            total = mv.total
+            if total.limit and total.n > total.limit:
+                raise Overloaded(f"server busy: {total.limit} requests are already in flight (its --max-inflight "
+                                 "limit); retry later")
             if decoded is not None:
                 feeds, rows, names = decoded
             else:

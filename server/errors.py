@@ -37,6 +37,12 @@ class QueueTimeout(Unavailable):
     reason = "shed"
 
 
+class Overloaded(Unavailable):
+    """Refused at arrival: the server already has its --max-inflight requests in flight."""
+
+    reason = "rejected"
+
+
 class ResourceExhausted(SkewlessError):
     kind = "RESOURCE_EXHAUSTED"
 

@@ -18,6 +18,7 @@ from skewless.protos import _pool
 
 from ..dataplane import DataPlane
 from ..models.repository import ModelRepository
+from ..models.version import InFlightTotal, ModelVersion
 from ..registry.cache import VersionCache, default_cache_dir
 from ..registry.fsspec_source import FsspecSource, is_remote_url
 from ..registry.sync import RegistryRepository
@@ -56,6 +57,19 @@ class ServerOptions:
     tls: TlsSettings | None = None  # TLS (and mTLS with a client CA) on all three ports
     auth_principals: Path | None = None  # bearer tokens / certificate names and their groups (security/)
     rate_limit: float | None = None  # requests per second per principal (per address when anonymous)
+    max_inflight: int = 4096  # requests in flight across all models before new ones get UNAVAILABLE (0: none)
+    # gRPC connection hardening (Triton's defaults where it has one): keepalive pings the server sends and
+    # how often a client may ping it; streams per connection; connection age, so load balancers rebalance.
+    grpc_keepalive_time_s: float = 7200.0
+    grpc_keepalive_timeout_s: float = 20.0
+    grpc_min_client_ping_interval_s: float = 300.0
+    grpc_max_concurrent_streams: int = 0  # 0: gRPC's own (unlimited); a limit refuses a burst's extra streams
+    grpc_max_connection_age_s: float | None = None
+    # Calls gRPC holds before the server takes them. Beyond it gRPC cancels calls itself (CANCELLED, no message:
+    # its default of 1,000 did so to ~10% of a 2,000-call burst); below it, --max-inflight refuses them with
+    # UNAVAILABLE and a reason. gRPC's hard limit is set to twice this.
+    grpc_max_pending: int = 10_000
+    grpc_max_connection_age_grace_s: float | None = None
     registry_cache: Path | None = None  # where registry versions are cached (default: the user's cache dir)
     registry_cache_bytes: int = 10 * 2**30
     registry_keep: int = 2  # earlier served versions kept cached for rollback
@@ -72,6 +86,28 @@ def make_repository(opts: ServerOptions) -> ModelRepository:
                               opts.poll_interval_s, opts.default_max_batch_size, opts.registry_keep)
 
 
+def grpc_hardening(opts: ServerOptions) -> list[tuple[str, int]]:
+    """Channel arguments that bound what one client connection can hold or cost."""
+    ms = lambda s: int(s * 1000)  # noqa: E731
+    out = [
+        ("grpc.keepalive_time_ms", ms(opts.grpc_keepalive_time_s)),
+        ("grpc.keepalive_timeout_ms", ms(opts.grpc_keepalive_timeout_s)),
+        # clients pinging more often than this (without data) get GOAWAY ENHANCE_YOUR_CALM after 2 strikes
+        ("grpc.http2.min_ping_interval_without_data_ms", ms(opts.grpc_min_client_ping_interval_s)),
+        ("grpc.http2.max_ping_strikes", 2),
+        ("grpc.server.max_pending_requests", opts.grpc_max_pending),
+        ("grpc.server.max_pending_requests_hard_limit", 2 * opts.grpc_max_pending),
+    ]
+    if opts.grpc_max_concurrent_streams:
+        out.append(("grpc.max_concurrent_streams", opts.grpc_max_concurrent_streams))
+    if opts.grpc_max_connection_age_s:
+        out.append(("grpc.max_connection_age_ms", ms(opts.grpc_max_connection_age_s)))
+        out.append(("grpc.max_connection_age_grace_ms",
+                    ms(opts.grpc_max_connection_age_grace_s if opts.grpc_max_connection_age_grace_s is not None
+                       else opts.grace_period_s)))
+    return out
+
+
 def _add_to_reflection_pool(*file_descriptors) -> None:
     """Reflection reads one pool: ours, so the health and reflection files must be in it too."""
     for fd in file_descriptors:
@@ -86,6 +122,9 @@ class Server:
         self.opts = opts
         self.repository = make_repository(opts)
         self.dataplane = DataPlane(self.repository)
+        # One count of requests in flight across every model version, for the global --max-inflight limit.
+        self.in_flight = InFlightTotal(opts.max_inflight)
+        self.repository.version_hooks.append(self._share_in_flight)
         self.health = health_aio.HealthServicer()
         self.grpc_port = 0
         self.http_port = 0
@@ -120,6 +159,9 @@ class Server:
         self._rest = RestFrontend(self.dataplane, opts.max_message_bytes, opts.grace_period_s, self.tracer,
                                   self._guard, self.ssl_context)
 
+    def _share_in_flight(self, mv: ModelVersion) -> None:
+        mv.total = self.in_flight
+
     def _metrics_route(self) -> tuple[int, str, bytes]:
         return 200, prometheus_text.CONTENT_TYPE, prometheus_text.render(self.metrics.collect())
 
@@ -144,6 +186,7 @@ class Server:
                 ("grpc.max_receive_message_length", mb),
                 ("grpc.max_send_message_length", mb),
                 ("grpc.so_reuseport", 0),
+                *grpc_hardening(opts),
             ])
         add_inference_service(InferenceServicer(self.dataplane, self.tracer), self._grpc)
         add_admin_service(AdminServicer(self.repository), self._grpc)

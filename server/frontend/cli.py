@@ -34,6 +34,10 @@ def _tls(args: argparse.Namespace, parser_error) -> object | None:
 def _serve(args: argparse.Namespace) -> int:
     from .app import ServerOptions, run
 
+    if args.grpc_max_pending < 1:
+        args.parser.error("--grpc-max-pending must be at least 1")
+    if args.max_inflight < 0 or args.grpc_max_concurrent_streams < 0:
+        args.parser.error("--max-inflight and --grpc-max-concurrent-streams must be 0 (no limit) or more")
     if args.rate_limit is not None and args.rate_limit <= 0:
         args.parser.error("--rate-limit must be a positive number of requests per second")
     if args.auth_principals:
@@ -59,6 +63,14 @@ def _serve(args: argparse.Namespace) -> int:
         tls=_tls(args, args.parser.error),
         auth_principals=Path(args.auth_principals) if args.auth_principals else None,
         rate_limit=args.rate_limit,
+        max_inflight=args.max_inflight,
+        grpc_keepalive_time_s=args.grpc_keepalive_time,
+        grpc_keepalive_timeout_s=args.grpc_keepalive_timeout,
+        grpc_min_client_ping_interval_s=args.grpc_min_client_ping_interval,
+        grpc_max_concurrent_streams=args.grpc_max_concurrent_streams,
+        grpc_max_connection_age_s=args.grpc_max_connection_age,
+        grpc_max_connection_age_grace_s=args.grpc_max_connection_age_grace,
+        grpc_max_pending=args.grpc_max_pending,
         registry_cache=Path(args.registry_cache) if args.registry_cache else None,
         registry_cache_bytes=int(args.registry_cache_gb * 2**30),
         registry_keep=args.registry_keep,
@@ -124,6 +136,26 @@ def build_parser() -> argparse.ArgumentParser:
                           "its sha256, or 'cert'); without it admin requests are accepted from loopback only")
     sec.add_argument("--rate-limit", type=float, metavar="RPS",
                      help="requests per second per principal (per address for anonymous callers)")
+    ov = s.add_argument_group("overload and connections")
+    ov.add_argument("--max-inflight", type=int, default=4096, metavar="N",
+                    help="requests in flight across all models; more get UNAVAILABLE at once (0: no limit). "
+                         "With --max-message-bytes it bounds the memory requests can hold")
+    ov.add_argument("--grpc-keepalive-time", type=float, default=7200.0, metavar="S",
+                    help="seconds between the server's keepalive pings on an idle connection")
+    ov.add_argument("--grpc-keepalive-timeout", type=float, default=20.0, metavar="S",
+                    help="seconds to wait for a keepalive ping's ack before closing the connection")
+    ov.add_argument("--grpc-min-client-ping-interval", type=float, default=300.0, metavar="S",
+                    help="clients pinging more often than this without data are disconnected after 2 strikes")
+    ov.add_argument("--grpc-max-concurrent-streams", type=int, default=0, metavar="N",
+                    help="concurrent RPCs on one gRPC connection (0: unlimited, gRPC's default). A client that "
+                         "opens more before it has read the limit gets them refused (RST_STREAM)")
+    ov.add_argument("--grpc-max-connection-age", type=float, default=None, metavar="S",
+                    help="close connections after this long (GOAWAY), so load balancers rebalance; off by default")
+    ov.add_argument("--grpc-max-pending", type=int, default=10_000, metavar="N",
+                    help="calls gRPC queues before the server takes them; past it (and firmly past twice it) gRPC "
+                         "cancels calls itself with CANCELLED instead of --max-inflight's UNAVAILABLE")
+    ov.add_argument("--grpc-max-connection-age-grace", type=float, default=None, metavar="S",
+                    help="time RPCs on an aged connection get to finish (default: --grace-period)")
     s.set_defaults(func=_serve, parser=s)
 
     e = sub.add_parser("examples", help="write the bundled example model repository (or the test models)")

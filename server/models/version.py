@@ -48,6 +48,16 @@ def model_file(version_dir: Path, cfg: mc.ModelConfig) -> Path:
     return version_dir / plain_file_name(cfg.default_model_filename or DEFAULT_MODEL_FILE, "default_model_filename")
 
 
+class InFlightTotal:
+    """Requests in flight across every version that shares it: the server's global limit (0: none)."""
+
+    __slots__ = ("n", "limit")
+
+    def __init__(self, limit: int = 0):
+        self.n = 0
+        self.limit = limit
+
+
 class ModelVersion:
     """Everything needed to serve one version; immutable once ready, retired by the repository."""
 
@@ -78,6 +88,7 @@ class ModelVersion:
         self.stats = ModelStats()
         self.runtime = ModelRuntime(self.path, self.config, f"{name}-{version}")
         self._inflight = 0
+        self.total = InFlightTotal()  # the server's shared count, set by its version hook
         self._idle: asyncio.Event | None = None
         # The one hook side modules (drift monitoring) get on the batch path: called with every batch's model
         # inputs and outputs, on the thread that ran it, before the outputs are split. It must return at once
@@ -135,9 +146,11 @@ class ModelVersion:
 
     def enter(self) -> None:
         self._inflight += 1
+        self.total.n += 1
 
     def leave(self) -> None:
         self._inflight -= 1
+        self.total.n -= 1
         if self._inflight == 0 and self._idle is not None:
             self._idle.set()
 

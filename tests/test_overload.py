@@ -1,0 +1,117 @@
+"""Overload: a flood far past the server's --max-inflight limit leaves it alive, with bounded memory, and
+every reply either correct for its own request or refused with UNAVAILABLE, never another request's answer.
+
+Real server subprocess, real tritonclient (gRPC asyncio client, unary and streams), outputs checked against
+onnxruntime run here on the same inputs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+import onnxruntime as ort
+import psutil
+import tritonclient.grpc.aio as aioclient
+from serverproc import ServerProcess
+from tritonclient.utils import InferenceServerException
+
+FLOOD = 10_000  # concurrent unary requests, spread over CHANNELS connections
+CHANNELS = 16
+STREAMS, PER_STREAM = 8, 100
+LIMIT = 64
+
+
+def _inputs(x: np.ndarray) -> list:
+    inp = aioclient.InferInput("input", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    return [inp]
+
+
+async def _flood(url: str, xs: np.ndarray) -> tuple[dict[int, np.ndarray], dict[str, int]]:
+    answers: dict[int, np.ndarray] = {}
+    refused: dict[str, int] = {}
+    clients = [aioclient.InferenceServerClient(url) for _ in range(CHANNELS + 1)]
+    try:
+        client = clients[CHANNELS]  # the streams' own connection
+
+        async def one(i: int) -> None:
+            try:
+                r = await clients[i % CHANNELS].infer("mlp", _inputs(xs[i:i + 1]), request_id=str(i))
+                assert r.get_response().id == str(i)
+                answers[i] = r.as_numpy("probabilities")[0]
+            except InferenceServerException as exc:
+                key = f"{exc.status()}: {(exc.message() or '')[:60]}"
+                refused[key] = refused.get(key, 0) + 1
+
+        async def stream(s: int) -> None:
+            base = FLOOD + s * PER_STREAM
+
+            async def requests():
+                for k in range(PER_STREAM):
+                    i = base + k
+                    yield {"model_name": "mlp", "inputs": _inputs(xs[i:i + 1]), "request_id": str(i)}
+
+            async for result, error in client.stream_infer(requests()):
+                if error is not None:
+                    key = f"stream: {str(error)[:60]}"
+                    refused[key] = refused.get(key, 0) + 1
+                else:
+                    i = int(result.get_response().id)
+                    answers[i] = result.as_numpy("probabilities")[0]
+
+        errors = [e for e in await asyncio.gather(*(one(i) for i in range(FLOOD)), *(stream(s) for s in range(STREAMS)),
+                                                  return_exceptions=True) if e is not None]
+        assert not errors, (len(errors), errors[:1])
+    finally:
+        for c in clients:
+            await c.close()
+    return answers, refused
+
+
+def test_flood_past_max_inflight(make_repo, model_source):
+    proc = ServerProcess(make_repo("mlp"), "--max-inflight", str(LIMIT)).start()
+    try:
+        total = FLOOD + STREAMS * PER_STREAM
+        xs = np.random.default_rng(7).random((total, 32), dtype=np.float32)
+        sess = ort.InferenceSession(str(model_source / "mlp" / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+        expected = sess.run(["probabilities"], {"input": xs})[0]
+        server = psutil.Process(proc.proc.pid)
+        rss_before = server.memory_info().rss
+        peak = [rss_before]
+        done = threading.Event()
+
+        def sample() -> None:
+            while not done.is_set():
+                peak[0] = max(peak[0], server.memory_info().rss)
+                time.sleep(0.02)
+
+        threading.Thread(target=sample, daemon=True).start()
+        answers, refused = asyncio.run(_flood(proc.grpc_url, xs))
+        done.set()
+        crossed = [i for i, out in answers.items() if not np.allclose(out, expected[i], rtol=1e-5, atol=1e-6)]
+        assert crossed == [], f"{len(crossed)} replies carry another request's output"
+        assert len(answers) + sum(refused.values()) == total  # every request answered or refused, none lost
+        assert refused, "the flood never reached the in-flight limit"
+        assert all("UNAVAILABLE" in k and "server busy" in k for k in refused), refused
+        assert len(answers) > 0
+        growth = peak[0] - rss_before
+        assert growth < 200 * 2**20, f"RSS grew {growth / 2**20:.0f} MiB under the flood"
+        # alive and serving normally afterwards
+        answers2, refused2 = asyncio.run(_flood_small(proc.grpc_url, xs[:8]))
+        assert refused2 == {} and all(np.allclose(answers2[i], expected[i], rtol=1e-5, atol=1e-6) for i in range(8))
+        print(f"flood: {total} sent, {len(answers)} answered, {sum(refused.values())} refused, 0 cross-wired, "
+              f"RSS {rss_before / 2**20:.0f} -> peak {peak[0] / 2**20:.0f} MiB")
+    finally:
+        proc.assert_clean_exit()
+
+
+async def _flood_small(url: str, xs: np.ndarray):
+    answers, refused = {}, {}
+    async with aioclient.InferenceServerClient(url) as client:
+        for i in range(len(xs)):
+            r = await client.infer("mlp", _inputs(xs[i:i + 1]))
+            answers[i] = r.as_numpy("probabilities")[0]
+    return answers, refused
