@@ -14,6 +14,7 @@ import time
 import numpy as np
 import onnxruntime as ort
 import psutil
+import pytest
 import tritonclient.grpc.aio as aioclient
 from serverproc import ServerProcess
 from tritonclient.utils import InferenceServerException
@@ -115,3 +116,52 @@ async def _flood_small(url: str, xs: np.ndarray):
             r = await client.infer("mlp", _inputs(xs[i:i + 1]))
             answers[i] = r.as_numpy("probabilities")[0]
     return answers, refused
+
+
+def test_slow_http_request_heads_are_cut_off(make_repo):
+    """Slowloris: a REST connection that sends nothing, or a header line now and then, is closed once its
+    request head is overdue; a keep-alive connection gets the same limit for its next request; the server
+    keeps answering others meanwhile."""
+    import http.client
+    import socket
+
+    proc = ServerProcess(make_repo("mlp"), "--http-header-timeout", "1.5").start()
+    try:
+        host, port = proc.rest_url.split(":")
+
+        def closed_after(first: bytes, trickle: bytes) -> float | None:
+            s = socket.create_connection((host, int(port)))
+            s.sendall(first)
+            s.settimeout(0.5)
+            t0 = time.monotonic()
+            try:
+                while time.monotonic() - t0 < 8:
+                    try:
+                        if s.recv(100) == b"":
+                            return time.monotonic() - t0
+                    except TimeoutError:
+                        if trickle:
+                            try:
+                                s.sendall(trickle)
+                            except OSError:
+                                return time.monotonic() - t0
+                return None
+            finally:
+                s.close()
+
+        idle = closed_after(b"", b"")
+        trickling = closed_after(b"GET /v2 HTTP/1.1\r\nHost: x\r\n", b"X-Slow: 1\r\n")
+        assert idle is not None and 1.2 < idle < 4, idle
+        assert trickling is not None and 1.2 < trickling < 4, trickling
+        conn = http.client.HTTPConnection(host, int(port), timeout=10)  # a normal client is unaffected
+        conn.request("GET", "/v2/health/ready")
+        assert conn.getresponse().read() is not None
+        conn.request("GET", "/v2/models/mlp")  # keep-alive: a second request well within the limit
+        resp = conn.getresponse()
+        assert resp.status == 200 and b'"mlp"' in resp.read()
+        time.sleep(2.5)  # then idle past the limit: the server closes it
+        with pytest.raises((ConnectionError, http.client.RemoteDisconnected, http.client.BadStatusLine)):
+            conn.request("GET", "/v2/health/live")
+            conn.getresponse()
+    finally:
+        proc.assert_clean_exit()

@@ -69,6 +69,7 @@ class ServerOptions:
     # its default of 1,000 did so to ~10% of a 2,000-call burst); below it, --max-inflight refuses them with
     # UNAVAILABLE and a reason. gRPC's hard limit is set to twice this.
     grpc_max_pending: int = 10_000
+    http_head_timeout_s: float = 30.0  # a REST connection's request head must arrive within this (slowloris)
     grpc_max_connection_age_grace_s: float | None = None
     registry_cache: Path | None = None  # where registry versions are cached (default: the user's cache dir)
     registry_cache_bytes: int = 10 * 2**30
@@ -157,7 +158,7 @@ class Server:
         if self.metrics is not None and self.tracer is not None:
             self.metrics.add_tracer(self.tracer)
         self._rest = RestFrontend(self.dataplane, opts.max_message_bytes, opts.grace_period_s, self.tracer,
-                                  self._guard, self.ssl_context)
+                                  self._guard, self.ssl_context, opts.http_head_timeout_s)
 
     def _share_in_flight(self, mv: ModelVersion) -> None:
         mv.total = self.in_flight

@@ -34,6 +34,8 @@ def _tls(args: argparse.Namespace, parser_error) -> object | None:
 def _serve(args: argparse.Namespace) -> int:
     from .app import ServerOptions, run
 
+    if args.http_header_timeout <= 0:
+        args.parser.error("--http-header-timeout must be positive")
     if args.grpc_max_pending < 1:
         args.parser.error("--grpc-max-pending must be at least 1")
     if args.max_inflight < 0 or args.grpc_max_concurrent_streams < 0:
@@ -71,6 +73,7 @@ def _serve(args: argparse.Namespace) -> int:
         grpc_max_connection_age_s=args.grpc_max_connection_age,
         grpc_max_connection_age_grace_s=args.grpc_max_connection_age_grace,
         grpc_max_pending=args.grpc_max_pending,
+        http_head_timeout_s=args.http_header_timeout,
         registry_cache=Path(args.registry_cache) if args.registry_cache else None,
         registry_cache_bytes=int(args.registry_cache_gb * 2**30),
         registry_keep=args.registry_keep,
@@ -154,6 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     ov.add_argument("--grpc-max-pending", type=int, default=10_000, metavar="N",
                     help="calls gRPC queues before the server takes them; past it (and firmly past twice it) gRPC "
                          "cancels calls itself with CANCELLED instead of --max-inflight's UNAVAILABLE")
+    ov.add_argument("--http-header-timeout", type=float, default=30.0, metavar="S",
+                    help="an HTTP/REST connection whose request head (request line and headers) has not arrived "
+                         "this long after it opened or after its previous reply is closed")
     ov.add_argument("--grpc-max-connection-age-grace", type=float, default=None, metavar="S",
                     help="time RPCs on an aged connection get to finish (default: --grace-period)")
     s.set_defaults(func=_serve, parser=s)

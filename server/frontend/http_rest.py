@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
-from aiohttp import web
+from aiohttp import web, web_protocol
 from google.protobuf import json_format
 from google.protobuf.descriptor import FieldDescriptor
 
@@ -121,6 +121,49 @@ def _int64_numbers(descriptor, doc: dict) -> None:
 
 
 Handler = Callable[..., Awaitable[web.StreamResponse]]
+HEAD_TIMEOUT_S = 30.0
+
+
+class _HeadTimedHandler(web_protocol.RequestHandler):
+    """aiohttp's connection protocol, closing a connection whose request head has not arrived within
+    ``head_timeout`` of the connection opening or of its previous reply (aiohttp has no such limit: a client
+    sending a header line every few seconds, or nothing at all, held a connection forever: slowloris)."""
+
+    head_timeout = HEAD_TIMEOUT_S
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self._head_timer: asyncio.TimerHandle | None = None
+        self.await_head()
+
+    def await_head(self) -> None:
+        self.head_arrived()
+        self._head_timer = asyncio.get_running_loop().call_later(self.head_timeout, self._head_overdue)
+
+    def head_arrived(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_overdue(self) -> None:
+        self._head_timer = None
+        if self.transport is not None:
+            self.transport.close()
+
+    def connection_lost(self, exc) -> None:
+        self.head_arrived()
+        super().connection_lost(exc)
+
+
+class _Server(web.Server):
+    def __init__(self, *args: Any, head_timeout: float = HEAD_TIMEOUT_S, **kw: Any):
+        super().__init__(*args, **kw)
+        self.head_timeout = head_timeout
+
+    def __call__(self) -> web_protocol.RequestHandler:
+        handler = _HeadTimedHandler(self, loop=self._loop, **self._kwargs)
+        handler.head_timeout = self.head_timeout
+        return handler
 
 
 class RestFrontend:
@@ -128,8 +171,9 @@ class RestFrontend:
 
     def __init__(self, dataplane: DataPlane, max_body_bytes: int, grace_period_s: float,
                  tracer: RequestTracer | None = None, guard: Guard | None = None,
-                 ssl_context: ssl.SSLContext | None = None):
+                 ssl_context: ssl.SSLContext | None = None, head_timeout_s: float = HEAD_TIMEOUT_S):
         self.dp = dataplane
+        self.head_timeout_s = head_timeout_s
         self.guard = guard  # None: nothing to refuse (no principals, no rate limit, loopback only)
         self.ssl_context = ssl_context
         self.tracer = tracer  # headers are read for traceparent only when tracing is configured
@@ -162,7 +206,7 @@ class RestFrontend:
     # -- lifecycle -------------------------------------------------------------------------------------------
     async def start(self, host: str, port: int) -> int:
         # auto_decompress off: Content-Encoding is checked and decoded here, with the body size limit.
-        server = web.Server(self.handle, access_log=None, auto_decompress=False)
+        server = _Server(self.handle, access_log=None, auto_decompress=False, head_timeout=self.head_timeout_s)
         self._runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=self.grace_period_s)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port, ssl_context=self.ssl_context)
@@ -176,6 +220,16 @@ class RestFrontend:
 
     # -- the exception boundary ------------------------------------------------------------------------------
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        protocol = request.protocol
+        if isinstance(protocol, _HeadTimedHandler):
+            protocol.head_arrived()
+            try:
+                return await self._handle(request)
+            finally:
+                protocol.await_head()  # the next request's head (keep-alive) must come within the limit too
+        return await self._handle(request)
+
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         try:
             if self.guard is not None:
                 check_http(self.guard, request.method, request.path, request.headers.get("Authorization"),
