@@ -18,6 +18,9 @@ from setuptools import Extension, setup
 ROOT = Path(__file__).resolve().parent
 PROTO_DIR = ROOT / "protos"
 DEBUG = os.environ.get("SKEWLESS_DEBUG", "") not in ("", "0")
+# AddressSanitizer + UBSan build of the native core (CI runs the native tests and the fuzzers on it): bounds
+# checks come back on too, so an out-of-range index is reported by Cython before ASan sees the access.
+SANITIZE = os.environ.get("SKEWLESS_SANITIZE", "") not in ("", "0")
 
 
 def _rewrite_generated(path: Path) -> None:
@@ -63,6 +66,11 @@ def generate_protos() -> None:
 # Deterministic floating point is a product promise (bit-for-bit with offline training): no fast-math,
 # no FMA contraction, whatever the compiler's defaults are.
 COMPILE_ARGS = ["-O3", "-fno-fast-math", "-ffp-contract=off", "-fno-strict-aliasing"]
+LINK_ARGS: list[str] = []
+if SANITIZE:
+    SAN = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer", "-g"]
+    COMPILE_ARGS = ["-O1", "-fno-fast-math", "-ffp-contract=off", "-fno-strict-aliasing", *SAN]
+    LINK_ARGS = SAN
 
 extensions = [
     Extension(
@@ -70,6 +78,7 @@ extensions = [
         [str(pyx.relative_to(ROOT))],
         include_dirs=[numpy.get_include(), str(ROOT / "native")],
         extra_compile_args=COMPILE_ARGS,
+        extra_link_args=LINK_ARGS,
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     )
     for pyx in sorted((ROOT / "native").glob("*.pyx"))
