@@ -43,6 +43,12 @@ class Overloaded(Unavailable):
     reason = "rejected"
 
 
+class InstanceHung(Unavailable):
+    """A batch ran past the model's instance timeout: its requests fail and the instance is restarted."""
+
+    reason = "backend"
+
+
 class ResourceExhausted(SkewlessError):
     kind = "RESOURCE_EXHAUSTED"
 

@@ -7,12 +7,14 @@ only times it, feeds the cost estimate and the execution statistics, and picks t
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 
 import numpy as np
 
+from ..errors import InstanceHung
 from .cost import BatchCost
 
 Feeds = dict[str, np.ndarray]
@@ -39,13 +41,33 @@ class BatchInfo:
         self.span = None
 
 
+class _Watch:
+    """Which worker thread a batch runs on, so a hung one can be named to the model layer."""
+
+    __slots__ = ("thread",)
+
+    def __init__(self) -> None:
+        self.thread = 0
+
+
 class BatchRunner:
-    def __init__(self, work: BatchWork, executor: Executor, cost: BatchCost, on_executed: ExecutionObserver):
+    """``hang_timeout_s``/``on_hang``: the watchdog. A batch in a worker thread that has not returned after
+    ``hang_timeout_s`` fails its requests (InstanceHung) and ``on_hang(thread id)`` is called to restart the
+    instance it holds (the thread itself cannot be stopped; the model layer gives the runner a fresh executor
+    through ``executor``)."""
+
+    def __init__(self, work: BatchWork, executor: Executor, cost: BatchCost, on_executed: ExecutionObserver,
+                 hang_timeout_s: float | None = None, on_hang: Callable[[int], None] | None = None,
+                 label: str = ""):
         self.work = work
         self.executor = executor
         self.cost = cost
         self.on_executed = on_executed
         self.cheap_enough = cost.cheap_enough
+        self.hang_timeout_s = hang_timeout_s
+        self.on_hang = on_hang
+        self.label = label
+        self.hangs = 0
 
     async def run(self, feeds: list[Feeds], rows: list[int], outputs: list[str]
                   ) -> tuple[list[list[np.ndarray]], int, BatchInfo]:
@@ -53,9 +75,29 @@ class BatchRunner:
         times."""
         if self.cheap_enough(sum(rows)):
             return self.run_inline(feeds, rows, outputs)
-        result = await asyncio.get_running_loop().run_in_executor(
-            self.executor, self._timed, feeds, rows, outputs, time.perf_counter_ns())
+        loop = asyncio.get_running_loop()
+        if self.hang_timeout_s is None:
+            result = await loop.run_in_executor(self.executor, self._timed, feeds, rows, outputs,
+                                                time.perf_counter_ns())
+            return self._recorded(rows, result)
+        watch = _Watch()
+        running = loop.run_in_executor(self.executor, self._watched, watch, feeds, rows, outputs,
+                                       time.perf_counter_ns())
+        try:  # shield: a batch still running cannot be cancelled; on timeout it is abandoned, not stopped
+            result = await asyncio.wait_for(asyncio.shield(running), self.hang_timeout_s)
+        except asyncio.TimeoutError:
+            self.hangs += 1
+            if watch.thread and self.on_hang is not None:
+                self.on_hang(watch.thread)
+            raise InstanceHung(
+                f"model {self.label}: a batch of {sum(rows)} row(s) ran for more than {self.hang_timeout_s:g} s "
+                "(skewless.instance_timeout_s) without returning; its requests failed and the instance was "
+                "restarted") from None
         return self._recorded(rows, result)
+
+    def _watched(self, watch: _Watch, feeds: list[Feeds], rows: list[int], outputs: list[str], submitted: int):
+        watch.thread = threading.get_ident()
+        return self._timed(feeds, rows, outputs, submitted)
 
     def run_inline(self, feeds: list[Feeds], rows: list[int], outputs: list[str]
                    ) -> tuple[list[list[np.ndarray]], int, BatchInfo]:

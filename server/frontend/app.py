@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import signal
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from skewless.protos import _pool
 
 from ..dataplane import DataPlane
 from ..models.repository import ModelRepository
+from ..models.runtime import hung_threads_alive
 from ..models.version import InFlightTotal, ModelVersion
 from ..registry.cache import VersionCache, default_cache_dir
 from ..registry.fsspec_source import FsspecSource, is_remote_url
@@ -280,8 +283,16 @@ def run(opts: ServerOptions) -> int:
     try:
         import uvloop
     except ImportError:
-        return asyncio.run(run_server(opts))
-    return uvloop.run(run_server(opts))
+        rc = asyncio.run(run_server(opts))
+    else:
+        rc = uvloop.run(run_server(opts))
+    if hung_threads_alive():  # the exit-time join of a hung model thread would never return
+        log.warning("leaving with model thread(s) the watchdog abandoned still running")
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(rc)
+    return rc
 
 
 __all__ = ["Server", "ServerOptions", "run"]

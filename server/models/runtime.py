@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import queue
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,7 +154,10 @@ def cuda_provider_options(cfg: mc.ModelConfig, device_id: int) -> dict[str, str]
 class OnnxInstance:
     """One InferenceSession on one device."""
 
+    abandoned = False  # set by the watchdog: a hung run's instance never goes back to the pool
+
     def __init__(self, model_path: Path, cfg: mc.ModelConfig, placement: Placement):
+        self.placement = placement
         rt = require_onnxruntime()
         providers: list = [CPU]
         if placement.kind == "KIND_GPU":
@@ -234,10 +238,21 @@ def probe_model_io(model_path: Path) -> tuple[list[OnnxTensor], list[OnnxTensor]
     return conv(sess.get_inputs()), conv(sess.get_outputs())
 
 
+# Worker threads the watchdog gave up on: Python joins executor threads at exit, so a process holding one that
+# never returns must leave without that join (app.run does, once everything else has stopped).
+HUNG_THREADS: set[int] = set()
+
+
+def hung_threads_alive() -> bool:
+    alive = {t.ident for t in threading.enumerate()}
+    return bool(HUNG_THREADS & alive)
+
+
 class ModelRuntime:
     """The instances of one model version and the threads that run them."""
 
     def __init__(self, model_path: Path, cfg: mc.ModelConfig, label: str):
+        self.model_path, self.cfg, self.label = model_path, cfg, label
         self.instances = [OnnxInstance(model_path, cfg, p) for p in placements(cfg)]
         if not self.instances:
             raise ModelLoadError(f"model {label} has no instances (instance_group count is 0)")
@@ -246,6 +261,8 @@ class ModelRuntime:
             self._free.put(inst)
         # One thread per instance: a thread always finds a free instance, so get() never blocks for long.
         self.executor = ThreadPoolExecutor(max_workers=len(self.instances), thread_name_prefix=f"ort-{label}")
+        self._busy: dict[int, OnnxInstance] = {}  # worker thread id -> the instance it is running
+        self.restarts = 0
 
     @property
     def providers(self) -> list[str]:
@@ -253,12 +270,42 @@ class ModelRuntime:
 
     def run_sync(self, output_names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         inst = self._free.get()
+        me = threading.get_ident()
+        self._busy[me] = inst
         try:
             return inst.run(output_names, feeds)
         except Exception as exc:
             raise Internal(f"onnxruntime execution failed: {exc}") from None
         finally:
-            self._free.put(inst)
+            self._busy.pop(me, None)
+            if not inst.abandoned:
+                self._free.put(inst)
+
+    def restart_hung(self, thread_id: int) -> None:
+        """The watchdog's restart: the instance the hung thread holds is abandoned (the thread cannot be
+        stopped; its late result is discarded), a new session for the same device is built on a thread of
+        its own and joins the pool, and a new executor replaces the one whose worker is stuck."""
+        inst = self._busy.get(thread_id)
+        if inst is None or inst.abandoned:
+            return
+        inst.abandoned = True
+        self.restarts += 1
+        HUNG_THREADS.add(thread_id)
+        old, self.executor = self.executor, ThreadPoolExecutor(max_workers=len(self.instances),
+                                                               thread_name_prefix=f"ort-{self.label}")
+        old.shutdown(wait=False)
+
+        def rebuild() -> None:
+            try:
+                fresh = OnnxInstance(self.model_path, self.cfg, inst.placement)
+            except Exception:
+                log.exception("model %s: restarting a hung instance failed; it runs one instance short", self.label)
+                return
+            self.instances = [fresh if i is inst else i for i in self.instances]
+            self._free.put(fresh)
+            log.warning("model %s: hung instance restarted (%d restart(s) so far)", self.label, self.restarts)
+
+        threading.Thread(target=rebuild, name=f"restart-{self.label}", daemon=True).start()
 
     def run_on_each_instance(self, output_names: list[str], feeds: dict[str, np.ndarray]) -> None:
         for inst in self.instances:

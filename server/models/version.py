@@ -31,6 +31,8 @@ DEFAULT_MODEL_FILE = "model.onnx"
 # (model inputs by name, output names, output arrays in that order) of one executed batch
 BatchObserver = Callable[[dict[str, np.ndarray], list[str], list[np.ndarray]], None]
 INLINE_PARAMETER = "skewless.inline_compute_us"  # batches expected to be faster run on the event loop
+TIMEOUT_PARAMETER = "skewless.instance_timeout_s"  # the watchdog: a batch running longer fails, instance restarts
+DEFAULT_INSTANCE_TIMEOUT_S = 60.0
 
 
 def merge_rows(feeds: list[dict[str, np.ndarray]], name: str) -> np.ndarray:
@@ -102,8 +104,16 @@ class ModelVersion:
                     f"config parameter '{INLINE_PARAMETER}' must be a number of microseconds") from None
             # Requests go in through the scheduler (batching/), which runs this version's run_batch: the
             # batching core is handed the work and its cost, and never reaches back into the version.
+            try:
+                timeout_s: float | None = float(parameter(self.config, TIMEOUT_PARAMETER,
+                                                          str(DEFAULT_INSTANCE_TIMEOUT_S)))
+            except ValueError:
+                raise ModelLoadError(f"config parameter '{TIMEOUT_PARAMETER}' must be a number of seconds "
+                                     "(0 turns the watchdog off)") from None
             runner = BatchRunner(self.run_batch, self.runtime.executor, BatchCost(inline_limit_ns),
-                                 self.stats.record_execution)
+                                 self.stats.record_execution, hang_timeout_s=timeout_s or None,
+                                 on_hang=self._restart_hung, label=self.label)
+            self._runner = runner
             self.scheduler = Scheduler(runner, name, self.label, self.config, len(self.runtime.instances),
                                        self.fixed_shapes)
             self.warm_up(version_dir)
@@ -138,6 +148,12 @@ class ModelVersion:
             for _ in range(count):
                 self.runtime.run_on_each_instance(self.output_names, feeds)
             log.info("model %s: warmup '%s' done", self.label, sample)
+
+    def _restart_hung(self, thread_id: int) -> None:
+        log.error("model %s: a batch exceeded %s; failing its requests and restarting its instance",
+                  self.label, TIMEOUT_PARAMETER)
+        self.runtime.restart_hung(thread_id)
+        self._runner.executor = self.runtime.executor
 
     # -- in-flight accounting, so a retired version closes only when its last request is done ---------
     @property

@@ -248,6 +248,9 @@ class ServerMetrics:
         # What Triton lacks.
         meter.create_observable_gauge("skewless_queue_depth_rows", per_version(lambda mv: mv.scheduler.queued()[1]),
                                       description="Rows waiting in the model's queue now")
+        meter.create_observable_counter("skewless_instance_restarts", per_version(lambda mv: mv.runtime.restarts),
+                                        description="Model instances restarted by the watchdog (a batch ran "
+                                                    "past skewless.instance_timeout_s)")
         meter.create_observable_gauge("skewless_requests_in_flight", per_version(lambda mv: mv.in_flight),
                                       description="Requests received and not yet answered")
         for reason, desc in (("rejected", "refused at arrival: the queue was full"),
