@@ -447,3 +447,24 @@ def test_model_paths_never_escape_the_repository(make_repo, tmp_path):
             assert "resolves outside" in index["linked_file"].reason
     finally:
         proc.assert_clean_exit()
+
+
+def test_streams_are_guarded_too(authed):
+    """ModelStreamInfer (an async-generator handler) is checked before its first message is read."""
+    import queue
+
+    proc, _ = authed
+    for token, want in ((None, "UNAUTHENTICATED"), ("dash-secret", "PERMISSION_DENIED"), ("score-secret", None)):
+        results: queue.Queue = queue.Queue()
+        with grpcclient.InferenceServerClient(proc.grpc_url) as client:
+            client.start_stream(lambda result, error, q=results: q.put((result, error)),
+                                headers=bearer(token) if token else None)
+            inp = grpcclient.InferInput("input", [1, 32], "FP32")
+            inp.set_data_from_numpy(X["input"])
+            client.async_stream_infer("mlp", [inp])
+            result, error = results.get(timeout=10)
+            client.stop_stream()
+        if want is None:
+            assert error is None and result.as_numpy("probabilities").shape == (1, 2)
+        else:
+            assert error is not None and want in str(error.status()), (token, error)
