@@ -36,6 +36,7 @@ class MlflowServer:
     def __init__(self, root: Path | None = None, port: int | None = None):
         self._own_root = root is None
         self.root = Path(root or tempfile.mkdtemp(prefix="mlflow-server-"))
+        self.root.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
