@@ -20,7 +20,7 @@ from serverproc import ServerProcess
 from skewless.benchmarks import mlflow_registry
 from skewless.benchmarks.mlflow_registry import free_port
 from skewless.server.registry.manifest import build_manifest, dump_manifest
-from skewless.server.registry.mlflow_artifacts import MANIFEST_NAME, FsspecArtifacts
+from skewless.server.registry.mlflow_artifacts import MANIFEST_NAME, FsspecArtifacts, ProxiedArtifacts
 from skewless.server.registry.mlflow_rest import MlflowRest, tracking_uri
 from skewless.server.registry.mlflow_source import Target, parse_model_spec, parse_model_specs
 from skewless.server.registry.source import SourceError
@@ -93,6 +93,15 @@ def test_artifacts_in_a_store_read_with_fsspec(tmp_path: Path) -> None:
     assert d.read("model.onnx") == b"onnx" and d.read("config.pbtxt") is None
     d.fetch("sub/features.json", tmp_path / "out")
     assert (tmp_path / "out").read_bytes() == b"{}"
+
+
+def test_a_listing_cannot_lead_outside_the_version() -> None:
+    class Listing:  # stands in for the proxy's answer only; the real proxy is exercised below
+        def list_artifacts(self, path: str) -> list[dict]:
+            return [{"path": "..", "is_dir": True}] if path == "0/run/model" else [{"path": "x", "file_size": 1}]
+
+    with pytest.raises(SourceError, match="names '..'"):
+        ProxiedArtifacts(Listing(), "0/run/model").files()
 
 
 # -- against a real mlflow server ----------------------------------------------------------------------------
@@ -180,7 +189,7 @@ def test_alias_moves_challenger_corrupt_and_logged_model(mlflow_server, tmp_path
         t = time.monotonic()
         wait_until(lambda: version_of(c) == 2, TIMEOUT, "version 2 to serve", interval=0.01)
         moved = time.monotonic() - t
-        assert moved < 20 * POLL, f"champion move took {moved:.2f}s to serve with a {POLL}s poll"
+        assert moved < 40 * POLL, f"champion move took {moved:.2f}s to serve with a {POLL}s poll"
 
         # Version 3 carries a manifest, but its model.onnx was altered in the artifact store after it was
         # written (same size, other bytes): rejected as corrupt, reported once; version 2 keeps serving.
@@ -233,7 +242,8 @@ def test_mlflow_killed_mid_run_then_back(tmp_path):
         mlflow_registry.register_version(ml, "m", version_dir(tmp_path, 1), "champion")
         mlflow_registry.register_version(ml, "other", version_dir(tmp_path, 7))  # no champion: not served
         # No --registry-model: every registered model with a champion alias, under its own name.
-        srv = serve(server.url.replace("http://", "mlflow://"), tmp_path, env={"MLFLOW_TRACKING_TOKEN": SECRET})
+        srv = serve(server.url.replace("http://", "mlflow://"), tmp_path, "--registry-max-backoff", "1",
+                    env={"MLFLOW_TRACKING_TOKEN": SECRET})
         c = grpcclient.InferenceServerClient(srv.grpc_url)
         assert version_of(c) == 1
         assert sorted(m["name"] for m in c.get_model_repository_index(as_json=True)["models"]) == ["m"]
@@ -253,7 +263,7 @@ def test_mlflow_killed_mid_run_then_back(tmp_path):
         # Back on the same store: the backoff finds it, and an alias moved meanwhile is followed.
         server.start()
         mlflow_registry.register_version(ml, "m", version_dir(tmp_path, 2), "champion")
-        wait_until(lambda: version_of(c) == 2, TIMEOUT + 10, "version 2 after the registry came back")
+        wait_until(lambda: version_of(c) == 2, TIMEOUT, "version 2 after the registry came back")
         assert metric(srv, "skewless_registry_reachable") == 1
         assert metric(srv, "skewless_registry_failures_total") == 1
     finally:

@@ -60,6 +60,7 @@ class ServerOptions:
     registry_cache: Path | None = None  # where registry versions are cached (default: the user's cache dir)
     registry_cache_bytes: int = 10 * 2**30
     registry_keep: int = 2  # earlier served versions kept cached for rollback
+    registry_max_backoff_s: float = 120.0  # longest wait between retries while the registry is failing
     registry: str | None = None  # an MLflow tracking server (mlflow://HOST:PORT, or 'mlflow': $MLFLOW_TRACKING_URI)
     registry_models: list[str] = field(default_factory=list)  # NAME[=REGISTERED_MODEL][@ALIAS] for --registry
 
@@ -79,7 +80,8 @@ def make_repository(opts: ServerOptions) -> ModelRepository:
         source = FsspecSource(location)
     cache = VersionCache(opts.registry_cache or default_cache_dir(), opts.registry_cache_bytes)
     return RegistryRepository(source, cache, opts.model_control_mode, opts.load_models,
-                              opts.poll_interval_s, opts.default_max_batch_size, opts.registry_keep)
+                              opts.poll_interval_s, opts.default_max_batch_size, opts.registry_keep,
+                              opts.registry_max_backoff_s)
 
 
 def _add_to_reflection_pool(*file_descriptors) -> None:

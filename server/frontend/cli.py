@@ -50,6 +50,8 @@ def _registry(args: argparse.Namespace, parser_error) -> None:
             parse_model_specs(args.registry_model)
         except ValueError as exc:
             parser_error(str(exc))
+    if args.registry_max_backoff <= 0:
+        parser_error("--registry-max-backoff must be a positive number of seconds")
     if args.model_control_mode is None:
         args.model_control_mode = "poll" if args.registry else "none"
 
@@ -86,6 +88,7 @@ def _serve(args: argparse.Namespace) -> int:
         registry_cache=Path(args.registry_cache) if args.registry_cache else None,
         registry_cache_bytes=int(args.registry_cache_gb * 2**30),
         registry_keep=args.registry_keep,
+        registry_max_backoff_s=args.registry_max_backoff,
         registry=args.registry,
         registry_models=args.registry_model,
     )
@@ -138,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="local cache of registry versions (default ~/.cache/skewless/registry; one per server)")
     s.add_argument("--registry-cache-gb", type=float, default=10.0,
                    help="bound on the cache's disk use; least recently used versions are evicted")
+    s.add_argument("--registry-max-backoff", type=float, default=120.0, metavar="SECS",
+                   help="while the registry fails, polls back off (doubling) up to this many seconds apart")
     s.add_argument("--registry-keep", type=int, default=2,
                    help="earlier served versions kept cached for `skewless rollback`")
     s.add_argument("--max-message-bytes", type=int, default=2**31 - 1, help="gRPC send/receive limit")

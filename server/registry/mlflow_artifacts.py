@@ -55,7 +55,10 @@ class ProxiedArtifacts(ArtifactDir):
         while pending:
             sub = pending.pop()
             for entry in self.rest.list_artifacts(posixpath.join(self.path, sub) if sub else self.path):
-                rel = posixpath.join(sub, posixpath.basename(str(entry.get("path", "")).rstrip("/")))
+                base = posixpath.basename(str(entry.get("path", "")).rstrip("/"))
+                if base in ("", ".", ".."):  # a listing must not lead the cache outside the version directory
+                    raise SourceError(f"artifacts at mlflow-artifacts:/{self.path}: the listing names '{base}'")
+                rel = posixpath.join(sub, base)
                 if entry.get("is_dir"):
                     pending.append(rel)
                     continue

@@ -109,7 +109,7 @@ class MlflowSource(Source):
         self._lock = threading.Lock()
         self._resolved: dict[str, tuple[float, _Resolved]] = {}
         self._dirs: dict[tuple[str, int], tuple[str, ArtifactDir]] = {}  # (model, version) -> (token, dir)
-        self._configs: dict[tuple[str, str], str | None] = {}  # (model, token) -> config.pbtxt text
+        self._configs: dict[str, tuple[str, str | None]] = {}  # model -> (token, its config.pbtxt text)
         self._tokens: dict[tuple[str, int], str] = {}
 
     def describe(self) -> str:
@@ -175,15 +175,17 @@ class MlflowSource(Source):
             self._resolved[model] = (time.monotonic(), r)
         if r.version is None or r.status != "READY":
             return None
-        key = (model, r.token)
-        if key not in self._configs:
-            try:
-                data = self._dir(model, r.version, r.token).read("config.pbtxt")
-            except RejectedVersion:
-                return None  # an unreadable location: listing() rejects the version, with its reason, in its place
-            # Not UTF-8: the replacement characters make the config fail to parse, a rejection with its reason.
-            self._configs[key] = data.decode(errors="replace") if data is not None else None
-        return self._configs[key]
+        cached = self._configs.get(model)
+        if cached is not None and cached[0] == r.token:
+            return cached[1]
+        try:
+            data = self._dir(model, r.version, r.token).read("config.pbtxt")
+        except RejectedVersion:
+            return None  # an unreadable location: listing() rejects the version, with its reason, in its place
+        # Not UTF-8: the replacement characters make the config fail to parse, a rejection with its reason.
+        text = data.decode(errors="replace") if data is not None else None
+        self._configs[model] = (r.token, text)
+        return text
 
     def versions(self, model: str, policy: VersionPolicy) -> VersionChoice:
         """The one version the alias names (the version policy does not apply: the alias is the policy)."""
