@@ -14,7 +14,9 @@ Then, after the S3 part has finished (so it shares nothing with it), the same fo
 ``skewless serve --registry mlflow://…`` following the registered model's ``champion`` alias. Each publish is
 what a pipeline does (log the version's files as a run's artifacts, register them as a version, point
 ``champion`` at it), timed to the first reply from that version; then ``champion`` is moved back to earlier
-versions (an MLflow-side rollback), timed the same way. ``--mlflow-versions 0`` skips the part.
+versions (an MLflow-side rollback), timed the same way. ``--mlflow-versions 0`` skips the part. Like the S3 idle
+publishes, each starts as soon as the previous version answers, which is just after a poll: these figures are
+close to one full poll interval plus the download and swap, the worst phase rather than the average one.
 
     python -m skewless.benchmarks.registry_report            # ~1.5 min; --quick for a smoke run
 """
