@@ -1,5 +1,5 @@
-"""Registry sync in one run: publish-to-serving latency from S3, p99 while ten swaps happen under load vs
-steady state, failed requests, and the cache's disk use after 20 versions.
+"""Registry sync in one run: publish-to-serving latency from S3 and from MLflow, p99 while ten swaps happen under
+load vs steady state, failed requests, and the cache's disk use after 20 versions.
 
 Everything is real and local: an S3 server (moto's server mode, in-process, through the standard
 ``AWS_ENDPOINT_URL_S3``), ``skewless publish`` (the library call the CLI makes), a ``skewless serve
@@ -9,7 +9,16 @@ Everything is real and local: an S3 server (moto's server mode, in-process, thro
 ``--cache-mb`` and must stay under it. Publish-to-serving is from the start of the upload to the first
 reply from the new version, so it includes the upload and, on average, half a poll interval.
 
-    python -m skewless.benchmarks.registry_report            # ~1 min; --quick for a smoke run
+Then, after the S3 part has finished (so it shares nothing with it), the same for MLflow: a real ``mlflow server``
+(sqlite backend, proxied artifacts; needs the ``mlflow`` package, in the test extra) and a second
+``skewless serve --registry mlflow://…`` following the registered model's ``champion`` alias. Each publish is
+what a pipeline does (log the version's files as a run's artifacts, register them as a version, point
+``champion`` at it), timed to the first reply from that version; then ``champion`` is moved back to earlier
+versions (an MLflow-side rollback), timed the same way. ``--mlflow-versions 0`` skips the part. Like the S3 idle
+publishes, each starts as soon as the previous version answers, which is just after a poll: these figures are
+close to one full poll interval plus the download and swap, the worst phase rather than the average one.
+
+    python -m skewless.benchmarks.registry_report            # ~1.5 min; --quick for a smoke run
 """
 
 from __future__ import annotations
@@ -92,6 +101,65 @@ def _probe(url: str):
     return client, version
 
 
+def _median_max(points: list[float]) -> dict[str, float | None]:
+    return {"median": statistics.median(points) if points else None, "max": max(points) if points else None}
+
+
+def run_mlflow(args: argparse.Namespace, out: Path, work: Path) -> dict[str, Any]:
+    """Publish-to-serving and alias-move-to-serving through a real MLflow Model Registry."""
+    import importlib.util
+
+    if importlib.util.find_spec("mlflow") is None:
+        return {"skipped": "the mlflow package is not installed (pip install -e '.[test]')"}
+    from .mlflow_registry import MlflowServer, client, register_version
+
+    src = work / "mlflow-src"
+    payload = int(args.payload_mb * 2**20)
+
+    def version_dir(v: int) -> Path:
+        d = src / str(v)
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "config.pbtxt").write_text(CONFIG)
+        (d / "model.onnx").write_bytes(add_constant_model(float(v)))
+        (d / "weights.bin").write_bytes(np.random.default_rng(1000 + v).bytes(payload))
+        return d
+
+    timeout = max(30.0, 20 * args.poll_secs)
+    publishes, moves = [], []
+    t_start = time.perf_counter()
+    with MlflowServer(work / "mlflow-server") as ml:
+        started_s = time.perf_counter() - t_start
+        c = client(ml.url)
+        register_version(c, "m", version_dir(1), "champion")
+        extra = ["--registry", ml.url.replace("http://", "mlflow://"), "--registry-model", "m",
+                 "--repository-poll-secs", str(args.poll_secs), "--registry-cache", str(work / "mlflow-cache"),
+                 "--registry-cache-gb", str(args.cache_mb / 1024)]
+        with start_skewless(None, out / "skewless-mlflow.log", extra) as srv:
+            probe_client, probe = _probe(srv.target)
+            try:
+                _wait_version(probe, 1, timeout)
+                for v in range(2, args.mlflow_versions + 2):
+                    d = version_dir(v)
+                    t = time.perf_counter()
+                    assert register_version(c, "m", d, "champion") == v
+                    published = time.perf_counter() - t
+                    _wait_version(probe, v, timeout)
+                    publishes.append({"version": v, "publish_s": published,
+                                      "publish_to_serving_s": time.perf_counter() - t})
+                for v in range(args.mlflow_versions, max(0, args.mlflow_versions - 3), -1):
+                    t = time.perf_counter()
+                    c.set_registered_model_alias("m", "champion", v)
+                    _wait_version(probe, v, timeout)
+                    moves.append({"version": v, "alias_move_to_serving_s": time.perf_counter() - t})
+            finally:
+                probe_client.close()
+    return {"store": "mlflow server (sqlite backend, proxied artifacts), REST from skewless",
+            "server_start_s": started_s, "versions": len(publishes),
+            "publish_to_serving_s": _median_max([p["publish_to_serving_s"] for p in publishes]),
+            "alias_move_to_serving_s": _median_max([m["alias_move_to_serving_s"] for m in moves]),
+            "publishes": publishes, "alias_moves": moves}
+
+
 def run(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     from moto.server import ThreadedMotoServer
 
@@ -142,6 +210,7 @@ def run(args: argparse.Namespace, out: Path) -> dict[str, Any]:
             cache_bytes = _du(cache / "blobs")
     finally:
         moto.stop()
+    mlflow_part = run_mlflow(args, out, work) if args.mlflow_versions > 0 else {"skipped": "--mlflow-versions 0"}
     steady_p99, steady_n = _p99_ms(result, s0, s1)
     swap_p99, swap_n = _p99_ms(result, w0, w1)
     all_pts = [p["publish_to_serving_s"] for p in swaps + idle]
@@ -150,7 +219,8 @@ def run(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     return {
         "config": {"clients": args.clients, "poll_secs": args.poll_secs, "payload_mb": args.payload_mb,
                    "cache_mb": args.cache_mb, "versions": args.versions, "swaps": args.swaps,
-                   "steady_s": args.steady, "store": "moto S3 server (in-process) via s3fs"},
+                   "steady_s": args.steady, "store": "moto S3 server (in-process) via s3fs",
+                   "mlflow_versions": args.mlflow_versions},
         "publish_to_serving_s": {"median": statistics.median(all_pts), "max": max(all_pts),
                                  "under_load_median": statistics.median(p["publish_to_serving_s"] for p in swaps),
                                  "idle_median": statistics.median(p["publish_to_serving_s"] for p in idle)
@@ -162,19 +232,28 @@ def run(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         "cache": {"bytes_after_versions": cache_bytes, "versions_published": args.versions,
                   "bound_bytes": int(args.cache_mb * 2**20),
                   "unbounded_would_be_bytes": sum(_du(pub.src / str(v)) for v in range(1, args.versions + 1))},
+        "mlflow": mlflow_part,
         "swaps": swaps, "idle_publishes": idle,
         "timeline": {"t0": 0.0, "steady_end_s": s1 - s0, "swaps_end_s": w1 - s0, "points": timeline},
     }
 
 
 def format_table(r: dict[str, Any]) -> str:
-    p, q, c, k = r["publish_to_serving_s"], r["p99_ms"], r["requests"], r["cache"]
+    p, q, c, k, m = r["publish_to_serving_s"], r["p99_ms"], r["requests"], r["cache"], r["mlflow"]
     f = report._fmt
+    if "skipped" in m:
+        mlflow_line = f"MLflow publish-to-serving: skipped ({m['skipped']})"
+    else:
+        mp, mm = m["publish_to_serving_s"], m["alias_move_to_serving_s"]
+        mlflow_line = (f"MLflow publish-to-serving: median {f(mp['median'], '.3f')} s, max {f(mp['max'], '.3f')} s "
+                       f"({m['versions']} versions, idle); champion alias move to serving: median "
+                       f"{f(mm['median'], '.3f')} s, max {f(mm['max'], '.3f')} s")
     return "\n".join([
         f"registry sync ({r['config']['store']}, poll {r['config']['poll_secs']} s, "
         f"{r['config']['clients']} clients)",
-        f"publish-to-serving: median {f(p['median'], '.3f')} s, max {f(p['max'], '.3f')} s "
+        f"S3 publish-to-serving: median {f(p['median'], '.3f')} s, max {f(p['max'], '.3f')} s "
         f"(under load median {f(p['under_load_median'], '.3f')} s, idle median {f(p['idle_median'], '.3f')} s)",
+        mlflow_line,
         f"p99: steady {f(q['steady'])} ms ({q['steady_requests']} requests), during {r['config']['swaps']} swaps "
         f"{f(q['during_swaps'])} ms ({q['swap_requests']} requests)",
         f"failed requests: {c['failed']} of {c['answered'] + c['failed']}; replies mixing versions: "
@@ -229,6 +308,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--poll-secs", type=float, default=0.5, help="the server's --repository-poll-secs")
     p.add_argument("--payload-mb", type=float, default=1.0, help="a data file of this size in each version")
     p.add_argument("--cache-mb", type=float, default=8.0, help="the server's cache bound")
+    p.add_argument("--mlflow-versions", type=int, default=10,
+                   help="versions published through a real MLflow registry after the S3 part (0 skips it)")
     p.add_argument("--quick", action="store_true", help="a short steady state, for a smoke run")
     p.add_argument("--out", help="output directory (default benchmarks/results/registry-<timestamp>)")
     args = p.parse_args(argv)

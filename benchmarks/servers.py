@@ -90,9 +90,11 @@ class ServerProcess:
         self.stop()
 
 
-def start_skewless(model_repository: Path = EXAMPLE_MODELS, log_path: Path | None = None,
+def start_skewless(model_repository: Path | str | None = EXAMPLE_MODELS, log_path: Path | None = None,
                    extra: list[str] | None = None, env: Mapping[str, str | None] | None = None) -> ServerProcess:
-    argv = [sys.executable, "-m", "skewless.server.frontend.cli", "serve", "--model-repository", str(model_repository),
+    """``skewless serve``; ``model_repository`` None when ``extra`` names another source (``--registry``)."""
+    repo = ["--model-repository", str(model_repository)] if model_repository is not None else []
+    argv = [sys.executable, "-m", "skewless.server.frontend.cli", "serve", *repo,
             "--host", "127.0.0.1", "--grpc-port", "0", "--metrics-port", "0", "--http-port", "0",
             "--log-level", "warning",
             *(extra or [])]

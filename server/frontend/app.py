@@ -24,6 +24,7 @@ from ..models.runtime import hung_threads_alive
 from ..models.version import InFlightTotal, ModelVersion
 from ..registry.cache import VersionCache, default_cache_dir
 from ..registry.fsspec_source import FsspecSource, is_remote_url
+from ..registry.source import Source
 from ..registry.sync import RegistryRepository
 from ..security.grpc_guard import GrpcGuard
 from ..security.guard import Guard, is_loopback
@@ -45,7 +46,7 @@ INFERENCE_SERVICE = "inference.GRPCInferenceService"
 
 @dataclass
 class ServerOptions:
-    model_repository: Path | str  # a directory, or a registry URL (s3://, gs://, file://…) synced into a cache
+    model_repository: Path | str | None  # a directory, or a URL (s3://, gs://, file://…) synced into a cache
     host: str = "127.0.0.1"
     http_port: int = 8000
     grpc_port: int = 8001
@@ -77,17 +78,28 @@ class ServerOptions:
     registry_cache: Path | None = None  # where registry versions are cached (default: the user's cache dir)
     registry_cache_bytes: int = 10 * 2**30
     registry_keep: int = 2  # earlier served versions kept cached for rollback
+    registry_max_backoff_s: float = 120.0  # longest wait between retries while the registry is failing
+    registry: str | None = None  # an MLflow tracking server (mlflow://HOST:PORT, or 'mlflow': $MLFLOW_TRACKING_URI)
+    registry_models: list[str] = field(default_factory=list)  # NAME[=REGISTERED_MODEL][@ALIAS] for --registry
 
 
 def make_repository(opts: ServerOptions) -> ModelRepository:
-    """A local repository read in place, or, for a URL, one synced from that registry into a local cache."""
-    location = str(opts.model_repository)
-    if not is_remote_url(location):
+    """A local repository read in place, or one synced into a local cache from a URL laid out the same way or
+    from an MLflow Model Registry (``registry``)."""
+    location = str(opts.model_repository or "")
+    if opts.registry:
+        from ..registry.mlflow_source import MlflowSource, parse_model_specs
+
+        source: Source = MlflowSource(opts.registry, parse_model_specs(opts.registry_models))
+    elif not is_remote_url(location):
         return ModelRepository(Path(location), opts.model_control_mode, opts.load_models, opts.poll_interval_s,
                                opts.default_max_batch_size)
+    else:
+        source = FsspecSource(location)
     cache = VersionCache(opts.registry_cache or default_cache_dir(), opts.registry_cache_bytes)
-    return RegistryRepository(FsspecSource(location), cache, opts.model_control_mode, opts.load_models,
-                              opts.poll_interval_s, opts.default_max_batch_size, opts.registry_keep)
+    return RegistryRepository(source, cache, opts.model_control_mode, opts.load_models,
+                              opts.poll_interval_s, opts.default_max_batch_size, opts.registry_keep,
+                              opts.registry_max_backoff_s)
 
 
 def grpc_hardening(opts: ServerOptions) -> list[tuple[str, int]]:

@@ -31,6 +31,31 @@ def _tls(args: argparse.Namespace, parser_error) -> object | None:
     return settings
 
 
+def _registry(args: argparse.Namespace, parser_error) -> None:
+    """Check --model-repository / --registry / --registry-model before anything starts, and pick the control
+    mode: following a registry's aliases means polling it, unless --model-control-mode says otherwise."""
+    if args.registry and args.model_repository:
+        parser_error("--model-repository and --registry are alternatives: serve a repository (a directory or a "
+                     "URL) or an MLflow Model Registry, not both")
+    if not args.registry and not args.model_repository:
+        parser_error("one of --model-repository or --registry is required")
+    if args.registry_model and not args.registry:
+        parser_error("--registry-model needs --registry (an MLflow tracking server)")
+    if args.registry:
+        from ..registry.mlflow_rest import tracking_uri
+        from ..registry.mlflow_source import parse_model_specs
+
+        try:
+            tracking_uri(args.registry)
+            parse_model_specs(args.registry_model)
+        except ValueError as exc:
+            parser_error(str(exc))
+    if args.registry_max_backoff <= 0:
+        parser_error("--registry-max-backoff must be a positive number of seconds")
+    if args.model_control_mode is None:
+        args.model_control_mode = "poll" if args.registry else "none"
+
+
 def _serve(args: argparse.Namespace) -> int:
     from .app import ServerOptions, run
 
@@ -40,6 +65,7 @@ def _serve(args: argparse.Namespace) -> int:
         args.parser.error("--grpc-max-pending must be at least 1")
     if args.max_inflight < 0 or args.grpc_max_concurrent_streams < 0:
         args.parser.error("--max-inflight and --grpc-max-concurrent-streams must be 0 (no limit) or more")
+    _registry(args, args.parser.error)
     if args.rate_limit is not None and args.rate_limit <= 0:
         args.parser.error("--rate-limit must be a positive number of requests per second")
     if args.auth_principals:
@@ -77,6 +103,9 @@ def _serve(args: argparse.Namespace) -> int:
         registry_cache=Path(args.registry_cache) if args.registry_cache else None,
         registry_cache_bytes=int(args.registry_cache_gb * 2**30),
         registry_keep=args.registry_keep,
+        registry_max_backoff_s=args.registry_max_backoff,
+        registry=args.registry,
+        registry_models=args.registry_model,
     )
     return run(opts)
 
@@ -100,9 +129,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("serve", help="serve a Triton-layout model repository over KServe v2 gRPC and HTTP/REST")
-    s.add_argument("--model-repository", required=True,
+    s.add_argument("--model-repository",
                    help="directory holding <model>/<version>/model.onnx, or a registry URL laid out the same way "
                         "(s3://bucket/prefix, gs://…, file://…), synced into a local cache")
+    s.add_argument("--registry", metavar="URI",
+                   help="serve from an MLflow Model Registry instead: mlflow://HOST:PORT (mlflow+https://… for TLS), "
+                        "or 'mlflow' for $MLFLOW_TRACKING_URI; credentials from MLFLOW_TRACKING_TOKEN / _USERNAME / "
+                        "_PASSWORD")
+    s.add_argument("--registry-model", action="append", default=[], metavar="NAME[=REGISTERED][@ALIAS]",
+                   help="with --registry: serve registered model REGISTERED (default NAME) as NAME, at the version "
+                        "its alias ALIAS (default champion) names; repeatable. Without it, every registered model "
+                        "with a champion alias is served under its own name")
     s.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 in containers)")
     s.add_argument("--http-port", type=int, default=8000, help="HTTP/REST (KServe v2) port; 0 picks a free one")
     s.add_argument("--grpc-port", type=int, default=8001)
@@ -110,7 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="HTTP port for /metrics (Prometheus) and the /v2/health/* probes")
     s.add_argument("--metrics", action=argparse.BooleanOptionalAction, default=True,
                    help="serve /metrics, and export OTLP when the standard OTEL_* variables ask (default on)")
-    s.add_argument("--model-control-mode", choices=["none", "explicit", "poll"], default="none")
+    s.add_argument("--model-control-mode", choices=["none", "explicit", "poll"], default=None,
+                   help="default: poll with --registry (aliases are followed), none otherwise")
     s.add_argument("--load-model", action="append", default=[], metavar="NAME",
                    help="model to load at start in explicit mode (repeatable; '*' for all)")
     s.add_argument("--repository-poll-secs", type=float, default=15.0, help="poll interval in poll mode")
@@ -118,6 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="local cache of registry versions (default ~/.cache/skewless/registry; one per server)")
     s.add_argument("--registry-cache-gb", type=float, default=10.0,
                    help="bound on the cache's disk use; least recently used versions are evicted")
+    s.add_argument("--registry-max-backoff", type=float, default=120.0, metavar="SECS",
+                   help="while the registry fails, polls back off (doubling) up to this many seconds apart")
     s.add_argument("--registry-keep", type=int, default=2,
                    help="earlier served versions kept cached for `skewless rollback`")
     s.add_argument("--max-message-bytes", type=int, default=2**31 - 1, help="gRPC send/receive limit")

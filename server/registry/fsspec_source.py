@@ -63,6 +63,21 @@ def _token(info: dict) -> str:
     return f"{info.get('size')}:{info.get('mtime') or info.get('LastModified') or info.get('updated') or ''}"
 
 
+def list_files(fs, top: str) -> dict[str, RemoteFile]:
+    """Every file under ``top`` (relative, '/'-separated) with the checksums the store reports for it."""
+    files = {}
+    for name, info in fs.find(top, detail=True).items():
+        if info.get("type") == "directory":
+            continue
+        rel = posixpath.relpath(name, top)
+        checksums = {"etag": _token(info)}
+        tag = _etag(info)
+        if _MD5.match(tag):  # a single-part S3 upload's ETag is the MD5 of its bytes
+            checksums["md5"] = tag
+        files[rel] = RemoteFile(rel, info.get("size"), checksums)
+    return files
+
+
 class FsspecSource(Source):
     def __init__(self, url: str, storage_options: dict | None = None):
         import fsspec
@@ -131,19 +146,7 @@ class FsspecSource(Source):
                               for v in policy.select(list(dirs))])
 
     def _files(self, model: str, version: int) -> dict[str, RemoteFile]:
-        top = self._path(model, str(version))
-        found = self.fs.find(top, detail=True)
-        files = {}
-        for name, info in found.items():
-            if info.get("type") == "directory":
-                continue
-            rel = posixpath.relpath(name, top)
-            checksums = {"etag": _token(info)}
-            tag = _etag(info)
-            if _MD5.match(tag):  # a single-part S3 upload's ETag is the MD5 of its bytes
-                checksums["md5"] = tag
-            files[rel] = RemoteFile(rel, info.get("size"), checksums)
-        return files
+        return list_files(self.fs, self._path(model, str(version)))
 
     def _files_token(self, model: str, version: int) -> str:
         files = self._files(model, version)
@@ -168,4 +171,4 @@ class FsspecSource(Source):
         self.fs.get_file(self._path(model, str(version), path), str(dest))
 
 
-__all__ = ["FsspecSource", "is_remote_url", "redact_url"]
+__all__ = ["FsspecSource", "is_remote_url", "list_files", "redact_url"]

@@ -51,15 +51,17 @@ def dump_manifest(manifest: dict) -> bytes:
     return (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode()
 
 
-def parse_manifest(data: bytes, model: str, version: int) -> dict:
-    """The manifest's content, checked: it must name this model and version and list sane entries."""
+def parse_manifest(data: bytes, model: str | None, version: int | None) -> dict:
+    """The manifest's content, checked: it must list sane entries and name this model and version (unless
+    ``model`` is None: an MLflow version's number is assigned after its artifacts, manifest included, were
+    logged, so there only the files are checked)."""
     try:
         doc = json.loads(data)
     except ValueError as exc:
         raise ManifestError(f"manifest is not JSON: {exc}") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise ManifestError(f"manifest format is not '{FORMAT}'")
-    if doc.get("model") != model or doc.get("version") != version:
+    if model is not None and (doc.get("model") != model or doc.get("version") != version):
         raise ManifestError(f"manifest is for model '{doc.get('model')}' version {doc.get('version')}, "
                             f"not '{model}' version {version}")
     files = doc.get("files")

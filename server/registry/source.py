@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 MANIFEST_SUFFIX = ".manifest.json"  # beside version N: <model>/N.manifest.json (see registry/manifest.py)
+SHADOW_ALIAS = "challenger"  # the alias that names a model's shadow target (MLflow's convention beside champion)
 
 
 class SourceError(Exception):
@@ -63,10 +64,14 @@ class VersionRef:
 @dataclass(frozen=True)
 class VersionChoice:
     """What :meth:`Source.versions` answers: the wanted versions, and versions seen but not usable yet
-    (number -> reason, e.g. "incomplete: no manifest yet (upload in progress or abandoned)")."""
+    (number -> reason, e.g. "incomplete: no manifest yet (upload in progress or abandoned)"). ``reason`` says
+    why nothing is wanted when ``wanted`` is empty (e.g. "no alias 'champion'"); ``aliases`` is what a registry
+    with aliases says each alias points to (MLflow: ``{"champion": 3, "challenger": 4}``), for the shadow target."""
 
     wanted: list[VersionRef]
     incomplete: dict[int, str] = field(default_factory=dict)
+    reason: str = ""
+    aliases: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -94,7 +99,11 @@ class VersionListing:
 
 class Source(abc.ABC):
     """A registry backend. Implementations: :class:`~skewless.server.registry.fsspec_source.FsspecSource`
-    (any fsspec URL laid out like a Triton repository). All methods block; call them off the event loop."""
+    (any fsspec URL laid out like a Triton repository) and
+    :class:`~skewless.server.registry.mlflow_source.MlflowSource` (an MLflow Model Registry, a registered model's
+    alias per served model). All methods block; call them off the event loop."""
+
+    has_aliases = False  # True when versions() reports the registry's aliases (VersionChoice.aliases)
 
     @abc.abstractmethod
     def describe(self) -> str:
@@ -124,5 +133,5 @@ class Source(abc.ABC):
         """Release connections; the default holds none."""
 
 
-__all__ = ["MANIFEST_SUFFIX", "RemoteFile", "Source", "SourceError", "VersionChoice", "VersionListing",
+__all__ = ["MANIFEST_SUFFIX", "SHADOW_ALIAS", "RemoteFile", "Source", "SourceError", "VersionChoice", "VersionListing",
            "VersionPolicy", "VersionRef"]

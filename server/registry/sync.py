@@ -41,7 +41,7 @@ from ..models.repository import ManagedModel, ModelRepository, VersionStatus
 from ..models.version import ModelVersion
 from .cache import RejectedVersion, StagedVersion, VersionCache
 from .redact import describe_error
-from .source import Source, VersionPolicy
+from .source import SHADOW_ALIAS, Source, VersionPolicy
 from .validation import ValidationFailed, validate_version
 
 log = logging.getLogger(__name__)
@@ -82,6 +82,7 @@ class ModelSync:
     pinned_note: dict[int, str] | None = None  # registry state already logged while pinned
     failed_key: dict[int, str] | None = None  # a set whose content was rejected: not retried until it changes
     reported: set[tuple] = field(default_factory=set)
+    aliases: dict[str, int] = field(default_factory=dict)  # alias -> version, as the last poll saw them
 
 
 def policy_of(cfg: mc.ModelConfig) -> VersionPolicy:
@@ -162,12 +163,16 @@ class RegistryRepository(ModelRepository):
                 raise
             return
         choice = await self._call(self.source.versions, name, policy_of(base))
+        if self.source.has_aliases and choice.aliases != st.aliases:
+            st.aliases = dict(choice.aliases)
+            log.info("registry: aliases of model '%s' now %s", name,
+                     ", ".join(f"{a}={v}" for a, v in sorted(st.aliases.items())) or "none")
         for v, reason in sorted(choice.incomplete.items()):
             if v not in model.serving:
                 self._reject(name, st, v, "incomplete", reason)
         key = {ref.version: ref.token for ref in choice.wanted}
         if not key:
-            model.reason = f"no complete version of '{name}' in the registry {self.source.describe()}"
+            model.reason = choice.reason or f"no complete version of '{name}' in the registry {self.source.describe()}"
             if raise_errors:
                 raise ModelLoadError(model.reason)
             return
@@ -298,6 +303,12 @@ class RegistryRepository(ModelRepository):
             except RegistryUnavailable as exc:
                 self._source_failed(exc)
         return sorted(self.models[name].serving)
+
+    def alias_version(self, name: str, alias: str = SHADOW_ALIAS) -> int | None:
+        """The version ``alias`` names for ``name`` as of the last sync (no request): by default the
+        ``challenger``, the shadow target. None when the registry has no aliases or the alias is not set."""
+        st = self.sync_state.get(name)
+        return st.aliases.get(alias) if st is not None else None
 
     def pinned(self, name: str) -> bool:
         st = self.sync_state.get(name)

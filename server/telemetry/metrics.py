@@ -103,6 +103,14 @@ class ServerMetrics:
             for name in list(repo.sync_state):
                 yield Observation(1 if repo.pinned(name) else 0, {"model": name})
 
+        def aliases(_options: CallbackOptions) -> Iterator[Observation]:
+            for name, st in list(repo.sync_state.items()):
+                for alias, version in sorted(st.aliases.items()):
+                    yield Observation(version, {"model": name, "alias": alias})
+
+        meter.create_observable_gauge("skewless_registry_alias_version", [aliases],
+                                      description="The version each registry alias names (MLflow: champion, "
+                                                  "challenger), as of the last poll")
         meter.create_observable_gauge("skewless_registry_reachable", [reachable],
                                       description="1 while the model registry answers, 0 during a failure episode")
         meter.create_observable_counter("skewless_registry_failures", [failures],
