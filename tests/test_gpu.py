@@ -44,8 +44,8 @@ def test_gpu_instance_runs_on_cuda_and_matches_cpu(tmp_path, kind):
     x = np.random.default_rng(0).random((64, 32), dtype=np.float32)
 
     async def both():
-        g = await gpu.infer({"input": x}, ["probabilities"], 64)
-        c = await cpu.infer({"input": x}, ["probabilities"], 64)
+        g = await gpu.scheduler.infer({"input": x}, ["probabilities"], 64)
+        c = await cpu.scheduler.infer({"input": x}, ["probabilities"], 64)
         return g[0][0], c[0][0]
 
     g, c = asyncio.run(both())
