@@ -49,6 +49,7 @@ podman images --format '{{.Repository}}:{{.Tag}} {{.Size}}' "$IMAGE"
 podman image inspect --format 'image {{.RepoTags}}: {{.Size}} bytes, user {{.Config.User}}, entrypoint {{.Config.Entrypoint}}, exposed {{.Config.ExposedPorts}}' "$IMAGE"
 podman image inspect --format 'healthcheck {{.Config.Healthcheck.Test}}' "$IMAGE" 2>/dev/null || true
 
+# The container runs as the Kubernetes manifests run it: read-only root filesystem, no capabilities.
 # A model repository: the examples plus a slow model, whose requests outlive a SIGTERM.
 repo=$(mktemp -d)
 cid=""
@@ -71,6 +72,7 @@ log "running $IMAGE"
 # shellcheck disable=SC2086  # RUN_ARGS is a list of options
 cid=$(podman run -d --name "$NAME" "${RUNTIME_ARGS[@]}" --network none \
         --ulimit nofile=4096:4096 --ulimit nproc=4096:4096 --health-interval disable \
+        --read-only --tmpfs /tmp --cap-drop ALL --security-opt no-new-privileges \
         -v "$repo:/models:ro" $RUN_ARGS "$IMAGE" --grace-period 30)
 pid=$(podman inspect --format '{{.State.Pid}}' "$cid")
 log "container ${cid:0:12} (pid $pid) runs as uid $(podman exec "$cid" id -u)"

@@ -224,6 +224,8 @@ def test_serving_runtime_is_structurally_valid(name):
     args = build_parser().parse_args(container["command"][1:] + container["args"])
     assert (args.model_repository, args.http_port, args.grpc_port) == ("/mnt/models", 8080, 9000)
     assert spec["annotations"]["prometheus.kserve.io/port"] == str(args.metrics_port)
+    # KServe's pods keep Kubernetes' default 30 s termination grace: the drain must end well within it.
+    assert args.grace_period + 5 <= 30
 
 
 def test_cluster_and_namespaced_runtimes_match():
