@@ -35,14 +35,12 @@ DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 
 def gpu_usable() -> tuple[bool, str]:
     """Whether a CUDA session really runs here (the GPU wheel lists CUDA even on machines without one)."""
-    from skewless.server.models.runtime import cuda_available
+    from skewless.server.models.runtime import cuda_available, cuda_usable
 
     if not cuda_available():
         return False, "onnxruntime has no CUDA execution provider (install the gpu extra)"
-    import shutil
-
-    if shutil.which("nvidia-smi") is None:
-        return False, "no NVIDIA driver (nvidia-smi not found)"
+    if not cuda_usable():
+        return False, "the CUDA runtime finds no usable GPU (no driver or device)"
     return True, ""
 
 

@@ -82,7 +82,8 @@ nsenter --net="/proc/$pid/ns/net" -- "$PYTHON" deploy/smoke_client.py \
   --mlp-onnx examples/models/mlp/1/model.onnx \
   --healthcheck-command "podman healthcheck run $cid" \
   --stop-command "podman stop --time 40 $cid" || status=$?
-podman wait "$cid" >/dev/null 2>&1 || true
+# Stopped already when the client got that far; if it failed earlier, stop it now (SIGTERM) rather than wait.
+podman stop --time 40 "$cid" >/dev/null 2>&1 || true
 code=$(podman inspect --format '{{.State.ExitCode}}' "$cid")
 echo "container exit code after SIGTERM: $code"
 echo "--- container log (last lines) ---"

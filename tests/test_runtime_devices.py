@@ -56,6 +56,7 @@ def test_kind_auto_falls_back_to_cpu_and_kind_gpu_refuses_without_cuda():
 def test_kind_gpu_makes_count_instances_on_each_listed_gpu(monkeypatch):
     # CUDA itself cannot run here: only the answer to "is there a CUDA provider" is stood in for.
     monkeypatch.setattr(runtime, "cuda_available", lambda: True)
+    monkeypatch.setattr(runtime, "cuda_usable", lambda: True)
     cfg = _config("instance_group [ { kind: KIND_GPU count: 2 gpus: [ 0, 3 ] }, { kind: KIND_CPU count: 1 } ]")
     assert runtime.placements(cfg) == [runtime.Placement("KIND_GPU", 0)] * 2 + [
         runtime.Placement("KIND_GPU", 3)] * 2 + [runtime.Placement("KIND_CPU", 0)]
@@ -63,6 +64,18 @@ def test_kind_gpu_makes_count_instances_on_each_listed_gpu(monkeypatch):
         runtime.Placement("KIND_GPU", 0)]
     assert runtime.placements(_config("instance_group [ { kind: KIND_GPU count: 1 } ]")) == [
         runtime.Placement("KIND_GPU", 0)]
+
+
+def test_kind_auto_needs_a_device_not_just_a_provider_built_in(monkeypatch):
+    """The GPU wheel on a machine without a GPU lists CUDA anyway: KIND_AUTO must still choose the CPU."""
+    from skewless.server.models.iobinding import cuda_device_count
+
+    if cuda_device_count() > 0:
+        pytest.skip("a GPU is usable here")
+    monkeypatch.setattr(runtime, "cuda_available", lambda: True)  # what onnxruntime-gpu reports here
+    assert not runtime.cuda_usable()
+    assert runtime.placements(_config("instance_group [ { kind: KIND_AUTO count: 1 } ]")) == [
+        runtime.Placement("KIND_CPU", 0)]
 
 
 def test_cuda_provider_options_keep_tf32_off_unless_asked():

@@ -11,6 +11,7 @@ it is tested on machines without a GPU.
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 from collections.abc import Callable
 
@@ -33,25 +34,42 @@ def numpy_allocator(nbytes: int) -> Allocation:
     return np.empty(nbytes, dtype=np.uint8), lambda: None
 
 
-class PinnedAllocator:
-    """Page-locked host memory from the CUDA runtime (cudaHostAlloc / cudaFreeHost through ctypes).
+def load_cudart() -> tuple[ctypes.CDLL | None, str]:
+    """The CUDA runtime library, or None and why not. onnxruntime-gpu has already loaded it (from the system
+    or the CUDA wheels) when a CUDA session exists, so this finds the same library rather than a second copy."""
+    errors = []
+    for name in _CUDART_NAMES:
+        try:
+            return ctypes.CDLL(name), ""
+        except OSError as exc:
+            errors.append(str(exc))
+    return None, "; ".join(errors)
 
-    onnxruntime-gpu has already loaded libcudart (from the system or the CUDA wheels) when a CUDA session
-    exists, so this finds the same library rather than a second copy.
-    """
+
+@functools.cache
+def cuda_device_count() -> int:
+    """GPUs the CUDA runtime can use here: 0 without the library, a driver or a device (asked once)."""
+    lib, _ = load_cudart()
+    if lib is None:
+        return 0
+    lib.cudaGetDeviceCount.argtypes = [ctypes.POINTER(ctypes.c_int)]
+    lib.cudaGetDeviceCount.restype = ctypes.c_int
+    count = ctypes.c_int(0)
+    err = lib.cudaGetDeviceCount(ctypes.byref(count))
+    if err != 0:
+        log.debug("cudaGetDeviceCount failed with CUDA error %d: no usable GPU", err)
+        return 0
+    return count.value
+
+
+class PinnedAllocator:
+    """Page-locked host memory from the CUDA runtime (cudaHostAlloc / cudaFreeHost through ctypes)."""
 
     def __init__(self) -> None:
-        self._lib = None
-        errors = []
-        for name in _CUDART_NAMES:
-            try:
-                self._lib = ctypes.CDLL(name)
-                break
-            except OSError as exc:
-                errors.append(str(exc))
+        self._lib, why = load_cudart()
         if self._lib is None:
-            raise ModelLoadError("pinned staging buffers need the CUDA runtime library, which could not be "
-                                 f"loaded ({'; '.join(errors)})")
+            raise ModelLoadError(f"pinned staging buffers need the CUDA runtime library, which could not be "
+                                 f"loaded ({why})")
         self._lib.cudaHostAlloc.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_size_t, ctypes.c_uint]
         self._lib.cudaHostAlloc.restype = ctypes.c_int
         self._lib.cudaFreeHost.argtypes = [ctypes.c_void_p]

@@ -19,7 +19,7 @@ from skewless.protos import model_config_pb2 as mc
 
 from ..errors import Internal, ModelLoadError
 from .config import OnnxTensor, parameter
-from .iobinding import BoundRunner, HostStaging, PinnedAllocator
+from .iobinding import BoundRunner, HostStaging, PinnedAllocator, cuda_device_count
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,16 @@ def _preload_cuda_libraries() -> None:
         log.debug("onnxruntime.preload_dlls() failed: %s", exc)
 
 
+def cuda_usable() -> bool:
+    """KIND_AUTO's question: would a CUDA session actually run here? The GPU wheel lists CUDA among its
+    providers on any machine (it reports what was built in), so a GPU image on a CPU-only node also asks the
+    CUDA runtime for a device; without one, auto-completed configs (KIND_AUTO) load on the CPU as Triton's do."""
+    if not cuda_available():
+        return False
+    _preload_cuda_libraries()
+    return cuda_device_count() > 0
+
+
 @dataclass(frozen=True)
 class Placement:
     kind: str  # "KIND_CPU" or "KIND_GPU"
@@ -85,7 +95,7 @@ def placements(cfg: mc.ModelConfig) -> list[Placement]:
     for group in cfg.instance_group:
         kind = mc.ModelInstanceGroup.Kind.Name(group.kind)
         if kind == "KIND_AUTO":
-            kind = "KIND_GPU" if cuda_available() else "KIND_CPU"
+            kind = "KIND_GPU" if cuda_usable() else "KIND_CPU"
         if kind == "KIND_CPU":
             out.extend(Placement("KIND_CPU", 0) for _ in range(group.count))
         elif kind == "KIND_GPU":
