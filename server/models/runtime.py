@@ -20,6 +20,7 @@ from skewless.protos import model_config_pb2 as mc
 
 from ..errors import Internal, ModelLoadError
 from .config import OnnxTensor, parameter
+from .iobinding import BoundRunner, HostStaging, PinnedAllocator, cuda_device_count
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,9 @@ STRING = "tensor(string)"
 _ONNX_BFLOAT16 = 16  # onnx.TensorProto.BFLOAT16
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
+# Config parameters of the bound (IOBinding) path, see iobinding.py.
+IO_BINDING = "skewless.io_binding"  # auto (default: on for KIND_GPU instances), 1, 0
+PINNED_STAGING = "skewless.cuda_pinned_staging"  # 0 (default) or 1: page-locked input staging on GPU instances
 
 _OPT_LEVELS = {
     "disable": "ORT_DISABLE_ALL",
@@ -70,6 +74,16 @@ def _preload_cuda_libraries() -> None:
         log.debug("onnxruntime.preload_dlls() failed: %s", exc)
 
 
+def cuda_usable() -> bool:
+    """KIND_AUTO's question: would a CUDA session actually run here? The GPU wheel lists CUDA among its
+    providers on any machine (it reports what was built in), so a GPU image on a CPU-only node also asks the
+    CUDA runtime for a device; without one, auto-completed configs (KIND_AUTO) load on the CPU as Triton's do."""
+    if not cuda_available():
+        return False
+    _preload_cuda_libraries()
+    return cuda_device_count() > 0
+
+
 @dataclass(frozen=True)
 class Placement:
     kind: str  # "KIND_CPU" or "KIND_GPU"
@@ -82,7 +96,7 @@ def placements(cfg: mc.ModelConfig) -> list[Placement]:
     for group in cfg.instance_group:
         kind = mc.ModelInstanceGroup.Kind.Name(group.kind)
         if kind == "KIND_AUTO":
-            kind = "KIND_GPU" if cuda_available() else "KIND_CPU"
+            kind = "KIND_GPU" if cuda_usable() else "KIND_CPU"
         if kind == "KIND_CPU":
             out.extend(Placement("KIND_CPU", 0) for _ in range(group.count))
         elif kind == "KIND_GPU":
@@ -191,8 +205,35 @@ class OnnxInstance:
             raise ModelLoadError(
                 f"{model_path} mixes bfloat16 and string tensors, which onnxruntime's Python API cannot run "
                 "together (bfloat16 needs OrtValues, which cannot hold strings)")
+        self.bound = self._bound_runner(cfg, placement, [*ins, *outs], model_path)
+
+    def _bound_runner(self, cfg: mc.ModelConfig, placement: Placement, tensors: list[OnnxTensor],
+                      model_path: Path) -> BoundRunner | None:
+        """The IOBinding path where the config (or, by default, a GPU placement) asks for it and the model's
+        tensors allow it: strings live on the host only, and numpy cannot hold bfloat16."""
+        mode = parameter(cfg, IO_BINDING, "auto")
+        pinned = parameter(cfg, PINNED_STAGING, "0")
+        if mode not in ("auto", "0", "1"):
+            raise ModelLoadError(f"config parameter '{IO_BINDING}' must be 'auto', '0' or '1', got '{mode}'")
+        if pinned not in ("0", "1"):
+            raise ModelLoadError(f"config parameter '{PINNED_STAGING}' must be '0' or '1', got '{pinned}'")
+        gpu = placement.kind == "KIND_GPU"
+        if not (gpu if mode == "auto" else mode == "1"):
+            return None
+        if any(t.onnx_type in (STRING, BF16) for t in tensors):
+            log.info("%s: string or bfloat16 tensors, so it runs without IO binding", model_path)
+            return None
+        staging = None
+        if pinned == "1":
+            if gpu:
+                staging = HostStaging(PinnedAllocator())
+            else:
+                log.info("%s: %s applies to KIND_GPU instances only; ignored on CPU", model_path, PINNED_STAGING)
+        return BoundRunner(self.session, "cuda" if gpu else "cpu", placement.device_id if gpu else 0, staging)
 
     def run(self, output_names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        if self.bound is not None:
+            return self.bound.run(output_names, feeds)
         if self.bf16_inputs or self.bf16_outputs:
             return self._run_ort_values(output_names, feeds)
         return self._run(output_names, feeds, None)
@@ -217,6 +258,10 @@ class OnnxInstance:
             else:
                 out.append(value.numpy())
         return out
+
+    def close(self) -> None:
+        if self.bound is not None:
+            self.bound.close()
 
     def io(self) -> tuple[list[OnnxTensor], list[OnnxTensor]]:
         def conv(args) -> list[OnnxTensor]:
@@ -313,4 +358,6 @@ class ModelRuntime:
 
     def close(self) -> None:
         self.executor.shutdown(wait=True)
+        for inst in self.instances:
+            inst.close()  # staging buffers: no batch can be using them once the executor has stopped
         self.instances.clear()
