@@ -136,7 +136,9 @@ def test_deployment_drains_within_the_termination_grace_period(rendered):
     pre_stop = container["lifecycle"]["preStop"]["sleep"]["seconds"]
     # preStop runs first, then SIGTERM gives in-flight requests --grace-period; models unload after that.
     assert pod["terminationGracePeriodSeconds"] >= pre_stop + args.grace_period + 5
-    assert args.host == "0.0.0.0" and args.model_repository == "/models"
+    overlay, _ = rendered
+    assert args.host == "0.0.0.0"
+    assert args.model_repository == ("s3://models/skewless" if overlay == "cpu-s3" else "/models")
 
 
 def test_deployment_ports_probes_and_selectors_agree(rendered):
@@ -169,12 +171,18 @@ def test_deployment_ports_probes_and_selectors_agree(rendered):
     assert container["image"].endswith("-gpu" if overlay == "gpu" else "-cpu")
 
 
-def test_models_from_s3_fills_the_model_volume_before_the_server_starts():
+def test_models_from_registry_syncs_from_the_object_store():
     deploy = _one(_render("cpu-s3"), "Deployment")["spec"]["template"]["spec"]
     volumes = {v["name"]: v for v in deploy["volumes"]}
-    assert "emptyDir" in volumes["models"] and "persistentVolumeClaim" not in volumes["models"]
-    init = deploy["initContainers"][0]
-    assert any(m["name"] == "models" and not m.get("readOnly") for m in init["volumeMounts"])
+    assert "persistentVolumeClaim" not in volumes["models"] and "emptyDir" in volumes["registry-cache"]
+    (container,) = deploy["containers"]
+    args = build_parser().parse_args(_entrypoint()[1:] + container["args"])  # the last --model-repository wins
+    assert args.model_repository.startswith("s3://") and args.model_control_mode == "poll"
+    assert args.grace_period == 30 and args.registry_cache == "/cache"
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    assert mounts["registry-cache"]["mountPath"] == "/cache" and not mounts["registry-cache"].get("readOnly")
+    assert container["envFrom"] == [{"secretRef": {"name": "skewless-s3"}}]
+    assert "initContainers" not in deploy
 
 
 # -- KServe --------------------------------------------------------------------------------------------------
