@@ -101,6 +101,8 @@ class DataPlane:
         _check_output_parameters(req)
         received_ns = received_ns or time.perf_counter_ns()
         mv = self.repository.get(req.model_name, req.model_version)
+        if mv.traffic is not None and not req.model_version:
+            mv = mv.traffic.route(mv, req.parameters, req.id)
         names, arrays = await self.start(mv, received_ns, time_remaining_s, None, req.inputs,
                                          req.raw_input_contents, [o.name for o in req.outputs], req.parameters,
                                          req.id, watch=watch, trace=trace)
@@ -136,6 +138,8 @@ class DataPlane:
                 task.add_done_callback(functools.partial(_deliver_outcome, deliver))
             return task
         mv = self.repository.get(req.model_name, req.model_version)
+        if mv.traffic is not None and not req.model_version:  # a canary split or shadow (shadow/)
+            mv = mv.traffic.route(mv, req.parameters, req.id)
         plan = mv.plan
         # The compiled plan takes well-formed requests in one call; anything else (or any error) is decoded
         # by the general path, which words the error.
@@ -158,6 +162,8 @@ class DataPlane:
         if output_parameters:
             _check_classification((name, p) for name, p in output_parameters.items())
         mv = self.repository.get(model_name, model_version)
+        if mv.traffic is not None and not model_version:
+            mv = mv.traffic.route(mv, params, request_id)
         names, arrays = await self.start(mv, received_ns, None, None, inputs, raw, list(output_names), params,
                                          request_id, trace=trace)
         return mv, names, arrays
@@ -208,6 +214,8 @@ class DataPlane:
                 trace.enqueued_ns = time.perf_counter_ns()
                 complete = functools.partial(_complete_traced, trace, mv, request_id, received_ns, complete,
                                              reply is not None)
+            if mv.traffic is not None:  # side work (shadow, canary counts) after the reply is handed over
+                complete = mv.traffic.observe(mv, feeds, rows, names, params, request_id, received_ns, complete)
             running = mv.scheduler.start(feeds, names, rows, priority, timeout_us, deadline, complete, watch)
         except BaseException as exc:
             mv.stats.record_request(False, time.perf_counter_ns() - received_ns, 0, failure_reason(exc))

@@ -172,12 +172,14 @@ def build_parser() -> argparse.ArgumentParser:
     from skewless.benchmarks import loadgen
     from skewless.native import cli as features_cli
     from skewless.server.registry import cli as registry_cli
+    from skewless.server.shadow import cli as shadow_cli
     from skewless.server.telemetry import drift_report
 
     features_cli.register(sub)
     loadgen.register(sub)
     drift_report.register(sub)
     registry_cli.register(sub)
+    shadow_cli.register(sub)
     return p
 
 
