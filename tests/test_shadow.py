@@ -164,3 +164,19 @@ def test_shedding_counted_under_overload(server, admin):
                 if ln.startswith("skewless_shadow_shed_requests") and 'primary="p_load:1"' in ln)
     assert float(line.rsplit(" ", 1)[1]) == p.shed
     assert "skewless_shadow_agreement{" in text and "skewless_shadow_challenger_latency_seconds{" in text
+
+
+def test_hash_is_stable_and_comparison_vectorised():
+    """The key hash is a fixed function (same arm after a restart or on another replica); the batched
+    comparison gives each request its own figures."""
+    from skewless.server.shadow.compare import compare_batch
+    from skewless.server.shadow.keys import unit_hash
+
+    assert unit_hash("caller-1", SHADOW_SALT) == unit_hash("caller-1", SHADOW_SALT)
+    assert abs(sum(sampled(f"k{i}", 0.2, SHADOW_SALT) for i in range(5000)) / 5000 - 0.2) < 0.02
+    a = [np.array([[0.1, 0.9], [0.8, 0.2]], np.float32)]
+    b = [np.array([[0.2, 0.8], [0.3, 0.7]], np.float32)]
+    same = [np.array([[0.6, 0.4]], np.float32)]
+    first, second = compare_batch(["p"], [a, same], [b, same], [2, 1])
+    assert not first.agree and first.abs_diff["p"] == pytest.approx(0.5)
+    assert second.agree and second.abs_diff["p"] == 0.0

@@ -29,33 +29,56 @@ class Comparison:
         return max(self.abs_diff.values(), default=0.0)
 
 
-def _agreement(a: np.ndarray, b: np.ndarray) -> bool:
-    """Classifier-style agreement: argmax over the last axis for score vectors, a 0.5 threshold for single
-    scores, equality for anything not floating point."""
+def _row_agreement(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per row, classifier-style agreement: argmax over the last axis for score vectors, a 0.5 threshold for
+    single scores, equality for anything not floating point."""
+    n = a.shape[0]
     if a.dtype.kind not in "fc":
-        return bool(np.array_equal(a, b))
+        return (a.reshape(n, -1) == b.reshape(n, -1)).all(axis=1)
     if a.ndim >= 2 and a.shape[-1] > 1:
-        return bool(np.array_equal(a.argmax(axis=-1), b.argmax(axis=-1)))
-    return bool(np.array_equal(a > 0.5, b > 0.5))
+        return (a.argmax(axis=-1) == b.argmax(axis=-1)).reshape(n, -1).all(axis=1)
+    return ((a > 0.5) == (b > 0.5)).reshape(n, -1).all(axis=1)
+
+
+def compare_batch(names: Sequence[str], primary: Sequence[Sequence[np.ndarray]],
+                  challenger: Sequence[Sequence[np.ndarray]], rows: Sequence[int]) -> list[Comparison]:
+    """Compare the outputs of several requests at once (``primary[i]``: request i's outputs in ``names``
+    order), vectorised over the batch so the shadow thread holds the GIL briefly. Per request: the largest
+    absolute and relative difference per output and whether every row agrees. A shape mismatch or
+    non-numeric output counts as infinite difference (unless equal) and disagreement."""
+    n = len(rows)
+    starts = np.concatenate(([0], np.cumsum(rows)[:-1])).astype(np.intp)
+    abs_d = {name: np.zeros(n) for name in names}
+    rel_d = {name: np.zeros(n) for name in names}
+    agree = np.ones(n, dtype=bool)
+    for k, name in enumerate(names):
+        ps = [p[k] for p in primary]
+        cs = [c[k] for c in challenger]
+        if any(p.shape != c.shape or p.dtype.kind in "OSU" or c.dtype.kind in "OSU" or p.ndim == 0
+               for p, c in zip(ps, cs, strict=True)):
+            same = np.array([p.shape == c.shape and bool(np.array_equal(p, c)) for p, c in zip(ps, cs, strict=True)])
+            abs_d[name] = rel_d[name] = np.where(same, 0.0, np.inf)
+            agree &= same
+            continue
+        a = np.concatenate(ps)
+        b = np.concatenate(cs)
+        a64 = a.astype(np.float64, copy=False).reshape(a.shape[0], -1)
+        d = np.abs(a64 - b.astype(np.float64, copy=False).reshape(b.shape[0], -1))
+        if d.size == 0:
+            continue
+        row_abs = d.max(axis=1)
+        row_rel = (d / np.maximum(np.abs(a64), 1e-12)).max(axis=1)
+        abs_d[name] = np.maximum.reduceat(row_abs, starts)
+        rel_d[name] = np.maximum.reduceat(row_rel, starts)
+        agree &= np.logical_and.reduceat(_row_agreement(a, b), starts)
+    return [Comparison({m: float(abs_d[m][i]) for m in names}, {m: float(rel_d[m][i]) for m in names},
+                       bool(agree[i])) for i in range(n)]
 
 
 def compare(names: Sequence[str], primary: Sequence[np.ndarray], challenger: Sequence[np.ndarray]) -> Comparison:
-    """Compare outputs of the same request. A shape mismatch is infinite difference and disagreement."""
-    abs_diff: dict[str, float] = {}
-    rel_diff: dict[str, float] = {}
-    agree = True
-    for name, a, b in zip(names, primary, challenger, strict=True):
-        if a.shape != b.shape or a.dtype.kind in "OSU" or b.dtype.kind in "OSU":
-            same = a.shape == b.shape and bool(np.array_equal(a, b))
-            abs_diff[name] = rel_diff[name] = 0.0 if same else float("inf")
-            agree = agree and same
-            continue
-        a64 = a.astype(np.float64, copy=False)
-        d = np.abs(a64 - b.astype(np.float64, copy=False))
-        abs_diff[name] = float(d.max()) if d.size else 0.0
-        rel_diff[name] = float((d / np.maximum(np.abs(a64), 1e-12)).max()) if d.size else 0.0
-        agree = agree and _agreement(a, b)
-    return Comparison(abs_diff, rel_diff, agree)
+    """One request's outputs against the challenger's (see compare_batch)."""
+    rows = primary[0].shape[0] if primary and primary[0].ndim else 1
+    return compare_batch(names, [primary], [challenger], [rows])[0]
 
 
 @dataclass

@@ -4,7 +4,9 @@ Mirrored requests arrive here after the primary's reply has been handed over. Th
 event loop) runs them on one thread of its own at the lowest OS priority, and only while no primary request
 is in flight; otherwise they wait, and they shed (counted) when the queue is full or they are older than
 ``max_age_s``. So under load the challenger gives way entirely, and it can never delay a primary batch:
-primaries neither wait for it in any queue nor share its thread.
+primaries neither wait for it in any queue nor share its thread. The thread's work (run, compare) is also
+held to ``cpu_share`` of wall time over the last second, because what it does in Python holds the GIL that the
+event loop needs: beyond that share mirrored requests wait, then shed.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .compare import PairStats, compare
+from .compare import PairStats, compare_batch
 from .divergence_log import Divergence, DivergenceLog
 
 if TYPE_CHECKING:
@@ -35,8 +37,10 @@ log = logging.getLogger(__name__)
 QUEUE = 256  # mirrored requests waiting, across all models
 MAX_AGE_S = 2.0
 MAX_BATCH_ROWS = 64  # mirrored requests to one challenger merge into batches up to this
-IDLE_POLL_S = 0.001  # how often a waiting dispatcher looks again for idle primaries
+IDLE_POLL_S = 0.005  # how often a waiting dispatcher looks again (each look costs the loop a wake-up)
 IDLE_IN_FLIGHT = 0  # primaries in flight at or below which the challenger may run
+CPU_SHARE = 0.1  # of wall time, over BUDGET_WINDOW_S, that the shadow thread may be busy
+BUDGET_WINDOW_S = 1.0
 
 
 @dataclass(slots=True)
@@ -87,9 +91,12 @@ class Shadow:
 class ShadowWorker:
     """The bounded queue, the dispatcher task and the low-priority thread every shadow shares."""
 
-    def __init__(self, capacity: int = QUEUE, max_age_s: float = MAX_AGE_S):
+    def __init__(self, capacity: int = QUEUE, max_age_s: float = MAX_AGE_S, cpu_share: float = CPU_SHARE):
         self.capacity = capacity
         self.max_age_s = max_age_s
+        self.cpu_share = cpu_share
+        self._spent: deque[tuple[float, float]] = deque()  # (ended at, busy seconds) of recent runs
+        self._spent_s = 0.0
         self.queue: deque[Mirrored] = deque()
         self.total: InFlightTotal | None = None  # the server's in-flight count, from the first primary seen
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="shadow", initializer=_lowest_priority)
@@ -111,9 +118,15 @@ class ShadowWorker:
     def _shed(self, item: Mirrored) -> None:
         item.shadow.pair(item.primary).shed += 1
 
-    def _busy(self) -> bool:
+    def _busy(self, now: float) -> bool:
+        """Whether the challenger must wait: a primary request in flight, or its CPU share spent."""
         total = self.total
-        return total is not None and total.n - self._running_requests > IDLE_IN_FLIGHT
+        if total is not None and total.n - self._running_requests > IDLE_IN_FLIGHT:
+            return True
+        spent = self._spent
+        while spent and spent[0][0] < now - BUDGET_WINDOW_S:
+            self._spent_s -= spent.popleft()[1]
+        return self._spent_s >= self.cpu_share * BUDGET_WINDOW_S
 
     async def _dispatch(self) -> None:
         loop = asyncio.get_running_loop()
@@ -128,7 +141,7 @@ class ShadowWorker:
                 self._shed(q.popleft())
             if not q:
                 continue
-            if self._busy():
+            if self._busy(now):
                 await asyncio.sleep(IDLE_POLL_S)
                 continue
             head = q.popleft()
@@ -148,6 +161,7 @@ class ShadowWorker:
                 continue
             challenger.enter()  # keeps it from closing under us; not a primary request, so not in `total`'s view
             self._running_requests += 1
+            started = time.monotonic()
             try:
                 await loop.run_in_executor(self._executor, _run, challenger, batch)
             except Exception:
@@ -155,6 +169,9 @@ class ShadowWorker:
             finally:
                 self._running_requests -= 1
                 challenger.leave()
+                ended = time.monotonic()
+                self._spent.append((ended, ended - started))
+                self._spent_s += ended - started
 
     async def close(self) -> None:
         if self._task is not None:
@@ -197,13 +214,14 @@ def _run(challenger: ModelVersion, batch: list[Mirrored]) -> None:
             stats.fail()
         return
     latency = time.perf_counter() - t0
+    time.sleep(0)  # let the event loop have the GIL between the run and the comparison
     tolerance = shadow.settings.tolerance
     index = [head.names.index(n) for n in names]
-    for item, outs in zip(batch, split, strict=True):
-        primary_outs = [item.outputs[i] for i in index]
-        c = compare(names, primary_outs, outs)
+    primary_outs = [[item.outputs[i] for i in index] for item in batch]
+    comparisons = compare_batch(names, primary_outs, split, [item.rows for item in batch])
+    for item, p_outs, outs, c in zip(batch, primary_outs, split, comparisons, strict=True):
         if stats.record(c, latency, tolerance) and shadow.log is not None:
             shadow.log.offer(Divergence(
                 item.time_ns, item.request_id, (item.primary.name, item.primary.version),
                 (challenger.name, challenger.version), c.max_abs, c.agree, item.feeds,
-                dict(zip(names, primary_outs, strict=True)), dict(zip(names, outs, strict=True))))
+                dict(zip(names, p_outs, strict=True)), dict(zip(names, outs, strict=True))))
