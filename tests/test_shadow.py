@@ -18,7 +18,7 @@ import tritonclient.grpc as grpcclient
 from helpers import add_constant_model, infer, rpc_error, wait_until, write_versions
 from serverproc import ServerProcess
 
-from skewless.benchmarks.shadow_models import step_model
+from skewless.benchmarks.shadow_models import failing_model, step_model
 from skewless.protos import skewless_traffic_pb2 as tpb
 from skewless.protos import skewless_traffic_pb2_grpc as tpb_grpc
 from skewless.server.shadow.keys import sampled
@@ -33,6 +33,8 @@ def server(tmp_path_factory):
     for name in ("p_share", "p_div", "p_load", "twin"):
         write_versions(repo / name, {1: add_constant_model(1.0)}, CONFIG)
     write_versions(repo / "diverge", {1: step_model(1.0, 0.7, 0.1)}, CONFIG)
+    write_versions(repo / "fails", {1: failing_model(1.0, 10)}, CONFIG)
+    write_versions(repo / "p_fail", {1: add_constant_model(1.0)}, CONFIG)
     # configured in the model's config: shadows p_cfg to twin at every request
     write_versions(repo / "p_cfg", {1: add_constant_model(1.0)}, CONFIG + (
         'parameters { key: "skewless.shadow_model" value { string_value: "twin:1" } }\n'
@@ -96,6 +98,16 @@ def test_config_shadow_and_bad_requests(server, admin):
               grpc.StatusCode.INVALID_ARGUMENT)
     rpc_error(lambda: admin.PromoteCanary(tpb.ModelRef(model="p_cfg")), grpc.StatusCode.FAILED_PRECONDITION)
     rpc_error(lambda: admin.GetTraffic(tpb.ModelRef(model="missing")), grpc.StatusCode.NOT_FOUND)
+
+
+def test_challenger_errors_never_reach_the_caller(server, admin):
+    admin.SetShadow(tpb.SetShadowRequest(model="p_fail", challenger="fails", rate=1))
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    x = np.full((1, 4), 12.0, np.float32)  # the challenger fails on these; the primary serves them
+    for i in range(20):
+        np.testing.assert_allclose(infer(client, "p_fail", {"x": x}, request_id=f"f{i}").as_numpy("y"), x + 1)
+    p = settled(admin, "p_fail", 20)
+    assert p.errors == p.mirrored and p.mirrored + p.shed == 20 and p.mirrored > 0
 
 
 def test_divergent_logged_exactly_over_tolerance(server, admin, tmp_path):
