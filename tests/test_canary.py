@@ -22,13 +22,18 @@ ALL = "max_batch_size: 8\nversion_policy: { all: {} }\n"
 WINDOW_S = 4.0
 
 
-def test_sticky_across_requests_and_restarts(tmp_path):
-    """A config-declared 30% canary: every caller keeps its arm on every request and after a restart."""
-    write_versions(tmp_path / "m", {1: add_constant_model(1.0), 2: add_constant_model(1.0)}, ALL + (
+def sticky_repo(path):
+    write_versions(path / "m", {1: add_constant_model(1.0), 2: add_constant_model(1.0)}, ALL + (
         'parameters { key: "skewless.canary_version" value { string_value: "2" } }\n'
         'parameters { key: "skewless.canary_weight" value { string_value: "0.3" } }\n'
         'parameters { key: "skewless.traffic_key" value { string_value: "user" } }\n'
         'parameters { key: "skewless.canary_max_p99_ratio" value { string_value: "1000" } }\n'))
+    return path
+
+
+def test_sticky_across_requests_and_restarts(tmp_path):
+    """A config-declared 30% canary: every caller keeps its arm on every request and after a restart."""
+    sticky_repo(tmp_path)
     x = np.ones((1, 4), np.float32)
     seen: list[dict[str, str]] = []
     for _ in range(2):
@@ -55,6 +60,31 @@ def test_sticky_across_requests_and_restarts(tmp_path):
     assert seen[0] == seen[1]
     share = sum(v == "2" for v in seen[0].values()) / len(seen[0])
     assert 0.18 < share < 0.42, share
+
+
+def test_key_header_same_arm_over_grpc_and_http(tmp_path):
+    """With --traffic-key-header, the header names the caller: the same arm over gRPC and HTTP/REST, and the
+    header wins over the key parameter."""
+    import tritonclient.http as httpclient
+
+    server = ServerProcess(sticky_repo(tmp_path), "--traffic-key-header", "X-User").start()
+    try:
+        g = grpcclient.InferenceServerClient(server.grpc_url)
+        h = httpclient.InferenceServerClient(server.rest_url)
+        x = np.ones((1, 4), np.float32)
+        hin = httpclient.InferInput("x", [1, 4], "FP32")
+        hin.set_data_from_numpy(x)
+        arms = set()
+        for i in range(40):
+            user = f"caller-{i}"
+            via_grpc = infer(g, "m", {"x": x}, headers={"x-user": user}, parameters={"user": "someone-else"})
+            via_http = h.infer("m", [hin], headers={"X-User": user})
+            arm = via_grpc.get_response().model_version
+            assert via_http.get_response()["model_version"] == arm
+            arms.add(arm)
+        assert arms == {"1", "2"}
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="module")

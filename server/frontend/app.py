@@ -71,6 +71,7 @@ class ServerOptions:
     # its default of 1,000 did so to ~10% of a 2,000-call burst); below it, --max-inflight refuses them with
     # UNAVAILABLE and a reason. gRPC's hard limit is set to twice this.
     grpc_max_pending: int = 10_000
+    traffic_key_header: str | None = None  # header naming the caller for shadow sampling / canary arms
     http_head_timeout_s: float = 30.0  # a REST connection's request head must arrive within this (slowloris)
     grpc_max_connection_age_grace_s: float | None = None
     registry_cache: Path | None = None  # where registry versions are cached (default: the user's cache dir)
@@ -124,7 +125,7 @@ class Server:
     def __init__(self, opts: ServerOptions):
         self.opts = opts
         self.repository = make_repository(opts)
-        self.dataplane = DataPlane(self.repository)
+        self.dataplane = DataPlane(self.repository, opts.traffic_key_header)
         # One count of requests in flight across every model version, for the global --max-inflight limit.
         self.in_flight = InFlightTotal(opts.max_inflight)
         self.repository.version_hooks.append(self._share_in_flight)

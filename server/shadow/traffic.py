@@ -50,13 +50,16 @@ class ModelTraffic:
     def active(self) -> bool:
         return self.shadow is not None or self.canary is not None
 
-    def route(self, mv: ModelVersion, params: Mapping[str, Any] | None, request_id: str) -> ModelVersion:
-        """The version an unversioned request is served by: the candidate for its key's share, else stable."""
+    def route(self, mv: ModelVersion, params: Mapping[str, Any] | None, request_id: str,
+              header_key: str | None = None) -> ModelVersion:
+        """The version an unversioned request is served by: the candidate for its key's share, else stable.
+        The key: the caller's header (``header_key``), else the key parameter, else the request id."""
         canary = self.canary
         if canary is None:
             return mv
         served = self.serving()
-        if canary.wants_candidate(key_of(params, request_id, self.key_param)):
+        key = header_key if header_key is not None else key_of(params, request_id, self.key_param)
+        if canary.wants_candidate(key):
             chosen = served.get(canary.candidate)
         else:
             stable = canary.stable or max((v for v in served if v != canary.candidate), default=0)
@@ -64,7 +67,8 @@ class ModelTraffic:
         return chosen if chosen is not None else mv
 
     def observe(self, mv: ModelVersion, feeds: dict, rows: int, names: list[str],
-                params: Mapping[str, Any] | None, request_id: str, received_ns: int, complete: Complete) -> Complete:
+                params: Mapping[str, Any] | None, request_id: str, received_ns: int, complete: Complete,
+                header_key: str | None = None) -> Complete:
         """``complete``, wrapped to count the canary arm and to mirror the request when it is sampled."""
         canary = self.canary
         if canary is not None:
@@ -72,8 +76,8 @@ class ModelTraffic:
             if arm is not None:
                 complete = functools.partial(_count_arm, canary.arms[arm], received_ns, complete)
         shadow = self.shadow
-        if shadow is not None and sampled(key_of(params, request_id, self.key_param), shadow.settings.rate,
-                                          SHADOW_SALT):
+        key = header_key if header_key is not None else key_of(params, request_id, self.key_param)
+        if shadow is not None and sampled(key, shadow.settings.rate, SHADOW_SALT):
             complete = functools.partial(_mirror, self.worker, shadow, mv, feeds, rows, names, request_id, complete)
         return complete
 
