@@ -55,12 +55,12 @@ def plot(df, path: str | Path) -> None:
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(10, 7))
     d = df["max_abs_diff"].to_numpy()
     finite = d[np.isfinite(d)]
-    if finite.size and finite.max() > 0:
-        bins = np.logspace(np.log10(max(finite[finite > 0].min(), 1e-12)), np.log10(finite.max()) + 1e-9, 40) \
-            if (finite > 0).any() else 40
-        ax1.hist(finite, bins=bins)
-        if (finite > 0).any():
-            ax1.set_xscale("log")
+    positive = finite[finite > 0]
+    if positive.size and positive.max() / positive.min() >= 10:  # spread over decades: log bins
+        ax1.hist(finite, bins=np.logspace(np.log10(positive.min()), np.log10(positive.max()) + 1e-9, 40))
+        ax1.set_xscale("log")
+    elif finite.size:
+        ax1.hist(finite, bins=40)
     ax1.set_xlabel("largest |primary - challenger| per request")
     ax1.set_ylabel("divergent requests")
     ax1.set_title(f"difference histogram ({len(df)} divergent samples)")
