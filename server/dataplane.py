@@ -54,9 +54,12 @@ def server_version() -> str:
 
 
 class DataPlane:
-    def __init__(self, repository: ModelRepository):
+    def __init__(self, repository: ModelRepository, key_header: str | None = None):
         self.repository = repository
         self.accepting = True
+        # The header (gRPC metadata / HTTP) naming the caller for shadow sampling and canary arms; None: the
+        # transports read no header for it.
+        self.key_header = key_header.lower() if key_header else None
 
     # -- health and metadata -------------------------------------------------------------------------
     def server_live(self) -> pb.ServerLiveResponse:
@@ -95,15 +98,18 @@ class DataPlane:
     # -- inference -----------------------------------------------------------------------------------
     async def infer(self, req: pb.ModelInferRequest, received_ns: int | None = None,
                     time_remaining_s: float | None = None, watch: asyncio.Future | None = None,
-                    trace: RequestTrace | None = None) -> pb.ModelInferResponse:
+                    trace: RequestTrace | None = None, traffic_key: str | None = None) -> pb.ModelInferResponse:
         """The general path, for protobuf messages (typed contents, output parameters). Cancelling ``watch``
-        (by default: cancelling this coroutine) drops the request while it is queued."""
+        (by default: cancelling this coroutine) drops the request while it is queued. ``traffic_key``: the
+        caller's key from a header (--traffic-key-header), for shadow sampling and canary arms."""
         _check_output_parameters(req)
         received_ns = received_ns or time.perf_counter_ns()
         mv = self.repository.get(req.model_name, req.model_version)
+        if mv.traffic is not None and not req.model_version:
+            mv = mv.traffic.route(mv, req.parameters, req.id, traffic_key)
         names, arrays = await self.start(mv, received_ns, time_remaining_s, None, req.inputs,
                                          req.raw_input_contents, [o.name for o in req.outputs], req.parameters,
-                                         req.id, watch=watch, trace=trace)
+                                         req.id, watch=watch, trace=trace, traffic_key=traffic_key)
         if trace is None:
             return encode_response(req.id, mv, names, arrays)
         t = time.perf_counter_ns()
@@ -113,7 +119,8 @@ class DataPlane:
 
     def infer_bytes(self, data: bytes, received_ns: int | None = None, time_remaining_s: float | None = None,
                     stream: bool = False, deliver: Deliver | None = None,
-                    watch: asyncio.Future | None = None, trace: RequestTrace | None = None) -> asyncio.Future:
+                    watch: asyncio.Future | None = None, trace: RequestTrace | None = None,
+                    traffic_key: str | None = None) -> asyncio.Future:
         """The hot path: request bytes in, a future of the reply bytes out, no protobuf objects in between.
 
         Synchronous up to the model's queue, so a stream can submit each message without a task of its own.
@@ -131,24 +138,27 @@ class DataPlane:
             raise InvalidArgument(f"malformed ModelInferRequest: {exc}") from None
         if req.has_contents or req.output_parameters:
             task = asyncio.ensure_future(
-                self._infer_message(data, received_ns, time_remaining_s, stream, watch, trace))
+                self._infer_message(data, received_ns, time_remaining_s, stream, watch, trace, traffic_key))
             if deliver is not None:
                 task.add_done_callback(functools.partial(_deliver_outcome, deliver))
             return task
         mv = self.repository.get(req.model_name, req.model_version)
+        if mv.traffic is not None and not req.model_version:  # a canary split or shadow (shadow/)
+            mv = mv.traffic.route(mv, req.parameters, req.id, traffic_key)
         plan = mv.plan
         # The compiled plan takes well-formed requests in one call; anything else (or any error) is decoded
         # by the general path, which words the error.
         decoded = plan.decode(req) if plan is not None else None
         return self.start(mv, received_ns, time_remaining_s, decoded, req.inputs, req.raw, req.outputs,
-                          req.parameters, req.id, (req.id, _STREAM_TAG if stream else None), deliver, watch, trace)
+                          req.parameters, req.id, (req.id, _STREAM_TAG if stream else None), deliver, watch, trace,
+                          traffic_key)
 
     async def infer_tensors(self, model_name: str, model_version: str, inputs: Sequence[TensorHeader],
                             raw: Sequence[bytes | memoryview], output_names: Sequence[str] = (),
                             output_parameters: Mapping[str, Mapping[str, Any]] | None = None,
                             params: Mapping[str, Any] | None = None, request_id: str = "",
-                            received_ns: int | None = None, trace: RequestTrace | None = None
-                            ) -> tuple[ModelVersion, list[str], list[np.ndarray]]:
+                            received_ns: int | None = None, trace: RequestTrace | None = None,
+                            traffic_key: str | None = None) -> tuple[ModelVersion, list[str], list[np.ndarray]]:
         """For transports that are not protobuf (HTTP/REST): inputs as headers plus one raw little-endian
         buffer each (BYTES length-prefixed, as on the gRPC wire), so every check and message is the gRPC
         path's. ``params`` are plain values (``priority``, ``timeout`` in µs); ``output_parameters`` the
@@ -158,15 +168,17 @@ class DataPlane:
         if output_parameters:
             _check_classification((name, p) for name, p in output_parameters.items())
         mv = self.repository.get(model_name, model_version)
+        if mv.traffic is not None and not model_version:
+            mv = mv.traffic.route(mv, params, request_id, traffic_key)
         names, arrays = await self.start(mv, received_ns, None, None, inputs, raw, list(output_names), params,
-                                         request_id, trace=trace)
+                                         request_id, trace=trace, traffic_key=traffic_key)
         return mv, names, arrays
 
     async def _infer_message(self, data: bytes, received_ns: int, time_remaining_s: float | None,
-                             stream: bool, watch: asyncio.Future | None, trace: RequestTrace | None = None
-                             ) -> bytes:
+                             stream: bool, watch: asyncio.Future | None, trace: RequestTrace | None = None,
+                             traffic_key: str | None = None) -> bytes:
         resp = await self.infer(pb.ModelInferRequest.FromString(data), received_ns, time_remaining_s, watch,
-                                trace)
+                                trace, traffic_key)
         if stream:
             return pb.ModelStreamInferResponse(infer_response=resp).SerializeToString()
         return resp.SerializeToString()
@@ -175,7 +187,7 @@ class DataPlane:
               tensors, raw, output_names: list[str], params, request_id: str,
               reply: tuple[str, bytes | None] | None = None,
               deliver: Deliver | None = None, watch: asyncio.Future | None = None,
-              trace: RequestTrace | None = None) -> asyncio.Future:
+              trace: RequestTrace | None = None, traffic_key: str | None = None) -> asyncio.Future:
         """Validate and decode (unless ``decoded`` by the plan), then queue or run: a future of the reply
         bytes with ``reply`` (the request id, and the stream tag or None), else of (output names, arrays); or,
         with ``deliver``, the outcome handed to it and the running request's own handle returned (to cancel
@@ -208,6 +220,9 @@ class DataPlane:
                 trace.enqueued_ns = time.perf_counter_ns()
                 complete = functools.partial(_complete_traced, trace, mv, request_id, received_ns, complete,
                                              reply is not None)
+            if mv.traffic is not None:  # side work (shadow, canary counts) after the reply is handed over
+                complete = mv.traffic.observe(mv, feeds, rows, names, params, request_id, received_ns, complete,
+                                              traffic_key)
             running = mv.scheduler.start(feeds, names, rows, priority, timeout_us, deadline, complete, watch)
         except BaseException as exc:
             mv.stats.record_request(False, time.perf_counter_ns() - received_ns, 0, failure_reason(exc))

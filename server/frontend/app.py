@@ -30,6 +30,7 @@ from ..security.grpc_guard import GrpcGuard
 from ..security.guard import Guard, is_loopback
 from ..security.principals import Principals
 from ..security.tls import CertFiles, TlsSettings, grpc_credentials, ssl_context
+from ..shadow.traffic import TrafficManager
 from ..telemetry import prometheus_text
 from ..telemetry.metrics import ServerMetrics
 from ..telemetry.tracing import RequestTracer
@@ -37,6 +38,7 @@ from .admin_servicer import ADMIN_SERVICE, AdminServicer, add_admin_service
 from .grpc_servicer import InferenceServicer, add_inference_service, status_of
 from .http_rest import RestFrontend
 from .probes_http import HttpEndpoint
+from .traffic_servicer import TRAFFIC_SERVICE, TrafficServicer, add_traffic_service
 
 log = logging.getLogger("skewless")
 
@@ -73,6 +75,7 @@ class ServerOptions:
     # its default of 1,000 did so to ~10% of a 2,000-call burst); below it, --max-inflight refuses them with
     # UNAVAILABLE and a reason. gRPC's hard limit is set to twice this.
     grpc_max_pending: int = 10_000
+    traffic_key_header: str | None = None  # header naming the caller for shadow sampling / canary arms
     http_head_timeout_s: float = 30.0  # a REST connection's request head must arrive within this (slowloris)
     grpc_max_connection_age_grace_s: float | None = None
     registry_cache: Path | None = None  # where registry versions are cached (default: the user's cache dir)
@@ -137,10 +140,13 @@ class Server:
     def __init__(self, opts: ServerOptions):
         self.opts = opts
         self.repository = make_repository(opts)
-        self.dataplane = DataPlane(self.repository)
+        self.dataplane = DataPlane(self.repository, opts.traffic_key_header)
         # One count of requests in flight across every model version, for the global --max-inflight limit.
         self.in_flight = InFlightTotal(opts.max_inflight)
         self.repository.version_hooks.append(self._share_in_flight)
+        # Shadow traffic and canary splits hang off each version's `traffic` hook (None unless configured).
+        self.traffic = TrafficManager(self.repository)
+        self.repository.version_hooks.append(self.traffic.attach)
         self.health = health_aio.HealthServicer()
         self.grpc_port = 0
         self.http_port = 0
@@ -167,6 +173,7 @@ class Server:
             self.repository.version_hooks.append(self.metrics.attach_drift)
             if isinstance(self.repository, RegistryRepository):
                 self.metrics.add_registry(self.repository)
+            self.metrics.add_traffic(self.traffic)
         self._http = HttpEndpoint(routes, self._guard, self.ssl_context)
         # Traces only when OTEL_TRACES_EXPORTER asks (None otherwise: the request path then reads no headers).
         self.tracer = RequestTracer.from_env()
@@ -206,10 +213,11 @@ class Server:
             ])
         add_inference_service(InferenceServicer(self.dataplane, self.tracer), self._grpc)
         add_admin_service(AdminServicer(self.repository), self._grpc)
+        add_traffic_service(TrafficServicer(self.traffic), self._grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
         _add_to_reflection_pool(health_pb2.DESCRIPTOR, reflection_pb2.DESCRIPTOR)
         reflection.enable_server_reflection(
-            [INFERENCE_SERVICE, ADMIN_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            [INFERENCE_SERVICE, ADMIN_SERVICE, TRAFFIC_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
              reflection.SERVICE_NAME], self._grpc, pool=_pool.POOL)
         address = f"{opts.host}:{opts.grpc_port}"
         if self.cert_files is not None:
@@ -221,6 +229,7 @@ class Server:
         await self._set_health("", False)
         self.repository.listeners.append(self._on_model_change)
         await self.repository.start()
+        self.traffic.start()
         await self._set_health("", self.dataplane.is_ready())
         for name in self.repository.models:
             await self._set_health(name, self.repository.is_ready(name))
@@ -247,6 +256,7 @@ class Server:
             draining.append(self._grpc.stop(self.opts.grace_period_s))
         await asyncio.gather(*draining)
         await self._http.stop()
+        await self.traffic.stop()
         await self.repository.stop()
         if self.tracer is not None:
             self.tracer.shutdown()

@@ -100,6 +100,7 @@ def _serve(args: argparse.Namespace) -> int:
         grpc_max_connection_age_grace_s=args.grpc_max_connection_age_grace,
         grpc_max_pending=args.grpc_max_pending,
         http_head_timeout_s=args.http_header_timeout,
+        traffic_key_header=args.traffic_key_header,
         registry_cache=Path(args.registry_cache) if args.registry_cache else None,
         registry_cache_bytes=int(args.registry_cache_gb * 2**30),
         registry_keep=args.registry_keep,
@@ -202,6 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "this long after it opened or after its previous reply is closed")
     ov.add_argument("--grpc-max-connection-age-grace", type=float, default=None, metavar="S",
                     help="time RPCs on an aged connection get to finish (default: --grace-period)")
+    s.add_argument("--traffic-key-header", default=None, metavar="NAME",
+                   help="gRPC metadata / HTTP header naming the caller, hashed for shadow sampling and canary "
+                        "arms before the models' key parameter and the request id (default: none read)")
     s.set_defaults(func=_serve, parser=s)
 
     e = sub.add_parser("examples", help="write the bundled example model repository (or the test models)")
@@ -212,12 +216,14 @@ def build_parser() -> argparse.ArgumentParser:
     from skewless.benchmarks import loadgen
     from skewless.native import cli as features_cli
     from skewless.server.registry import cli as registry_cli
+    from skewless.server.shadow import cli as shadow_cli
     from skewless.server.telemetry import drift_report
 
     features_cli.register(sub)
     loadgen.register(sub)
     drift_report.register(sub)
     registry_cli.register(sub)
+    shadow_cli.register(sub)
     return p
 
 

@@ -50,6 +50,14 @@ def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
 
 
+def metadata_value(metadata, name: str) -> str | None:
+    """The value of gRPC metadata ``name`` (lowercase), or None."""
+    for key, value in metadata or ():
+        if key == name:
+            return value if isinstance(value, str) else value.decode("utf-8", "replace")
+    return None
+
+
 def rpc(method):
     """Exception boundary for a unary RPC."""
 
@@ -137,7 +145,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             received_ns = time.perf_counter_ns()
             tracer = self.tracer
             trace = tracer.start_grpc(context.invocation_metadata()) if tracer is not None else None
-            return await self.dp.infer_bytes(request, received_ns, context.time_remaining(), trace=trace)
+            header = self.dp.key_header
+            key = metadata_value(context.invocation_metadata(), header) if header is not None else None
+            return await self.dp.infer_bytes(request, received_ns, context.time_remaining(), trace=trace,
+                                             traffic_key=key)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -159,6 +170,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         gone = loop.create_future()  # cancelled when the stream ends: its queued requests are then dropped
         tracer = self.tracer
         parent = tracer.parent_grpc(context.invocation_metadata()) if tracer is not None else None
+        header = dp.key_header  # the stream's caller, for shadow sampling and canary arms
+        key = metadata_value(context.invocation_metadata(), header) if header is not None else None
 
         def send(item) -> None:
             ready.append(item)
@@ -180,7 +193,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                         received_ns = time.perf_counter_ns()
                         trace = tracer.sample(parent, "grpc-stream") if tracer is not None else None
                         dp.infer_bytes(data, received_ns, None, True, functools.partial(delivered, data), gone,
-                                       trace)
+                                       trace, key)
                     except Exception as exc:
                         outstanding[0] -= 1
                         send(_stream_failure(data, exc))

@@ -384,9 +384,10 @@ class RestFrontend:
         body = await self._body(request)
         req = rest_codec.parse_infer_request(
             body, rest_codec.header_length(request.headers.get(HEADER_LENGTH), len(body)))
+        header = self.dp.key_header  # the caller, for shadow sampling and canary arms (when configured)
         mv, names, arrays = await self.dp.infer_tensors(
             name, version, req.inputs, req.raw, req.output_names, req.output_parameters, req.parameters, req.id,
-            received_ns, trace)
+            received_ns, trace, request.headers.get(header) if header is not None else None)
         t = time.perf_counter_ns() if trace is not None else 0
         json_size, reply = rest_codec.infer_reply(req, mv.name, mv.version_text, output_tensors(mv, names, arrays))
         if trace is not None:

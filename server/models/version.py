@@ -7,6 +7,7 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -24,6 +25,9 @@ from .config import TensorSpec, complete_config, parameter, tensor_specs
 from .runtime import ModelRuntime, probe_model_io
 from .stats import ModelStats
 from .warmup import warmup_samples
+
+if TYPE_CHECKING:
+    from ..shadow.traffic import ModelTraffic
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +100,9 @@ class ModelVersion:
         # inputs and outputs, on the thread that ran it, before the outputs are split. It must return at once
         # (sample, copy what it keeps, queue it): model inputs may be views of buffers reused by the next batch.
         self.batch_observer: BatchObserver | None = None
+        # The request path's hook for shadow traffic and canary splits (shadow/traffic.py's ModelTraffic):
+        # None unless the model has one, and then the data plane's only cost is that check.
+        self.traffic: ModelTraffic | None = None
         try:
             try:
                 inline_limit_ns = 1000 * float(parameter(self.config, INLINE_PARAMETER, "250"))

@@ -121,6 +121,97 @@ class ServerMetrics:
         meter.create_observable_gauge("skewless_model_pinned", [pinned],
                                       description="1 while a rollback pins the model (until skewless unpin)")
 
+    def add_traffic(self, manager: Any) -> None:
+        """Shadow and canary figures (shadow/traffic.py's TrafficManager), read from the counters it keeps."""
+        from ..shadow.compare import quantiles
+
+        meter = self.provider.get_meter("skewless")
+
+        def pairs() -> Iterator[tuple[dict[str, str], Any]]:
+            for traffic in list(manager.models.values()):
+                shadow = traffic.shadow
+                if shadow is not None:
+                    for p in list(shadow.pairs.values()):
+                        yield {"primary": p.primary, "challenger": p.challenger}, p
+
+        def counter(attr: str):
+            def callback(_options: CallbackOptions) -> Iterator[Observation]:
+                for attrs, p in pairs():
+                    yield Observation(getattr(p, attr), attrs)
+            return [callback]
+
+        for attr, desc in (("mirrored", "Requests the challenger ran (compared or failed)"),
+                           ("shed", "Mirrored requests dropped before running: queue full, too old or server busy"),
+                           ("errors", "Mirrored requests the challenger failed (never seen by the caller)"),
+                           ("divergent", "Mirrored requests whose outputs differ by more than the tolerance")):
+            meter.create_observable_counter(f"skewless_shadow_{attr}_requests", counter(attr), description=desc)
+
+        def agreement(_options: CallbackOptions) -> Iterator[Observation]:
+            for attrs, p in pairs():
+                if p.compared:
+                    yield Observation(p.agreement, attrs)
+
+        meter.create_observable_gauge("skewless_shadow_agreement", [agreement],
+                                      description="Share of compared requests on which challenger and primary "
+                                                  "agree (argmax, 0.5 threshold, or equality)")
+
+        def diff(kind: str):
+            def callback(_options: CallbackOptions) -> Iterator[Observation]:
+                for attrs, p in pairs():
+                    for output, values in list(getattr(p, kind).items()):
+                        for q, v in quantiles(values).items():
+                            yield Observation(v, {**attrs, "output": output, "quantile": str(q)})
+            return [callback]
+
+        meter.create_observable_gauge("skewless_shadow_abs_difference", diff("abs_diff"),
+                                      description="Quantiles of |primary - challenger| per request (its largest), "
+                                                  "over the recent mirrored requests")
+        meter.create_observable_gauge("skewless_shadow_rel_difference", diff("rel_diff"),
+                                      description="Quantiles of the relative difference per request")
+
+        def latency(_options: CallbackOptions) -> Iterator[Observation]:
+            for attrs, p in pairs():
+                for q, v in quantiles(p.latency_s).items():
+                    yield Observation(v, {**attrs, "quantile": str(q)})
+
+        meter.create_observable_gauge("skewless_shadow_challenger_latency_seconds", [latency], unit="s",
+                                      description="Quantiles of the challenger's compute time per mirrored batch")
+
+        def queue_depth(_options: CallbackOptions) -> Iterator[Observation]:
+            yield Observation(len(manager.worker.queue))
+
+        meter.create_observable_gauge("skewless_shadow_queue_depth", [queue_depth],
+                                      description="Mirrored requests waiting for idle primaries")
+
+        def canaries():
+            for traffic in list(manager.models.values()):
+                if traffic.canary is not None:
+                    yield traffic.canary
+
+        def arms(_options: CallbackOptions) -> Iterator[Observation]:
+            for c in canaries():
+                for arm_name, arm in c.arms.items():
+                    version = c.candidate if arm_name == "candidate" else c.stable
+                    attrs = {"model": c.model, "arm": arm_name, "version": str(version)}
+                    yield Observation(arm.served - arm.failed, {**attrs, "outcome": "success"})
+                    yield Observation(arm.failed, {**attrs, "outcome": "failure"})
+
+        def weight(_options: CallbackOptions) -> Iterator[Observation]:
+            for c in canaries():
+                yield Observation(c.weight, {"model": c.model, "candidate": str(c.candidate), "state": c.state})
+
+        def rollbacks(_options: CallbackOptions) -> Iterator[Observation]:
+            for c in canaries():
+                yield Observation(c.rollbacks, {"model": c.model, "candidate": str(c.candidate)})
+
+        meter.create_observable_counter("skewless_canary_requests", [arms],
+                                        description="Requests served per canary arm and outcome")
+        meter.create_observable_gauge("skewless_canary_weight", [weight],
+                                      description="The candidate's share of unversioned requests now (0 after a "
+                                                  "rollback, 1 once promoted)")
+        meter.create_observable_counter("skewless_canary_rollbacks", [rollbacks],
+                                        description="Automatic or commanded rollbacks of a canary to 0%")
+
     # -- collection ----------------------------------------------------------------------------------------
     def collect(self) -> MetricsData:
         """Everything, now: the SDK's instruments plus the histograms (what /metrics renders)."""

@@ -1,0 +1,112 @@
+"""gRPC edge of ``skewless.v1.TrafficAdmin``: shadow traffic and canary rollout (shadow/traffic.py).
+
+Same exception boundary as the other servicers: bad requests are INVALID_ARGUMENT, unknown or unserved
+models NOT_FOUND, a canary command without a canary FAILED_PRECONDITION.
+"""
+
+from __future__ import annotations
+
+from skewless.protos import skewless_traffic_pb2 as pb
+from skewless.protos import skewless_traffic_pb2_grpc as pb_grpc
+
+from ..errors import InvalidArgument
+from ..shadow.settings import (
+    DEFAULT_TOLERANCE,
+    CanaryGuardrails,
+    CanarySettings,
+    ShadowSettings,
+    ShadowTarget,
+)
+from ..shadow.traffic import ModelTraffic, TrafficManager
+from .grpc_servicer import rpc
+
+TRAFFIC_SERVICE = "skewless.v1.TrafficAdmin"
+
+
+def _model(request) -> str:
+    if not request.model:
+        raise InvalidArgument("a model name is required")
+    return request.model
+
+
+def _guardrails(g: pb.CanaryGuardrails) -> CanaryGuardrails:
+    d = CanaryGuardrails()
+    return CanaryGuardrails(g.window_s or d.window_s, g.min_requests or d.min_requests,
+                            g.max_error_rate_increase or d.max_error_rate_increase,
+                            g.max_p99_ratio or d.max_p99_ratio, g.max_psi or d.max_psi,
+                            g.promote_after_s or d.promote_after_s)
+
+
+def status(name: str, traffic: ModelTraffic | None) -> pb.TrafficStatus:
+    out = pb.TrafficStatus(model=name)
+    if traffic is None:
+        return out
+    shadow = traffic.shadow
+    if shadow is not None:
+        out.shadow_challenger = str(shadow.settings.target)
+        out.shadow_rate = shadow.settings.rate
+        for p in list(shadow.pairs.values()):
+            out.pairs.add(primary=p.primary, challenger=p.challenger, mirrored=p.mirrored, shed=p.shed,
+                          errors=p.errors, divergent=p.divergent, agreement=p.agreement)
+    canary = traffic.canary
+    if canary is not None:
+        out.canary_candidate = canary.candidate
+        out.canary_weight = canary.weight
+        out.canary_state = canary.state
+        out.canary_reason = canary.reason
+        for arm_name, arm in canary.arms.items():
+            version = canary.candidate if arm_name == "candidate" else canary.stable
+            out.arms.add(arm=arm_name, version=version, served=arm.served, failed=arm.failed)
+    return out
+
+
+class TrafficServicer(pb_grpc.TrafficAdminServicer):
+    def __init__(self, manager: TrafficManager):
+        self.manager = manager
+
+    @rpc
+    async def SetShadow(self, request, context):
+        name = _model(request)
+        settings = None
+        if request.challenger and request.rate > 0:
+            settings = ShadowSettings(ShadowTarget.parse(request.challenger), request.rate,
+                                      request.tolerance or DEFAULT_TOLERANCE, request.log_dir)
+        elif request.rate < 0 or request.rate > 1:
+            raise InvalidArgument(f"shadow rate must be a fraction between 0 and 1, got {request.rate}")
+        traffic = self.manager.set_shadow(name, settings, request.key_parameter or None)
+        return status(name, traffic)
+
+    @rpc
+    async def SetCanary(self, request, context):
+        name = _model(request)
+        settings = None
+        if not request.stop:
+            if request.candidate < 1:
+                raise InvalidArgument("SetCanary needs a candidate version (>= 1), or stop")
+            settings = CanarySettings(request.candidate, request.weight, _guardrails(request.guardrails))
+        if request.stable < 0:
+            raise InvalidArgument(f"stable version must be >= 0, got {request.stable}")
+        traffic = self.manager.set_canary(name, settings, request.stable, request.key_parameter or None)
+        return status(name, traffic)
+
+    @rpc
+    async def PromoteCanary(self, request, context):
+        name = _model(request)
+        self.manager.promote(name)
+        return status(name, self.manager.models.get(name))
+
+    @rpc
+    async def RollbackCanary(self, request, context):
+        name = _model(request)
+        self.manager.roll_back(name)
+        return status(name, self.manager.models.get(name))
+
+    @rpc
+    async def GetTraffic(self, request, context):
+        name = _model(request)
+        self.manager.repository.get(name)  # NOT_FOUND for unknown models
+        return status(name, self.manager.models.get(name))
+
+
+def add_traffic_service(servicer: TrafficServicer, server) -> None:
+    pb_grpc.add_TrafficAdminServicer_to_server(servicer, server)

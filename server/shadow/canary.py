@@ -1,0 +1,143 @@
+"""A weighted, sticky split between a model's stable and candidate versions, guarded arm against arm.
+
+Each arm keeps a sliding window of (time, ok, latency, a few output values) per request, recorded after the
+reply has been handed over. ``check`` (run every ``CHECK_INTERVAL_S`` by the traffic manager, on the event
+loop: windows are small) compares the candidate with the stable arm and returns why it breaches, if it
+does; the manager then sets the candidate's weight to 0. Nothing promotes silently: ``promote`` is a command,
+or the ``promote_after_s`` policy when set.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..telemetry.psi import psi
+from .keys import sampled
+from .settings import CanarySettings
+
+SALT = b"skewless-canary"
+ARMS = ("stable", "candidate")
+VALUES_PER_REQUEST = 8  # output values kept per request for the drift comparison
+WINDOW_CAP = 20_000
+PSI_BINS = 10
+
+
+@dataclass
+class Arm:
+    served: int = 0
+    failed: int = 0
+    window: deque = field(default_factory=lambda: deque(maxlen=WINDOW_CAP))  # (t, ok, latency_s, values)
+
+    def record(self, ok: bool, latency_s: float, values: np.ndarray | None) -> None:
+        self.served += 1
+        self.failed += not ok
+        self.window.append((time.monotonic(), ok, latency_s, values))
+
+    def prune(self, since: float) -> None:
+        w = self.window
+        while w and w[0][0] < since:
+            w.popleft()
+
+
+@dataclass
+class Event:
+    at: float  # time.time()
+    kind: str  # started, rollback, promoted, stopped
+    reason: str
+
+
+class Canary:
+    def __init__(self, model: str, settings: CanarySettings, stable: int = 0):
+        self.model = model
+        self.settings = settings
+        self.candidate = settings.candidate
+        self.stable = stable  # 0: the highest other serving version, looked up per request
+        self.weight = settings.weight
+        self.state = "running"
+        self.reason = ""
+        self.arms = {a: Arm() for a in ARMS}
+        self.rollbacks = 0
+        self.started = time.monotonic()
+        self.clean_since = self.started
+        self.events: list[Event] = [Event(time.time(), "started", f"candidate {self.candidate} at {self.weight:.1%}")]
+
+    def wants_candidate(self, key: str) -> bool:
+        return sampled(key, self.weight, SALT)
+
+    def arm_of(self, version: int) -> str | None:
+        if version == self.candidate:
+            return "candidate"
+        return "stable" if self.stable == 0 or version == self.stable else None
+
+    # -- guardrails --------------------------------------------------------------------------------------
+    def check(self, now: float) -> str | None:
+        """Why the candidate breaches its guardrails over the window now, or None."""
+        g = self.settings.guardrails
+        for arm in self.arms.values():
+            arm.prune(now - g.window_s)
+        s, c = self.arms["stable"].window, self.arms["candidate"].window
+        if len(c) < g.min_requests or len(s) < g.min_requests:
+            return None
+        s_err = sum(not r[1] for r in s) / len(s)
+        c_err = sum(not r[1] for r in c) / len(c)
+        if c_err - s_err > g.max_error_rate_increase:
+            return (f"error rate {c_err:.1%} on the candidate against {s_err:.1%} on the stable arm "
+                    f"(limit +{g.max_error_rate_increase:.1%}) over {len(c)}/{len(s)} requests")
+        s_p99 = _p99([r[2] for r in s if r[1]])
+        c_p99 = _p99([r[2] for r in c if r[1]])
+        if s_p99 > 0 and c_p99 / s_p99 > g.max_p99_ratio:
+            return (f"p99 latency {c_p99 * 1e3:.2f} ms on the candidate against {s_p99 * 1e3:.2f} ms on the "
+                    f"stable arm (limit {g.max_p99_ratio:g}x)")
+        value = drift(s, c)
+        if value > g.max_psi:
+            return f"prediction drift PSI {value:.3f} of the candidate against the stable arm (limit {g.max_psi:g})"
+        return None
+
+    def promote_due(self, now: float) -> bool:
+        after = self.settings.guardrails.promote_after_s
+        return (self.state == "running" and after > 0 and now - self.clean_since >= after
+                and self.arms["candidate"].served >= self.settings.guardrails.min_requests)
+
+    def roll_back(self, reason: str) -> None:
+        self.weight = 0.0
+        self.state = "rolled_back"
+        self.reason = reason
+        self.rollbacks += 1
+        self.events.append(Event(time.time(), "rollback", reason))
+
+    def promote(self, reason: str) -> None:
+        self.weight = 1.0
+        self.state = "promoted"
+        self.reason = reason
+        self.events.append(Event(time.time(), "promoted", reason))
+
+
+def _p99(values: list[float]) -> float:
+    return float(np.quantile(values, 0.99)) if values else 0.0
+
+
+def drift(stable: deque, candidate: deque) -> float:
+    """PSI of the candidate's output values against the stable arm's, on deciles of the stable arm."""
+    ref = [r[3] for r in stable if r[1] and r[3] is not None]
+    cur = [r[3] for r in candidate if r[1] and r[3] is not None]
+    if not ref or not cur:
+        return 0.0
+    ref_v = np.concatenate(ref)
+    cur_v = np.concatenate(cur)
+    edges = np.unique(np.quantile(ref_v, np.linspace(0, 1, PSI_BINS + 1)[1:-1]))
+    ref_counts = np.bincount(np.searchsorted(edges, ref_v, side="right"), minlength=len(edges) + 1)
+    cur_counts = np.bincount(np.searchsorted(edges, cur_v, side="right"), minlength=len(edges) + 1)
+    value = psi(ref_counts, cur_counts)
+    return 0.0 if math.isnan(value) else value
+
+
+def sample_values(outputs: list[np.ndarray]) -> np.ndarray | None:
+    """A few values of the first numeric output, copied (for the drift comparison)."""
+    if not outputs or outputs[0].dtype.kind not in "fiub":
+        return None
+    return np.array(outputs[0].ravel()[:VALUES_PER_REQUEST], dtype=np.float64)
