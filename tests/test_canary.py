@@ -92,7 +92,7 @@ def server(tmp_path_factory):
     repo = tmp_path_factory.mktemp("canary-repo")
     write_versions(repo / "c_err", {1: add_constant_model(1.0), 2: failing_model(1.0, 10)}, ALL)
     write_versions(repo / "c_shift", {1: add_constant_model(1.0), 2: add_constant_model(1.5)}, ALL)
-    write_versions(repo / "c_slow", {1: heavy_model(1.0, 4, 1024), 2: heavy_model(1.0, 12, 1024)},
+    write_versions(repo / "c_slow", {1: heavy_model(1.0, 4, 2048), 2: heavy_model(1.0, 12, 2048)},
                    ALL + 'parameters { key: "intra_op_thread_count" value { string_value: "1" } }\n')
     s = ServerProcess(repo).start()
     yield s
@@ -101,7 +101,7 @@ def server(tmp_path_factory):
 
 @pytest.mark.parametrize("model,guardrails,expect", [
     ("c_err", tpb.CanaryGuardrails(max_p99_ratio=1000, max_psi=100), "error rate"),
-    ("c_slow", tpb.CanaryGuardrails(max_p99_ratio=1.8, max_psi=100, max_error_rate_increase=1), "p99 latency"),
+    ("c_slow", tpb.CanaryGuardrails(max_p99_ratio=1.5, max_psi=100, max_error_rate_increase=1), "p99 latency"),
     ("c_shift", tpb.CanaryGuardrails(max_p99_ratio=1000), "drift PSI"),
 ])
 def test_bad_canary_rolled_back_within_window(server, model, guardrails, expect):
