@@ -133,11 +133,7 @@ class ModelRepository:
             names = self.model_names() if "*" in self.startup_models else self.startup_models
         else:
             names = self.model_names()
-        for name in names:
-            try:
-                await self.load(name)
-            except Exception as exc:  # a bad model must not keep the others from serving
-                log.error("failed to load model '%s': %s", name, exc)
+        await self._load_each(names)
         if self.control_mode == "poll":
             for name in self.model_names():
                 self._seen_signature[name] = tree_signature(self.root / name)
@@ -205,6 +201,14 @@ class ModelRepository:
                 f"explicit model load / unload is not allowed with --model-control-mode {self.control_mode}; "
                 "start the server with --model-control-mode explicit"
             )
+
+    async def _load_each(self, names, source: str = "") -> None:
+        """Load every named model at start; a bad model must not keep the others from serving."""
+        for name in names:
+            try:
+                await self.load(name)
+            except Exception as exc:
+                log.error("failed to load model '%s'%s: %s", name, source, exc)
 
     async def load(self, name: str, config_json: str | None = None) -> None:
         model_dir = self.root / name

@@ -124,11 +124,7 @@ class RegistryRepository(ModelRepository):
             self._source_failed(exc)
         names = (self.startup_models if self.control_mode == "explicit" and "*" not in self.startup_models
                  else self._names)
-        for name in names:
-            try:
-                await self.load(name)
-            except Exception as exc:  # a bad model must not keep the others from serving
-                log.error("failed to load model '%s' from the registry: %s", name, exc)
+        await self._load_each(names, " from the registry")
         if self.control_mode == "poll":
             self._poll_task = asyncio.create_task(self._poll_loop(), name="registry-poll")
 

@@ -69,54 +69,28 @@ class GrpcGuard(grpc.aio.ServerInterceptor):
         return False  # not reached: abort raises
 
     def _wrap(self, handler: grpc.RpcMethodHandler, group: str) -> grpc.RpcMethodHandler:
-        kw = {"request_deserializer": handler.request_deserializer,
-              "response_serializer": handler.response_serializer}
+        """The same handler, checking first: whichever of the four kinds it is (its behaviour takes the request
+        or the request iterator first), as an async generator if the servicer's is one."""
         check = self._check
-        if handler.unary_unary is not None:
-            inner = handler.unary_unary
-
-            async def unary_unary(request, context):
-                await check(group, context)
-                return await inner(request, context)
-
-            return grpc.unary_unary_rpc_method_handler(unary_unary, **kw)
-        if handler.stream_stream is not None:
-            inner_ss = handler.stream_stream
-            if inspect.isasyncgenfunction(inner_ss):
-                async def stream_gen(request_iterator, context):
+        for kind, make in (("unary_unary", grpc.unary_unary_rpc_method_handler),
+                           ("unary_stream", grpc.unary_stream_rpc_method_handler),
+                           ("stream_unary", grpc.stream_unary_rpc_method_handler),
+                           ("stream_stream", grpc.stream_stream_rpc_method_handler)):
+            inner = getattr(handler, kind)
+            if inner is None:
+                continue
+            if inspect.isasyncgenfunction(inner):
+                async def behavior(request, context, inner=inner):
                     await check(group, context)
-                    async for reply in inner_ss(request_iterator, context):
+                    async for reply in inner(request, context):
                         yield reply
-
-                return grpc.stream_stream_rpc_method_handler(stream_gen, **kw)
-
-            async def stream_stream(request_iterator, context):
-                await check(group, context)
-                return await inner_ss(request_iterator, context)
-
-            return grpc.stream_stream_rpc_method_handler(stream_stream, **kw)
-        if handler.unary_stream is not None:
-            inner_us = handler.unary_stream
-            if inspect.isasyncgenfunction(inner_us):
-                async def unary_gen(request, context):
+            else:
+                async def behavior(request, context, inner=inner):
                     await check(group, context)
-                    async for reply in inner_us(request, context):
-                        yield reply
-
-                return grpc.unary_stream_rpc_method_handler(unary_gen, **kw)
-
-            async def unary_stream(request, context):
-                await check(group, context)
-                return await inner_us(request, context)
-
-            return grpc.unary_stream_rpc_method_handler(unary_stream, **kw)
-        inner_su = handler.stream_unary
-
-        async def stream_unary(request_iterator, context):
-            await check(group, context)
-            return await inner_su(request_iterator, context)
-
-        return grpc.stream_unary_rpc_method_handler(stream_unary, **kw)
+                    return await inner(request, context)
+            return make(behavior, request_deserializer=handler.request_deserializer,
+                        response_serializer=handler.response_serializer)
+        return handler
 
 
 __all__ = ["GrpcGuard", "peer_host"]
