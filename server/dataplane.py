@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from skewless.protos import grpc_service_pb2 as pb
 from .batching.batcher import settle
 from .codec import DATATYPES, decode_raw, decode_typed, element_count, encode_array, format_shape
 from .errors import InvalidArgument, Overloaded, SkewlessError
+from .fallback import Fallback, FallbackArrays
 from .models.config import TensorSpec
 from .models.repository import ModelRepository
 from .models.stats import Duration, ModelStats
@@ -32,6 +34,7 @@ if TYPE_CHECKING:  # the request path only carries a trace; it never imports Ope
 
 SERVER_NAME = "skewless"
 Deliver = Callable[[Any, "BaseException | None"], None]
+log = logging.getLogger(__name__)
 _STREAM_TAG = bytes([2 << 3 | 2])  # ModelStreamInferResponse.infer_response, length-delimited
 # Only what is really implemented: tritonclient and perf_analyzer branch on these names.
 EXTENSIONS = ["model_repository", "model_configuration", "statistics"]
@@ -216,6 +219,8 @@ class DataPlane:
                 if watch is None:
                     watch = result
             complete = functools.partial(_complete, deliver or result, mv, names, received_ns, reply)
+            if mv.fallback is not None:  # fallback/: failures answered by a constant or rule, flagged
+                complete = functools.partial(_with_fallback, mv.fallback, feeds, rows, names, complete)
             if trace is not None:  # sampled: note the hand-off to the scheduler, finish after the reply
                 trace.enqueued_ns = time.perf_counter_ns()
                 complete = functools.partial(_complete_traced, trace, mv, request_id, received_ns, complete,
@@ -225,6 +230,11 @@ class DataPlane:
                                               traffic_key)
             running = mv.scheduler.start(feeds, names, rows, priority, timeout_us, deadline, complete, watch)
         except BaseException as exc:
+            if mv.fallback is not None and mv.fallback.reason_for(exc) is not None:
+                served = _fallback_at_once(mv, exc, decoded, tensors, raw, output_names, request_id, received_ns,
+                                           reply, deliver)
+                if served is not None:
+                    return served
             mv.stats.record_request(False, time.perf_counter_ns() - received_ns, 0, failure_reason(exc))
             mv.leave()
             if trace is not None:
@@ -304,6 +314,8 @@ def _complete(target: Deliver | asyncio.Future, mv: ModelVersion, names: list[st
         else:
             target(value if ok else None, exc)
     finally:
+        if ok and type(outcome[0]) is FallbackArrays:  # answered, but the model failed: counted as it failed
+            ok, reason = False, outcome[0].failure
         mv.stats.record_request(ok, time.perf_counter_ns() - received_ns, queue_ns, reason)
         mv.leave()
 
@@ -326,6 +338,44 @@ def _complete_traced(trace: RequestTrace, mv: ModelVersion, request_id: str, rec
         trace.finish(mv, request_id, received_ns, t, time.perf_counter_ns())
 
 
+def _with_fallback(fallback: Fallback, feeds: dict[str, np.ndarray], rows: int, names: list[str],
+                   complete: Callable[[Any, BaseException | None, bool], None], outcome,
+                   exc: BaseException | None, cancelled: bool) -> None:
+    """The fallback hook (only on models that configure one): a failure it covers completes with its outputs."""
+    if exc is not None and not cancelled:
+        reason = fallback.reason_for(exc)
+        if reason is not None:
+            try:
+                outcome = (fallback.compute(feeds, rows, names, reason, failure_reason(exc)), 0, None)
+                exc = None
+            except Exception:
+                log.exception("model %s: its fallback failed; the request fails as the model did", fallback.label)
+    elif not cancelled:
+        fallback.answered()
+    complete(outcome, exc, cancelled)
+
+
+def _fallback_at_once(mv: ModelVersion, exc: BaseException, decoded: tuple | None, tensors, raw,
+                      output_names: list[str], request_id: str, received_ns: int,
+                      reply: tuple[str, bytes | None] | None, deliver: Deliver | None) -> asyncio.Future | None:
+    """A request refused at arrival (overload, full queue) answered by the model's fallback: the future the
+    caller expects (done), or None when its inputs cannot be decoded (then the original error stands)."""
+    try:
+        if decoded is not None:
+            feeds, rows, names = decoded
+        else:
+            feeds, rows = decode_inputs(tensors, raw, mv)
+            names = requested_outputs(output_names, mv)
+    except Exception:
+        return None
+    result = asyncio.get_running_loop().create_future()
+    complete = functools.partial(_complete, deliver or result, mv, names, received_ns, reply)
+    _with_fallback(mv.fallback, feeds, rows, names, complete, None, exc, False)
+    if deliver is not None:
+        result.set_result(None)
+    return result
+
+
 def failure_reason(exc: BaseException | None) -> str:
     """Why a request failed, for the statistics (models/stats.py's TRITON_REASONS): a domain error says."""
     if isinstance(exc, SkewlessError):
@@ -341,6 +391,11 @@ def _deliver_outcome(deliver: Deliver, future: asyncio.Future) -> None:
 
 def _reply_bytes(mv: ModelVersion, request_id: str, tag: bytes | None, names: list[str],
                  arrays: list[np.ndarray]) -> bytes:
+    if type(arrays) is FallbackArrays:  # flagged in the reply's parameters: rare, so the general encoder
+        resp = encode_response(request_id, mv, names, arrays)
+        if tag is not None:
+            return pb.ModelStreamInferResponse(infer_response=resp).SerializeToString()
+        return resp.SerializeToString()
     data = mv.plan.reply(mv.name, mv.version_text, request_id, names, arrays, tag) if mv.plan is not None else None
     if data is None:
         data = build_infer_response(mv.name, mv.version_text, request_id, output_tensors(mv, names, arrays), tag)
@@ -510,6 +565,8 @@ def encode_response(req_id: str, mv: ModelVersion, names: list[str],
     for name, datatype, shape, payload in output_tensors(mv, names, arrays):
         resp.outputs.add(name=name, datatype=datatype, shape=shape)
         resp.raw_output_contents.append(payload if isinstance(payload, bytes) else payload.tobytes())
+    if type(arrays) is FallbackArrays:
+        resp.parameters["fallback"].string_param = arrays.reason
     return resp
 
 

@@ -34,6 +34,7 @@ from skewless.protos import grpc_service_pb2 as pb
 
 from ..dataplane import DataPlane, output_tensors
 from ..errors import InvalidArgument, SkewlessError, Unimplemented
+from ..fallback import FallbackArrays
 from ..security.guard import Guard
 from ..security.http_guard import check_http
 from . import rest_codec
@@ -389,7 +390,9 @@ class RestFrontend:
             name, version, req.inputs, req.raw, req.output_names, req.output_parameters, req.parameters, req.id,
             received_ns, trace, request.headers.get(header) if header is not None else None)
         t = time.perf_counter_ns() if trace is not None else 0
-        json_size, reply = rest_codec.infer_reply(req, mv.name, mv.version_text, output_tensors(mv, names, arrays))
+        flag = {"fallback": arrays.reason} if type(arrays) is FallbackArrays else None
+        json_size, reply = rest_codec.infer_reply(req, mv.name, mv.version_text, output_tensors(mv, names, arrays),
+                                                  flag)
         if trace is not None:
             trace.finish(mv, req.id, received_ns, t, time.perf_counter_ns())
         if json_size is None:

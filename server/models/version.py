@@ -19,6 +19,7 @@ from ..batching.cost import BatchCost
 from ..batching.runner import BatchRunner
 from ..batching.scheduler import Scheduler
 from ..errors import Internal, ModelLoadError
+from ..fallback.policy import Fallback
 from ..features.stage import FeatureStage
 from ..security.paths import contained, plain_file_name
 from .config import TensorSpec, complete_config, parameter, tensor_specs
@@ -91,6 +92,8 @@ class ModelVersion:
         self.version_text = str(version)
         self.fixed_shapes = all(-1 not in s.dims for s in self.inputs.values())
         self.plan = self._decode_plan()
+        # The decision-plane fallback (fallback/): None unless config.pbtxt sets skewless.fallback
+        self.fallback = Fallback.from_config(self)
         self.stats = ModelStats()
         self.runtime = ModelRuntime(self.path, self.config, f"{name}-{version}")
         self._inflight = 0

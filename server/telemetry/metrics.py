@@ -383,6 +383,16 @@ class ServerMetrics:
                                                     "registry also rollback and rejected_{incomplete,corrupt,"
                                                     "changed,validation}")
 
+        def fallbacks(_options: CallbackOptions) -> Iterator[Observation]:
+            for attrs, mv in _versions(repo):
+                if mv.fallback is not None:
+                    for reason, n in list(mv.fallback.counts.items()):
+                        yield Observation(n, {**attrs, "reason": reason})
+
+        meter.create_observable_counter("skewless_fallback", [fallbacks],
+                                        description="Requests answered by the model's configured fallback "
+                                                    "(config skewless.fallback) instead of the model, by reason: "
+                                                    "failure, timeout, shed")
         self._register_drift(meter)
         self.host.register(meter)
 

@@ -1,0 +1,169 @@
+"""Per-model decision-plane fallback: what a request is answered with when the model fails, times out or is shed.
+
+Configured in config.pbtxt as the parameter ``skewless.fallback``, a JSON object::
+
+    {"outputs": {"probabilities": [0.5, 0.5],                     # a constant per output (broadcast per row)
+                 "label": {"rule": "where(input[:, 0] > 0, 1, 0)"}},  # or a rule over the raw inputs
+     "on": ["failure", "timeout", "shed"]}                          # which failures (default: all three)
+
+Every output the model declares needs a value. A reply served this way carries the response parameter
+``fallback`` (the reason) on gRPC and HTTP, is counted (``skewless_fallback_total``) and logged once per
+episode (the first fallback after the model last answered itself). Client errors (bad inputs, unknown
+model, authentication) never fall back: the client must see them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from typing import Any
+
+import numpy as np
+
+from ..errors import (
+    DeadlineExceeded,
+    InstanceHung,
+    Internal,
+    ModelLoadError,
+    Overloaded,
+    QueueFull,
+    QueueTimeout,
+    SkewlessError,
+)
+from ..models.config import TensorSpec
+from .rule import Rule, RuleError
+
+PARAMETER = "skewless.fallback"
+REASONS = ("failure", "timeout", "shed")
+log = logging.getLogger(__name__)
+
+
+def classify(exc: BaseException | None) -> str | None:
+    """The fallback reason of a failure, or None for failures that must reach the client as they are."""
+    if isinstance(exc, (QueueFull, Overloaded, QueueTimeout)):
+        return "shed"
+    if isinstance(exc, DeadlineExceeded):
+        return "timeout"
+    if isinstance(exc, (Internal, InstanceHung)):
+        return "failure"
+    if isinstance(exc, SkewlessError) or not isinstance(exc, Exception):
+        return None  # client errors (INVALID_ARGUMENT, NOT_FOUND, UNAUTHENTICATED, …), cancellation, None
+    return "failure"  # an unexpected error of the model's code path
+
+
+class FallbackArrays(list):
+    """Output arrays computed by a fallback: the data plane flags the reply with ``reason``."""
+
+    __slots__ = ("reason", "failure")
+
+    def __init__(self, arrays: list[np.ndarray], reason: str, failure: str):
+        super().__init__(arrays)
+        self.reason = reason
+        self.failure = failure  # the statistics' failure reason (models/stats.py)
+
+
+class Fallback:
+    """One version's fallback: checked at load, computed per failed request over its batch."""
+
+    def __init__(self, label: str, doc: Any, inputs: dict[str, TensorSpec], outputs: dict[str, TensorSpec],
+                 max_batch_size: int):
+        where = f"model {label}: parameter '{PARAMETER}'"
+        if not isinstance(doc, dict) or not isinstance(doc.get("outputs"), dict):
+            raise ModelLoadError(f"{where} must be a JSON object with 'outputs': {{output name: constant or "
+                                 f"{{\"rule\": expression}}}}")
+        unknown = set(doc) - {"outputs", "on"}
+        if unknown:
+            raise ModelLoadError(f"{where}: unknown keys {sorted(unknown)} (expected 'outputs' and 'on')")
+        on = doc.get("on", list(REASONS))
+        if not isinstance(on, list) or not on or any(r not in REASONS for r in on):
+            raise ModelLoadError(f"{where}: 'on' must be a list of {list(REASONS)}, got {on!r}")
+        self.on = frozenset(on)
+        self.label = label
+        self.batched = max_batch_size > 0
+        missing = [n for n in outputs if n not in doc["outputs"]]
+        extra = [n for n in doc["outputs"] if n not in outputs]
+        if missing or extra:
+            raise ModelLoadError(f"{where}: outputs {sorted(outputs)} each need a value; missing {missing}, "
+                                 f"not outputs of the model {extra}")
+        self._values: dict[str, np.ndarray | Rule] = {}
+        self._specs = outputs
+        for name, value in doc["outputs"].items():
+            spec = outputs[name]
+            if spec.datatype.name == "BYTES":
+                raise ModelLoadError(f"{where}: output '{name}' is BYTES; fallbacks give numeric outputs only")
+            if isinstance(value, dict):
+                if set(value) != {"rule"} or not isinstance(value["rule"], str):
+                    raise ModelLoadError(f"{where}: output '{name}' must be a constant or {{\"rule\": \"…\"}}")
+                try:
+                    self._values[name] = Rule(value["rule"], set(inputs))
+                except RuleError as exc:
+                    raise ModelLoadError(f"{where}: output '{name}': {exc}") from None
+            else:
+                try:
+                    const = np.asarray(value, dtype=spec.datatype.numpy)
+                    self._shape(spec, const, 1)
+                except (ValueError, TypeError) as exc:
+                    raise ModelLoadError(f"{where}: output '{name}' constant {value!r} does not fit "
+                                         f"{spec.datatype.name} {list(spec.dims)}: {exc}") from None
+                self._values[name] = const
+        self.counts: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._episode = False
+
+    @classmethod
+    def from_config(cls, mv: Any) -> Fallback | None:
+        """The version's fallback, or None (no parameter: the data plane's only cost is that check)."""
+        if PARAMETER not in mv.config.parameters:
+            return None
+        text = mv.config.parameters[PARAMETER].string_value
+        try:
+            doc = json.loads(text)
+        except ValueError as exc:
+            raise ModelLoadError(f"model {mv.label}: parameter '{PARAMETER}' is not JSON: {exc}") from None
+        return cls(mv.label, doc, mv.inputs, mv.outputs, mv.max_batch_size)
+
+    def _shape(self, spec: TensorSpec, value: np.ndarray, rows: int) -> np.ndarray:
+        dims = tuple(spec.dims)
+        if -1 in dims:
+            if value.ndim != len(dims) or any(d != -1 and d != s for d, s in zip(dims, value.shape, strict=True)):
+                raise ValueError(f"shape {list(value.shape)} against dims {list(dims)}")
+            dims = value.shape
+        full = (rows, *dims) if self.batched else dims
+        return np.broadcast_to(value, full)
+
+    def reason_for(self, exc: BaseException | None) -> str | None:
+        reason = classify(exc)
+        return reason if reason in self.on else None
+
+    def compute(self, feeds: dict[str, np.ndarray], rows: int, names: list[str], reason: str,
+                failure: str = "other") -> FallbackArrays:
+        """The fallback outputs named ``names`` for a request of ``rows`` rows, in the declared dtypes/shapes."""
+        out = []
+        for name in names:
+            spec = self._specs[name]
+            value = self._values[name]
+            if isinstance(value, Rule):
+                computed = value.evaluate(feeds)
+                if self.batched and computed.ndim == 1 and len(spec.dims) == 1 and spec.dims[0] == 1:
+                    computed = computed[:, None]
+                arr = np.ascontiguousarray(self._shape(spec, computed.astype(spec.datatype.numpy), rows))
+            else:
+                arr = np.ascontiguousarray(self._shape(spec, value, rows))
+            out.append(arr)
+        with self._lock:
+            self.counts[reason] = self.counts.get(reason, 0) + 1
+            first = not self._episode
+            self._episode = True
+        if first:
+            log.warning("model %s: serving its fallback (%s) instead of model outputs; logged once until the "
+                        "model answers again", self.label, reason)
+        return FallbackArrays(out, reason, failure)
+
+    def answered(self) -> None:
+        """The model answered a request itself: a later fallback starts a new episode (and is logged)."""
+        if self._episode:
+            with self._lock:
+                self._episode = False
+            log.info("model %s answers again after serving fallbacks (%s so far)", self.label,
+                     dict(self.counts))
