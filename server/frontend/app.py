@@ -18,6 +18,11 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from skewless.protos import _pool
 
+from ..alerts import AlertHub
+from ..alerts import install as alerts_install
+from ..alerts import load_settings as load_alert_settings
+from ..audit import AuditLog
+from ..audit import install as audit_install
 from ..dataplane import DataPlane
 from ..models.repository import ModelRepository
 from ..models.runtime import hung_threads_alive
@@ -76,6 +81,9 @@ class ServerOptions:
     # UNAVAILABLE and a reason. gRPC's hard limit is set to twice this.
     grpc_max_pending: int = 10_000
     traffic_key_header: str | None = None  # header naming the caller for shadow sampling / canary arms
+    alerts: Path | None = None  # alert hooks file (alerts/): webhooks and commands for drift / guardrails
+    audit_log: Path | None = None  # audit log directory (audit/): hash-chained JSON lines of serving changes
+    audit_max_bytes: int = 16 << 20
     http_head_timeout_s: float = 30.0  # a REST connection's request head must arrive within this (slowloris)
     grpc_max_connection_age_grace_s: float | None = None
     registry_cache: Path | None = None  # where registry versions are cached (default: the user's cache dir)
@@ -139,6 +147,11 @@ def _add_to_reflection_pool(*file_descriptors) -> None:
 class Server:
     def __init__(self, opts: ServerOptions):
         self.opts = opts
+        # Audit log and alert hooks first: the first loads are recorded, the first drift monitors watched.
+        self.audit = AuditLog(opts.audit_log, opts.audit_max_bytes) if opts.audit_log is not None else None
+        audit_install(self.audit)
+        self.alerts = AlertHub(load_alert_settings(opts.alerts)) if opts.alerts is not None else None
+        alerts_install(self.alerts)
         self.repository = make_repository(opts)
         self.dataplane = DataPlane(self.repository, opts.traffic_key_header)
         # One count of requests in flight across every model version, for the global --max-inflight limit.
@@ -174,6 +187,9 @@ class Server:
             if isinstance(self.repository, RegistryRepository):
                 self.metrics.add_registry(self.repository)
             self.metrics.add_traffic(self.traffic)
+            if self.alerts is not None:
+                self.repository.version_hooks.append(self.alerts.attach_drift)  # after attach_drift above
+                self.metrics.add_alerts(self.alerts)
         self._http = HttpEndpoint(routes, self._guard, self.ssl_context)
         # Traces only when OTEL_TRACES_EXPORTER asks (None otherwise: the request path then reads no headers).
         self.tracer = RequestTracer.from_env()
@@ -262,6 +278,12 @@ class Server:
             self.tracer.shutdown()
         if self.metrics is not None:
             self.metrics.shutdown()
+        if self.alerts is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.alerts.close)
+            alerts_install(None)
+        if self.audit is not None:
+            audit_install(None)
+            self.audit.close()
         log.info("stopped")
 
 

@@ -66,6 +66,13 @@ def _serve(args: argparse.Namespace) -> int:
     if args.max_inflight < 0 or args.grpc_max_concurrent_streams < 0:
         args.parser.error("--max-inflight and --grpc-max-concurrent-streams must be 0 (no limit) or more")
     _registry(args, args.parser.error)
+    if args.alerts:
+        from ..alerts import load_settings
+
+        try:
+            load_settings(args.alerts)
+        except (OSError, ValueError) as exc:
+            args.parser.error(f"--alerts: {exc}")
     if args.rate_limit is not None and args.rate_limit <= 0:
         args.parser.error("--rate-limit must be a positive number of requests per second")
     if args.auth_principals:
@@ -101,6 +108,9 @@ def _serve(args: argparse.Namespace) -> int:
         grpc_max_pending=args.grpc_max_pending,
         http_head_timeout_s=args.http_header_timeout,
         traffic_key_header=args.traffic_key_header,
+        alerts=Path(args.alerts) if args.alerts else None,
+        audit_log=Path(args.audit_log) if args.audit_log else None,
+        audit_max_bytes=int(args.audit_max_mb * 2**20),
         registry_cache=Path(args.registry_cache) if args.registry_cache else None,
         registry_cache_bytes=int(args.registry_cache_gb * 2**30),
         registry_keep=args.registry_keep,
@@ -206,6 +216,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--traffic-key-header", default=None, metavar="NAME",
                    help="gRPC metadata / HTTP header naming the caller, hashed for shadow sampling and canary "
                         "arms before the models' key parameter and the request id (default: none read)")
+    ops = s.add_argument_group("alerts and audit")
+    ops.add_argument("--alerts", metavar="FILE",
+                     help="alert hooks (JSON, TOML, or YAML with pyyaml): webhooks and commands called when drift "
+                          "or canary guardrails cross their thresholds, once per episode")
+    ops.add_argument("--audit-log", metavar="DIR",
+                     help="keep a hash-chained, fsync'd audit log of loads, unloads, swaps, rollbacks, canary and "
+                          "shadow changes in DIR (query and verify with `skewless audit DIR`)")
+    ops.add_argument("--audit-max-mb", type=float, default=16.0, metavar="MB",
+                     help="rotate the audit log file past this size (the chain continues in the next file)")
     s.set_defaults(func=_serve, parser=s)
 
     e = sub.add_parser("examples", help="write the bundled example model repository (or the test models)")
@@ -215,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from skewless.benchmarks import loadgen
     from skewless.native import cli as features_cli
+    from skewless.server.audit import cli as audit_cli
     from skewless.server.registry import cli as registry_cli
     from skewless.server.shadow import cli as shadow_cli
     from skewless.server.telemetry import drift_report
@@ -224,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     drift_report.register(sub)
     registry_cli.register(sub)
     shadow_cli.register(sub)
+    audit_cli.register(sub)
     return p
 
 

@@ -8,6 +8,7 @@ set serving and records the reason. Retired versions close only after their in-f
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import time
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from skewless.protos import model_config_pb2 as mc
 
+from .. import audit
 from ..errors import FailedPrecondition, InvalidArgument, ModelLoadError, NotFound, Unavailable
 from ..security.paths import contained, plain_file_name
 from .config import (
@@ -238,6 +240,8 @@ class ModelRepository:
                 model.reason = str(exc)
                 raise
             model.reason = ""
+            if config_json:
+                audit.record("config_override", name, None, json.loads(config_json))
             await self._install(model, base, explicit_mbs, {v: model_dir / str(v) for v in wanted}, signature)
         self._notify(name)
 
@@ -287,6 +291,7 @@ class ModelRepository:
             raise ModelLoadError(f"load failed for model '{name}': version {failed}: {reason}") from None
         old = model.serving
         model.serving = built  # the atomic swap
+        audit.record("swap" if old else "load", name, sorted(old) or None, sorted(built))
         if old:
             self._count(name, "swap")
         model.loaded_signature = signature
@@ -317,6 +322,7 @@ class ModelRepository:
                 self._retire(mv)
             if old:
                 self._count(name, "unload")
+                audit.record("unload", name, sorted(old), None, reason=reason)
         self._notify(name)
 
     def _count(self, name: str, event: str) -> None:

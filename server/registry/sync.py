@@ -30,6 +30,7 @@ from typing import Any
 
 from skewless.protos import model_config_pb2 as mc
 
+from .. import audit
 from ..errors import FailedPrecondition, InvalidArgument, ModelLoadError, NotFound, Unavailable
 from ..models.config import (
     json_mentions_max_batch_size,
@@ -280,6 +281,7 @@ class RegistryRepository(ModelRepository):
             st.pinned, st.pinned_note, st.key = target, None, target.key
             self._remember(st, target)
         self._count(name, "rollback")
+        audit.record("rollback", name, current, sorted(target.staged), pinned=True)
         log.warning("model '%s' rolled back from versions %s to %s; pinned until unpinned", name, current,
                     sorted(target.staged))
         self._notify(name)
@@ -292,6 +294,7 @@ class RegistryRepository(ModelRepository):
             raise NotFound(f"model '{name}' has not been served from the registry")
         was, st.pinned = st.pinned, None
         if was is not None:
+            audit.record("unpin", name, sorted(was.staged), None)
             log.info("model '%s' unpinned: following the registry again", name)
             st.key = {}
             try:

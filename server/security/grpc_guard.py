@@ -13,6 +13,7 @@ from typing import Any
 
 import grpc
 
+from ..audit.log import caller as audit_caller
 from ..errors import SkewlessError
 from .guard import ADMIN, HEALTH, Guard, bearer_of, grpc_group
 
@@ -62,7 +63,10 @@ class GrpcGuard(grpc.aio.ServerInterceptor):
     async def _check(self, group: str, context: grpc.aio.ServicerContext) -> bool:
         try:
             bearer, cert = _credentials(context)
-            self.guard.check(group, bearer, cert, peer_host(context.peer()))
+            host = peer_host(context.peer())
+            principal = self.guard.check(group, bearer, cert, host)
+            # who the audit log (audit/) records for changes made by this call
+            audit_caller.set(principal.name if principal is not None else f"anonymous@{host}")
             return True
         except SkewlessError as exc:
             await context.abort(*self.status_of(exc))

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from .. import alerts, audit
 from ..errors import FailedPrecondition, InvalidArgument, ModelLoadError, NotFound, SkewlessError
 from .canary import Canary, sample_values
 from .keys import key_of, sampled
@@ -166,6 +167,8 @@ class TrafficManager:
             primary = self.repository.get(name)
             _check_same_inputs(primary, challenger, "shadow challenger")
         old = traffic.shadow
+        audit.record("shadow", name, _shadow_doc(old.settings) if old is not None else None,
+                     _shadow_doc(settings) if settings is not None else None)
         traffic.shadow = Shadow(name, settings, self.resolve_challenger) if settings is not None else None
         if old is not None and old.log is not None:
             asyncio.get_running_loop().run_in_executor(None, old.close)
@@ -190,6 +193,11 @@ class TrafficManager:
             if not stable and not others:
                 raise FailedPrecondition(f"'{name}' serves no version besides the candidate to compare against")
             _check_same_inputs(served[stable or max(others)], served[settings.candidate], "canary candidate")
+        old = traffic.canary
+        audit.record("canary", name, _canary_doc(old) if old is not None else None,
+                     {"candidate": settings.candidate, "weight": settings.weight, "stable": stable}
+                     if settings is not None else None)
+        if settings is not None:
             traffic.canary = Canary(name, settings, stable)
         else:
             traffic.canary = None
@@ -204,6 +212,8 @@ class TrafficManager:
         canary = self._canary(name)
         canary.promote("promoted by command")
         self._count(name, "canary_promoted")
+        audit.record("canary_promote", name, _canary_doc(canary), {"candidate": canary.candidate, "weight": 1.0},
+                     reason="promoted by command")
         log.warning("model '%s': canary version %d promoted to 100%% by command", name, canary.candidate)
         return canary
 
@@ -218,9 +228,13 @@ class TrafficManager:
             raise FailedPrecondition(f"model '{name}' has no canary: start one with `skewless canary {name} …`")
         return traffic.canary
 
-    def _roll_back(self, canary: Canary, reason: str) -> None:
+    def _roll_back(self, canary: Canary, reason: str, principal: str | None = None) -> None:
+        before = _canary_doc(canary)
         canary.roll_back(reason)
         self._count(canary.model, "canary_rollback")
+        audit.record("canary_rollback", canary.model, before, {"candidate": canary.candidate, "weight": 0.0},
+                     principal, reason=reason)
+        alerts.notify("canary_rollback", canary.model, reason=reason, candidate=canary.candidate)
         log.warning("model '%s': canary version %d rolled back to 0%%: %s", canary.model, canary.candidate, reason)
 
     def _count(self, name: str, event: str) -> None:
@@ -245,10 +259,13 @@ class TrafficManager:
                     log.exception("canary check of '%s' failed", canary.model)
                     continue
                 if reason is not None:
-                    self._roll_back(canary, reason)
+                    self._roll_back(canary, reason, "server")
                 elif canary.promote_due(now):
+                    before = _canary_doc(canary)
                     canary.promote(f"clean for {canary.settings.guardrails.promote_after_s:g} s (policy)")
                     self._count(canary.model, "canary_promoted")
+                    audit.record("canary_promote", canary.model, before,
+                                 {"candidate": canary.candidate, "weight": 1.0}, "server", reason="policy")
                     log.warning("model '%s': canary version %d promoted to 100%% by policy", canary.model,
                                 canary.candidate)
 
@@ -260,6 +277,14 @@ class TrafficManager:
         for traffic in self.models.values():
             if traffic.shadow is not None:
                 await loop.run_in_executor(None, traffic.shadow.close)
+
+
+def _shadow_doc(settings: ShadowSettings) -> dict:
+    return {"target": settings.target, "rate": settings.rate}
+
+
+def _canary_doc(canary: Canary) -> dict:
+    return {"candidate": canary.candidate, "state": canary.state, "weight": canary.weight}
 
 
 def _check_same_inputs(primary: ModelVersion, other: ModelVersion, what: str) -> None:

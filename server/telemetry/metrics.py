@@ -241,6 +241,18 @@ class ServerMetrics:
         if t.is_alive():
             log.warning("metrics export did not finish within %.0fs at stop: the last export is abandoned", wait_s)
 
+    def add_alerts(self, hub) -> None:
+        """skewless_alerts_total{hook,kind,outcome}: every alert hook call, and alerts dropped (queue full)."""
+        def calls(_options: CallbackOptions) -> Iterator[Observation]:
+            for (hook, kind, outcome), n in list(hub.counts.items()):
+                yield Observation(n, {"hook": hook, "kind": kind, "outcome": outcome})
+            if hub.dropped:
+                yield Observation(hub.dropped, {"hook": "", "kind": "", "outcome": "dropped"})
+
+        self.provider.get_meter("skewless").create_observable_counter(
+            "skewless_alerts", [calls], description="Alert hook calls by hook, alert kind and outcome (ok, "
+                                                    "ok_after_retry, failed, timeout; dropped: queue full)")
+
     # -- drift: monitors on the batch observer hook, PSI as gauges ------------------------------------------
     def attach_drift(self, mv: ModelVersion) -> None:
         """The repository's version hook: give a loading version its drift monitor (bad config fails the load)."""
