@@ -10,6 +10,7 @@ or reordered line breaks it; ``verify`` finds the first break.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import hashlib
 import json
@@ -30,6 +31,17 @@ PATTERN = "audit-*.jsonl"
 # know who it is; 'anonymous' when no guard runs (loopback, no principals file). Changes made by the server
 # itself (registry sync, canary policy) are recorded with principal 'server'.
 caller: contextvars.ContextVar[str] = contextvars.ContextVar("skewless_audit_caller", default="anonymous")
+
+
+async def as_server(coro: Any) -> Any:
+    """Run ``coro`` in a task of its own whose changes (and those of the tasks it starts: registry polling)
+    are recorded as made by the server itself, leaving the caller's context as it was."""
+
+    async def run() -> Any:
+        caller.set("server")
+        return await coro
+
+    return await asyncio.ensure_future(run())
 
 
 def record_hash(record: dict[str, Any]) -> str:

@@ -23,6 +23,7 @@ from ..alerts import install as alerts_install
 from ..alerts import load_settings as load_alert_settings
 from ..audit import AuditLog
 from ..audit import install as audit_install
+from ..audit.log import as_server
 from ..dataplane import DataPlane
 from ..models.repository import ModelRepository
 from ..models.runtime import hung_threads_alive
@@ -244,7 +245,7 @@ class Server:
             raise OSError(f"cannot bind gRPC port {opts.host}:{opts.grpc_port}")
         await self._set_health("", False)
         self.repository.listeners.append(self._on_model_change)
-        await self.repository.start()
+        await as_server(self.repository.start())  # start-up loads and polling: recorded as the server's
         self.traffic.start()
         await self._set_health("", self.dataplane.is_ready())
         for name in self.repository.models:
@@ -273,7 +274,7 @@ class Server:
         await asyncio.gather(*draining)
         await self._http.stop()
         await self.traffic.stop()
-        await self.repository.stop()
+        await as_server(self.repository.stop())
         if self.tracer is not None:
             self.tracer.shutdown()
         if self.metrics is not None:
