@@ -60,11 +60,17 @@ class DataPlane:
     def __init__(self, repository: ModelRepository, key_header: str | None = None):
         self.repository = repository
         self.accepting = True
+        repository.version_hooks.append(self._bind_fallback)
         # The header (gRPC metadata / HTTP) naming the caller for shadow sampling and canary arms; None: the
         # transports read no header for it.
         self.key_header = key_header.lower() if key_header else None
 
     # -- health and metadata -------------------------------------------------------------------------
+    def _bind_fallback(self, mv: ModelVersion) -> None:
+        """A version whose fallback is another model resolves it through the repository, when needed."""
+        if mv.fallback is not None and mv.fallback.model is not None:
+            mv.fallback.resolve = self.repository.get
+
     def server_live(self) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
 
@@ -344,7 +350,10 @@ def _with_fallback(fallback: Fallback, feeds: dict[str, np.ndarray], rows: int, 
     """The fallback hook (only on models that configure one): a failure it covers completes with its outputs."""
     if exc is not None and not cancelled:
         reason = fallback.reason_for(exc)
-        if reason is not None:
+        if reason is not None and fallback.model is not None:
+            if _run_fallback_model(fallback, feeds, rows, names, complete, outcome, exc, reason):
+                return
+        elif reason is not None:
             try:
                 outcome = (fallback.compute(feeds, rows, names, reason, failure_reason(exc)), 0, None)
                 exc = None
@@ -353,6 +362,35 @@ def _with_fallback(fallback: Fallback, feeds: dict[str, np.ndarray], rows: int, 
     elif not cancelled:
         fallback.answered()
     complete(outcome, exc, cancelled)
+
+
+def _run_fallback_model(fallback: Fallback, feeds: dict[str, np.ndarray], rows: int, names: list[str],
+                        complete: Callable[[Any, BaseException | None, bool], None], outcome,
+                        exc: BaseException, reason: str) -> bool:
+    """Run the failed request on the fallback model; its answer (or, failing that, the original error) goes
+    to ``complete`` later. False when it cannot be started (the caller completes with the error)."""
+    other = fallback.target(names)
+    if other is None:
+        return False
+
+    def done(result, error: BaseException | None, cancelled: bool) -> None:
+        other.leave()
+        if error is None and not cancelled:
+            arrays = fallback.served(list(result[0]), reason, failure_reason(exc))
+            complete((arrays, 0, None), None, False)
+        else:
+            if error is not None:
+                log.error("model %s: fallback model %s failed too: %s", fallback.label, other.label, error)
+            complete(outcome, exc, False)
+
+    other.enter()
+    try:
+        other.scheduler.start(feeds, names, rows, 0, None, None, done)
+    except Exception as start_error:
+        other.leave()
+        log.error("model %s: fallback model %s refused the request: %s", fallback.label, other.label, start_error)
+        return False
+    return True
 
 
 def _fallback_at_once(mv: ModelVersion, exc: BaseException, decoded: tuple | None, tensors, raw,

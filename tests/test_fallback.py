@@ -40,6 +40,19 @@ def gather_model() -> bytes:
     return model.SerializeToString()
 
 
+def backup_model() -> bytes:
+    """The same interface, y = 3 x (idx unused): what the 'chained' model falls back to."""
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "three"], ["y"])], "backup",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 1]),
+         helper.make_tensor_value_info("idx", TensorProto.INT64, ["b", 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 1])],
+        [numpy_helper.from_array(np.array(3.0, np.float32), "three")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
 def config(name: str, fallback: dict, extra: str = "") -> str:
     value = json.dumps(fallback).replace("\\", "\\\\").replace('"', '\\"')
     return (f'name: "{name}"\nbackend: "onnxruntime"\nmax_batch_size: 8\n'
@@ -59,11 +72,13 @@ def server(tmp_path_factory):
         "shed": config("shed", {"outputs": {"y": [7]}, "on": ["shed"]},
                        "dynamic_batching { preferred_batch_size: [8] max_queue_delay_microseconds: 200000 "
                        "default_queue_policy { timeout_action: REJECT default_timeout_microseconds: 1000 } }"),
+        "chained": config("chained", {"model": "backup"}),
+        "backup": config("backup", {"outputs": {"y": [0]}}),
         "badrule": config("badrule", {"outputs": {"y": {"rule": "__import__('os').system('true')"}}}),
     }
     for name, text in models.items():
         (repo / name / "1").mkdir(parents=True)
-        (repo / name / "1" / "model.onnx").write_bytes(data)
+        (repo / name / "1" / "model.onnx").write_bytes(backup_model() if name == "backup" else data)
         (repo / name / "config.pbtxt").write_text(text)
     srv = ServerProcess(repo).start()
     try:
@@ -117,6 +132,17 @@ def test_constant_fallback_broadcast_per_row(server):
     res = client.infer("constant", _inputs(np.zeros((5, 1), np.float32), np.full((5, 1), 4, np.int64)))
     np.testing.assert_array_equal(res.as_numpy("y"), np.full((5, 1), 0.5, np.float32))
     assert res.get_response().parameters["fallback"].string_param == "failure"
+
+
+def test_model_fallback_runs_the_other_model(server):
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    x = np.array([[1.0], [2.0]], np.float32)
+    res = client.infer("chained", _inputs(x, np.array([[0], [7]], np.int64)))
+    np.testing.assert_allclose(res.as_numpy("y"), 3 * x)
+    assert res.get_response().parameters["fallback"].string_param == "failure"
+    assert res.get_response().model_name == "chained"
+    ok = client.infer("chained", _inputs(x, np.array([[0], [1]], np.int64)))
+    np.testing.assert_allclose(ok.as_numpy("y"), x + TABLE[[0, 1]].reshape(2, 1))
 
 
 def test_shed_request_gets_fallback(server):

@@ -6,6 +6,9 @@ Configured in config.pbtxt as the parameter ``skewless.fallback``, a JSON object
                  "label": {"rule": "where(input[:, 0] > 0, 1, 0)"}},  # or a rule over the raw inputs
      "on": ["failure", "timeout", "shed"]}                          # which failures (default: all three)
 
+or ``{"model": "NAME[:VERSION]"}``: the request is run on that model (same inputs, the requested outputs),
+resolved when needed; if it is not serving or fails too, the original error stands.
+
 Every output the model declares needs a value. A reply served this way carries the response parameter
 ``fallback`` (the reason) on gRPC and HTTP, is counted (``skewless_fallback_total``) and logged once per
 episode (the first fallback after the model last answered itself). Client errors (bad inputs, unknown
@@ -69,25 +72,38 @@ class Fallback:
     def __init__(self, label: str, doc: Any, inputs: dict[str, TensorSpec], outputs: dict[str, TensorSpec],
                  max_batch_size: int):
         where = f"model {label}: parameter '{PARAMETER}'"
-        if not isinstance(doc, dict) or not isinstance(doc.get("outputs"), dict):
+        if not isinstance(doc, dict) or not (isinstance(doc.get("outputs"), dict) or "model" in doc):
             raise ModelLoadError(f"{where} must be a JSON object with 'outputs': {{output name: constant or "
-                                 f"{{\"rule\": expression}}}}")
-        unknown = set(doc) - {"outputs", "on"}
-        if unknown:
-            raise ModelLoadError(f"{where}: unknown keys {sorted(unknown)} (expected 'outputs' and 'on')")
+                                 f"{{\"rule\": expression}}}}, or 'model': \"NAME[:VERSION]\"")
+        unknown = set(doc) - {"outputs", "on", "model"}
+        if unknown or "model" in doc and "outputs" in doc:
+            raise ModelLoadError(f"{where}: unknown keys {sorted(unknown)} (expected 'outputs' or 'model', and "
+                                 "'on')")
         on = doc.get("on", list(REASONS))
         if not isinstance(on, list) or not on or any(r not in REASONS for r in on):
             raise ModelLoadError(f"{where}: 'on' must be a list of {list(REASONS)}, got {on!r}")
         self.on = frozenset(on)
         self.label = label
         self.batched = max_batch_size > 0
+        self.counts: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._episode = False
+        self._inputs = inputs
+        self._specs = outputs
+        self._values: dict[str, np.ndarray | Rule] = {}
+        self.model: tuple[str, str] | None = None  # another model to run instead
+        self.resolve: Any = None  # (name, version) -> ModelVersion, set by the data plane
+        if "model" in doc:
+            name, _, version = str(doc["model"]).partition(":")
+            if not name or version and not version.isdigit():
+                raise ModelLoadError(f"{where}: 'model' must be NAME or NAME:VERSION, got {doc['model']!r}")
+            self.model = (name, version)
+            return
         missing = [n for n in outputs if n not in doc["outputs"]]
         extra = [n for n in doc["outputs"] if n not in outputs]
         if missing or extra:
             raise ModelLoadError(f"{where}: outputs {sorted(outputs)} each need a value; missing {missing}, "
                                  f"not outputs of the model {extra}")
-        self._values: dict[str, np.ndarray | Rule] = {}
-        self._specs = outputs
         for name, value in doc["outputs"].items():
             spec = outputs[name]
             if spec.datatype.name == "BYTES":
@@ -107,9 +123,6 @@ class Fallback:
                     raise ModelLoadError(f"{where}: output '{name}' constant {value!r} does not fit "
                                          f"{spec.datatype.name} {list(spec.dims)}: {exc}") from None
                 self._values[name] = const
-        self.counts: dict[str, int] = {}
-        self._lock = threading.Lock()
-        self._episode = False
 
     @classmethod
     def from_config(cls, mv: Any) -> Fallback | None:
@@ -139,7 +152,7 @@ class Fallback:
     def compute(self, feeds: dict[str, np.ndarray], rows: int, names: list[str], reason: str,
                 failure: str = "other") -> FallbackArrays:
         """The fallback outputs named ``names`` for a request of ``rows`` rows, in the declared dtypes/shapes."""
-        out = []
+        out: list[np.ndarray] = []
         for name in names:
             spec = self._specs[name]
             value = self._values[name]
@@ -151,6 +164,10 @@ class Fallback:
             else:
                 arr = np.ascontiguousarray(self._shape(spec, value, rows))
             out.append(arr)
+        return self.served(out, reason, failure)
+
+    def served(self, out: list[np.ndarray], reason: str, failure: str) -> FallbackArrays:
+        """Count and (once per episode) log a fallback answer."""
         with self._lock:
             self.counts[reason] = self.counts.get(reason, 0) + 1
             first = not self._episode
@@ -159,6 +176,21 @@ class Fallback:
             log.warning("model %s: serving its fallback (%s) instead of model outputs; logged once until the "
                         "model answers again", self.label, reason)
         return FallbackArrays(out, reason, failure)
+
+    def target(self, names: list[str]) -> Any:
+        """The serving fallback model for a request of ``names``, or None (logged) when it cannot take it."""
+        try:
+            other = self.resolve(*self.model)
+        except Exception as exc:
+            log.error("model %s: fallback model %s is not serving: %s", self.label, ":".join(self.model), exc)
+            return None
+        theirs = {n: (s.datatype.name, tuple(s.dims)) for n, s in other.inputs.items()}
+        ours = {n: (s.datatype.name, tuple(s.dims)) for n, s in self._inputs.items()}
+        if theirs != ours or any(n not in other.outputs for n in names):
+            log.error("model %s: fallback model %s does not take its inputs or give outputs %s", self.label,
+                      other.label, names)
+            return None
+        return other
 
     def answered(self) -> None:
         """The model answered a request itself: a later fallback starts a new episode (and is logged)."""
