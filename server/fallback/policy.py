@@ -112,7 +112,9 @@ class Fallback:
                 if set(value) != {"rule"} or not isinstance(value["rule"], str):
                     raise ModelLoadError(f"{where}: output '{name}' must be a constant or {{\"rule\": \"…\"}}")
                 try:
-                    self._values[name] = Rule(value["rule"], set(inputs))
+                    # numeric inputs only: BYTES columns stay wire bytes on the request path
+                    numeric = {n for n, sp in inputs.items() if sp.datatype.name != "BYTES"}
+                    self._values[name] = Rule(value["rule"], numeric)
                 except RuleError as exc:
                     raise ModelLoadError(f"{where}: output '{name}': {exc}") from None
             else:
