@@ -219,13 +219,16 @@ def output_json(name: str, datatype: str, shape, payload, binary: bool, blobs: l
     return out
 
 
-def infer_reply(req: RestInferRequest, model: str, version: str, outputs: list[tuple]) -> tuple[int | None, bytes]:
+def infer_reply(req: RestInferRequest, model: str, version: str, outputs: list[tuple],
+                parameters: dict[str, Any] | None = None) -> tuple[int | None, bytes]:
     """The reply body, and the JSON header's size when binary outputs follow it (else None: all JSON).
-    ``outputs``: output_tensors()' (name, datatype, shape, payload) tuples."""
+    ``outputs``: output_tensors()' (name, datatype, shape, payload) tuples; ``parameters``: the reply's own."""
     blobs: list = []
     doc: dict[str, Any] = {"model_name": model, "model_version": version}
     if req.id:
         doc["id"] = req.id
+    if parameters:
+        doc["parameters"] = parameters
     doc["outputs"] = [output_json(n, dt, shape, payload, req.binary_output(n), blobs)
                       for n, dt, shape, payload in outputs]
     header = dumps(doc)
