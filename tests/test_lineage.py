@@ -209,6 +209,27 @@ def test_live_quality_equals_sklearn(server, logdir):
     assert 0 < cov["mlp"] <= 1
 
 
+def test_quality_report_offline(server, logdir, tmp_path):
+    import subprocess
+    import sys
+
+    wait_logged(logdir, "mlp", {"q-3"}, "joined")
+    run = subprocess.run([sys.executable, "-m", "skewless.server.frontend.cli", "quality-report", str(logdir),
+                          "--out", str(tmp_path), "--window", "60"], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "quality-report" in run.stderr  # progress on stderr
+    doc = json.loads((tmp_path / "quality.json").read_text())
+    joined = logged(logdir, "mlp", "joined").to_pylist()
+    s_all = np.array([r["score"] for r in joined])
+    y_all = np.array([r["label"] for r in joined])
+    overall = doc["models"]["mlp"]["versions"]["1"]["overall"]
+    assert doc["models"]["mlp"]["task"] == "classification" and overall["n"] == len(joined)
+    assert overall["auc"] == pytest.approx(roc_auc_score(y_all, s_all))
+    assert overall["log_loss"] == pytest.approx(log_loss(y_all, s_all))
+    assert sum(w["n"] for w in doc["models"]["mlp"]["versions"]["1"]["windows"]) == len(joined)
+    assert (tmp_path / "quality-mlp.png").stat().st_size > 1000
+
+
 def test_metrics_match_sklearn_with_ties_and_regression():
     rng = np.random.default_rng(3)
     s = np.round(rng.random(500), 1)  # many ties

@@ -245,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from skewless.benchmarks import loadgen
     from skewless.native import cli as features_cli
+    from skewless.server.lineage import report as quality_report
     from skewless.server.registry import cli as registry_cli
     from skewless.server.shadow import cli as shadow_cli
     from skewless.server.telemetry import drift_report
@@ -254,6 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     drift_report.register(sub)
     registry_cli.register(sub)
     shadow_cli.register(sub)
+    quality_report.register(sub)
     return p
 
 
