@@ -271,3 +271,27 @@ def test_prediction_log_drops_counted_when_queue_full(tmp_path):
     plog.close()
     files = list((tmp_path / "m").glob("predictions-*.parquet"))
     assert len(files) == 1 and pq.read_table(files[0]).num_rows == 2
+
+
+def test_canary_quality_guardrail_compares_arms():
+    import functools
+
+    from skewless.server.shadow.canary import Canary
+    from skewless.server.shadow.settings import CanaryGuardrails, CanarySettings
+
+    mon = quality.QualityMonitor((600.0,))
+    mon.configure("m", "classification")
+    canary = Canary("m", CanarySettings(2, 0.5, CanaryGuardrails(min_labels=20, max_quality_drop=0.1)), 1)
+    canary.quality = functools.partial(mon.by_arm, "m")
+    for i in range(40):
+        mon.add("m", 1, 0.9, 1.0, 1.0, "stable")  # always right
+        mon.add("m", 2, 0.9 if i % 4 else 0.1, 1.0, 1.0, "candidate")  # right 3 times in 4
+    reason = canary.check_quality()
+    assert reason is not None and "accuracy 75.0%" in reason and "100.0%" in reason
+    mon2 = quality.QualityMonitor((600.0,))
+    mon2.configure("m", "classification")
+    canary.quality = functools.partial(mon2.by_arm, "m")
+    for _ in range(40):
+        mon2.add("m", 1, 0.9, 1.0, 1.0, "stable")
+        mon2.add("m", 2, 0.8, 1.0, 1.0, "candidate")
+    assert canary.check_quality() is None

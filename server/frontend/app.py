@@ -176,6 +176,7 @@ class Server:
         self.lineage = make_lineage(self.repository, opts)
         if self.lineage is not None:
             self.repository.version_hooks.append(self.lineage.attach)
+            self.traffic.quality_by_arm = self.lineage.quality.by_arm
         self.health = health_aio.HealthServicer()
         self.grpc_port = 0
         self.http_port = 0

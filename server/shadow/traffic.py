@@ -106,6 +106,8 @@ class TrafficManager:
         self.worker = ShadowWorker()
         self.models: dict[str, ModelTraffic] = {}
         self.resolve_challenger: ChallengerResolver = self._from_repository
+        # (model, since time.time()) -> metrics per canary arm from joined labels (lineage/), when on.
+        self.quality_by_arm: Callable[[str, float], dict] | None = None
         self._task: asyncio.Task | None = None
 
     # -- the repository's version hook -----------------------------------------------------------------
@@ -191,6 +193,8 @@ class TrafficManager:
                 raise FailedPrecondition(f"'{name}' serves no version besides the candidate to compare against")
             _check_same_inputs(served[stable or max(others)], served[settings.candidate], "canary candidate")
             traffic.canary = Canary(name, settings, stable)
+            if self.quality_by_arm is not None:
+                traffic.canary.quality = functools.partial(self.quality_by_arm, name)
         else:
             traffic.canary = None
         if key_param is not None:
