@@ -36,7 +36,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -77,8 +77,8 @@ def require_pyarrow() -> None:
                          ) from None
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
+@dataclass(slots=True)
+class Record:  # not frozen: a frozen dataclass's __init__ costs more on the request path
     request_id: str
     time_ns: int
     model: str
@@ -227,29 +227,23 @@ class PredictionLog:
     def _write(self, records: list[Record]) -> None:
         import pyarrow as pa
 
-        by_model: dict[str, list[Record]] = {}
-        for r in records:
-            by_model.setdefault(r.model, []).append(r)
-        for model, recs in by_model.items():
-            batches: dict[Any, list] = {}
-            for r in recs:  # records of one schema (inputs, outputs, dtypes) become one record batch
-                batch = _to_batch(r)
-                batches.setdefault(batch.schema, []).append((r, batch))
-            for schema, items in batches.items():
-                table = pa.Table.from_batches([b for _, b in items], schema)
-                f = self._files.get(model)
-                if f is not None and not f[4].equals(schema):
-                    self._close(self._files.pop(model))
-                    f = None
-                if f is None:
-                    f = self._files[model] = self._open(model, "predictions", schema)
-                f[0].write_table(table)
-                self.written_rows += table.num_rows
-                if self.join is not None:
-                    self.join.logged(model, table.column("request_id").to_pylist(),
-                                     table.column("row").to_pylist(), table.column("model_version").to_pylist(),
-                                     table.column("time").cast(pa.int64()).to_pylist(),
-                                     table.column("score").to_pylist(), table.column("canary_arm").to_pylist())
+        groups: dict[tuple, list[Record]] = {}
+        for r in records:  # records of one layout (model, inputs, outputs) become one record batch
+            groups.setdefault((r.model, tuple(r.feeds), tuple(r.names)), []).append(r)
+        for (model, _, _), recs in groups.items():
+            batch = _to_batch(recs)
+            f = self._files.get(model)
+            if f is not None and not f[4].equals(batch.schema):
+                self._close(self._files.pop(model))
+                f = None
+            if f is None:
+                f = self._files[model] = self._open(model, "predictions", batch.schema)
+            f[0].write_batch(batch)
+            self.written_rows += batch.num_rows
+            if self.join is not None:
+                col = batch.column
+                self.join.logged(model, col(0).to_pylist(), col(1).to_pylist(), col(4).to_pylist(),
+                                 col(2).cast(pa.int64()).to_pylist(), col(8).to_pylist(), col(6).to_pylist())
 
     def _write_joined(self, rows: list[tuple]) -> None:
         if not rows:
@@ -338,47 +332,63 @@ def _bytes_values(arr: np.ndarray) -> list[bytes]:
     return out
 
 
-def _column(arr: np.ndarray, rows: int):
+def _column(parts: list[np.ndarray], rows: list[int], n: int):
+    """One column from every record's array of it: numeric ones concatenated (rows x width), BYTES decoded."""
     import pyarrow as pa
 
-    if arr.dtype == object or hasattr(arr, "count"):
-        values = _bytes_values(arr)
+    if any(a.dtype == object or hasattr(a, "count") for a in parts):
+        values = [v for a in parts for v in _bytes_values(a)]
         flat = pa.array(values, pa.large_binary())
-        width = len(values) // rows if rows else 1
+        width = len(values) // n if n else 1
     else:
-        flat = pa.array(np.ascontiguousarray(arr).reshape(-1))
-        width = arr.size // rows if rows else 1
+        joined = parts[0].reshape(rows[0], -1) if len(parts) == 1 else np.concatenate(
+            [a.reshape(k, -1) for a, k in zip(parts, rows, strict=True)])
+        width = joined.shape[1]
+        flat = pa.array(np.ascontiguousarray(joined).reshape(-1))
     if width == 1:
         return flat
     return pa.FixedSizeListArray.from_arrays(flat, width)
 
 
-def _to_batch(r: Record):
+def _to_batch(recs: list[Record]):
+    """The records of one layout as one Arrow record batch (column-wise: no per-row Python work)."""
     import pyarrow as pa
 
-    n = r.rows
+    rows = [r.rows for r in recs]
+    counts = np.array(rows, dtype=np.int64)
+    n = int(counts.sum())
+
+    def repeat(values: list, kind) -> pa.Array:
+        if len(values) == 1:
+            return pa.array(values * n, kind)
+        return pa.array(np.repeat(np.array(values, dtype=object), counts), kind)
+
+    first = recs[0]
     score = np.full(n, np.nan)
-    if r.score is not None and r.score[0] in r.names:
-        out = r.arrays[r.names.index(r.score[0])]
-        if out.dtype != object and out.size:
-            flat = np.asarray(out, dtype=np.float64).reshape(n, -1)
-            score = flat[:, r.score[1]] if -flat.shape[1] <= r.score[1] < flat.shape[1] else score
+    if first.score is not None and first.score[0] in first.names:
+        k = first.names.index(first.score[0])
+        parts = [r.arrays[k] for r in recs]
+        if all(p.dtype != object for p in parts):
+            out = np.concatenate([np.asarray(p, np.float64).reshape(c, -1) for p, c in zip(parts, rows, strict=True)])
+            if -out.shape[1] <= first.score[1] < out.shape[1]:
+                score = out[:, first.score[1]]
     arrays = [
-        pa.array([r.request_id] * n, pa.string()),
-        pa.array(np.arange(n, dtype=np.int32)),
-        pa.array(np.full(n, r.time_ns, dtype=np.int64)).cast(pa.timestamp("ns", tz="UTC")),
-        pa.array([r.model] * n, pa.string()),
-        pa.array(np.full(n, r.version, dtype=np.int64)),
-        pa.array([r.spec_hash] * n, pa.string()),
-        pa.array([r.arm] * n, pa.string()),
+        repeat([r.request_id for r in recs], pa.string()),
+        pa.array(np.arange(n, dtype=np.int32) - np.repeat((np.cumsum(counts) - counts).astype(np.int32), counts)),
+        pa.array(np.repeat(np.array([r.time_ns for r in recs], dtype=np.int64), counts)).cast(
+            pa.timestamp("ns", tz="UTC")),
+        pa.array([first.model] * n, pa.string()),
+        pa.array(np.repeat(np.array([r.version for r in recs], dtype=np.int64), counts)),
+        repeat([r.spec_hash for r in recs], pa.string()),
+        repeat([r.arm for r in recs], pa.string()),
         pa.array(np.zeros(n, dtype=np.bool_)),
         pa.array(score),
     ]
     names = list(CONTEXT_COLUMNS)
-    for name in sorted(r.feeds):
-        arrays.append(_column(r.feeds[name], n))
+    for name in sorted(first.feeds):
+        arrays.append(_column([r.feeds[name] for r in recs], rows, n))
         names.append(name)
-    for name, arr in zip(r.names, r.arrays, strict=True):
-        arrays.append(_column(arr, n))
+    for k, name in enumerate(first.names):
+        arrays.append(_column([r.arrays[k] for r in recs], rows, n))
         names.append(OUTPUT_PREFIX + name)
     return pa.RecordBatch.from_arrays(arrays, names=names)
