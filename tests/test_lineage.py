@@ -295,3 +295,24 @@ def test_canary_quality_guardrail_compares_arms():
         mon2.add("m", 1, 0.9, 1.0, 1.0, "stable")
         mon2.add("m", 2, 0.8, 1.0, 1.0, "candidate")
     assert canary.check_quality() is None
+
+
+def test_pending_label_joined_at_rotation_when_index_is_full(tmp_path):
+    from skewless.server.lineage.labels import LabelJoin
+    from skewless.server.lineage.prediction_log import Record
+
+    join = LabelJoin(tmp_path, max_index_rows=1)
+    plog = PredictionLog(PredictionLogSettings(tmp_path, flush_seconds=0.01), join)
+    for rid in ("a", "b"):
+        plog.offer(Record(rid, 1, "m", 1, None, None, {"x": np.zeros((1, 1))}, ["y"],
+                          [np.full((1, 1), 0.25, np.float32)], 1, ("y", 0)))
+    plog.flush()  # rotates: "b" was past the full index; nothing pending yet
+    for rid in ("d", "c"):  # "c" is past the new file's full index
+        plog.offer(Record(rid, 2, "m", 1, None, None, {"x": np.zeros((1, 1))}, ["y"],
+                          [np.full((1, 1), 0.5, np.float32)], 1, ("y", 0)))
+    wait_until(lambda: plog.written_rows == 4, 5, "c written")
+    assert join.submit("m", [("c", [1.0])]) == (0, 1, 0)  # in the open file, but the index was full
+    plog.close()  # rotation looks the pending label up in the closed file
+    assert join.pending_count == 0 and join.joined == 1
+    rows = pq.read_table(sorted(tmp_path.glob("m/joined-*.parquet"))[0]).to_pylist()
+    assert [(r["request_id"], r["score"], r["label"]) for r in rows] == [("c", 0.5, 1.0)]

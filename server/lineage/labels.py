@@ -6,10 +6,10 @@ anywhere, when it arrived before its prediction was logged: it then waits in a p
 ``max_pending`` labels, each expiring after ``pending_ttl_s``; overflow and expiries are counted), and joins
 when the writer logs the prediction.
 
-Memory bound: the open-file index holds one entry per logged row until rotation (bounded by the rotation
-size), and the pending buffer at most ``max_pending`` entries of about 400 bytes each (request id, label
-values, arrival time, dict slot): 100,000 pending labels ≈ 40 MB. Joined pairs wait for the writer thread in
-a list bounded the same way.
+Memory bound (measured with tracemalloc): the open-file index holds at most ``max_index_rows`` (200,000) rows
+per model, ~340 bytes each with the id string (~70 MB per logged model at most; rows beyond it are found when
+their file rotates); the pending buffer at most ``max_pending`` labels (100,000), ~500 bytes each with one
+value and the id (~50 MB). Joined pairs wait for the writer thread (at most one flush interval).
 """
 
 from __future__ import annotations
@@ -43,8 +43,10 @@ class LabelJoin:
     """Index of the open files' rows, lookup in rotated files, the pending buffer and the joined pairs."""
 
     def __init__(self, directory: Path, max_pending: int = 100_000, pending_ttl_s: float = 86_400.0,
-                 on_joined: Callable[[str, int, float, float, float, str | None], None] | None = None) -> None:
+                 on_joined: Callable[[str, int, float, float, float, str | None], None] | None = None,
+                 max_index_rows: int = 200_000) -> None:
         self.directory = directory
+        self.max_index_rows = max_index_rows  # per model; rows beyond wait for their file's rotation
         self.max_pending = max_pending
         self.pending_ttl_s = pending_ttl_s
         self.on_joined = on_joined  # (model, version, score, label, delay_s, arm): the quality monitor
@@ -64,19 +66,32 @@ class LabelJoin:
                arms: list) -> None:
         with self._lock:
             index = self._open.setdefault(model, {})
+            cap = self.max_index_rows
             for rid, row, v, t, s, a in zip(ids, rows, versions, times, scores, arms, strict=True):
-                index.setdefault(rid, []).append((row, v, t, s, a))
+                if len(index) < cap or rid in index:
+                    index.setdefault(rid, []).append((row, v, t, s, a))
                 key = (model, v)
                 self.logged_rows[key] = self.logged_rows.get(key, 0) + 1
             if self._pending:
                 for rid in set(ids):
-                    waiting = self._pending.pop((model, rid), None)
-                    if waiting is not None:
+                    if (model, rid) in self._pending and rid in index:
+                        waiting = self._pending.pop((model, rid))
                         self._join(model, rid, index[rid], waiting[0], waiting[1])
 
-    def rotated(self, model: str) -> None:
+    def rotated(self, model: str, path: Path | None = None) -> None:
+        """The model's open file was closed as ``path``: its index goes; labels still pending for the model
+        (rows the full index left out) are looked up in that file."""
         with self._lock:
             self._open.pop(model, None)
+            waiting = {rid for (m, rid) in self._pending if m == model} if path is not None else set()
+        if not waiting:
+            return
+        found = self._lookup_files(model, waiting, [path])
+        with self._lock:
+            for rid, rows in found.items():
+                entry = self._pending.pop((model, rid), None)
+                if entry is not None:
+                    self._join(model, rid, rows, entry[0], entry[1])
 
     def take_joined(self) -> list[tuple]:
         with self._lock:
@@ -126,17 +141,17 @@ class LabelJoin:
                         unknown += 1
         return joined, pending, unknown
 
-    def _lookup_files(self, model: str, ids: set[str]) -> dict[str, list[tuple]]:
+    def _lookup_files(self, model: str, ids: set[str], paths: list[Path] | None = None) -> dict[str, list[tuple]]:
         import pyarrow as pa
         import pyarrow.compute as pc
         import pyarrow.parquet as pq
 
         out: dict[str, list[tuple]] = {}
         directory = self.directory / model
-        if not directory.is_dir():
+        if paths is None and not directory.is_dir():
             return out
         wanted = pa.array(sorted(ids), pa.string())
-        for path in sorted(directory.glob("predictions-*.parquet"), reverse=True):
+        for path in paths or sorted(directory.glob("predictions-*.parquet"), reverse=True):
             try:
                 t = pq.read_table(path, columns=["request_id", "row", "model_version", "time", "score",
                                                  "canary_arm"])

@@ -288,7 +288,7 @@ class PredictionLog:
         self.files_written += 1
         if f[2].name.startswith("predictions-"):
             if self.join is not None:
-                self.join.rotated(f[2].parent.name)
+                self.join.rotated(f[2].parent.name, f[2])
             self._retain(f[2].parent, "predictions-")
         else:
             self._retain(f[2].parent, "joined-")
