@@ -230,6 +230,20 @@ def test_quality_report_offline(server, logdir, tmp_path):
     assert (tmp_path / "quality-mlp.png").stat().st_size > 1000
 
 
+def test_skew_check_reads_the_prediction_log(server, logdir):
+    import subprocess
+    import sys
+
+    table = wait_logged(logdir, "churn", set())
+    run = subprocess.run([sys.executable, "-m", "skewless.server.frontend.cli", "skew-check", "--log",
+                          str(logdir / "churn"), "--spec", str(server.repository / "churn" / "1" / "features.json"),
+                          "--json", "--no-progress"], capture_output=True, text=True, timeout=120)
+    doc = json.loads(run.stdout)
+    assert run.returncode == 0, run.stderr
+    assert doc["rows"] >= table.num_rows >= 3  # every logged row's raw inputs transformed
+    assert any("prediction log" in w for w in doc["warnings"])
+
+
 def test_metrics_match_sklearn_with_ties_and_regression():
     rng = np.random.default_rng(3)
     s = np.round(rng.random(500), 1)  # many ties
