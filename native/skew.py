@@ -83,12 +83,27 @@ def skew_check(spec: FeatureSpec, log: str | Path | Sequence[Path], *, max_examp
                 report.warnings.append(f"{f.name} was written with spec {logged[:12]}, checking against "
                                        f"{spec.sha256[:12]}")
         available = set(schema.names) if schema is not None else None
+        if available is not None and not set(spec.input_names) <= available:
+            report.warnings.append(f"{f.name} skipped: it lacks the raw input columns "
+                                   f"{sorted(set(spec.input_names) - available)}")
+            continue
+        # A server prediction log (server/lineage/) holds the raw inputs but not the served tensors: its rows
+        # are transformed (so bad inputs show) but have nothing to be compared with.
+        outputs = [t for t in spec.outputs if available is None or t.name in available]
+        if not outputs:
+            report.warnings.append(f"{f.name} holds raw inputs but no served tensors (a prediction log): its "
+                                   "rows were transformed, not compared")
+        if available is not None and "feature_spec_hash" in available:
+            logged_hash = pq.read_table(f, columns=["feature_spec_hash"]).column(0)
+            if len(logged_hash) and logged_hash[0].as_py() not in (None, spec.sha256):
+                report.warnings.append(f"{f.name} was served with spec {logged_hash[0].as_py()[:12]}, checking "
+                                       f"against {spec.sha256[:12]}")
         context = [c for c in CONTEXT_COLUMNS if available is not None and c in available]
-        columns = [*spec.input_names, *spec.output_names, *context]
+        columns = [*spec.input_names, *(t.name for t in outputs), *context]
         for batch in iter_batches([f], columns, batch_rows):
             recomputed = spec.transform(batch, n_threads=n_threads)
             bad_rows = np.zeros(batch.num_rows, dtype=np.bool_)
-            for t in spec.outputs:
+            for t in outputs:
                 logged = tensor_from_column(batch.column(t.name), t.dtype, t.width)
                 diff = _bits(logged) != _bits(recomputed[t.name])
                 if not diff.any():

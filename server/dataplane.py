@@ -24,6 +24,7 @@ from .batching.batcher import settle
 from .codec import DATATYPES, decode_raw, decode_typed, element_count, encode_array, format_shape
 from .errors import InvalidArgument, Overloaded, SkewlessError
 from .fallback import Fallback, FallbackArrays
+from .lineage.ids import assign_id
 from .models.config import TensorSpec
 from .models.repository import ModelRepository
 from .models.stats import Duration, ModelStats
@@ -36,6 +37,7 @@ SERVER_NAME = "skewless"
 Deliver = Callable[[Any, "BaseException | None"], None]
 log = logging.getLogger(__name__)
 _STREAM_TAG = bytes([2 << 3 | 2])  # ModelStreamInferResponse.infer_response, length-delimited
+SPEC_HASH_PARAM = "skewless.feature_spec_hash"  # reply parameter naming the feature spec that served it
 # Only what is really implemented: tritonclient and perf_analyzer branch on these names.
 EXTENSIONS = ["model_repository", "model_configuration", "statistics"]
 
@@ -113,17 +115,18 @@ class DataPlane:
         caller's key from a header (--traffic-key-header), for shadow sampling and canary arms."""
         _check_output_parameters(req)
         received_ns = received_ns or time.perf_counter_ns()
+        rid = assign_id(req.id)
         mv = self.repository.get(req.model_name, req.model_version)
         if mv.traffic is not None and not req.model_version:
             mv = mv.traffic.route(mv, req.parameters, req.id, traffic_key)
         names, arrays = await self.start(mv, received_ns, time_remaining_s, None, req.inputs,
                                          req.raw_input_contents, [o.name for o in req.outputs], req.parameters,
-                                         req.id, watch=watch, trace=trace, traffic_key=traffic_key)
+                                         rid, watch=watch, trace=trace, traffic_key=traffic_key)
         if trace is None:
-            return encode_response(req.id, mv, names, arrays)
+            return encode_response(rid, mv, names, arrays)
         t = time.perf_counter_ns()
-        resp = encode_response(req.id, mv, names, arrays)
-        trace.finish(mv, req.id, received_ns, t, time.perf_counter_ns())
+        resp = encode_response(rid, mv, names, arrays)
+        trace.finish(mv, rid, received_ns, t, time.perf_counter_ns())
         return resp
 
     def infer_bytes(self, data: bytes, received_ns: int | None = None, time_remaining_s: float | None = None,
@@ -158,8 +161,9 @@ class DataPlane:
         # The compiled plan takes well-formed requests in one call; anything else (or any error) is decoded
         # by the general path, which words the error.
         decoded = plan.decode(req) if plan is not None else None
+        rid = req.id or assign_id("")
         return self.start(mv, received_ns, time_remaining_s, decoded, req.inputs, req.raw, req.outputs,
-                          req.parameters, req.id, (req.id, _STREAM_TAG if stream else None), deliver, watch, trace,
+                          req.parameters, rid, (rid, _STREAM_TAG if stream else None), deliver, watch, trace,
                           traffic_key)
 
     async def infer_tensors(self, model_name: str, model_version: str, inputs: Sequence[TensorHeader],
@@ -179,6 +183,7 @@ class DataPlane:
         mv = self.repository.get(model_name, model_version)
         if mv.traffic is not None and not model_version:
             mv = mv.traffic.route(mv, params, request_id, traffic_key)
+        request_id = assign_id(request_id)
         names, arrays = await self.start(mv, received_ns, None, None, inputs, raw, list(output_names), params,
                                          request_id, trace=trace, traffic_key=traffic_key)
         return mv, names, arrays
@@ -234,6 +239,10 @@ class DataPlane:
             if mv.traffic is not None:  # side work (shadow, canary counts) after the reply is handed over
                 complete = mv.traffic.observe(mv, feeds, rows, names, params, request_id, received_ns, complete,
                                               traffic_key)
+            if mv.lineage is not None:  # the prediction log (lineage/), after the reply is handed over
+                canary = mv.traffic.canary if mv.traffic is not None else None
+                complete = mv.lineage.observe(mv, feeds, rows, names, request_id,
+                                              canary.arm_of(mv.version) if canary is not None else None, complete)
             running = mv.scheduler.start(feeds, names, rows, priority, timeout_us, deadline, complete, watch)
         except BaseException as exc:
             if mv.fallback is not None and mv.fallback.reason_for(exc) is not None:
@@ -434,10 +443,39 @@ def _reply_bytes(mv: ModelVersion, request_id: str, tag: bytes | None, names: li
         if tag is not None:
             return pb.ModelStreamInferResponse(infer_response=resp).SerializeToString()
         return resp.SerializeToString()
+    extra = mv.reply_parameters
+    if extra is not None:  # ModelInferResponse.parameters appended (fields may come in any order), then wrapped
+        inner = _reply_bytes_plain(mv, request_id, None, names, arrays) + extra
+        return inner if tag is None else b"".join((tag, _varint(len(inner)), inner))
+    return _reply_bytes_plain(mv, request_id, tag, names, arrays)
+
+
+def _reply_bytes_plain(mv: ModelVersion, request_id: str, tag: bytes | None, names: list[str],
+                       arrays: list[np.ndarray]) -> bytes:
     data = mv.plan.reply(mv.name, mv.version_text, request_id, names, arrays, tag) if mv.plan is not None else None
     if data is None:
         data = build_infer_response(mv.name, mv.version_text, request_id, output_tensors(mv, names, arrays), tag)
     return data
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def reply_parameters(spec_hash: str | None) -> bytes | None:
+    """The serialized ``parameters`` entry (field 4) carrying the feature spec's hash, built once per version."""
+    if spec_hash is None:
+        return None
+    return pb.ModelInferResponse(parameters={SPEC_HASH_PARAM: pb.InferParameter(string_param=spec_hash)}
+                                 ).SerializeToString()
 
 
 def scheduling_parameters(params) -> tuple[int, int | None]:
@@ -600,6 +638,8 @@ def output_tensors(mv: ModelVersion, names: list[str], arrays: list[np.ndarray])
 def encode_response(req_id: str, mv: ModelVersion, names: list[str],
                     arrays: list[np.ndarray]) -> pb.ModelInferResponse:
     resp = pb.ModelInferResponse(model_name=mv.name, model_version=str(mv.version), id=req_id)
+    if mv.features is not None:
+        resp.parameters[SPEC_HASH_PARAM].string_param = mv.features.spec.sha256
     for name, datatype, shape, payload in output_tensors(mv, names, arrays):
         resp.outputs.add(name=name, datatype=datatype, shape=shape)
         resp.raw_output_contents.append(payload if isinstance(payload, bytes) else payload.tobytes())

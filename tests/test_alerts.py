@@ -101,3 +101,31 @@ def test_server_alerts_on_canary_rollback_webhook_and_command(tmp_path):
             wait_until(lambda: calls() == {("ops", "ok"): 1, ("page", "ok"): 1}, 10, "both calls counted")
         finally:
             srv.stop()
+
+
+def test_quality_breach_alerts_once_per_episode():
+    """Lineage's live-quality breaches reach the hooks: raised once, cleared, raised again on a new episode."""
+    from skewless.server.lineage.quality import QualityMonitor
+
+    with WebhookReceiver() as hook:
+        hub = AlertHub(parse_settings({"webhooks": [{"url": hook.url, "kinds": ["quality"]}], "renotify_s": 0},
+                                      "test"))
+        mon = QualityMonitor((3600.0,))
+        mon.configure("m", "classification", {"accuracy": 0.9})
+        hub.attach_quality(mon)
+        for i in range(20):
+            mon.add("m", 3, 0.9, float(i % 2), 1.0)  # half wrong
+        mon.check()
+        mon.check()
+        for _ in range(400):
+            mon.add("m", 3, 0.9, 1.0, 1.0)  # right again: accuracy back above 0.9, the episode ends
+        mon.check()
+        for _ in range(2000):
+            mon.add("m", 3, 0.9, 0.0, 1.0)
+        mon.check()
+        wait_until(lambda: len(hook.received) == 2, 10, "two quality alerts")
+        hub.close()
+        first = hook.received[0]
+        assert first["kind"] == "quality" and first["subject"] == "m/3/accuracy/3600s"
+        assert first["value"] == pytest.approx(0.5) and first["threshold"] == 0.9
+        assert first["details"]["metric"] == "accuracy" and first["details"]["version"] == 3

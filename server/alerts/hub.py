@@ -236,6 +236,15 @@ class AlertHub:
 
         monitor.subscribe(on_level)
 
+    def attach_quality(self, monitor: Any) -> None:
+        """Alert on live-quality breaches (lineage's QualityMonitor): raised on a breach, cleared when back."""
+
+        def on_breach(b) -> None:
+            self.notify("quality", f"{b.model}/{b.version}/{b.metric}/{b.window_s:g}s", b.value, b.threshold,
+                        b.active, model=b.model, version=b.version, metric=b.metric, window_s=b.window_s)
+
+        monitor.on_breach(on_breach)
+
 
 # -- the process's hub: None unless --alerts; notify() is then a no-op -------------------------------------
 _current: AlertHub | None = None

@@ -41,6 +41,7 @@ from ..telemetry import prometheus_text
 from ..telemetry.metrics import ServerMetrics
 from ..telemetry.tracing import RequestTracer
 from .admin_servicer import ADMIN_SERVICE, AdminServicer, add_admin_service
+from .feedback_servicer import FEEDBACK_SERVICE, FeedbackServicer, add_feedback_service
 from .grpc_servicer import InferenceServicer, add_inference_service, status_of
 from .http_rest import RestFrontend
 from .probes_http import HttpEndpoint
@@ -93,6 +94,16 @@ class ServerOptions:
     registry_max_backoff_s: float = 120.0  # longest wait between retries while the registry is failing
     registry: str | None = None  # an MLflow tracking server (mlflow://HOST:PORT, or 'mlflow': $MLFLOW_TRACKING_URI)
     registry_models: list[str] = field(default_factory=list)  # NAME[=REGISTERED_MODEL][@ALIAS] for --registry
+    # Prediction log, delayed labels and live quality (lineage/): off unless a directory is given.
+    prediction_log: Path | None = None
+    prediction_log_queue: int = 4096
+    prediction_log_rotate_mb: float = 64.0
+    prediction_log_rotate_s: float = 3600.0
+    prediction_log_max_files: int = 100
+    prediction_log_flush_s: float = 1.0
+    label_max_pending: int = 100_000
+    label_ttl_s: float = 86_400.0
+    quality_windows_s: tuple[float, ...] = (300.0, 3600.0)
 
 
 def make_repository(opts: ServerOptions) -> ModelRepository:
@@ -112,6 +123,20 @@ def make_repository(opts: ServerOptions) -> ModelRepository:
     return RegistryRepository(source, cache, opts.model_control_mode, opts.load_models,
                               opts.poll_interval_s, opts.default_max_batch_size, opts.registry_keep,
                               opts.registry_max_backoff_s)
+
+
+def make_lineage(repository: ModelRepository, opts: ServerOptions):
+    """The prediction log and label join when ``--prediction-log`` names a directory (needs pyarrow)."""
+    if opts.prediction_log is None:
+        return None
+    from ..lineage.prediction_log import PredictionLogSettings, require_pyarrow
+    from ..lineage.service import Lineage
+
+    require_pyarrow()
+    settings = PredictionLogSettings(Path(opts.prediction_log).absolute(), opts.prediction_log_queue,
+                                     int(opts.prediction_log_rotate_mb * 2**20), opts.prediction_log_rotate_s,
+                                     opts.prediction_log_max_files, opts.prediction_log_flush_s)
+    return Lineage(repository, settings, opts.quality_windows_s, opts.label_max_pending, opts.label_ttl_s)
 
 
 def grpc_hardening(opts: ServerOptions) -> list[tuple[str, int]]:
@@ -161,6 +186,13 @@ class Server:
         # Shadow traffic and canary splits hang off each version's `traffic` hook (None unless configured).
         self.traffic = TrafficManager(self.repository)
         self.repository.version_hooks.append(self.traffic.attach)
+        # Prediction log, label join and live quality hang off each version's `lineage` hook (None unless on).
+        self.lineage = make_lineage(self.repository, opts)
+        if self.lineage is not None:
+            self.repository.version_hooks.append(self.lineage.attach)
+            self.traffic.quality_by_arm = self.lineage.quality.by_arm
+            if self.alerts is not None:
+                self.alerts.attach_quality(self.lineage.quality)
         self.health = health_aio.HealthServicer()
         self.grpc_port = 0
         self.http_port = 0
@@ -191,6 +223,8 @@ class Server:
             if self.alerts is not None:
                 self.repository.version_hooks.append(self.alerts.attach_drift)  # after attach_drift above
                 self.metrics.add_alerts(self.alerts)
+            if self.lineage is not None:
+                self.metrics.add_lineage(self.lineage)
         self._http = HttpEndpoint(routes, self._guard, self.ssl_context)
         # Traces only when OTEL_TRACES_EXPORTER asks (None otherwise: the request path then reads no headers).
         self.tracer = RequestTracer.from_env()
@@ -198,6 +232,7 @@ class Server:
             self.metrics.add_tracer(self.tracer)
         self._rest = RestFrontend(self.dataplane, opts.max_message_bytes, opts.grace_period_s, self.tracer,
                                   self._guard, self.ssl_context, opts.http_head_timeout_s)
+        self._rest.lineage = self.lineage
 
     def _share_in_flight(self, mv: ModelVersion) -> None:
         mv.total = self.in_flight
@@ -231,10 +266,11 @@ class Server:
         add_inference_service(InferenceServicer(self.dataplane, self.tracer), self._grpc)
         add_admin_service(AdminServicer(self.repository), self._grpc)
         add_traffic_service(TrafficServicer(self.traffic), self._grpc)
+        add_feedback_service(FeedbackServicer(self.lineage), self._grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
         _add_to_reflection_pool(health_pb2.DESCRIPTOR, reflection_pb2.DESCRIPTOR)
         reflection.enable_server_reflection(
-            [INFERENCE_SERVICE, ADMIN_SERVICE, TRAFFIC_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            [INFERENCE_SERVICE, ADMIN_SERVICE, TRAFFIC_SERVICE, FEEDBACK_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
              reflection.SERVICE_NAME], self._grpc, pool=_pool.POOL)
         address = f"{opts.host}:{opts.grpc_port}"
         if self.cert_files is not None:
@@ -247,6 +283,8 @@ class Server:
         self.repository.listeners.append(self._on_model_change)
         await as_server(self.repository.start())  # start-up loads and polling: recorded as the server's
         self.traffic.start()
+        if self.lineage is not None:
+            self.lineage.start()
         await self._set_health("", self.dataplane.is_ready())
         for name in self.repository.models:
             await self._set_health(name, self.repository.is_ready(name))
@@ -275,6 +313,8 @@ class Server:
         await self._http.stop()
         await self.traffic.stop()
         await as_server(self.repository.stop())
+        if self.lineage is not None:
+            await self.lineage.stop()
         if self.tracer is not None:
             self.tracer.shutdown()
         if self.metrics is not None:

@@ -111,6 +111,15 @@ def _serve(args: argparse.Namespace) -> int:
         alerts=Path(args.alerts) if args.alerts else None,
         audit_log=Path(args.audit_log) if args.audit_log else None,
         audit_max_bytes=int(args.audit_max_mb * 2**20),
+        prediction_log=args.prediction_log,
+        prediction_log_queue=args.prediction_log_queue,
+        prediction_log_rotate_mb=args.prediction_log_rotate_mb,
+        prediction_log_rotate_s=args.prediction_log_rotate_seconds,
+        prediction_log_max_files=args.prediction_log_max_files,
+        prediction_log_flush_s=args.prediction_log_flush_seconds,
+        label_max_pending=args.label_max_pending,
+        label_ttl_s=args.label_ttl,
+        quality_windows_s=tuple(args.quality_windows),
         registry_cache=Path(args.registry_cache) if args.registry_cache else None,
         registry_cache_bytes=int(args.registry_cache_gb * 2**30),
         registry_keep=args.registry_keep,
@@ -225,6 +234,27 @@ def build_parser() -> argparse.ArgumentParser:
                           "shadow changes in DIR (query and verify with `skewless audit DIR`)")
     ops.add_argument("--audit-max-mb", type=float, default=16.0, metavar="MB",
                      help="rotate the audit log file past this size (the chain continues in the next file)")
+    lin = s.add_argument_group("lineage", "prediction log, delayed labels and live quality (README: Lineage)")
+    lin.add_argument("--prediction-log", metavar="DIR", default=None,
+                     help="write the prediction log of models whose config sets skewless.prediction_log_rate "
+                          "under DIR/<model>/ (Parquet; needs pyarrow: pip install 'skewless[features]'); "
+                          "also turns on label submission and live quality")
+    lin.add_argument("--prediction-log-queue", type=int, default=4096, metavar="N",
+                     help="requests held for the log writer; beyond it they are dropped and counted")
+    lin.add_argument("--prediction-log-rotate-mb", type=float, default=64.0, metavar="MB",
+                     help="close a log file and start the next one past this size")
+    lin.add_argument("--prediction-log-rotate-seconds", type=float, default=3600.0, metavar="S",
+                     help="... or this long after it was opened")
+    lin.add_argument("--prediction-log-max-files", type=int, default=100, metavar="N",
+                     help="rotated files kept per model and kind; older ones are deleted")
+    lin.add_argument("--prediction-log-flush-seconds", type=float, default=1.0, metavar="S",
+                     help="longest a logged request waits in memory before it is written")
+    lin.add_argument("--label-max-pending", type=int, default=100_000, metavar="N",
+                     help="labels held for predictions not logged yet (~400 bytes each)")
+    lin.add_argument("--label-ttl", type=float, default=86_400.0, metavar="S",
+                     help="how long such a label waits for its prediction")
+    lin.add_argument("--quality-windows", type=float, nargs="+", default=[300.0, 3600.0], metavar="S",
+                     help="rolling windows of the live quality metrics")
     s.set_defaults(func=_serve, parser=s)
 
     e = sub.add_parser("examples", help="write the bundled example model repository (or the test models)")
@@ -235,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     from skewless.benchmarks import loadgen
     from skewless.native import cli as features_cli
     from skewless.server.audit import cli as audit_cli
+    from skewless.server.lineage import report as quality_report
     from skewless.server.registry import cli as registry_cli
     from skewless.server.shadow import cli as shadow_cli
     from skewless.server.telemetry import drift_report
@@ -245,6 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     registry_cli.register(sub)
     shadow_cli.register(sub)
     audit_cli.register(sub)
+    quality_report.register(sub)
     return p
 
 

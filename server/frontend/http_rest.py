@@ -32,14 +32,16 @@ from google.protobuf.descriptor import FieldDescriptor
 
 from skewless.protos import grpc_service_pb2 as pb
 
-from ..dataplane import DataPlane, output_tensors
-from ..errors import InvalidArgument, SkewlessError, Unimplemented
+from ..dataplane import SPEC_HASH_PARAM, DataPlane, output_tensors
+from ..errors import FailedPrecondition, InvalidArgument, SkewlessError, Unimplemented
 from ..fallback import FallbackArrays
+from ..lineage.ids import assign_id
 from ..security.guard import Guard
 from ..security.http_guard import check_http
 from . import rest_codec
 
 if TYPE_CHECKING:
+    from ..lineage.service import Lineage
     from ..telemetry.tracing import RequestTracer
 
 log = logging.getLogger(__name__)
@@ -181,6 +183,7 @@ class RestFrontend:
         self.max_body_bytes = max_body_bytes
         self.grace_period_s = grace_period_s
         self._runner: web.ServerRunner | None = None
+        self.lineage: Lineage | None = None  # labels route: set by the server when the prediction log is on
         # (method, path segments after /v2) -> handler; a "{}" segment is a path parameter.
         self._routes: list[tuple[str, tuple[str, ...], Handler]] = []
         for method, pattern, handler in (
@@ -201,6 +204,7 @@ class RestFrontend:
             ("POST", "repository/index", self.repository_index),
             ("POST", "repository/models/{}/load", self.load),
             ("POST", "repository/models/{}/unload", self.unload),
+            ("POST", "models/{}/labels", self.labels),
         ):
             self._routes.append((method, tuple(pattern.split("/")) if pattern else (), handler))
 
@@ -356,6 +360,28 @@ class RestFrontend:
             rows.append(row)
         return _json(rows)
 
+    async def labels(self, request, name):
+        """Delayed labels: ``{"labels": [{"id": REQUEST_ID, "value": V} | {"id": ..., "values": [V, ...]}]}``
+        (one value per row of the request) -> ``{"joined": n, "pending": n, "unknown": n}``."""
+        if self.lineage is None:
+            raise FailedPrecondition("labels are joined with the prediction log, which is off: start the server "
+                                     "with --prediction-log DIR")
+        doc = await self._json_body(request, "labels request")
+        labels = doc.get("labels")
+        if not isinstance(labels, list):
+            raise InvalidArgument('the labels request must be {"labels": [{"id": "...", "value": 1.0}, ...]}')
+        items = []
+        for i, lb in enumerate(labels):
+            rid = lb.get("id") if isinstance(lb, dict) else None
+            values = lb.get("values", [lb["value"]] if "value" in lb else None) if isinstance(lb, dict) else None
+            if not isinstance(rid, str) or not isinstance(values, list) or not all(
+                    isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+                raise InvalidArgument(f"labels[{i}] must be an object with a string 'id' and a number 'value' "
+                                      "(or a list of numbers 'values', one per row)")
+            items.append((rid, [float(v) for v in values]))
+        joined, pending, unknown = await self.lineage.submit(name, items)
+        return _json({"joined": joined, "pending": pending, "unknown": unknown})
+
     async def load(self, request, name):
         doc = await self._json_body(request, "load request")
         req = pb.RepositoryModelLoadRequest(model_name=name)
@@ -386,13 +412,16 @@ class RestFrontend:
         req = rest_codec.parse_infer_request(
             body, rest_codec.header_length(request.headers.get(HEADER_LENGTH), len(body)))
         header = self.dp.key_header  # the caller, for shadow sampling and canary arms (when configured)
+        req.id = assign_id(req.id)
         mv, names, arrays = await self.dp.infer_tensors(
             name, version, req.inputs, req.raw, req.output_names, req.output_parameters, req.parameters, req.id,
             received_ns, trace, request.headers.get(header) if header is not None else None)
         t = time.perf_counter_ns() if trace is not None else 0
-        flag = {"fallback": arrays.reason} if type(arrays) is FallbackArrays else None
+        params = {SPEC_HASH_PARAM: mv.features.spec.sha256} if mv.features is not None else None
+        if type(arrays) is FallbackArrays:
+            params = {**(params or {}), "fallback": arrays.reason}
         json_size, reply = rest_codec.infer_reply(req, mv.name, mv.version_text, output_tensors(mv, names, arrays),
-                                                  flag)
+                                                  params)
         if trace is not None:
             trace.finish(mv, req.id, received_ns, t, time.perf_counter_ns())
         if json_size is None:

@@ -90,6 +90,9 @@ class ModelVersion:
         self.output_names = list(self.outputs)
         self.max_batch_size = self.config.max_batch_size
         self.version_text = str(version)
+        # Reply parameters every reply of this version carries (serialized, appended to the fast path's reply):
+        # the feature spec's hash when a spec is in use.
+        self.reply_parameters = _reply_parameters(self.features.spec.sha256 if self.features is not None else None)
         self.fixed_shapes = all(-1 not in s.dims for s in self.inputs.values())
         self.plan = self._decode_plan()
         # The decision-plane fallback (fallback/): None unless config.pbtxt sets skewless.fallback
@@ -106,6 +109,8 @@ class ModelVersion:
         # The request path's hook for shadow traffic and canary splits (shadow/traffic.py's ModelTraffic):
         # None unless the model has one, and then the data plane's only cost is that check.
         self.traffic: ModelTraffic | None = None
+        # The prediction log's hook (lineage/prediction_log.py's ModelLineage), None unless logged.
+        self.lineage = None
         try:
             try:
                 inline_limit_ns = 1000 * float(parameter(self.config, INLINE_PARAMETER, "250"))
@@ -226,3 +231,9 @@ class ModelVersion:
             split = split_rows(outs, rows)
         t3 = time.perf_counter_ns()
         return split, (t1 - t0, t2 - t1, t3 - t2)
+
+
+def _reply_parameters(spec_hash: str | None) -> bytes | None:
+    from ..dataplane import reply_parameters  # the data plane imports this module
+
+    return reply_parameters(spec_hash)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -65,6 +66,10 @@ class Canary:
         self.started = time.monotonic()
         self.clean_since = self.started
         self.events: list[Event] = [Event(time.time(), "started", f"candidate {self.candidate} at {self.weight:.1%}")]
+        # Labelled quality per arm since a time.time() (lineage's QualityMonitor.by_arm for this model), when the
+        # server joins delayed labels; None: no quality guardrail.
+        self.quality: Callable[[float], dict[str, dict[str, float]]] | None = None
+        self.started_wall = time.time()
 
     def wants_candidate(self, key: str) -> bool:
         return sampled(key, self.weight, SALT)
@@ -96,6 +101,23 @@ class Canary:
         value = drift(s, c)
         if value > g.max_psi:
             return f"prediction drift PSI {value:.3f} of the candidate against the stable arm (limit {g.max_psi:g})"
+        return self.check_quality()
+
+    def check_quality(self) -> str | None:
+        """The quality guardrail: labelled accuracy (or MAE) of the arms since the canary started."""
+        if self.quality is None:
+            return None
+        g = self.settings.guardrails
+        arms = self.quality(self.started_wall)
+        s, c = arms.get("stable", {}), arms.get("candidate", {})
+        if s.get("n", 0) < g.min_labels or c.get("n", 0) < g.min_labels:
+            return None
+        if "accuracy" in s and "accuracy" in c and s["accuracy"] - c["accuracy"] > g.max_quality_drop:
+            return (f"labelled accuracy {c['accuracy']:.1%} on the candidate against {s['accuracy']:.1%} on the "
+                    f"stable arm (limit -{g.max_quality_drop:.1%}) over {c['n']}/{s['n']} labels")
+        if "mae" in s and "mae" in c and s["mae"] > 0 and (c["mae"] - s["mae"]) / s["mae"] > g.max_quality_drop:
+            return (f"labelled MAE {c['mae']:.4g} on the candidate against {s['mae']:.4g} on the stable arm "
+                    f"(limit +{g.max_quality_drop:.0%}) over {c['n']}/{s['n']} labels")
         return None
 
     def promote_due(self, now: float) -> bool:

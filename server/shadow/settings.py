@@ -76,6 +76,10 @@ class CanaryGuardrails:
     max_p99_ratio: float = 2.0  # candidate p99 latency over the stable arm's
     max_psi: float = 0.25  # prediction drift of the candidate's outputs against the stable arm's
     promote_after_s: float = 0.0  # >0: promote to 100% after this long clean (an explicit policy)
+    # Used when delayed labels exist (lineage/): the candidate's accuracy may fall this much below the stable
+    # arm's (regression: its MAE rise this share above), once each arm has min_labels joined labels.
+    max_quality_drop: float = 0.05
+    min_labels: int = 50
 
     def __post_init__(self) -> None:
         if not self.window_s > 0 or self.min_requests < 1:

@@ -107,6 +107,8 @@ class TrafficManager:
         self.worker = ShadowWorker()
         self.models: dict[str, ModelTraffic] = {}
         self.resolve_challenger: ChallengerResolver = self._from_repository
+        # (model, since time.time()) -> metrics per canary arm from joined labels (lineage/), when on.
+        self.quality_by_arm: Callable[[str, float], dict] | None = None
         self._task: asyncio.Task | None = None
 
     # -- the repository's version hook -----------------------------------------------------------------
@@ -199,6 +201,8 @@ class TrafficManager:
                      if settings is not None else None)
         if settings is not None:
             traffic.canary = Canary(name, settings, stable)
+            if self.quality_by_arm is not None:
+                traffic.canary.quality = functools.partial(self.quality_by_arm, name)
         else:
             traffic.canary = None
         if key_param is not None:

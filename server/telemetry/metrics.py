@@ -212,6 +212,48 @@ class ServerMetrics:
         meter.create_observable_counter("skewless_canary_rollbacks", [rollbacks],
                                         description="Automatic or commanded rollbacks of a canary to 0%")
 
+    def add_lineage(self, lineage: Any) -> None:
+        """Prediction log, label join and rolling quality (lineage/service.py's Lineage)."""
+        meter = self.provider.get_meter("skewless")
+        plog, join, quality = lineage.log, lineage.join, lineage.quality
+
+        def one(value) -> list:
+            return [lambda _o: [Observation(value())]]
+
+        meter.create_observable_counter("skewless_prediction_log_dropped", one(lambda: plog.dropped),
+                                        description="Requests the prediction log dropped: its queue was full")
+        meter.create_observable_counter("skewless_prediction_log_rows", one(lambda: plog.written_rows),
+                                        description="Rows written to the prediction log")
+        meter.create_observable_gauge("skewless_prediction_log_queue_depth", one(plog.queue.qsize),
+                                      description="Requests waiting for the prediction log's writer")
+        meter.create_observable_counter("skewless_labels_joined", one(lambda: join.joined),
+                                        description="Submitted labels joined with their prediction")
+        meter.create_observable_gauge("skewless_labels_pending", one(lambda: join.pending_count),
+                                      description="Labels waiting for a prediction not logged yet")
+        meter.create_observable_counter("skewless_labels_expired", one(lambda: join.expired),
+                                        description="Pending labels dropped after their TTL without a prediction")
+        meter.create_observable_counter("skewless_labels_overflow", one(lambda: join.overflow),
+                                        description="Labels neither joined nor kept: the pending buffer was full")
+
+        def coverage(_options: CallbackOptions) -> Iterator[Observation]:
+            for (model, version), n in list(join.logged_rows.items()):
+                yield Observation(join.joined_rows.get((model, version), 0) / n if n else 0.0,
+                                  {"model": model, "version": str(version)})
+
+        meter.create_observable_gauge("skewless_label_coverage", [coverage],
+                                      description="Share of logged prediction rows that have a label")
+
+        def figures(_options: CallbackOptions) -> Iterator[Observation]:
+            for model in list(quality.tasks):
+                for (version, window), fig in quality.figures(model).items():
+                    for metric, value in fig.items():
+                        yield Observation(value, {"model": model, "version": str(version),
+                                                  "window": f"{window:g}s", "metric": metric})
+
+        meter.create_observable_gauge("skewless_model_quality", [figures],
+                                      description="Rolling quality per model version and window (metric: accuracy, "
+                                                  "auc, log_loss, ece, mae, rmse, n, delay_p50_s/p90/p99)")
+
     # -- collection ----------------------------------------------------------------------------------------
     def collect(self) -> MetricsData:
         """Everything, now: the SDK's instruments plus the histograms (what /metrics renders)."""
