@@ -101,8 +101,9 @@ def test_load_and_unload_reach_every_worker(workers):
     assert all("add_sub" in ready(i) for i in range(2))
     a = np.ones((1, 16), np.float32)
     many_clients(workers.grpc_url, "add_sub", {"INPUT0": a, "INPUT1": a}, clients=8, each=2)
-    with grpcclient.InferenceServerClient(workers.grpc_url) as c:
-        c.unload_model("mlp")
+    unload = urllib.request.Request(f"http://{workers.rest_url}/v2/repository/models/mlp/unload", b"{}",
+                                    method="POST")
+    assert urllib.request.urlopen(unload, timeout=30).status == 200  # REST control reaches every worker too
     assert all("mlp" not in ready(i) for i in range(2))
     with grpcclient.InferenceServerClient(workers.grpc_url) as c:
         c.load_model("mlp")
