@@ -26,14 +26,15 @@ SERVICE = "inference.GRPCInferenceService"
 MAX_MESSAGE_BYTES = 2**31 - 1
 
 
-def fixed_messages(model: str) -> dict[str, bytes]:
-    """Every reply the server can give, serialised once."""
+def fixed_messages(model: str, input_width: int = 32, reply_rows: int = 1, reply_width: int = 2) -> dict[str, bytes]:
+    """Every reply the server can give, serialised once. The widths and reply rows let it carry another
+    model's payload (the heavy MLP's 64 x 256 in, 64 x 10 out) for a transport yardstick of that size."""
     infer = pb.ModelInferResponse(model_name=model, model_version="1")
-    infer.outputs.add(name="probabilities", datatype="FP32", shape=[1, 2])
-    infer.raw_output_contents.append(np.array([0.25, 0.75], dtype="<f4").tobytes())
+    infer.outputs.add(name="probabilities", datatype="FP32", shape=[reply_rows, reply_width])
+    infer.raw_output_contents.append(np.full((reply_rows, reply_width), 0.5, dtype="<f4").tobytes())
     md = pb.ModelMetadataResponse(name=model, versions=["1"], platform="onnxruntime_onnx")
-    md.inputs.add(name="input", datatype="FP32", shape=[-1, 32])
-    md.outputs.add(name="probabilities", datatype="FP32", shape=[-1, 2])
+    md.inputs.add(name="input", datatype="FP32", shape=[-1, input_width])
+    md.outputs.add(name="probabilities", datatype="FP32", shape=[-1, reply_width])
     return {
         "infer": infer.SerializeToString(),
         "stream": pb.ModelStreamInferResponse(infer_response=infer).SerializeToString(),
@@ -45,8 +46,8 @@ def fixed_messages(model: str) -> dict[str, bytes]:
     }
 
 
-def handler(model: str) -> grpc.GenericRpcHandler:
-    msgs = fixed_messages(model)
+def handler(model: str, input_width: int = 32, reply_rows: int = 1, reply_width: int = 2) -> grpc.GenericRpcHandler:
+    msgs = fixed_messages(model, input_width, reply_rows, reply_width)
 
     def fixed(key: str) -> grpc.RpcMethodHandler:
         reply = msgs[key]
@@ -75,11 +76,11 @@ def handler(model: str) -> grpc.GenericRpcHandler:
     })
 
 
-async def serve(host: str, port: int, model: str) -> int:
+async def serve(host: str, port: int, model: str, shape: tuple[int, int, int] = (32, 1, 2)) -> int:
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                                       ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                                       ("grpc.so_reuseport", 0)])
-    server.add_generic_rpc_handlers((handler(model),))
+    server.add_generic_rpc_handlers((handler(model, *shape),))
     bound = server.add_insecure_port(f"{host}:{port}")
     if not bound:
         print(f"echo_server: cannot bind {host}:{port}", file=sys.stderr)
@@ -101,9 +102,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0, help="0 picks a free port (printed on the ready line)")
     p.add_argument("--model", default="mlp", help="name the fake model answers to")
+    p.add_argument("--input-width", type=int, default=32, help="features per row the fake model takes")
+    p.add_argument("--reply-rows", type=int, default=1, help="rows in the fixed reply")
+    p.add_argument("--reply-width", type=int, default=2, help="values per reply row")
     p.add_argument("--no-uvloop", action="store_true")
     args = p.parse_args(argv)
-    coro = serve(args.host, args.port, args.model)
+    coro = serve(args.host, args.port, args.model, (args.input_width, args.reply_rows, args.reply_width))
     if not args.no_uvloop:
         try:
             import uvloop

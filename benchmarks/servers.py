@@ -101,7 +101,7 @@ def start_skewless(model_repository: Path | str | None = EXAMPLE_MODELS, log_pat
     return ServerProcess(argv, re.compile(r"SKEWLESS_READY grpc=[^:]+:(?P<port>\d+)"), log_path, env=env)
 
 
-def start_echo(log_path: Path | None = None, model: str = "mlp") -> ServerProcess:
+def start_echo(log_path: Path | None = None, model: str = "mlp", extra: list[str] | None = None) -> ServerProcess:
     argv = [sys.executable, "-m", "skewless.benchmarks.echo_server", "--host", "127.0.0.1", "--port", "0",
-            "--model", model]
+            "--model", model, *(extra or [])]
     return ServerProcess(argv, re.compile(r"ECHO_READY (?P<port>\d+)"), log_path)

@@ -139,6 +139,11 @@ def child_servers(*markers: str) -> list[str]:
     return out
 
 
+def benchmark_servers() -> list[str]:
+    """Servers a benchmark report started (skewless and the echo server), to check none is left running."""
+    return child_servers("skewless.server.frontend.cli", "skewless.benchmarks.echo_server")
+
+
 def wait_until(pred: Callable[[], bool], timeout: float, what: str, interval: float = 0.05) -> None:
     deadline = time.monotonic() + timeout
     while not pred():

@@ -15,21 +15,17 @@ pytest.importorskip("psutil")
 pytest.importorskip("matplotlib")
 pytest.importorskip("onnx")
 
-from helpers import child_servers  # noqa: E402
+from helpers import benchmark_servers  # noqa: E402
 
 from skewless.benchmarks import batching_report  # noqa: E402
 
 
-def _our_servers() -> list[str]:
-    return child_servers("skewless.server.frontend.cli", "skewless.benchmarks.echo_server")
-
-
 def test_quick_run_writes_every_figure(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    before = set(_our_servers())  # e.g. the suite's session-scoped shared server
+    before = set(benchmark_servers())  # e.g. the suite's session-scoped shared server
     rc = batching_report.main(["--quick", "--duration", "0.3", "--warmup", "0.1", "--rounds", "2",
                              "--out", str(tmp_path)])
     assert rc == 0
-    assert not set(_our_servers()) - before, "a server was left running"
+    assert not set(benchmark_servers()) - before, "a server was left running"
     assert (tmp_path / "batching.png").stat().st_size > 0
     table = (tmp_path / "batching.txt").read_text()
     assert "targets" in table and table.strip() in capsys.readouterr().out

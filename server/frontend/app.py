@@ -25,6 +25,7 @@ from ..audit import AuditLog
 from ..audit import install as audit_install
 from ..audit.log import as_server
 from ..dataplane import DataPlane
+from ..models import runtime
 from ..models.repository import ModelRepository
 from ..models.runtime import hung_threads_alive
 from ..models.version import InFlightTotal, ModelVersion
@@ -40,6 +41,7 @@ from ..shadow.traffic import TrafficManager
 from ..telemetry import prometheus_text
 from ..telemetry.metrics import ServerMetrics
 from ..telemetry.tracing import RequestTracer
+from ..workers.cluster import Cluster, WorkerPlace
 from .admin_servicer import ADMIN_SERVICE, AdminServicer, add_admin_service
 from .feedback_servicer import FEEDBACK_SERVICE, FeedbackServicer, add_feedback_service
 from .grpc_servicer import InferenceServicer, add_inference_service, status_of
@@ -104,6 +106,7 @@ class ServerOptions:
     label_max_pending: int = 100_000
     label_ttl_s: float = 86_400.0
     quality_windows_s: tuple[float, ...] = (300.0, 3600.0)
+    worker: WorkerPlace | None = None  # set in each process of --workers N (by its parent, in the environment)
 
 
 def make_repository(opts: ServerOptions) -> ModelRepository:
@@ -180,6 +183,12 @@ class Server:
         alerts_install(self.alerts)
         self.repository = make_repository(opts)
         self.dataplane = DataPlane(self.repository, opts.traffic_key_header)
+        # --workers N: this process is one of N; control calls, statistics, metrics and readiness span all.
+        self.cluster = Cluster(opts.worker) if opts.worker is not None else None
+        if self.cluster is not None:
+            self.cluster.wrap_dataplane(self.dataplane)
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+            runtime.DEFAULT_INTRA_OP_THREADS = max(1, cores // opts.worker.count)
         # One count of requests in flight across every model version, for the global --max-inflight limit.
         self.in_flight = InFlightTotal(opts.max_inflight)
         self.repository.version_hooks.append(self._share_in_flight)
@@ -215,7 +224,8 @@ class Server:
         # Telemetry hangs off the server here, reading what the request path already counts.
         self.metrics = ServerMetrics(self.repository) if opts.metrics else None
         if self.metrics is not None:
-            routes["/metrics"] = self._metrics_route
+            routes["/metrics"] = (self._metrics_route if self.cluster is None
+                                  else self.cluster.metrics_route(self._metrics_route))
             self.repository.version_hooks.append(self.metrics.attach_drift)
             if isinstance(self.repository, RegistryRepository):
                 self.metrics.add_registry(self.repository)
@@ -260,12 +270,21 @@ class Server:
             options=[
                 ("grpc.max_receive_message_length", mb),
                 ("grpc.max_send_message_length", mb),
-                ("grpc.so_reuseport", 0),
+                ("grpc.so_reuseport", 1 if self.cluster is not None else 0),
                 *grpc_hardening(opts),
             ])
-        add_inference_service(InferenceServicer(self.dataplane, self.tracer), self._grpc)
-        add_admin_service(AdminServicer(self.repository), self._grpc)
-        add_traffic_service(TrafficServicer(self.traffic), self._grpc)
+        inference, admin, traffic = (InferenceServicer(self.dataplane, self.tracer),
+                                     AdminServicer(self.repository), TrafficServicer(self.traffic))
+        if self.cluster is not None:  # before registration: gRPC binds the methods when they are added
+            self.cluster.wrap_servicer(inference, _pool.POOL.FindServiceByName(INFERENCE_SERVICE),
+                                       summed=("ModelStatistics",))
+            self.cluster.wrap_servicer(admin, _pool.POOL.FindServiceByName(ADMIN_SERVICE),
+                                       broadcast=("Rollback", "Unpin"))
+            self.cluster.wrap_servicer(traffic, _pool.POOL.FindServiceByName(TRAFFIC_SERVICE),
+                                       broadcast=("SetShadow", "SetCanary", "PromoteCanary", "RollbackCanary"))
+        add_inference_service(inference, self._grpc)
+        add_admin_service(admin, self._grpc)
+        add_traffic_service(traffic, self._grpc)
         add_feedback_service(FeedbackServicer(self.lineage), self._grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
         _add_to_reflection_pool(health_pb2.DESCRIPTOR, reflection_pb2.DESCRIPTOR)
@@ -288,9 +307,16 @@ class Server:
         await self._set_health("", self.dataplane.is_ready())
         for name in self.repository.models:
             await self._set_health(name, self.repository.is_ready(name))
+        if self.cluster is not None:
+            await self.cluster.start()
+            if opts.worker.restarted:
+                await self.cluster.catch_up()
         await self._grpc.start()
-        self.http_port = await self._rest.start(opts.host, opts.http_port)
-        self.metrics_port = await self._http.start(opts.host, opts.metrics_port)
+        reuse = self.cluster is not None
+        self.http_port = await self._rest.start(opts.host, opts.http_port, reuse)
+        self.metrics_port = await self._http.start(opts.host, opts.metrics_port, reuse)
+        if self.cluster is not None:
+            self.cluster.set_ready(True)
         log.info("serving gRPC on %s:%d (%s), HTTP/REST on %s:%d, health HTTP on %s:%d", opts.host,
                  self.grpc_port, INFERENCE_SERVICE, opts.host, self.http_port, opts.host, self.metrics_port)
 
@@ -304,6 +330,8 @@ class Server:
         """Refuse new RPCs, let in-flight ones finish within the grace period, then unload models."""
         log.info("stopping: finishing in-flight requests (grace %.0fs)", self.opts.grace_period_s)
         self.dataplane.accepting = False
+        if self.cluster is not None:
+            await self.cluster.stop()
         await self.health.enter_graceful_shutdown()
         # Both transports drain at once, each within the grace period.
         draining = [self._rest.stop()]

@@ -57,6 +57,8 @@ def _registry(args: argparse.Namespace, parser_error) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from ..registry.fsspec_source import is_remote_url
+    from ..workers.cluster import WorkerPlace
     from .app import ServerOptions, run
 
     if args.http_header_timeout <= 0:
@@ -73,6 +75,19 @@ def _serve(args: argparse.Namespace) -> int:
             load_settings(args.alerts)
         except (OSError, ValueError) as exc:
             args.parser.error(f"--alerts: {exc}")
+    if args.workers < 1:
+        args.parser.error("--workers must be at least 1")
+    if args.workers > 1:
+        if args.registry or is_remote_url(str(args.model_repository or "")):
+            args.parser.error("--workers > 1 serves a local --model-repository directory only (each worker would "
+                              "sync its own copy of a registry)")
+        if args.prediction_log or args.audit_log:
+            args.parser.error("--workers > 1 does not combine with --prediction-log or --audit-log yet (each worker "
+                              "would keep its own label join and hash chain); run one worker per log directory")
+        from ..workers.supervisor import run_workers
+
+        return run_workers(args.argv, args.workers, args.host, (args.grpc_port, args.http_port, args.metrics_port),
+                           args.grace_period)
     if args.rate_limit is not None and args.rate_limit <= 0:
         args.parser.error("--rate-limit must be a positive number of requests per second")
     if args.auth_principals:
@@ -126,7 +141,12 @@ def _serve(args: argparse.Namespace) -> int:
         registry_max_backoff_s=args.registry_max_backoff,
         registry=args.registry,
         registry_models=args.registry_model,
+        worker=WorkerPlace.from_env(),
     )
+    if opts.worker is not None:
+        from ..workers.supervisor import die_with_parent
+
+        die_with_parent()
     return run(opts)
 
 
@@ -222,6 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "this long after it opened or after its previous reply is closed")
     ov.add_argument("--grpc-max-connection-age-grace", type=float, default=None, metavar="S",
                     help="time RPCs on an aged connection get to finish (default: --grace-period)")
+    s.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="server processes sharing the three ports (SO_REUSEPORT), each with its own models; "
+                        "statistics, /metrics, readiness and model control span all of them")
     s.add_argument("--traffic-key-header", default=None, metavar="NAME",
                    help="gRPC metadata / HTTP header naming the caller, hashed for shadow sampling and canary "
                         "arms before the models' key parameter and the request id (default: none read)")
@@ -282,6 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what --workers N starts each worker with
     level = getattr(args, "sub_log_level", None) or args.log_level
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return args.func(args)

@@ -209,12 +209,12 @@ class RestFrontend:
             self._routes.append((method, tuple(pattern.split("/")) if pattern else (), handler))
 
     # -- lifecycle -------------------------------------------------------------------------------------------
-    async def start(self, host: str, port: int) -> int:
+    async def start(self, host: str, port: int, reuse_port: bool = False) -> int:
         # auto_decompress off: Content-Encoding is checked and decoded here, with the body size limit.
         server = _Server(self.handle, access_log=None, auto_decompress=False, head_timeout=self.head_timeout_s)
         self._runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=self.grace_period_s)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, ssl_context=self.ssl_context)
+        site = web.TCPSite(self._runner, host, port, ssl_context=self.ssl_context, reuse_port=reuse_port or None)
         await site.start()
         return self._runner.addresses[0][1]
 

@@ -6,9 +6,10 @@ A few fixed GET routes need no web framework; asyncio streams keep it on the ser
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import ssl
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from ..errors import SkewlessError
 from ..security.guard import Guard
@@ -16,7 +17,7 @@ from ..security.http_guard import check_http
 
 log = logging.getLogger(__name__)
 
-Route = Callable[[], tuple[int, str, bytes]]
+Route = Callable[[], tuple[int, str, bytes] | Awaitable[tuple[int, str, bytes]]]
 
 _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
             405: "Method Not Allowed", 429: "Too Many Requests", 503: "Service Unavailable"}
@@ -31,8 +32,9 @@ class HttpEndpoint:
         self.ssl_context = ssl_context
         self._server: asyncio.base_events.Server | None = None
 
-    async def start(self, host: str, port: int) -> int:
-        self._server = await asyncio.start_server(self._handle, host, port, ssl=self.ssl_context)
+    async def start(self, host: str, port: int, reuse_port: bool = False) -> int:
+        self._server = await asyncio.start_server(self._handle, host, port, ssl=self.ssl_context,
+                                                  reuse_port=reuse_port or None)
         return self._server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
@@ -54,7 +56,8 @@ class HttpEndpoint:
             elif route is None:
                 status, ctype, body = 404, "text/plain", f"no route {path}\n".encode()
             else:
-                status, ctype, body = route()
+                result = route()
+                status, ctype, body = await result if inspect.isawaitable(result) else result
             header = (f"HTTP/1.1 {status} {_REASONS.get(status, '')}\r\nContent-Type: {ctype}\r\n"
                       f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode("latin-1")
             writer.write(header + (b"" if method == "HEAD" else body))

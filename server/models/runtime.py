@@ -36,6 +36,9 @@ CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 # Config parameters of the bound (IOBinding) path, see iobinding.py.
 IO_BINDING = "skewless.io_binding"  # auto (default: on for KIND_GPU instances), 1, 0
+# Intra-op threads of a session whose config names none (None: onnxruntime's own choice, one per core).
+# ``--workers N`` sets it to cores/N so that N processes' pools do not each claim every core.
+DEFAULT_INTRA_OP_THREADS: int | None = None
 PINNED_STAGING = "skewless.cuda_pinned_staging"  # 0 (default) or 1: page-locked input staging on GPU instances
 
 _OPT_LEVELS = {
@@ -134,6 +137,8 @@ def session_options(cfg: mc.ModelConfig):
     so.add_session_config_entry("session.inter_op.allow_spinning", spin)
     intra = int_param("intra_op_thread_count")
     inter = int_param("inter_op_thread_count")
+    if intra is None:
+        intra = DEFAULT_INTRA_OP_THREADS
     if intra is not None:
         so.intra_op_num_threads = intra
     if inter is not None:

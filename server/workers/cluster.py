@@ -1,0 +1,318 @@
+"""A worker's side of ``--workers N``: the one view a client gets whichever worker answers it.
+
+Every worker listens on a unix socket in the directory its parent made (``peer-<index>.sock``). Control calls
+(model load/unload, the skewless.v1 admin and traffic RPCs) run locally and are then sent to every other worker;
+ModelStatistics and /metrics ask every other worker for its own and sum. Readiness is a byte per worker in a
+file the parent made (``ready``), read without any call. Only these control-plane calls cross processes:
+inference requests never do.
+
+Wire format on the peer socket (one call per connection): a request frame ``key NUL body`` and a reply frame
+``status body``, each prefixed by its length (4 bytes, big-endian); status 0 is success (body: the serialized
+reply), 1 failure (body: JSON ``{"code": gRPC status name, "message": ...}``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import mmap
+import os
+import struct
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf import message_factory
+
+from skewless.protos import grpc_service_pb2 as pb
+
+from ..errors import SkewlessError
+from .merge import merge_prometheus, sum_statistics
+
+log = logging.getLogger(__name__)
+
+ENV_DIR = "SKEWLESS_WORKER_DIR"
+ENV_INDEX = "SKEWLESS_WORKER_INDEX"
+ENV_COUNT = "SKEWLESS_WORKERS"
+ENV_RESTARTED = "SKEWLESS_WORKER_RESTARTED"
+READY_FILE = "ready"
+CALL_TIMEOUT_S = 300.0  # a peer's model load can take as long as the local one did
+METRICS_KEY = "metrics"
+READY_MODELS_KEY = "ready-models"
+
+
+def peer_socket(directory: Path, index: int) -> Path:
+    return directory / f"peer-{index}.sock"
+
+
+@dataclass(frozen=True)
+class WorkerPlace:
+    """Where this worker stands among its siblings (from the environment its parent set)."""
+    directory: Path
+    index: int
+    count: int
+    restarted: bool = False
+
+    @classmethod
+    def from_env(cls) -> WorkerPlace | None:
+        if not os.environ.get(ENV_DIR):
+            return None
+        return cls(Path(os.environ[ENV_DIR]), int(os.environ[ENV_INDEX]), int(os.environ[ENV_COUNT]),
+                   os.environ.get(ENV_RESTARTED) == "1")
+
+
+class ReadyFlags:
+    """One byte per worker in a file shared by all of them: 1 while that worker serves."""
+
+    def __init__(self, path: Path, count: int):
+        self._file = open(path, "r+b")  # noqa: SIM115 - mapped for the process's lifetime
+        self._map = mmap.mmap(self._file.fileno(), count)
+        self.count = count
+
+    @staticmethod
+    def create(path: Path, count: int) -> ReadyFlags:
+        path.write_bytes(bytes(count))
+        return ReadyFlags(path, count)
+
+    def set(self, index: int, ready: bool) -> None:
+        self._map[index] = 1 if ready else 0
+
+    def all(self) -> bool:
+        return self._map[:self.count] == b"\x01" * self.count
+
+
+class PeerFailure(Exception):
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class _LocalContext:
+    """Stands in for a gRPC context when a peer's forwarded call runs a servicer method here."""
+
+    async def abort(self, code: grpc.StatusCode, details: str = "") -> None:
+        raise PeerFailure(code.name, details)
+
+    def invocation_metadata(self) -> tuple:
+        return ()
+
+    def peer(self) -> str:
+        return "unix:peer"
+
+
+def _frame(data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + data
+
+
+async def _read_frame(reader: asyncio.StreamReader) -> bytes:
+    (size,) = struct.unpack(">I", await reader.readexactly(4))
+    return await reader.readexactly(size)
+
+
+def _error_of(exc: BaseException) -> tuple[str, str]:
+    if isinstance(exc, PeerFailure):
+        return exc.code, exc.message
+    if isinstance(exc, SkewlessError):
+        return exc.kind, str(exc)
+    return "INTERNAL", f"internal error: {type(exc).__name__}: {exc}"
+
+
+def _skewless_error(code: str, message: str) -> SkewlessError:
+    err = SkewlessError(message)
+    err.kind = code
+    return err
+
+
+Handler = Callable[[bytes], Awaitable[bytes]]
+
+
+class Cluster:
+    """This worker's link to its siblings."""
+
+    def __init__(self, place: WorkerPlace):
+        self.place = place
+        self.flags = ReadyFlags(place.directory / READY_FILE, place.count)
+        self._handlers: dict[str, Handler] = {}
+        self._server: asyncio.base_events.Server | None = None
+
+    @property
+    def peers(self) -> list[int]:
+        return [i for i in range(self.place.count) if i != self.place.index]
+
+    # -- serving peers -------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        path = peer_socket(self.place.directory, self.place.index)
+        path.unlink(missing_ok=True)
+        self._server = await asyncio.start_unix_server(self._serve, str(path))
+
+    def set_ready(self, ready: bool) -> None:
+        self.flags.set(self.place.index, ready)
+
+    async def stop(self) -> None:
+        self.set_ready(False)
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            key, _, body = (await _read_frame(reader)).partition(b"\0")
+            handler = self._handlers.get(key.decode())
+            try:
+                if handler is None:
+                    raise PeerFailure("UNIMPLEMENTED", f"no peer call {key.decode()!r}")
+                reply = b"\0" + await handler(body)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                code, message = _error_of(exc)
+                reply = b"\1" + json.dumps({"code": code, "message": message}).encode()
+            writer.write(_frame(reply))
+            await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    # -- calling peers ---------------------------------------------------------------------------------------
+    async def call(self, index: int, key: str, body: bytes = b"") -> bytes:
+        """One peer's answer; PeerFailure with its status when it failed, ConnectionError when it is down."""
+        path = peer_socket(self.place.directory, index)
+        async with asyncio.timeout(CALL_TIMEOUT_S):
+            reader, writer = await asyncio.open_unix_connection(str(path))
+            try:
+                writer.write(_frame(key.encode() + b"\0" + body))
+                await writer.drain()
+                reply = await _read_frame(reader)
+            finally:
+                writer.close()
+        if reply[:1] == b"\0":
+            return reply[1:]
+        err = json.loads(reply[1:])
+        raise PeerFailure(err["code"], f"worker {index}: {err['message']}")
+
+    async def gather(self, key: str, body: bytes = b"") -> dict[int, bytes]:
+        """Every reachable peer's answer by its index (a worker being restarted has nothing to add)."""
+        results = await asyncio.gather(*(self.call(i, key, body) for i in self.peers), return_exceptions=True)
+        out = {}
+        for index, result in zip(self.peers, results, strict=True):
+            if isinstance(result, (ConnectionError, FileNotFoundError)):
+                log.warning("worker %d unreachable for %s: %s", index, key, result)
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                out[index] = result
+        return out
+
+    # -- hooks ---------------------------------------------------------------------------------------------
+    def wrap_servicer(self, servicer: Any, service: Any, broadcast: tuple[str, ...] = (),
+                      summed: tuple[str, ...] = ()) -> None:
+        """Replace ``servicer``'s methods named in ``broadcast`` (run here, then on every peer) and ``summed``
+        (ModelStatistics: every worker's reply summed) before the servicer is registered with gRPC."""
+        for name in (*broadcast, *summed):
+            method = service.methods_by_name[name]
+            request_class = message_factory.GetMessageClass(method.input_type)
+            local = getattr(servicer, name)
+            key = f"{service.full_name}/{name}"
+            self._handlers[key] = self._runner(local, request_class)
+            setattr(servicer, name, (self._summed if name in summed else self._broadcast)(local, key))
+
+    @staticmethod
+    def _runner(local, request_class) -> Handler:
+        async def run(body: bytes) -> bytes:
+            return (await local(request_class.FromString(body), _LocalContext())).SerializeToString()
+        return run
+
+    def _broadcast(self, local, key: str):
+        async def method(request, context):
+            reply = await local(request, context)
+            try:
+                await self.gather(key, request.SerializeToString())
+            except PeerFailure as exc:
+                await context.abort(grpc.StatusCode[exc.code], f"applied on worker {self.place.index}, not on "
+                                                               f"all: {exc.message}")
+            return reply
+        return method
+
+    def _summed(self, local, key: str):
+        async def method(request, context):
+            reply = await local(request, context)
+            try:
+                others = await self.gather(key, request.SerializeToString())
+            except PeerFailure as exc:
+                await context.abort(grpc.StatusCode[exc.code], exc.message)
+            return sum_statistics([reply, *(type(reply).FromString(b) for b in others.values())])
+        return method
+
+    def wrap_dataplane(self, dataplane: Any) -> None:
+        """Readiness over all workers; model load/unload (gRPC and REST alike) applied on every worker."""
+        local_ready = dataplane.is_ready
+        dataplane.is_ready = lambda: local_ready() and self.flags.all()
+        for name, request_class in (("repository_load", pb.RepositoryModelLoadRequest),
+                                    ("repository_unload", pb.RepositoryModelUnloadRequest)):
+            local = getattr(dataplane, name)
+            key = f"dataplane/{name}"
+
+            async def run(body: bytes, local=local, request_class=request_class) -> bytes:
+                return (await local(request_class.FromString(body))).SerializeToString()
+
+            async def method(request, local=local, key=key):
+                reply = await local(request)
+                try:
+                    await self.gather(key, request.SerializeToString())
+                except PeerFailure as exc:
+                    raise _skewless_error(exc.code, f"applied on worker {self.place.index}, not on all: "
+                                                    f"{exc.message}") from None
+                return reply
+
+            self._handlers[key] = run
+            setattr(dataplane, name, method)
+        self._local_load = self._handlers["dataplane/repository_load"]
+        self._local_unload = self._handlers["dataplane/repository_unload"]
+
+        async def ready_models(_body: bytes) -> bytes:
+            return json.dumps(sorted({n for n, _, state, _ in dataplane.repository.index(True)
+                                      if state == "READY"})).encode()
+
+        self._handlers[READY_MODELS_KEY] = ready_models
+        self._dataplane = dataplane
+
+    async def catch_up(self) -> None:
+        """A restarted worker under explicit model control loads what its siblings serve and unloads what they
+        do not, so that load/unload calls it missed while down still hold."""
+        repo = self._dataplane.repository
+        if getattr(repo, "control_mode", None) != "explicit":
+            return
+        for index in self.peers:
+            try:
+                wanted = set(json.loads(await self.call(index, READY_MODELS_KEY)))
+            except (ConnectionError, FileNotFoundError, PeerFailure):
+                continue
+            mine = {n for n, _, state, _ in repo.index(True) if state == "READY"}
+            for name in sorted(wanted - mine):
+                await self._local_load(pb.RepositoryModelLoadRequest(model_name=name).SerializeToString())
+            for name in sorted(mine - wanted):
+                await self._local_unload(pb.RepositoryModelUnloadRequest(model_name=name).SerializeToString())
+            log.info("caught up with worker %d: loaded %s, unloaded %s", index, sorted(wanted - mine),
+                     sorted(mine - wanted))
+            return
+
+    def metrics_route(self, local: Callable[[], tuple[int, str, bytes]]):
+        """/metrics over all workers: this worker's page merged with every peer's."""
+        async def page(_body: bytes) -> bytes:
+            return local()[2]
+
+        self._handlers[METRICS_KEY] = page
+
+        async def route() -> tuple[int, str, bytes]:
+            status, ctype, body = local()
+            pages = {self.place.index: body, **await self.gather(METRICS_KEY)}
+            return status, ctype, merge_prometheus(pages)
+        return route
+
+
+__all__ = ["Cluster", "ReadyFlags", "WorkerPlace", "peer_socket"]
