@@ -11,6 +11,7 @@ import signal
 import time
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
@@ -19,6 +20,8 @@ from serverproc import ServerProcess
 
 from skewless.benchmarks import mlflow_registry
 from skewless.benchmarks.mlflow_registry import free_port
+from skewless.protos import skewless_traffic_pb2 as tpb
+from skewless.protos import skewless_traffic_pb2_grpc as tpb_grpc
 from skewless.server.registry.manifest import build_manifest, dump_manifest
 from skewless.server.registry.mlflow_artifacts import MANIFEST_NAME, FsspecArtifacts, ProxiedArtifacts
 from skewless.server.registry.mlflow_rest import MlflowRest, tracking_uri
@@ -169,7 +172,7 @@ def test_alias_moves_challenger_corrupt_and_logged_model(mlflow_server, tmp_path
     # without auth ignores both); neither may ever show in a log line or an error.
     url = mlflow_server.url.replace("http://", f"mlflow://alice:{PASSWORD}@")
     srv = serve(url, tmp_path, "--registry-model", f"m={reg}", "--registry-model", "gone=no-such-model",
-                env={"MLFLOW_TRACKING_TOKEN": SECRET})
+                "--registry-model", f"m-challenger={reg}@challenger", env={"MLFLOW_TRACKING_TOKEN": SECRET})
     c = grpcclient.InferenceServerClient(srv.grpc_url)
     try:
         assert version_of(c) == 1
@@ -183,6 +186,21 @@ def test_alias_moves_challenger_corrupt_and_logged_model(mlflow_server, tmp_path
         wait_until(lambda: metric(srv, "skewless_registry_alias_version", 'alias="challenger"') == 2, TIMEOUT,
                    "challenger=2 reported")
         assert version_of(c) == 1
+
+        # The challenger alias as the shadow target: served as its own model that follows the alias, and
+        # shadowing m; its outputs (input + 2) diverge from the champion's (input + 1) on every request.
+        wait_until(lambda: c.is_model_ready("m-challenger"), TIMEOUT, "m-challenger (the alias) to serve")
+        with grpc.insecure_channel(srv.grpc_url) as channel:
+            traffic = tpb_grpc.TrafficAdminStub(channel)
+            traffic.SetShadow(tpb.SetShadowRequest(model="m", challenger="m-challenger", rate=1.0), timeout=10)
+            for _ in range(5):
+                assert version_of(c) == 1
+            wait_until(lambda: sum(p.mirrored for p in traffic.GetTraffic(tpb.ModelRef(model="m")).pairs) == 5,
+                       TIMEOUT, "5 requests mirrored to the challenger alias")
+            shadow_pair = traffic.GetTraffic(tpb.ModelRef(model="m")).pairs[0]
+            assert shadow_pair.challenger == "m-challenger" and shadow_pair.errors == 0
+            assert shadow_pair.divergent == 5
+            traffic.SetShadow(tpb.SetShadowRequest(model="m", challenger="", rate=0.0), timeout=10)
 
         # Moving champion moves the served version within a poll or two (load and warm-up included).
         ml.set_registered_model_alias(reg, "champion", 2)

@@ -115,7 +115,8 @@ def placements(cfg: mc.ModelConfig) -> list[Placement]:
     return out
 
 
-def session_options(cfg: mc.ModelConfig):
+def session_options(cfg: mc.ModelConfig, intra_op_threads: int | None = None):
+    """``intra_op_threads`` overrides the config's (the background instance runs on its caller's thread)."""
     rt = require_onnxruntime()
     so = rt.SessionOptions()
 
@@ -139,6 +140,8 @@ def session_options(cfg: mc.ModelConfig):
     inter = int_param("inter_op_thread_count")
     if intra is None:
         intra = DEFAULT_INTRA_OP_THREADS
+    if intra_op_threads is not None:
+        intra = intra_op_threads
     if intra is not None:
         so.intra_op_num_threads = intra
     if inter is not None:
@@ -175,7 +178,8 @@ class OnnxInstance:
 
     abandoned = False  # set by the watchdog: a hung run's instance never goes back to the pool
 
-    def __init__(self, model_path: Path, cfg: mc.ModelConfig, placement: Placement):
+    def __init__(self, model_path: Path, cfg: mc.ModelConfig, placement: Placement,
+                 intra_op_threads: int | None = None):
         self.placement = placement
         rt = require_onnxruntime()
         providers: list = [CPU]
@@ -183,7 +187,7 @@ class OnnxInstance:
             _preload_cuda_libraries()
             providers = [(CUDA, cuda_provider_options(cfg, placement.device_id)), CPU]
         try:
-            self.session = rt.InferenceSession(str(model_path), sess_options=session_options(cfg),
+            self.session = rt.InferenceSession(str(model_path), sess_options=session_options(cfg, intra_op_threads),
                                                providers=providers)
         except ModelLoadError:
             raise
@@ -313,6 +317,8 @@ class ModelRuntime:
         self.executor = ThreadPoolExecutor(max_workers=len(self.instances), thread_name_prefix=f"ort-{label}")
         self._busy: dict[int, OnnxInstance] = {}  # worker thread id -> the instance it is running
         self.restarts = 0
+        self._background: OnnxInstance | None = None
+        self._background_lock = threading.Lock()
 
     @property
     def providers(self) -> list[str]:
@@ -330,6 +336,25 @@ class ModelRuntime:
             self._busy.pop(me, None)
             if not inst.abandoned:
                 self._free.put(inst)
+
+    def run_background(self, output_names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Run for background work (a shadow challenger): on CPU, a session of its own with one intra-op
+        thread, so the whole run happens on the calling thread and at that thread's (lowest) OS priority
+        instead of in the pool threads the primaries share; never takes an instance from the primaries' pool.
+        The session is built on first use (one more copy of the weights). GPU placements run as usual."""
+        inst = self._background
+        if inst is None:
+            if self.instances and self.instances[0].placement.kind != "KIND_CPU":
+                return self.run_sync(output_names, feeds)
+            with self._background_lock:
+                if self._background is None:
+                    self._background = OnnxInstance(self.model_path, self.cfg, Placement("KIND_CPU", 0),
+                                                    intra_op_threads=1)
+                inst = self._background
+        try:
+            return inst.run(output_names, feeds)
+        except Exception as exc:
+            raise Internal(f"onnxruntime execution failed: {exc}") from None
 
     def restart_hung(self, thread_id: int) -> None:
         """The watchdog's restart: the instance the hung thread holds is abandoned (the thread cannot be
@@ -366,3 +391,7 @@ class ModelRuntime:
         for inst in self.instances:
             inst.close()  # staging buffers: no batch can be using them once the executor has stopped
         self.instances.clear()
+        with self._background_lock:
+            if self._background is not None:
+                self._background.close()
+                self._background = None

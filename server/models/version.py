@@ -199,8 +199,8 @@ class ModelVersion:
         log.info("model %s: unloaded", self.label)
 
     # -- execution: the work the scheduler runs, on a worker thread or inline ------------------------
-    def run_batch(self, feeds: list[dict[str, np.ndarray]], rows: list[int], output_names: list[str]
-                  ) -> tuple[list[list[np.ndarray]], tuple[int, int, int]]:
+    def run_batch(self, feeds: list[dict[str, np.ndarray]], rows: list[int], output_names: list[str],
+                  background: bool = False) -> tuple[list[list[np.ndarray]], tuple[int, int, int]]:
         """Merge the requests' inputs (or transform their raw features), run them as one batch, and split the
         outputs back per request; also the nanoseconds of each phase (compute input, infer, output)."""
         t0 = time.perf_counter_ns()
@@ -211,7 +211,7 @@ class ModelVersion:
         else:
             merged = {name: merge_rows(feeds, name) for name in feeds[0]}
         t1 = time.perf_counter_ns()
-        outs = self.runtime.run_sync(output_names, merged)
+        outs = (self.runtime.run_background if background else self.runtime.run_sync)(output_names, merged)
         t2 = time.perf_counter_ns()
         observer = self.batch_observer
         if observer is not None:

@@ -4,9 +4,10 @@ Mirrored requests arrive here after the primary's reply has been handed over. Th
 event loop) runs them on one thread of its own at the lowest OS priority, and only while no primary request
 is in flight; otherwise they wait, and they shed (counted) when the queue is full or they are older than
 ``max_age_s``. So under load the challenger gives way entirely, and it can never delay a primary batch:
-primaries neither wait for it in any queue nor share its thread. The thread's work (run, compare) is also
-held to ``cpu_share`` of wall time over the last second, because what it does in Python holds the GIL that the
-event loop needs: beyond that share mirrored requests wait, then shed.
+primaries neither wait for it in any queue nor share its thread (on CPU it runs a one-thread session of its
+own, ``ModelRuntime.run_background``, so onnxruntime's work happens on that niced thread too). The thread's
+work (run, compare) is also held to ``cpu_share`` of wall time over the last second, because what it does in
+Python holds the GIL that the event loop needs: beyond that share mirrored requests wait, then shed.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ MAX_AGE_S = 2.0
 MAX_BATCH_ROWS = 64  # mirrored requests to one challenger merge into batches up to this
 IDLE_POLL_S = 0.005  # how often a waiting dispatcher looks again (each look costs the loop a wake-up)
 IDLE_IN_FLIGHT = 0  # primaries in flight at or below which the challenger may run
+IDLE_CHECKS = 1  # after a busy look, further idle looks (IDLE_POLL_S apart) before the challenger runs again
 CPU_SHARE = 0.1  # of wall time, over BUDGET_WINDOW_S, that the shadow thread may be busy
 BUDGET_WINDOW_S = 1.0
 
@@ -131,6 +133,7 @@ class ShadowWorker:
     async def _dispatch(self) -> None:
         loop = asyncio.get_running_loop()
         q = self.queue
+        quiet_checks = 0
         while True:
             if not q:
                 self._wake.clear()
@@ -142,6 +145,11 @@ class ShadowWorker:
             if not q:
                 continue
             if self._busy(now):
+                quiet_checks = 0
+                await asyncio.sleep(IDLE_POLL_S)
+                continue
+            if quiet_checks < IDLE_CHECKS:  # idle at consecutive looks, not in a gap between two batches
+                quiet_checks += 1
                 await asyncio.sleep(IDLE_POLL_S)
                 continue
             head = q.popleft()
@@ -207,7 +215,8 @@ def _run(challenger: ModelVersion, batch: list[Mirrored]) -> None:
         return
     t0 = time.perf_counter()
     try:
-        split, _ = challenger.run_batch([i.feeds for i in batch], [i.rows for i in batch], names)
+        split, _ = challenger.run_batch([i.feeds for i in batch], [i.rows for i in batch], names,
+                                        background=True)
     except Exception as exc:
         shadow.warn_once(f"challenger {label} failed: {exc}")
         for _ in batch:
