@@ -6,8 +6,10 @@ requests; ``InferenceSession.run`` releases the GIL, so instances of different m
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
+import os
 import queue
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -292,6 +294,25 @@ def probe_model_io(model_path: Path) -> tuple[list[OnnxTensor], list[OnnxTensor]
     return conv(sess.get_inputs()), conv(sess.get_outputs())
 
 
+_BACKGROUND: ThreadPoolExecutor | None = None
+_BACKGROUND_LOCK = threading.Lock()
+
+
+def _background_thread() -> ThreadPoolExecutor:
+    global _BACKGROUND
+    with _BACKGROUND_LOCK:
+        if _BACKGROUND is None:
+            _BACKGROUND = ThreadPoolExecutor(1, thread_name_prefix="ort-background", initializer=lowest_priority)
+        return _BACKGROUND
+
+
+def lowest_priority() -> None:
+    """Give the calling thread the lowest OS priority (Linux threads carry their own nice value)."""
+    # not Linux, or not allowed: background work is still bounded by its callers
+    with contextlib.suppress(OSError, AttributeError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+
+
 # Worker threads the watchdog gave up on: Python joins executor threads at exit, so a process holding one that
 # never returns must leave without that join (app.run does, once everything else has stopped).
 HUNG_THREADS: set[int] = set()
@@ -341,7 +362,11 @@ class ModelRuntime:
         """Run for background work (a shadow challenger): on CPU, a session of its own with one intra-op
         thread, so the whole run happens on the calling thread and at that thread's (lowest) OS priority
         instead of in the pool threads the primaries share; never takes an instance from the primaries' pool.
-        The session is built on first use (one more copy of the weights). GPU placements run as usual."""
+        The session is built on first use (one more copy of the weights). GPU placements run as usual.
+
+        The run itself happens on the process's one background thread, niced to 19, while the caller waits
+        without the GIL: the caller keeps its own priority for the parts that hold the GIL (a niced thread
+        holding the GIL, preempted, would stall the event loop: priority inversion)."""
         inst = self._background
         if inst is None:
             if self.instances and self.instances[0].placement.kind != "KIND_CPU":
@@ -352,7 +377,7 @@ class ModelRuntime:
                                                     intra_op_threads=1)
                 inst = self._background
         try:
-            return inst.run(output_names, feeds)
+            return _background_thread().submit(inst.run, output_names, feeds).result()
         except Exception as exc:
             raise Internal(f"onnxruntime execution failed: {exc}") from None
 

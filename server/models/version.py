@@ -202,7 +202,8 @@ class ModelVersion:
     def run_batch(self, feeds: list[dict[str, np.ndarray]], rows: list[int], output_names: list[str],
                   background: bool = False) -> tuple[list[list[np.ndarray]], tuple[int, int, int]]:
         """Merge the requests' inputs (or transform their raw features), run them as one batch, and split the
-        outputs back per request; also the nanoseconds of each phase (compute input, infer, output)."""
+        outputs back per request; also the nanoseconds of each phase (compute input, infer, output).
+        ``background`` (a shadow challenger's run): the low-priority session, and no batch observer."""
         t0 = time.perf_counter_ns()
         if self.features is not None:  # one kernel call over the batch's raw columns (features_stage)
             merged = self.features.transform_batch(feeds)
@@ -213,7 +214,7 @@ class ModelVersion:
         t1 = time.perf_counter_ns()
         outs = (self.runtime.run_background if background else self.runtime.run_sync)(output_names, merged)
         t2 = time.perf_counter_ns()
-        observer = self.batch_observer
+        observer = None if background else self.batch_observer  # mirrored inputs: the primary observed them
         if observer is not None:
             try:
                 observer(merged, output_names, outs)

@@ -1,13 +1,14 @@
 """The challenger's way to run: one bounded queue for the server, drained only when the primaries are idle.
 
 Mirrored requests arrive here after the primary's reply has been handed over. The dispatcher (a task on the
-event loop) runs them on one thread of its own at the lowest OS priority, and only while no primary request
-is in flight; otherwise they wait, and they shed (counted) when the queue is full or they are older than
-``max_age_s``. So under load the challenger gives way entirely, and it can never delay a primary batch:
-primaries neither wait for it in any queue nor share its thread (on CPU it runs a one-thread session of its
-own, ``ModelRuntime.run_background``, so onnxruntime's work happens on that niced thread too). The thread's
-work (run, compare) is also held to ``cpu_share`` of wall time over the last second, because what it does in
-Python holds the GIL that the event loop needs: beyond that share mirrored requests wait, then shed.
+event loop) runs them on one thread of its own, and only while no primary request is in flight (two looks in
+a row after a busy one); otherwise they wait, and they shed (counted) when the queue is full or they are older
+than ``max_age_s``. So under load the challenger gives way entirely, and it can never delay a primary batch:
+primaries neither wait for it in any queue nor share its threads. On CPU the challenger's onnxruntime work runs
+in a one-thread session of its own on a thread niced to 19 (``ModelRuntime.run_background``); the shadow
+thread itself keeps normal priority because its Python work holds the GIL, and a niced GIL holder that the
+kernel preempts would stall the event loop. That Python work (merge, compare) is held to ``cpu_share`` of wall
+time over the last second: beyond that share mirrored requests wait, then shed.
 """
 
 from __future__ import annotations
@@ -15,8 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -41,7 +40,7 @@ MAX_BATCH_ROWS = 64  # mirrored requests to one challenger merge into batches up
 IDLE_POLL_S = 0.005  # how often a waiting dispatcher looks again (each look costs the loop a wake-up)
 IDLE_IN_FLIGHT = 0  # primaries in flight at or below which the challenger may run
 IDLE_CHECKS = 1  # after a busy look, further idle looks (IDLE_POLL_S apart) before the challenger runs again
-CPU_SHARE = 0.1  # of wall time, over BUDGET_WINDOW_S, that the shadow thread may be busy
+CPU_SHARE = 0.05  # of wall time, over BUDGET_WINDOW_S, that the shadow thread may be busy
 BUDGET_WINDOW_S = 1.0
 
 
@@ -101,7 +100,7 @@ class ShadowWorker:
         self._spent_s = 0.0
         self.queue: deque[Mirrored] = deque()
         self.total: InFlightTotal | None = None  # the server's in-flight count, from the first primary seen
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="shadow", initializer=_lowest_priority)
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="shadow")
         self._task: asyncio.Task | None = None
         self._wake: asyncio.Event | None = None
         self._running_requests = 0
@@ -190,13 +189,6 @@ class ShadowWorker:
             self._shed(item)
         self.queue.clear()
         await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown)
-
-
-def _lowest_priority() -> None:
-    """The shadow thread yields the CPU to every primary thread (Linux threads carry their own nice value)."""
-    # not Linux, or not allowed: the challenger is still bounded, idle-gated and shed
-    with contextlib.suppress(OSError, AttributeError):
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
 
 
 def _run(challenger: ModelVersion, batch: list[Mirrored]) -> None:
