@@ -90,18 +90,20 @@ def main(argv: list[str] | None = None) -> int:
         counts = {k: metric(on_http, k) for k in ("skewless_prediction_log_rows_total",
                                                   "skewless_prediction_log_dropped_total")}
         files = sorted(p.name for p in logdir.rglob("*.parquet*"))
-    fig = {v: {k: report.median([r[k] for r in rs]) for k in ("rps", "p50_ms", "p99_ms", "cpu_us_per_request")}
+    fig = {v: {k: report.median([r[k] for r in rs]) for k in ("rps", "p50_ms", "p99_ms", "cpu_us_per_request",
+                                                                    "mean_batch_size")}
            for v, rs in rows.items()}
     ratio = report.ratio(fig["on"]["cpu_us_per_request"], fig["off"]["cpu_us_per_request"])
     errors = sum(r["errors"] for rs in rows.values() for r in rs)
     lines = [f"Prediction log cost: {MODEL}, 1 row/request, unary gRPC, {CLIENTS} clients, closed loop, "
              f"{args.rounds} round(s) of {args.warmup:g}+{args.duration:g} s, {platform.node()} "
              f"({os.cpu_count()} CPUs), {datetime.now():%Y-%m-%d %H:%M}",
-             f"{'':<6}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'srv µs/req':>12}"]
+             f"{'':<6}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'srv µs/req':>12}{'batch':>7}"]
     for v in ("off", "on"):
         f = fig[v]
         lines.append(f"{v:<6}{report._fmt(f['rps'], '.0f'):>9}{report._fmt(f['p50_ms'], '.3f'):>9}"
-                     f"{report._fmt(f['p99_ms'], '.3f'):>9}{report._fmt(f['cpu_us_per_request'], '.0f'):>12}")
+                     f"{report._fmt(f['p99_ms'], '.3f'):>9}{report._fmt(f['cpu_us_per_request'], '.0f'):>12}"
+                     f"{report._fmt(f['mean_batch_size'], '.1f'):>7}")
     lines.append(f"on ÷ off CPU/request = {report._fmt(ratio)}×; rows logged {counts['skewless_prediction_log_rows_total']}, "
                  f"dropped {counts['skewless_prediction_log_dropped_total']}, files {len(files)}; errors {errors}; "
                  f"run took {time.monotonic() - t0:.0f} s")

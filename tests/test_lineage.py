@@ -282,8 +282,8 @@ def test_prediction_log_drops_counted_when_queue_full(tmp_path):
 
     plog = PredictionLog(PredictionLogSettings(tmp_path, queue_size=2))
     rec = Record("r", 0, "m", 1, None, None, {"x": np.zeros((1, 1))}, ["y"], [np.zeros((1, 1))], 1, None)
-    plog.queue.put(rec)
-    plog.queue.put(rec)  # full; the writer thread is not started yet
+    plog.queue.append(rec)
+    plog.queue.append(rec)  # full; the writer thread is not started yet
     for _ in range(5):
         plog.offer(rec)
     assert plog.dropped == 5

@@ -34,6 +34,7 @@ import queue
 import random
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -56,6 +57,7 @@ CONTEXT_COLUMNS = ("request_id", "row", "time", "model_name", "model_version", "
                    "canary_arm", "shadow", "score")
 OUTPUT_PREFIX = "output."
 _STOP = object()
+DRAIN_S = 0.05  # how often the writer takes what the request path queued
 _FILE_SEQ = itertools.count(1)
 
 
@@ -70,11 +72,15 @@ class PredictionLogSettings:
 
 
 def require_pyarrow() -> None:
+    """At startup: pyarrow present, and its first conversion done (it imports pandas when installed: ~0.3 s
+    that would otherwise hold the GIL against the event loop at the first write)."""
     try:
-        import pyarrow  # noqa: F401
+        import pyarrow as pa
+        import pyarrow.parquet  # noqa: F401
     except ImportError:
         raise SystemExit("--prediction-log writes Parquet and needs pyarrow: pip install 'skewless[features]'"
                          ) from None
+    pa.array([0])
 
 
 @dataclass(slots=True)
@@ -126,7 +132,11 @@ class PredictionLog:
     def __init__(self, settings: PredictionLogSettings, join: LabelJoin | None = None) -> None:
         self.settings = settings
         self.join = join
-        self.queue: queue.Queue = queue.Queue(settings.queue_size)
+        # A deque, not a queue.Queue: append and popleft are atomic under the GIL and wake nobody, so a logged
+        # request costs one append; the writer looks every DRAIN_S and takes what is there (a Queue's notify
+        # woke the writer thread for every record: a thread switch and a GIL hand-off per request).
+        self.queue: deque[Record] = deque()
+        self._control: queue.SimpleQueue = queue.SimpleQueue()  # flush events and _STOP
         self.dropped = 0
         self.written_rows = 0
         self.files_written = 0
@@ -153,11 +163,10 @@ class PredictionLog:
 
     # -- request side (event loop) ---------------------------------------------------------------------
     def offer(self, rec: Record) -> None:
-        try:
-            self.queue.put_nowait(rec)
-        except queue.Full:
+        if len(self.queue) >= self.settings.queue_size:
             self.dropped += 1
             return
+        self.queue.append(rec)
         if self._thread is None:
             self.start()
 
@@ -169,10 +178,10 @@ class PredictionLog:
 
     def close(self) -> None:
         """Flush what is queued and close every file (server stop)."""
-        if self._thread is None and not self.queue.empty():
+        if self._thread is None and self.queue:
             self.start()
         if self._thread is not None:
-            self.queue.put(_STOP)
+            self._control.put(_STOP)
             self._thread.join(30)
             self._thread = None
         else:
@@ -181,7 +190,7 @@ class PredictionLog:
     def flush(self) -> None:
         """Rotate every open file now (tests, and before reading the directory)."""
         done = threading.Event()
-        self.queue.put(done)
+        self._control.put(done)
         if self._thread is None:
             self.start()
         done.wait(30)
@@ -190,16 +199,16 @@ class PredictionLog:
     def _run(self) -> None:
         pending: list[Record] = []
         last = time.monotonic()
+        items = self.queue
         while True:
-            timeout = max(0.0, self.settings.flush_seconds - (time.monotonic() - last))
+            wait = min(DRAIN_S, max(0.0, self.settings.flush_seconds - (time.monotonic() - last)))
             try:
-                item = self.queue.get(timeout=timeout)
+                item = self._control.get(timeout=wait)
             except queue.Empty:
                 item = None
-            if isinstance(item, Record):
-                pending.append(item)
-                if len(pending) < 4096:
-                    continue
+            pending.extend(items.popleft() for _ in range(len(items)))  # the event loop only appends
+            if item is None and len(pending) < 4096 and time.monotonic() - last < self.settings.flush_seconds:
+                continue
             try:
                 if pending:
                     self._write(pending)
@@ -361,7 +370,8 @@ def _to_batch(recs: list[Record]):
     def repeat(values: list, kind) -> pa.Array:
         if len(values) == 1:
             return pa.array(values * n, kind)
-        return pa.array(np.repeat(np.array(values, dtype=object), counts), kind)
+        distinct = pa.array(values, kind)  # a list, not an object ndarray: pyarrow would import pandas for that
+        return distinct if len(values) == n else distinct.take(pa.array(np.repeat(np.arange(len(values)), counts)))
 
     first = recs[0]
     score = np.full(n, np.nan)

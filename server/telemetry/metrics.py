@@ -224,7 +224,7 @@ class ServerMetrics:
                                         description="Requests the prediction log dropped: its queue was full")
         meter.create_observable_counter("skewless_prediction_log_rows", one(lambda: plog.written_rows),
                                         description="Rows written to the prediction log")
-        meter.create_observable_gauge("skewless_prediction_log_queue_depth", one(plog.queue.qsize),
+        meter.create_observable_gauge("skewless_prediction_log_queue_depth", one(lambda: len(plog.queue)),
                                       description="Requests waiting for the prediction log's writer")
         meter.create_observable_counter("skewless_labels_joined", one(lambda: join.joined),
                                         description="Submitted labels joined with their prediction")
