@@ -12,7 +12,12 @@
    shared memory, estimated by a prototype of its hand-off alone: a 64 KB request and a 2.5 KB reply through
    a shared-memory block, with a pipe byte each way to wake the other side (CPU of both processes per
    round trip). That cost comes on top of a single front-end's transport, which stays one Python process.
-4. The batching report's small-model figures, by running it (``benchmarks/batching_report.py``) in the same
+4. The feature stage: the ``churn`` example (raw columns, strings included, turned into its ``dense`` and
+   ``ids`` tensors by the feature kernel in the server) against the same ONNX model served without
+   ``features.json`` (clients send the tensors), 64 rows × 8 clients each: server CPU per request, and per
+   model execution the input stage (ModelStatistics' batch compute_input: request merge, plus the kernel for
+   the feature model) next to the kernel alone in-process on the same 64 rows.
+5. The batching report's small-model figures, by running it (``benchmarks/batching_report.py``) in the same
    run, into ``<out>/batching``.
 
 Writes compute.json, compute.png and compute.txt into --out and prints the table.
@@ -43,6 +48,8 @@ from .loadgen import RESULTS_DIR, BenchConfig, run_bench
 from .servers import EXAMPLE_MODELS, start_echo, start_skewless
 
 OVERHEAD_TARGET = 1.3
+FEATURE_MODEL = "churn"
+FEATURE_ROWS = 64
 HANDOFF_REQUEST_BYTES = br.HEAVY_ROWS * br.HEAVY_LAYERS[0] * 4
 HANDOFF_REPLY_BYTES = br.HEAVY_ROWS * br.HEAVY_LAYERS[-1] * 4
 
@@ -110,6 +117,56 @@ def handoff_cost(n: int = 5000) -> dict[str, Any]:
 
 
 # -- figures -----------------------------------------------------------------------------------------------
+# -- the feature stage ------------------------------------------------------------------------------------
+def feature_repos(tmp: Path) -> tuple[Path, Path, Path, Path, dict[str, Any]]:
+    """The churn example as served (raw columns through features.json) and the same ONNX model without it
+    (inputs auto-completed: the dense and ids tensors), with one 64-row request's inputs for each (.npz),
+    and the kernel alone on those rows in-process."""
+    import shutil
+
+    from skewless.examples.generate import churn_dataset
+    from skewless.native.spec import FeatureSpec
+
+    src = EXAMPLE_MODELS / FEATURE_MODEL
+    feat_repo, plain_repo = tmp / "features", tmp / "plain"
+    shutil.copytree(src, feat_repo / FEATURE_MODEL)
+    (plain_repo / FEATURE_MODEL / "1").mkdir(parents=True)
+    shutil.copy(src / "1" / "model.onnx", plain_repo / FEATURE_MODEL / "1" / "model.onnx")
+    (plain_repo / FEATURE_MODEL / "config.pbtxt").write_text(
+        f'name: "{FEATURE_MODEL}"\nplatform: "onnxruntime_onnx"\nmax_batch_size: {FEATURE_ROWS}\n'
+        "dynamic_batching { max_queue_delay_microseconds: 0 }\n")
+    spec = FeatureSpec.load(src / "1" / "features.json")
+    data = {k: v for k, v in churn_dataset(FEATURE_ROWS, seed=1).items() if k in {t.name for t in spec.inputs}}
+    raw = {k: (v.astype(np.bytes_) if v.dtype == object else v).reshape(-1, 1) for k, v in data.items()}
+    raw_npz, plain_npz = tmp / "raw.npz", tmp / "plain.npz"
+    np.savez(raw_npz, **raw)
+    np.savez(plain_npz, **spec.transform(data))
+    calls, t0 = 0, time.perf_counter()
+    cpu0 = time.process_time()
+    while time.perf_counter() - t0 < 1.0 or calls < 200:
+        spec.transform(data)
+        calls += 1
+    kernel = {"rows": FEATURE_ROWS, "us_per_batch": (time.perf_counter() - t0) / calls * 1e6,
+              "cpu_us_per_batch": (time.process_time() - cpu0) / calls * 1e6, "calls": calls}
+    return feat_repo, plain_repo, raw_npz, plain_npz, kernel
+
+
+def feature_figures(runs: dict[str, Any], kernel: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {"kernel_in_process": kernel}
+    for key in ("features", "plain"):
+        pt = br.find_point(runs.get(f"churn_{key}"), "closed", br.HEAVY_CLIENTS)
+        st = (pt or {}).get("server_stats") or {}
+        out[key] = {**br.row(f"churn, {key}", pt),
+                    **{k: st.get(k) for k in ("batch_input_us_mean", "batch_infer_us_mean", "batch_output_us_mean")}}
+    f, p = out["features"], out["plain"]
+    out["added_cpu_us_per_request"] = (f["cpu_us_per_request"] - p["cpu_us_per_request"]
+                                       if f.get("cpu_us_per_request") and p.get("cpu_us_per_request") else None)
+    out["added_input_us_per_batch"] = (f["batch_input_us_mean"] - p["batch_input_us_mean"]
+                                       if f.get("batch_input_us_mean") is not None
+                                       and p.get("batch_input_us_mean") is not None else None)
+    return out
+
+
 def inprocess_cpu_us_per_request(inproc: dict[str, Any]) -> float | None:
     """onnxruntime's CPU for one 64-row request, at the mix of batch sizes the server formed (rows-weighted)."""
     rows = cpu = 0.0
@@ -121,7 +178,8 @@ def inprocess_cpu_us_per_request(inproc: dict[str, Any]) -> float | None:
 
 
 def summarise(runs: dict[str, Any], inproc: dict[str, Any], handoff: dict[str, Any], workers: list[int],
-              batching: dict[str, Any] | None, meta: dict[str, Any]) -> dict[str, Any]:
+              batching: dict[str, Any] | None, meta: dict[str, Any],
+              features: dict[str, Any] | None = None) -> dict[str, Any]:
     echo = br.row("echo server, heavy payload", br.find_point(runs["echo_heavy"], "closed", br.HEAVY_CLIENTS))
     per_workers = {}
     for w in workers:
@@ -157,7 +215,7 @@ def summarise(runs: dict[str, Any], inproc: dict[str, Any], handoff: dict[str, A
     if batching:
         targets += [dict(t, figure=f"batching report: {t['figure']}") for t in batching["summary"]["targets"]]
     return {"title": meta["title"], "heavy": heavy, "workers": per_workers, "scale": scale,
-            "frontend_design": frontend, "targets": targets, "notes": meta["notes"]}
+            "frontend_design": frontend, "features": features, "targets": targets, "notes": meta["notes"]}
 
 
 def _f(v: Any, spec: str = ".2f") -> str:
@@ -192,7 +250,23 @@ def format_table(s: dict[str, Any]) -> str:
             f"{_f(fe['handoff']['wall_us'], '.1f')} µs",
             f"  estimated CPU/request: heavy {_f(fe['estimated_heavy_us_per_request'], '.0f')} µs (echo + onnxruntime "
             f"+ hand-off), MLP {_f(fe['estimated_mlp_us_per_request'], '.0f')} µs; its transport stays one process",
-            "", "targets"]
+            ""]
+    ft = s.get("features")
+    if ft:
+        k = ft["kernel_in_process"]
+        out += [f"feature stage: {FEATURE_MODEL}, {FEATURE_ROWS} rows × {br.HEAVY_CLIENTS} clients (one request per "
+                "model execution)",
+                f"{'':<34}{'req/s':>8}{'µs/req':>8}{'input µs/batch':>16}{'infer':>8}{'output':>8}"]
+        for key, label in (("features", "raw columns + features.json"), ("plain", "dense/ids tensors")):
+            r = ft[key]
+            out.append(f"  {label:<32}{_f(r.get('rps'), '.0f'):>8}{_f(r.get('cpu_us_per_request'), '.0f'):>8}"
+                       f"{_f(r.get('batch_input_us_mean'), '.1f'):>16}{_f(r.get('batch_infer_us_mean'), '.1f'):>8}"
+                       f"{_f(r.get('batch_output_us_mean'), '.1f'):>8}")
+        out += [f"  the feature stage adds {_f(ft['added_input_us_per_batch'], '.1f')} µs of input stage per "
+                f"{FEATURE_ROWS}-row batch (the kernel alone in-process: {_f(k['us_per_batch'], '.1f')} µs) and "
+                f"{_f(ft['added_cpu_us_per_request'], '.0f')} µs of server CPU per request (raw columns are larger "
+                "on the wire than the tensors)", ""]
+    out += ["targets"]
     for t in s["targets"]:
         mark = {True: "met", False: "MISSED", None: "—"}[t["met"]]
         out.append(f"  {t['figure']:<78} {_f(t['value'])} {t['op']} {t['bound']:g}{t['unit']}  {mark}")
@@ -206,7 +280,8 @@ def plot(s: dict[str, Any], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
+    ft = s.get("features")
+    fig, axes = plt.subplots(1, 4 if ft else 3, figsize=(18 if ft else 14, 4.2))
     h = s["heavy"]
     names = ["server", "onnxruntime", "own", "echo"]
     vals = [h["server_cpu_us_per_request"], h["ort_cpu_us_per_request"], h["server_own_us_per_request"],
@@ -221,6 +296,14 @@ def plot(s: dict[str, Any], path: Path) -> Path:
     axes[1].set_title("heavy MLP rows/s", fontsize=9)
     axes[2].bar([f"w{w}" for w in ws], [s["workers"][w]["mlp"].get("rps") or 0 for w in ws], color="C0")
     axes[2].set_title(f"example MLP req/s, {br.CLIENTS} clients", fontsize=9)
+    if ft:
+        bars = {"input stage\nfeatures": ft["features"].get("batch_input_us_mean"),
+                "input stage\ntensors": ft["plain"].get("batch_input_us_mean"),
+                "kernel alone\nin-process": ft["kernel_in_process"]["us_per_batch"],
+                "onnxruntime\n(infer)": ft["features"].get("batch_infer_us_mean")}
+        axes[3].bar(list(bars), [v or 0 for v in bars.values()], color=["C1", "C7", "C2", "C0"])
+        axes[3].set_title(f"{FEATURE_MODEL}: µs per {FEATURE_ROWS}-row batch", fontsize=9)
+        axes[3].tick_params(axis="x", labelsize=8)
     fig.suptitle(s["title"], fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -277,6 +360,17 @@ def _run(args: argparse.Namespace, duration: float, warmup: float, out: Path, tm
             bench(f"heavy_w{w}", srv.target, srv.pid, br.HEAVY, br.HEAVY_CLIENTS, br.HEAVY_ROWS, heavy_onnx)
         with start_skewless(mlp_repo, out / f"mlp_w{w}.log", extra) as srv:
             bench(f"mlp_w{w}", srv.target, srv.pid, br.MODEL, br.CLIENTS, 1, mlp_onnx)
+    feat_repo, plain_repo, raw_npz, plain_npz, kernel = feature_repos(tmp)
+    for key, repo, npz, onnx in (("features", feat_repo, raw_npz, None),
+                                 ("plain", plain_repo, plain_npz, plain_repo / FEATURE_MODEL / "1" / "model.onnx")):
+        with start_skewless(repo, out / f"churn_{key}.log", ["--workers", str(args.workers[0])]) as srv:
+            log(f"churn_{key}: {warmup:g}+{duration:g} s ({time.monotonic() - t_start:.0f} s elapsed)")
+            cfg = BenchConfig(target=srv.target, model=FEATURE_MODEL, concurrency=[br.HEAVY_CLIENTS],
+                              duration=duration, warmup=warmup, server_pid=srv.pid, input_files=[str(npz)],
+                              check_against_onnx=str(onnx) if onnx else None, out=str(out / f"churn_{key}"),
+                              plot=False, label=f"compute churn_{key}")
+            runs[f"churn_{key}"] = run_bench(cfg)
+    features = feature_figures(runs, kernel)
     hp = runs[f"heavy_w{args.workers[0]}"]["points"][0]
     formed = {int(k): v for k, v in ((hp.get("server_stats") or {}).get("batch_sizes") or {}).items()}
     sizes = br.chosen_sizes(formed or {br.HEAVY_ROWS: 1})
@@ -308,7 +402,7 @@ def _run(args: argparse.Namespace, duration: float, warmup: float, out: Path, tm
     ]
     meta = {"title": f"compute: one run {datetime.now():%Y-%m-%d %H:%M} on {platform.node()} ({cpus} CPUs)",
             "notes": notes}
-    summary = summarise(runs, inproc, handoff, args.workers, batching, meta)
+    summary = summarise(runs, inproc, handoff, args.workers, batching, meta, features)
     table = format_table(summary)
     if batching is not None:
         table += "\n\n" + (out / "batching" / "batching.txt").read_text()

@@ -118,11 +118,18 @@ class ServerProbe:
             self.stats_error = f"{exc.code().name}: {exc.details()}"
             return None
         s = {"inference_count": 0, "execution_count": 0, "success": 0, "fail": 0,
-             "queue_ns": 0, "queue_count": 0, "compute_infer_ns": 0, "compute_infer_count": 0}
+             "queue_ns": 0, "queue_count": 0, "compute_infer_ns": 0, "compute_infer_count": 0,
+             # per model execution (batch_stats), not per request: the input stage (merge, feature kernel),
+             # onnxruntime, and the output split
+             "batch_input_ns": 0, "batch_infer_ns": 0, "batch_output_ns": 0, "batches": 0}
         by_size: dict[int, int] = {}  # rows per execution -> executions (Triton's batch_stats)
         for m in resp.model_stats:
             for b in m.batch_stats:
                 by_size[int(b.batch_size)] = by_size.get(int(b.batch_size), 0) + b.compute_infer.count
+                s["batch_input_ns"] += b.compute_input.ns
+                s["batch_infer_ns"] += b.compute_infer.ns
+                s["batch_output_ns"] += b.compute_output.ns
+                s["batches"] += b.compute_infer.count
             st = m.inference_stats
             s["inference_count"] += m.inference_count
             s["execution_count"] += m.execution_count
@@ -157,6 +164,10 @@ def stats_delta(a: dict[str, Any] | None, b: dict[str, Any] | None, rows: int) -
         "queue_us_mean": d["queue_ns"] / d["queue_count"] / 1e3 if d["queue_count"] else None,
         "compute_infer_us_mean": d["compute_infer_ns"] / d["compute_infer_count"] / 1e3
         if d["compute_infer_count"] else None,
+        # Per model execution: the input stage (request merge; for a feature model also the feature kernel),
+        # onnxruntime, and the output split, from ModelStatistics' batch_stats.
+        **{f"batch_{k}_us_mean": d[f"batch_{k}_ns"] / d["batches"] / 1e3 if d.get("batches") else None
+           for k in ("input", "infer", "output")},
         # Executions per batch size (rows) inside the window, from ModelStatistics' batch_stats.
         "batch_sizes": by_size,
     }

@@ -47,3 +47,12 @@ def test_quick_run_writes_every_figure(tmp_path: Path, capsys: pytest.CaptureFix
     fe = s["frontend_design"]["handoff"]
     assert fe["round_trips"] == 200 and fe["cpu_us"] > 0 and fe["request_bytes"] == 64 * 256 * 4
     assert s["targets"][0]["value"] == h["overhead_vs_echo"]
+    # the feature stage: both churn servers answered, the input stage per batch is measured on each, and the
+    # feature model's holds the kernel (so it costs more than merging the two plain tensors)
+    ft = s["features"]
+    for key in ("features", "plain"):
+        assert ft[key]["errors"] == 0 and ft[key]["rps"] > 0 and ft[key]["mean_batch_size"] == 64
+        assert ft[key]["batch_input_us_mean"] is not None and ft[key]["batch_infer_us_mean"] > 0
+    assert ft["features"]["batch_input_us_mean"] > ft["plain"]["batch_input_us_mean"]
+    assert ft["kernel_in_process"]["us_per_batch"] > 0
+    assert "feature stage" in table
