@@ -258,6 +258,11 @@ class DataPlane:
         return running if result is None else result
 
     # -- statistics ----------------------------------------------------------------------------------
+    async def statistics_everywhere(self, req: pb.ModelStatisticsRequest) -> pb.ModelStatisticsResponse:
+        """The statistics a client should see: this process's own, or with ``--workers`` every worker's summed
+        (workers/cluster.py replaces this method), for the transports that do not go through the gRPC servicer."""
+        return self.statistics(req)
+
     def statistics(self, req: pb.ModelStatisticsRequest) -> pb.ModelStatisticsResponse:
         resp = pb.ModelStatisticsResponse()
         if req.name:

@@ -90,6 +90,9 @@ def test_requests_spread_and_counted_once(workers):
     assert metric(workers.http_url, "nv_inference_count", "mlp") == sent
     page = urllib.request.urlopen(workers.http_url + "/metrics", timeout=10).read().decode()
     assert 'worker="0"' in page and 'worker="1"' in page  # gauges stay per worker
+    for _ in range(4):  # REST's statistics route too, whichever worker each new connection reaches
+        doc = json.loads(urllib.request.urlopen(f"http://{workers.rest_url}/v2/models/mlp/stats", timeout=10).read())
+        assert doc["model_stats"][0]["inference_stats"]["success"]["count"] == sent
     assert http_status(workers.http_url + "/v2/health/ready") == 200
 
 

@@ -345,7 +345,8 @@ class RestFrontend:
         return _json(message_json(self.dp.model_config(pb.ModelConfigRequest(name=name, version=version)).config))
 
     async def stats(self, request, name="", version=""):
-        return _json(message_json(self.dp.statistics(pb.ModelStatisticsRequest(name=name, version=version))))
+        req = pb.ModelStatisticsRequest(name=name, version=version)
+        return _json(message_json(await self.dp.statistics_everywhere(req)))
 
     # -- repository ------------------------------------------------------------------------------------------
     async def repository_index(self, request):

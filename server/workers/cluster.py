@@ -42,6 +42,7 @@ READY_FILE = "ready"
 CALL_TIMEOUT_S = 300.0  # a peer's model load can take as long as the local one did
 METRICS_KEY = "metrics"
 READY_MODELS_KEY = "ready-models"
+STATISTICS_KEY = "dataplane/statistics"  # a worker's own statistics, for REST's summed view
 
 
 def peer_socket(directory: Path, index: int) -> Path:
@@ -273,6 +274,24 @@ class Cluster:
             setattr(dataplane, name, method)
         self._local_load = self._handlers["dataplane/repository_load"]
         self._local_unload = self._handlers["dataplane/repository_unload"]
+
+        # Statistics for REST (gRPC's ModelStatistics is summed by wrap_servicer): this worker's, plus every
+        # sibling's own.
+        local_stats = dataplane.statistics
+
+        async def own_statistics(body: bytes) -> bytes:
+            return local_stats(pb.ModelStatisticsRequest.FromString(body)).SerializeToString()
+
+        async def statistics_everywhere(request: pb.ModelStatisticsRequest) -> pb.ModelStatisticsResponse:
+            reply = local_stats(request)
+            try:
+                others = await self.gather(STATISTICS_KEY, request.SerializeToString())
+            except PeerFailure as exc:
+                raise _skewless_error(exc.code, exc.message) from None
+            return sum_statistics([reply, *(pb.ModelStatisticsResponse.FromString(b) for b in others.values())])
+
+        self._handlers[STATISTICS_KEY] = own_statistics
+        dataplane.statistics_everywhere = statistics_everywhere
 
         async def ready_models(_body: bytes) -> bytes:
             return json.dumps(sorted({n for n, _, state, _ in dataplane.repository.index(True)
