@@ -59,8 +59,10 @@ def plot(df, path: str | Path) -> None:
     if positive.size and positive.max() / positive.min() >= 10:  # spread over decades: log bins
         ax1.hist(finite, bins=np.logspace(np.log10(positive.min()), np.log10(positive.max()) + 1e-9, 40))
         ax1.set_xscale("log")
-    elif finite.size:
-        ax1.hist(finite, bins=40)
+    elif finite.size:  # from 0: differences that are all about equal show as one bar at their value
+        hi = float(finite.max()) * 1.05 or 1.0
+        ax1.hist(finite, bins=40, range=(min(0.0, float(finite.min())), hi))
+        ax1.ticklabel_format(axis="x", useOffset=False)
     ax1.set_xlabel("largest |primary - challenger| per request")
     ax1.set_ylabel("divergent requests")
     ax1.set_title(f"difference histogram ({len(df)} divergent samples)")
