@@ -106,7 +106,8 @@ class ShadowWorker:
         self._running_requests = 0
 
     def offer(self, item: Mirrored) -> None:
-        """On the event loop, after the primary's reply is handed over: queue, shedding the oldest if full."""
+        """On the event loop, after the primary's reply is handed over: queue, shedding the oldest if full (the
+        request path sheds a newcomer itself when the queue is full: under load that saves building it)."""
         if len(self.queue) >= self.capacity:
             self._shed(self.queue.popleft())
         self.queue.append(item)
