@@ -360,8 +360,8 @@ class ModelRuntime:
 
     def run_background(self, output_names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         """Run for background work (a shadow challenger): on CPU, a session of its own with one intra-op
-        thread, so the whole run happens on the calling thread and at that thread's (lowest) OS priority
-        instead of in the pool threads the primaries share; never takes an instance from the primaries' pool.
+        thread, so the whole run happens on one thread at the lowest OS priority instead of in the pool
+        threads the primaries share; never takes an instance from the primaries' pool.
         The session is built on first use (one more copy of the weights). GPU placements run as usual.
 
         The run itself happens on the process's one background thread, niced to 19, while the caller waits

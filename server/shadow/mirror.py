@@ -105,11 +105,14 @@ class ShadowWorker:
         self._wake: asyncio.Event | None = None
         self._running_requests = 0
 
+    @property
+    def full(self) -> bool:
+        """Whether a newcomer is to be shed: checked before a mirrored request is built, which under load (most
+        of them shed) saves building it."""
+        return len(self.queue) >= self.capacity
+
     def offer(self, item: Mirrored) -> None:
-        """On the event loop, after the primary's reply is handed over: queue, shedding the oldest if full (the
-        request path sheds a newcomer itself when the queue is full: under load that saves building it)."""
-        if len(self.queue) >= self.capacity:
-            self._shed(self.queue.popleft())
+        """On the event loop, after the primary's reply is handed over (and ``full`` checked): queue it."""
         self.queue.append(item)
         if self._task is None:
             self.total = item.primary.total
@@ -117,8 +120,12 @@ class ShadowWorker:
             self._task = asyncio.get_running_loop().create_task(self._dispatch())
         self._wake.set()
 
+    @staticmethod
+    def shed(shadow: Shadow, primary: ModelVersion) -> None:
+        shadow.pair(primary).shed += 1
+
     def _shed(self, item: Mirrored) -> None:
-        item.shadow.pair(item.primary).shed += 1
+        self.shed(item.shadow, item.primary)
 
     def _busy(self, now: float) -> bool:
         """Whether the challenger must wait: a primary request in flight, or its CPU share spent."""

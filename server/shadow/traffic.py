@@ -95,8 +95,8 @@ def _mirror(worker: ShadowWorker, shadow: Shadow, mv: ModelVersion, feeds: dict,
             request_id: str, complete: Complete, outcome, exc: BaseException | None, cancelled: bool) -> None:
     complete(outcome, exc, cancelled)  # the reply goes first; the challenger only ever sees a served request
     if not cancelled and exc is None:
-        if len(worker.queue) >= worker.capacity:  # full (a busy server): shed this one before building anything
-            shadow.pair(mv).shed += 1
+        if worker.full:  # a busy server: shed this one before building anything
+            worker.shed(shadow, mv)
             return
         worker.offer(Mirrored(shadow, mv, feeds, rows, names, outcome[0], request_id, time.monotonic(),
                               time.time_ns()))
