@@ -174,6 +174,40 @@ def test_publish_swap_reject_rollback(s3, tmp_path):
     assert SECRET not in srv.stderr_text()
 
 
+def versions_seen(srv: ServerProcess, connections: int = 8) -> set[int]:
+    """The version each of several new connections is served (SO_REUSEPORT spreads them over the workers)."""
+    seen = set()
+    for _ in range(connections):
+        with grpcclient.InferenceServerClient(srv.grpc_url, channel_args=[("grpc.use_local_subchannel_pool", 1)]) as c:
+            seen.add(version_of(c))
+    return seen
+
+
+@pytest.mark.slow
+def test_registry_sync_with_workers(s3, tmp_path):
+    """--workers 2 on an s3:// repository: each worker syncs into a cache of its own, every worker follows a
+    publish, and a rollback (broadcast to the workers) pins them all until unpin."""
+    publish_version(s3, 1)
+    srv = start(s3, tmp_path, "--workers", "2", "--registry-cache-gb", "1")
+    try:
+        assert versions_seen(srv) == {1}
+        for w in (0, 1):  # a cache per worker, each holding the version it serves
+            assert list((tmp_path / "cache" / f"worker-{w}" / "versions" / "m").iterdir()), f"worker {w}"
+        publish_version(s3, 2)
+        wait_until(lambda: versions_seen(srv) == {2}, TIMEOUT, "every worker to serve version 2")
+        r = cli("rollback", "m", "--url", srv.grpc_url)
+        assert r.returncode == 0, r.stderr
+        assert versions_seen(srv, 12) == {1}
+        publish_version(s3, 3)
+        time.sleep(6 * POLL)
+        assert versions_seen(srv, 12) == {1}  # pinned on every worker while the registry moves on
+        r = cli("unpin", "m", "--url", srv.grpc_url)
+        assert r.returncode == 0, r.stderr
+        wait_until(lambda: versions_seen(srv) == {3}, TIMEOUT, "every worker to serve version 3 after unpin")
+    finally:
+        srv.stop()
+
+
 @pytest.mark.slow
 def test_store_dies_serving_continues(s3, tmp_path):
     publish_version(s3, 1)

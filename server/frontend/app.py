@@ -122,7 +122,10 @@ def make_repository(opts: ServerOptions) -> ModelRepository:
                                opts.default_max_batch_size)
     else:
         source = FsspecSource(location)
-    cache = VersionCache(opts.registry_cache or default_cache_dir(), opts.registry_cache_bytes)
+    root, bound = opts.registry_cache or default_cache_dir(), opts.registry_cache_bytes
+    if opts.worker is not None:  # --workers N: a cache each (a cache empties and evicts as its own), bound shared
+        root, bound = Path(root) / f"worker-{opts.worker.index}", bound // opts.worker.count
+    cache = VersionCache(root, bound)
     return RegistryRepository(source, cache, opts.model_control_mode, opts.load_models,
                               opts.poll_interval_s, opts.default_max_batch_size, opts.registry_keep,
                               opts.registry_max_backoff_s)

@@ -57,7 +57,6 @@ def _registry(args: argparse.Namespace, parser_error) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from ..registry.fsspec_source import is_remote_url
     from ..workers.cluster import WorkerPlace
     from .app import ServerOptions, run
 
@@ -78,9 +77,6 @@ def _serve(args: argparse.Namespace) -> int:
     if args.workers < 1:
         args.parser.error("--workers must be at least 1")
     if args.workers > 1:
-        if args.registry or is_remote_url(str(args.model_repository or "")):
-            args.parser.error("--workers > 1 serves a local --model-repository directory only (each worker would "
-                              "sync its own copy of a registry)")
         if args.prediction_log or args.audit_log:
             args.parser.error("--workers > 1 does not combine with --prediction-log or --audit-log yet (each worker "
                               "would keep its own label join and hash chain); run one worker per log directory")
@@ -193,9 +189,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model to load at start in explicit mode (repeatable; '*' for all)")
     s.add_argument("--repository-poll-secs", type=float, default=15.0, help="poll interval in poll mode")
     s.add_argument("--registry-cache", default=None, metavar="DIR",
-                   help="local cache of registry versions (default ~/.cache/skewless/registry; one per server)")
+                   help="local cache of registry versions (default ~/.cache/skewless/registry; one per server, and with "
+                        "--workers N one per worker under it: worker-0, …)")
     s.add_argument("--registry-cache-gb", type=float, default=10.0,
-                   help="bound on the cache's disk use; least recently used versions are evicted")
+                   help="bound on the cache's disk use (with --workers N, split between the workers' caches); least "
+                        "recently used versions are evicted")
     s.add_argument("--registry-max-backoff", type=float, default=120.0, metavar="SECS",
                    help="while the registry fails, polls back off (doubling) up to this many seconds apart")
     s.add_argument("--registry-keep", type=int, default=2,
