@@ -4,6 +4,7 @@ the primary never fails."""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import threading
@@ -192,3 +193,29 @@ def test_hash_is_stable_and_comparison_vectorised():
     first, second = compare_batch(["p"], [a, same], [b, same], [2, 1])
     assert not first.agree and first.abs_diff["p"] == pytest.approx(0.5)
     assert second.agree and second.abs_diff["p"] == 0.0
+
+
+def test_challenger_waits_while_the_event_loop_is_busy():
+    """Past loop_busy_max of the loop thread's CPU over the last second the challenger waits even with nothing
+    in flight (a closed loop at saturation touches zero in flight between rounds); once the loop idles, it may
+    run again."""
+    from skewless.server.shadow.mirror import BUDGET_WINDOW_S, ShadowWorker
+
+    async def scenario() -> tuple[bool, float, bool, float]:
+        worker = ShadowWorker(loop_busy_max=0.5)  # margin below a spinning thread's ~1.0 on a shared machine
+        try:
+            assert not worker._busy(time.monotonic())  # starts the first window
+            end = time.monotonic() + BUDGET_WINDOW_S * 1.1
+            while time.monotonic() < end:  # the loop thread's own CPU, as a saturated server's would be
+                sum(range(1000))
+            busy = worker._busy(time.monotonic())
+            load_busy = worker.loop_busy
+            await asyncio.sleep(BUDGET_WINDOW_S * 1.1)
+            idle = worker._busy(time.monotonic())
+            return busy, load_busy, idle, worker.loop_busy
+        finally:
+            await worker.close()
+
+    busy, load_busy, idle, load_idle = asyncio.run(scenario())
+    assert busy and load_busy > 0.5, load_busy
+    assert not idle and load_idle < 0.3, load_idle

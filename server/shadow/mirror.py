@@ -2,7 +2,8 @@
 
 Mirrored requests arrive here after the primary's reply has been handed over. The dispatcher (a task on the
 event loop) runs them on one thread of its own, and only while no primary request is in flight (two looks in
-a row after a busy one); otherwise they wait, and they shed (counted) when the queue is full or they are older
+a row after a busy one) and the event-loop thread was less than ``loop_busy_max`` busy over the last second
+(at saturation the in-flight count still touches zero between rounds of replies); otherwise they wait, and they shed (counted) when the queue is full or they are older
 than ``max_age_s``. So under load the challenger gives way entirely, and it can never delay a primary batch:
 primaries neither wait for it in any queue nor share its threads. On CPU the challenger's onnxruntime work runs
 in a one-thread session of its own on a thread niced to 19 (``ModelRuntime.run_background``); the shadow
@@ -42,6 +43,11 @@ IDLE_IN_FLIGHT = 0  # primaries in flight at or below which the challenger may r
 IDLE_CHECKS = 1  # after a busy look, further idle looks (IDLE_POLL_S apart) before the challenger runs again
 CPU_SHARE = 0.05  # of wall time, over BUDGET_WINDOW_S, that the shadow thread may be busy
 BUDGET_WINDOW_S = 1.0
+# The event-loop thread's CPU over the last BUDGET_WINDOW_S above which the challenger waits whatever the in-flight
+# count says: past it the loop is the bottleneck (queueing grows steeply), and in a closed loop at saturation
+# the in-flight count still touches zero between rounds of replies. Measured on the example MLP (2 cores): ~0.8
+# at saturation with 64 clients, ~0.6 at half that rate, ~0.4 at a quarter.
+LOOP_BUSY_MAX = 0.7
 
 
 @dataclass(slots=True)
@@ -92,10 +98,14 @@ class Shadow:
 class ShadowWorker:
     """The bounded queue, the dispatcher task and the low-priority thread every shadow shares."""
 
-    def __init__(self, capacity: int = QUEUE, max_age_s: float = MAX_AGE_S, cpu_share: float = CPU_SHARE):
+    def __init__(self, capacity: int = QUEUE, max_age_s: float = MAX_AGE_S, cpu_share: float = CPU_SHARE,
+                 loop_busy_max: float = LOOP_BUSY_MAX):
         self.capacity = capacity
         self.max_age_s = max_age_s
         self.cpu_share = cpu_share
+        self.loop_busy_max = loop_busy_max
+        self._loop_mark: tuple[float, float] | None = None  # (monotonic, loop thread CPU) at the window's start
+        self.loop_busy = 0.0  # the event-loop thread's CPU share over the last full window
         self._spent: deque[tuple[float, float]] = deque()  # (ended at, busy seconds) of recent runs
         self._spent_s = 0.0
         self.queue: deque[Mirrored] = deque()
@@ -127,8 +137,23 @@ class ShadowWorker:
     def _shed(self, item: Mirrored) -> None:
         self.shed(item.shadow, item.primary)
 
+    def _loop_load(self, now: float) -> float:
+        """On the event loop: its thread's CPU share over the last complete window (time.thread_time is this
+        thread's own CPU clock; the shadow thread's work is not in it)."""
+        mark = self._loop_mark
+        if mark is None:
+            self._loop_mark = (now, time.thread_time())
+        elif now - mark[0] >= BUDGET_WINDOW_S:
+            cpu = time.thread_time()
+            self.loop_busy = (cpu - mark[1]) / (now - mark[0])
+            self._loop_mark = (now, cpu)
+        return self.loop_busy
+
     def _busy(self, now: float) -> bool:
-        """Whether the challenger must wait: a primary request in flight, or its CPU share spent."""
+        """Whether the challenger must wait: a primary request in flight, the event loop busy beyond
+        ``loop_busy_max``, or the shadow thread's CPU share spent."""
+        if self._loop_load(now) > self.loop_busy_max:  # first: keeps the loop's windows about a second long
+            return True
         total = self.total
         if total is not None and total.n - self._running_requests > IDLE_IN_FLIGHT:
             return True
