@@ -260,7 +260,7 @@ class DataPlane:
     # -- statistics ----------------------------------------------------------------------------------
     async def statistics_everywhere(self, req: pb.ModelStatisticsRequest) -> pb.ModelStatisticsResponse:
         """The statistics a client should see: this process's own, or with ``--workers`` every worker's summed
-        (workers/cluster.py replaces this method), for the transports that do not go through the gRPC servicer."""
+        (workers/cluster.py replaces this method); what ModelStatistics answers on gRPC and REST alike."""
         return self.statistics(req)
 
     def statistics(self, req: pb.ModelStatisticsRequest) -> pb.ModelStatisticsResponse:

@@ -20,11 +20,10 @@ from helpers import RPC_TIMEOUT, http_status, infer, wait_until
 from serverproc import ServerProcess
 from tritonclient.grpc import service_pb2
 
-from skewless.server.workers.cluster import ENV_DIR, READY_MODELS_KEY, Cluster, WorkerPlace
+from skewless.server.workers.cluster import ENV_DIR, READY_MODELS_KEY, STATISTICS_KEY, Cluster, WorkerPlace
 
 # Own connection per client: gRPC otherwise shares one TCP connection among identical channels of a process.
 OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
-STATS_KEY = "inference.GRPCInferenceService/ModelStatistics"
 CLIENTS, PER_CLIENT = 16, 5
 X = np.ones((1, 32), np.float32)
 
@@ -45,7 +44,7 @@ def ask_worker(directory: Path, index: int, key: str, body: bytes = b"") -> byte
 
 def own_count(directory: Path, index: int, model: str) -> int:
     req = service_pb2.ModelStatisticsRequest(name=model)
-    reply = service_pb2.ModelStatisticsResponse.FromString(ask_worker(directory, index, STATS_KEY,
+    reply = service_pb2.ModelStatisticsResponse.FromString(ask_worker(directory, index, STATISTICS_KEY,
                                                                        req.SerializeToString()))
     return sum(s.inference_stats.success.count for s in reply.model_stats)
 

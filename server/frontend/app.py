@@ -279,8 +279,6 @@ class Server:
         inference, admin, traffic = (InferenceServicer(self.dataplane, self.tracer),
                                      AdminServicer(self.repository), TrafficServicer(self.traffic))
         if self.cluster is not None:  # before registration: gRPC binds the methods when they are added
-            self.cluster.wrap_servicer(inference, _pool.POOL.FindServiceByName(INFERENCE_SERVICE),
-                                       summed=("ModelStatistics",))
             self.cluster.wrap_servicer(admin, _pool.POOL.FindServiceByName(ADMIN_SERVICE),
                                        broadcast=("Rollback", "Unpin"))
             self.cluster.wrap_servicer(traffic, _pool.POOL.FindServiceByName(TRAFFIC_SERVICE),

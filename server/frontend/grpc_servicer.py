@@ -124,7 +124,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @rpc
     async def ModelStatistics(self, request, context):
-        return self.dp.statistics(request)
+        return await self.dp.statistics_everywhere(request)
 
     @rpc
     async def RepositoryIndex(self, request, context):

@@ -42,7 +42,7 @@ READY_FILE = "ready"
 CALL_TIMEOUT_S = 300.0  # a peer's model load can take as long as the local one did
 METRICS_KEY = "metrics"
 READY_MODELS_KEY = "ready-models"
-STATISTICS_KEY = "dataplane/statistics"  # a worker's own statistics, for REST's summed view
+STATISTICS_KEY = "dataplane/statistics"  # a worker's own statistics, for the summed view
 
 
 def peer_socket(directory: Path, index: int) -> Path:
@@ -210,17 +210,16 @@ class Cluster:
         return out
 
     # -- hooks ---------------------------------------------------------------------------------------------
-    def wrap_servicer(self, servicer: Any, service: Any, broadcast: tuple[str, ...] = (),
-                      summed: tuple[str, ...] = ()) -> None:
-        """Replace ``servicer``'s methods named in ``broadcast`` (run here, then on every peer) and ``summed``
-        (ModelStatistics: every worker's reply summed) before the servicer is registered with gRPC."""
-        for name in (*broadcast, *summed):
+    def wrap_servicer(self, servicer: Any, service: Any, broadcast: tuple[str, ...] = ()) -> None:
+        """Replace ``servicer``'s methods named in ``broadcast`` (run here, then on every peer) before the
+        servicer is registered with gRPC."""
+        for name in broadcast:
             method = service.methods_by_name[name]
             request_class = message_factory.GetMessageClass(method.input_type)
             local = getattr(servicer, name)
             key = f"{service.full_name}/{name}"
             self._handlers[key] = self._runner(local, request_class)
-            setattr(servicer, name, (self._summed if name in summed else self._broadcast)(local, key))
+            setattr(servicer, name, self._broadcast(local, key))
 
     @staticmethod
     def _runner(local, request_class) -> Handler:
@@ -237,16 +236,6 @@ class Cluster:
                 await context.abort(grpc.StatusCode[exc.code], f"applied on worker {self.place.index}, not on "
                                                                f"all: {exc.message}")
             return reply
-        return method
-
-    def _summed(self, local, key: str):
-        async def method(request, context):
-            reply = await local(request, context)
-            try:
-                others = await self.gather(key, request.SerializeToString())
-            except PeerFailure as exc:
-                await context.abort(grpc.StatusCode[exc.code], exc.message)
-            return sum_statistics([reply, *(type(reply).FromString(b) for b in others.values())])
         return method
 
     def wrap_dataplane(self, dataplane: Any) -> None:
@@ -275,8 +264,7 @@ class Cluster:
         self._local_load = self._handlers["dataplane/repository_load"]
         self._local_unload = self._handlers["dataplane/repository_unload"]
 
-        # Statistics for REST (gRPC's ModelStatistics is summed by wrap_servicer): this worker's, plus every
-        # sibling's own.
+        # ModelStatistics (gRPC and REST): this worker's own, plus every sibling's own, summed.
         local_stats = dataplane.statistics
 
         async def own_statistics(body: bytes) -> bytes:
