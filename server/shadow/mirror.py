@@ -3,8 +3,8 @@
 Mirrored requests arrive here after the primary's reply has been handed over. The dispatcher (a task on the
 event loop) runs them on one thread of its own, and only while no primary request is in flight (two looks in
 a row after a busy one) and the event-loop thread was less than ``loop_busy_max`` busy over the last second
-(at saturation the in-flight count still touches zero between rounds of replies); otherwise they wait, and they shed (counted) when the queue is full or they are older
-than ``max_age_s``. So under load the challenger gives way entirely, and it can never delay a primary batch:
+(at saturation the in-flight count still touches zero between rounds of replies); otherwise they wait, and
+they shed (counted) when the queue is full or they are older than ``max_age_s``. So under load the challenger gives way entirely, and it can never delay a primary batch:
 primaries neither wait for it in any queue nor share its threads. On CPU the challenger's onnxruntime work runs
 in a one-thread session of its own on a thread niced to 19 (``ModelRuntime.run_background``); the shadow
 thread itself keeps normal priority because its Python work holds the GIL, and a niced GIL holder that the
