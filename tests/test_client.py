@@ -12,6 +12,8 @@ table with nulls), since the server does not accept them yet.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -153,7 +155,8 @@ def test_chunks_keep_row_order_when_sent_concurrently(server, offline):
     assert np.allclose(parallel["probabilities"], one_by_one["probabilities"], rtol=1e-6, atol=0)
     assert one_by_one["probabilities"].tobytes() == offline_scores(offline, df, one_by_one.spans).tobytes()
     with FeatureClient(server.rest_url, "http", max_rows=9, concurrency=3) as client:
-        via_http = client.predict("churn", df)
+        via_http = client.predict("churn", df, parameters={"tag": "batch-7"}, headers={"x-team": "a"})
+    assert via_http.parameters == {"tag": "batch-7"}
     assert np.allclose(via_http["probabilities"], one_by_one["probabilities"], rtol=1e-6, atol=0)
 
 
@@ -360,3 +363,24 @@ def test_bytes_wire_form_equals_tritonclients(values, data):
     want = _wire_strings(encoded[a:b]) if b > a else b""
     assert serialize_bytes(col, a, b) == want
 
+
+
+def test_strings_without_pyarrow(monkeypatch):
+    """Without pyarrow, object columns are encoded value by value: same wire bytes, same masks."""
+    schema = ModelSchema.from_metadata(churn_metadata())
+    raw = {r.name: r for r in schema.inputs}
+    values = np.array(["a", None, b"\xff", "\u00e9", np.nan], dtype=object)
+    with_arrow = encode_column(values, raw["region"])
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # import pyarrow now raises ImportError
+    without = encode_column(values, raw["region"])
+    assert serialize_bytes(without.values, 0, 5) == serialize_bytes(with_arrow.values, 0, 5)
+    assert without.mask.tolist() == with_arrow.mask.tolist() == [False, True, False, False, True]
+    with pytest.raises(UnsendableColumn, match=r"holds 3 \(int\)"):
+        encode_column(np.array(["a", 3], dtype=object), raw["region"])
+
+
+def test_client_imports_nothing_of_the_server():
+    code = ("import sys, skewless.client; "
+            "bad = [m for m in sys.modules if m.startswith(('skewless.server', 'pandas'))]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -48,6 +48,7 @@ class FeatureClient:
         self._clients: list[Any] = []
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
+        self._pool_size = 0
         self._channel: Any = None
 
     # -- lifecycle ------------------------------------------------------------------------------------------
@@ -160,10 +161,11 @@ class FeatureClient:
 
     def _run_bounded(self, send: Any, count: int, concurrency: int) -> list:
         """Run send(0..count-1) on the pool with at most ``concurrency`` in flight; results by index."""
-        if self._pool is None or self._pool._max_workers < concurrency:
+        if self._pool is None or self._pool_size < concurrency:
             if self._pool is not None:
                 self._pool.shutdown(wait=True)
             self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="skewless-client")
+            self._pool_size = concurrency
         results: list = [None] * count
         running: dict[Future, int] = {}
         nxt = 0

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from .errors import UnsendableColumn
-from .schema import FLOAT_DATATYPES, INT_DATATYPES, RawInput
+from .schema import FLOAT_DATATYPES, RawInput
 
 NUMPY_TYPES = {"BOOL": np.bool_, "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64,
                "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64,
@@ -237,8 +237,8 @@ def _strings_python(arr: np.ndarray, mask: np.ndarray | None, raw: RawInput) -> 
         elif isinstance(v, bytes | bytearray | memoryview):
             encoded.append(bytes(v))
         else:
-            raise UnsendableColumn(f"column '{raw.name}' holds a {type(v).__name__} value ({v!r}); the model's "
-                                   "input is BYTES (each value must be a str or bytes, or missing)")
+            raise UnsendableColumn(f"column '{raw.name}' holds {v!r} ({type(v).__name__}); the model's input "
+                                   "is BYTES (each value must be a str or bytes, or missing)")
     offsets = np.zeros(len(encoded) + 1, np.int64)
     np.cumsum(np.fromiter(map(len, encoded), np.int64, len(encoded)), out=offsets[1:])
     return Column(ByteColumn(offsets, np.frombuffer(b"".join(encoded), np.uint8)), _any(mask))

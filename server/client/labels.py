@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import urllib.error
@@ -71,9 +72,7 @@ def submit_http(base_url: str, model: str, items: Sequence[tuple[str, list[float
             doc = json.loads(resp.read())
     except urllib.error.HTTPError as exc:
         text = exc.read().decode("utf-8", "replace")
-        try:
+        with contextlib.suppress(ValueError, AttributeError):
             text = json.loads(text).get("error", text)
-        except (ValueError, AttributeError):
-            pass
         raise InferenceServerException(msg=text, status=str(exc.code)) from None
     return LabelReceipt(int(doc["joined"]), int(doc["pending"]), int(doc["unknown"]))

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ClientError
+from .errors import ClientError, require
 
 
 @dataclass(frozen=True)
@@ -49,13 +49,9 @@ class Prediction:
             except ImportError:
                 kind = "arrow"
         if kind == "pandas":
-            from .errors import require
-
             pd = require("pandas")
             return pd.DataFrame(columns)
         if kind == "arrow":
-            from .errors import require
-
             pa = require("pyarrow")
             return pa.table({k: pa.array(v) for k, v in columns.items()})
         raise ValueError(f"kind must be 'auto', 'pandas' or 'arrow', got {kind!r}")
