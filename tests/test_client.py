@@ -108,10 +108,11 @@ def spans_of(n: int, step: int) -> list[tuple[int, int]]:
 def test_dataframe_scores_equal_offline(server, offline, protocol):
     df = churn_frame(150, seed=5)
     url = server.grpc_url if protocol == "grpc" else server.rest_url
-    with FeatureClient(url, protocol, max_rows=CHURN_MAX_BATCH) as client:
+    with FeatureClient(url, protocol) as client:
         schema = client.schema("churn")
         assert {i.name for i in schema.inputs} == set(offline[0].input_names)
-        got = client.predict("churn", df)
+        assert schema.max_batch_size == CHURN_MAX_BATCH
+        got = client.predict("churn", df)  # no max_rows: requests of max_batch_size rows
     assert got.spans == spans_of(150, CHURN_MAX_BATCH) and len(got.request_ids) == 3
     assert got.feature_spec_hash == offline[0].sha256 and got.model_version == "1"
     want = offline_scores(offline, df, got.spans)

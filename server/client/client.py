@@ -25,7 +25,8 @@ PROTOCOLS = ("grpc", "http")
 class FeatureClient:
     """A client for one server. ``url`` is ``host:port`` (tritonclient's form); ``protocol`` "grpc" or "http".
 
-    ``max_rows`` splits a table into requests of at most that many rows (None: one request);
+    ``max_rows`` splits a table into requests of at most that many rows (None: the model's max_batch_size
+    from ModelConfig, or one request when it has none);
     ``concurrency`` bounds the requests in flight (a thread pool; HTTP gets one connection per thread).
     ``timeout_s`` bounds each call. Other keyword arguments go to tritonclient's InferenceServerClient
     (``ssl``, ``root_certificates``, ...). Model metadata is fetched once per (model, version) and cached.
@@ -91,17 +92,27 @@ class FeatureClient:
 
     # -- model description ----------------------------------------------------------------------------------
     def schema(self, model: str, version: str = "") -> ModelSchema:
-        """The model's raw inputs and outputs (ModelMetadata, fetched once). Raises NotAFeatureModel."""
+        """The model's raw inputs and outputs (ModelMetadata) and max_batch_size (ModelConfig), fetched once.
+        Raises NotAFeatureModel."""
         key = (model, version)
         cached = self._schemas.get(key)
         if cached is None:
             c = self._client()
             if self.protocol == "grpc":
                 doc = c.get_model_metadata(model, version, as_json=True, client_timeout=self.timeout_s)
+                config = c.get_model_config(model, version, as_json=True, client_timeout=self.timeout_s)
+                config = config.get("config", {})
             else:
                 doc = c.get_model_metadata(model, version)
-            cached = self._schemas[key] = ModelSchema.from_metadata(doc)
+                config = c.get_model_config(model, version)
+            cached = ModelSchema.from_metadata(doc, int(config.get("max_batch_size", 0) or 0))
+            self._schemas[key] = cached
         return cached
+
+    def forget(self, model: str | None = None) -> None:
+        """Drop cached model descriptions (all, or one model's), e.g. after the model was reloaded."""
+        for key in [k for k in self._schemas if model is None or k[0] == model]:
+            del self._schemas[key]
 
     def encode(self, model: str, table: Any, version: str = "") -> tuple[ModelSchema, dict[str, Column]]:
         """Check and convert every raw column of ``table`` once, before anything is sent."""
@@ -136,6 +147,7 @@ class FeatureClient:
         concurrency = self.concurrency if concurrency is None else concurrency
         _check_sizes(max_rows, concurrency)
         schema, columns = self.encode(model, table, version)
+        max_rows = max_rows or schema.max_batch_size or None
         n = row_count(table)
         if n == 0:
             raise ClientError("the table has no rows")

@@ -48,9 +48,10 @@ class ModelSchema:
     versions: tuple[str, ...]
     inputs: tuple[RawInput, ...]
     outputs: tuple[OutputInfo, ...]
+    max_batch_size: int = 0  # from ModelConfig: the default request size (0: no limit known)
 
     @classmethod
-    def from_metadata(cls, doc: Mapping[str, Any]) -> ModelSchema:
+    def from_metadata(cls, doc: Mapping[str, Any], max_batch_size: int = 0) -> ModelSchema:
         """Parse a ModelMetadata reply as JSON (tritonclient's HTTP dict, or gRPC's ``as_json=True``).
 
         Raises NotAFeatureModel when an input is not a single raw column, naming it."""
@@ -72,7 +73,7 @@ class ModelSchema:
             raise NotAFeatureModel(f"model '{name}' lists no inputs")
         outputs = tuple(OutputInfo(str(t["name"]), str(t["datatype"]), tuple(int(d) for d in t.get("shape", ())))
                         for t in doc.get("outputs", ()))
-        return cls(name, tuple(str(v) for v in doc.get("versions", ())), tuple(inputs), outputs)
+        return cls(name, tuple(str(v) for v in doc.get("versions", ())), tuple(inputs), outputs, max_batch_size)
 
 
 def _is_column(shape: tuple[int, ...]) -> bool:
