@@ -341,6 +341,12 @@ def test_column_conversions():
     col = encode_column(chunked, raw["region"])
     assert serialize_bytes(col.values, 0, 3) == _wire_strings([b"a", b"", b"\xff"])
     assert col.mask.tolist() == [False, True, False]
+    # a sliced table: Arrow's offsets start past 0
+    sliced = pa.table({"s": pa.array(["x", "yy", None, "zzz"]), "i": pa.array([1, None, 3, 4])}).slice(1)
+    col = encode_column(sliced.column("s"), raw["region"])
+    assert serialize_bytes(col.values, 1, 3) == _wire_strings(["", "zzz"]) and col.mask.tolist() == [0, 1, 0]
+    col = encode_column(sliced.column("i"), raw["support_calls"])
+    assert col.values.tolist() == [0, 3, 4] and col.mask.tolist() == [True, False, False]
     # the caller's arrays are never written to
     floats = np.array([1.5, np.nan, 2.0])
     ints = pd.Series(pd.array([4, None, 6], dtype="Int64"))
