@@ -1,0 +1,78 @@
+"""Delayed labels to the server's ``skewless.v1.Feedback/SubmitLabels`` (gRPC) or
+``POST /v2/models/{m}/labels`` (HTTP), joined there with the prediction log by request id."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ClientError
+
+
+@dataclass(frozen=True)
+class LabelReceipt:
+    """The server's count: joined with a logged prediction, held until it is logged, or dropped."""
+
+    joined: int
+    pending: int
+    unknown: int
+
+
+def normalize(labels: Mapping[str, Any]) -> list[tuple[str, list[float]]]:
+    """{request id: value or values (one per row of that request)} -> checked (id, values) pairs."""
+    items = []
+    for rid, value in labels.items():
+        if not isinstance(rid, str) or not rid:
+            raise ClientError(f"label keys must be request ids (non-empty strings), got {rid!r}")
+        values = [value] if isinstance(value, int | float) else list(value)
+        try:
+            values = [float(v) for v in values]
+        except (TypeError, ValueError):
+            raise ClientError(f"labels of request '{rid}' must be numbers, got {value!r}") from None
+        if not values or not all(math.isfinite(v) for v in values):
+            raise ClientError(f"labels of request '{rid}' must be one or more finite numbers, got {value!r}")
+        items.append((rid, values))
+    if not items:
+        raise ClientError("no labels given")
+    return items
+
+
+def submit_grpc(channel: Any, model: str, items: Sequence[tuple[str, list[float]]],
+                timeout_s: float | None) -> LabelReceipt:
+    import grpc
+    from tritonclient.utils import InferenceServerException
+
+    from skewless.protos import skewless_feedback_pb2 as pb
+    from skewless.protos import skewless_feedback_pb2_grpc as pb_grpc
+
+    req = pb.SubmitLabelsRequest(model=model, labels=[pb.Label(request_id=r, values=v) for r, v in items])
+    try:
+        resp = pb_grpc.FeedbackStub(channel).SubmitLabels(req, timeout=timeout_s)
+    except grpc.RpcError as exc:
+        raise InferenceServerException(msg=exc.details(), status=str(exc.code())) from None
+    return LabelReceipt(resp.joined, resp.pending, resp.unknown)
+
+
+def submit_http(base_url: str, model: str, items: Sequence[tuple[str, list[float]]],
+                timeout_s: float | None, ssl_context: Any = None) -> LabelReceipt:
+    from tritonclient.utils import InferenceServerException
+
+    body = json.dumps({"labels": [{"id": r, "values": v} for r, v in items]}).encode()
+    url = f"{base_url}/v2/models/{urllib.parse.quote(model, safe='')}/labels"
+    req = urllib.request.Request(url, body, {"Content-Type": "application/json"}, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout_s, context=ssl_context) as resp:
+            doc = json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        text = exc.read().decode("utf-8", "replace")
+        with contextlib.suppress(ValueError, AttributeError):
+            text = json.loads(text).get("error", text)
+        raise InferenceServerException(msg=text, status=str(exc.code)) from None
+    return LabelReceipt(int(doc["joined"]), int(doc["pending"]), int(doc["unknown"]))
