@@ -171,10 +171,10 @@ class BackgroundWriter(Generic[T]):
                 pending, pending_weight = [], 0
             stop = _STOP in asked
             if self._tick is not None and not stop:
-                due = self._guarded(self._tick, any(a is not _STOP for a in asked))
+                due = self._guarded("tick", self._tick, any(a is not _STOP for a in asked))
                 due = None if due is None else time.monotonic() + due
             if stop and self._on_stop is not None:
-                self._guarded(self._on_stop)
+                self._guarded("closing", self._on_stop)
             for a in asked:
                 if a is not _STOP:
                     a.set()
@@ -186,14 +186,14 @@ class BackgroundWriter(Generic[T]):
             self._write(records)
         except Exception:
             self.errors += 1
-            log.exception("%s: writing %d records failed; they are lost", self.label, len(records))
+            log.exception("%s failed on %d records; they are lost", self.label, len(records))
         else:
             self.written += len(records)
 
-    def _guarded(self, fn: Callable, *args):
+    def _guarded(self, what: str, fn: Callable, *args):
         try:
             return fn(*args)
         except Exception:
             self.errors += 1
-            log.exception("%s: %s failed", self.label, getattr(fn, "__name__", fn))
+            log.exception("%s failed (%s)", self.label, what)
             return None

@@ -116,8 +116,8 @@ def test_a_sink_error_is_logged_and_counted_and_the_thread_goes_on(caplog):
         assert w.flush(10)
     assert sink.items == ["good"] and w.written == 1 and w.errors == 2  # the write and the flushing tick
     messages = [r.getMessage() for r in caplog.records]
-    assert any("test writer: writing 1 records failed" in m for m in messages)
-    assert any("test writer: tick failed" in m for m in messages)
+    assert any("test writer failed on 1 records" in m for m in messages)
+    assert any("test writer failed (tick)" in m for m in messages)
     w.offer("after")
     assert w.close(10) and sink.items == ["good", "after"] and stops == ["stop"]
 

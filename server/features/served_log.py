@@ -147,7 +147,7 @@ class FeatureLogger:
         self.writer: BackgroundWriter[LogRecord] = BackgroundWriter(
             f"feature-log-{model_name}-{version}", self._write, capacity=settings.queue_size,
             batch=self._batch_rows, max_delay=FLUSH_SECONDS, weight=_rows, tick=self._tick,
-            on_stop=self._close_file, label=f"feature log of model '{model_name}' version {version}")
+            on_stop=self._close_file, label=f"feature log of model '{model_name}' version {version}: writing")
         self.logged_rows = 0
         self.dropped_rows = 0
         self.files = 0
