@@ -37,7 +37,8 @@ class BackgroundWriter(Generic[T]):
     ``tick(flush)`` runs on the writer thread after every wake-up (``flush`` True when asked by ``flush()``)
     for time-based work such as rotation; it returns the seconds until it wants to run again, or None.
     ``on_stop()`` runs last on the writer thread at ``close``, after the final write. An exception raised by
-    any of them is logged under ``label`` and counted in ``errors``; the thread goes on.
+    any of them is logged under ``label`` and counted in ``errors``; the thread goes on (``weight`` and a
+    ``batch`` function must not raise: they are plain arithmetic on the writer thread).
     """
 
     def __init__(self, name: str, write: Callable[[list[T]], None], *, capacity: int,
@@ -109,13 +110,13 @@ class BackgroundWriter(Generic[T]):
     def flush(self, timeout: float | None = None) -> bool:
         """Write everything queued so far and run ``tick(True)``; False if that did not finish in ``timeout``
         seconds or the writer is closed."""
-        with self._lock:
+        done = threading.Event()
+        with self._lock:  # ordered with close's stop: a flush either precedes it or sees ``closed``
             if self.closed:
                 return False
             if self._thread is None:
                 self._start_locked()
-        done = threading.Event()
-        self._control.append(done)
+            self._control.append(done)
         self._wake.set()
         return done.wait(timeout)
 
@@ -130,10 +131,10 @@ class BackgroundWriter(Generic[T]):
                     return True
                 self._start_locked()  # records queued before the thread ever ran: write them too
                 thread = self._thread
-        if thread.is_alive():
-            self._control.append(_STOP)
-            self._wake.set()
-            thread.join(timeout)
+            if thread.is_alive():
+                self._control.append(_STOP)
+        self._wake.set()
+        thread.join(timeout)
         return not thread.is_alive()
 
     # -- the writer thread -------------------------------------------------------------------------------------
