@@ -98,6 +98,20 @@ def test_polling_writer_drains_without_being_woken_per_record():
     assert w.close(10) and sink.threads == {"bg-poll"}
 
 
+def test_a_polling_writer_is_woken_only_by_a_full_batch():
+    """The prediction log's design: a record costs its producer an append, not a thread wake-up."""
+    polled = BackgroundWriter("bg-poll", Sink(), capacity=100, batch=3, poll=3600.0)
+    woken = BackgroundWriter("bg-wake", Sink(), capacity=100)
+    for w in (polled, woken):
+        w.start = lambda: None  # no thread, so nothing clears the wake-up
+        w.offer(1)
+    assert not polled._wake.is_set() and woken._wake.is_set()
+    polled.offer(2)
+    assert not polled._wake.is_set()
+    polled.offer(3)  # a batch is waiting: worth waking for
+    assert polled._wake.is_set()
+
+
 def test_a_sink_error_is_logged_and_counted_and_the_thread_goes_on(caplog):
     sink = Sink()
     sink.fail_on = {"bad"}

@@ -101,3 +101,23 @@ def test_a_directory_with_only_open_files_says_what_is_open(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match=r"no \.parquet/\.csv/\.arrow files under \S+empty$"):
         data_files(tmp_path / "empty")
+
+
+def test_a_failed_write_drops_its_rows_and_the_writer_goes_on(tmp_path, caplog):
+    write_churn_model(tmp_path / "model")
+    spec = FeatureSpec.load(tmp_path / "model" / "churn" / "1" / "features.json")
+    (tmp_path / "log").write_text("a file where the log directory should be")
+    logger = FeatureLogger(LogSettings(tmp_path / "log", 1.0), spec, "churn", 1)
+    stage = FeatureStage(spec, "churn", 1, logger)
+    rows = _rows(8, seed=6)
+    stage.transform_batch([stage.admit({k: v[:3].reshape(-1, 1) for k, v in rows.items()}, "a")])
+    assert logger.flush(30)
+    assert logger.errors == 1 and logger.dropped_rows == 3 and logger.logged_rows == 0
+    assert any("feature log of model 'churn' version 1: writing failed on 1 records" in r.getMessage()
+               for r in caplog.records)
+    (tmp_path / "log").unlink()  # the directory can be made now: the same writer thread logs again
+    stage.transform_batch([stage.admit({k: v[3:].reshape(-1, 1) for k, v in rows.items()}, "b")])
+    stage.close()
+    files = sorted((tmp_path / "log" / "churn" / "1").glob("*.parquet"))
+    assert len(files) == 1 and pq.read_table(files[0]).column("request_id").to_pylist() == ["b"] * 5
+    assert logger.logged_rows == 5 and logger.dropped_rows == 3 and logger.errors == 1
