@@ -7,6 +7,7 @@ with a fixed-size header that is patched with the final row count at the end.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 from collections.abc import Iterable, Iterator, Sequence
@@ -28,11 +29,27 @@ def data_files(path: str | Path) -> list[Path]:
     if p.is_dir():
         files = sorted(f for f in p.rglob("*") if f.suffix in (".parquet", ".csv", ".arrow", ".feather"))
         if not files:
-            raise FileNotFoundError(f"no .parquet/.csv/.arrow files under {p}")
+            raise FileNotFoundError(f"no .parquet/.csv/.arrow files under {p}{_open_files_note(p)}")
         return files
     if not p.exists():
         raise FileNotFoundError(p)
     return [p]
+
+
+def _open_files_note(directory: Path) -> str:
+    """What a log directory holds that is still being written: a server writes each Parquet file under a
+    ``.parquet.tmp`` name and renames it when it closes it (its footer, which readers need, comes last)."""
+    open_files = sorted(directory.rglob("*.parquet.tmp"))
+    if not open_files:
+        return ""
+    sizes = 0
+    for f in open_files:
+        with contextlib.suppress(OSError):  # closed and renamed meanwhile
+            sizes += f.stat().st_size
+    return (f"; {len(open_files)} file(s) still being written ({open_files[0].name}"
+            f"{', ...' if len(open_files) > 1 else ''}, {sizes / 1e6:.1f} MB): a server closes and renames a log "
+            "file when it rotates it (the model's skewless.feature_log_rotate_seconds or _rotate_rows; "
+            "the prediction log: --prediction-log-rotate-seconds / -mb), unloads the model or stops")
 
 
 def count_rows(files: Sequence[Path]) -> int | None:

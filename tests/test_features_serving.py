@@ -458,12 +458,12 @@ def test_bytes_to_arrow_rejects_malformed_payloads(payload, count):
 def test_a_full_log_queue_drops_and_counts_without_blocking(churn_dir, tmp_path, monkeypatch):
     spec = FeatureSpec.load(churn_dir / "1" / "features.json")
     logger = FeatureLogger(LogSettings(tmp_path, 1.0, queue_size=2), spec, "churn", 1)
-    monkeypatch.setattr(logger, "_start", lambda: None)  # no writer: nothing ever leaves the queue
+    monkeypatch.setattr(logger.writer, "start", lambda: None)  # no writer: nothing ever leaves the queue
     stage = FeatureStage(spec, "churn", 1, logger)
     rows = all_rows()
     for i in range(5):
         stage.transform_batch([stage.admit({k: rows[k][i:i + 3].reshape(-1, 1) for k in RAW}, f"r{i}")])
-    assert logger._queue.qsize() == 2 and logger.dropped_rows == 9
+    assert len(logger.writer) == 2 and logger.dropped_rows == 9
 
 
 def test_sampled_requests_are_logged_whole_and_files_rotate(churn_dir, tmp_path):

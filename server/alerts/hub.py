@@ -2,9 +2,9 @@
 
 ``notify`` is cheap and never blocks: it decides under a lock whether the (kind, subject) episode fires — once
 when its threshold is crossed, again only after it cleared and re-crossed, or after ``renotify_s`` while it
-stays crossed — and puts the alert on a bounded queue (full: dropped, counted, logged). One background thread
-delivers: webhooks (JSON POST, timeout, retries with exponential backoff) and commands (argv, timeout, the
-alert as JSON in ``SKEWLESS_ALERT``). Every call is counted by (hook, kind, outcome) and logged.
+stays crossed — and puts the alert on a bounded queue (``background.BackgroundWriter``; full: dropped,
+counted, logged). One background thread delivers: webhooks (JSON POST, timeout, retries with exponential
+backoff) and commands (argv, timeout, the alert as JSON in ``SKEWLESS_ALERT``). Every call is counted by (hook, kind, outcome) and logged.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import queue
 import subprocess
 import threading
 import time
@@ -21,6 +20,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from ..background import BackgroundWriter
 
 log = logging.getLogger(__name__)
 
@@ -122,11 +123,11 @@ class AlertHub:
         self.settings = settings
         self._lock = threading.Lock()
         self._episodes: dict[tuple[str, str], float | None] = {}  # open episode -> when it last fired
-        self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue(settings.queue_size)
         self.counts: dict[tuple[str, str, str], int] = {}  # (hook, kind, outcome) -> calls
         self.dropped = 0
-        self._thread = threading.Thread(target=self._run, name="alert-hooks", daemon=True)
-        self._thread.start()
+        self._writer: BackgroundWriter[dict[str, Any]] = BackgroundWriter(
+            "alert-hooks", self._deliver, capacity=settings.queue_size, label="alert delivery")
+        self._writer.start()
 
     def notify(self, kind: str, subject: str, value: float | None = None, threshold: float | None = None,
                active: bool | None = True, **details: Any) -> bool:
@@ -145,20 +146,15 @@ class AlertHub:
                 self._episodes[key] = now
         alert = {"kind": kind, "subject": subject, "value": value, "threshold": threshold, "details": details,
                  "time": time.time(), "state": "firing" if active else "event"}
-        try:
-            self._queue.put_nowait(alert)
-        except queue.Full:
+        if not self._writer.offer(alert):
             with self._lock:
                 self.dropped += 1
             log.error("alert queue full (%d): dropped %s alert for %s", self.settings.queue_size, kind, subject)
             return False
         return True
 
-    def _run(self) -> None:
-        while True:
-            alert = self._queue.get()
-            if alert is None:
-                return
+    def _deliver(self, alerts: list[dict[str, Any]]) -> None:
+        for alert in alerts:
             for hook in [*self.settings.webhooks, *self.settings.commands]:
                 if hook.kinds is not None and alert["kind"] not in hook.kinds:
                     continue
@@ -210,11 +206,7 @@ class AlertHub:
 
     def close(self, timeout: float = 5.0) -> None:
         """Deliver what is queued (up to ``timeout``), then stop the thread."""
-        try:
-            self._queue.put(None, timeout=timeout)
-        except queue.Full:
-            return
-        self._thread.join(timeout)
+        self._writer.close(timeout)
 
     # -- sources ---------------------------------------------------------------------------------------------
     def attach_drift(self, mv: Any) -> None:

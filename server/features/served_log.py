@@ -7,15 +7,18 @@ Turned on per model by config parameters (Triton's ``parameters`` map, string va
 
 optional: ``skewless.feature_log_queue`` (batches held for the writer, default 1024),
 ``skewless.feature_log_rotate_rows`` (default 1000000) and ``skewless.feature_log_rotate_seconds``
-(default 300). A relative directory is taken from the server's working directory. Sampling is per request
+(default 5). A relative directory is taken from the server's working directory. Sampling is per request
 (all rows of a sampled request are logged), so a logged request can be replayed whole.
 
 Off the hot path: the worker thread that ran the batch only copies the sampled rows of the model tensor
-(its buffers are reused) and offers the record to a bounded queue; when the queue is full the record is
-dropped and counted, never waited for. One writer thread per model version turns records into Arrow and
-writes them as ``DIR/<model>/<version>/features-<UTC time>-<pid>-<seq>.parquet``; a file is written under a
-``.parquet.tmp`` name and renamed when it is closed (rotation, unload, shutdown), so readers such as
-``skewless skew-check --log DIR`` only ever see complete files.
+(its buffers are reused) and offers the record to a bounded queue (``background.BackgroundWriter``); when
+the queue is full the record is dropped and counted, never waited for. One writer thread per model version
+turns records into Arrow and writes them as ``DIR/<model>/<version>/features-<UTC time>-<pid>-<seq>.parquet``;
+a file is written under a ``.parquet.tmp`` name and renamed when it is closed (after ``rotate_rows`` rows or
+``rotate_seconds`` seconds, at ``flush``, unload and shutdown), so readers such as ``skewless skew-check --log
+DIR`` only ever see complete files. A Parquet file is unreadable until closed, hence the short default
+rotation: a logged row is readable within about ``rotate_seconds`` + 1 s (rows wait up to a second to be
+written as one row group) while the server runs.
 
 The layout is the one ``skewless.native.skew`` reads: one column per raw input (float64, int64, bool,
 large_binary with the exact bytes received), one ``fixed_size_list`` column per output tensor holding the
@@ -29,9 +32,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-import queue
 import random
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,7 @@ import numpy as np
 from skewless.native.spec import FeatureSpec
 from skewless.protos import model_config_pb2 as mc
 
+from ..background import BackgroundWriter
 from ..errors import ModelLoadError
 from ..models.config import parameter
 
@@ -56,7 +58,6 @@ CONTEXT_COLUMNS = ("time", "model_name", "model_version", "request_id", "row")
 # Rows gathered before one Parquet row group is written, and the longest a row waits in memory.
 FLUSH_ROWS = 16384
 FLUSH_SECONDS = 1.0
-_STOP = object()
 # File sequence numbers shared by every logger of the process: a reloaded version's new logger never reuses
 # a file name of the one it replaces, even within the same second.
 _FILE_SEQ = itertools.count(1)
@@ -68,7 +69,7 @@ class LogSettings:
     rate: float
     queue_size: int = 1024
     rotate_rows: int = 1_000_000
-    rotate_seconds: float = 300.0
+    rotate_seconds: float = 5.0  # also the longest a logged row stays unreadable (issue 24)
 
 
 def log_settings(cfg: mc.ModelConfig, where: str) -> LogSettings | None:
@@ -99,7 +100,20 @@ def log_settings(cfg: mc.ModelConfig, where: str) -> LogSettings | None:
         raise ModelLoadError(f"{where}: feature logging writes Parquet and needs pyarrow: "
                              "pip install 'skewless[features]'") from None
     return LogSettings(Path(directory).absolute(), rate, number(PARAM_QUEUE, 1024, int, 1),
-                       number(PARAM_ROTATE_ROWS, 1_000_000, int, 1), number(PARAM_ROTATE_SECONDS, 300.0, float, 0.001))
+                       number(PARAM_ROTATE_ROWS, 1_000_000, int, 1), number(PARAM_ROTATE_SECONDS, 5.0, float, 0.001))
+
+
+@dataclass
+class _OpenFile:
+    writer: Any  # pyarrow.parquet.ParquetWriter
+    tmp: Path
+    final: Path
+    opened: float  # time.monotonic()
+    rows: int = 0
+
+
+def _rows(record: LogRecord) -> int:
+    return sum(r[2] for r in record.requests)
 
 
 @dataclass
@@ -114,7 +128,7 @@ class LogRecord:
 
 
 class FeatureLogger:
-    """Bounded queue plus one lazily started writer thread, for one model version."""
+    """The bounded background writer of one model version's feature log, and the file it writes."""
 
     def __init__(self, settings: LogSettings, spec: FeatureSpec, model_name: str, version: int) -> None:
         self.settings = settings
@@ -128,15 +142,19 @@ class FeatureLogger:
             raise ModelLoadError(f"model '{model_name}' version {version}: the feature log cannot hold columns "
                                  f"{sorted(clash)} twice (raw inputs, output tensors and {CONTEXT_COLUMNS} "
                                  "share one table)")
-        self._queue: queue.Queue = queue.Queue(maxsize=settings.queue_size)
         self._rng = random.Random()
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-        self._closed = False
+        self._file: _OpenFile | None = None  # the writer thread's
+        self.writer: BackgroundWriter[LogRecord] = BackgroundWriter(
+            f"feature-log-{model_name}-{version}", self._write, capacity=settings.queue_size,
+            batch=self._batch_rows, max_delay=FLUSH_SECONDS, weight=_rows, tick=self._tick,
+            on_stop=self._close_file, label=f"feature log of model '{model_name}' version {version}: writing")
         self.logged_rows = 0
         self.dropped_rows = 0
         self.files = 0
-        self.errors = 0
+
+    @property
+    def errors(self) -> int:
+        return self.writer.errors
 
     # -- the worker-thread side: cheap and never blocking ----------------------------------------------
     def sample(self, n_requests: int) -> list[int]:
@@ -148,94 +166,71 @@ class FeatureLogger:
         return [i for i in range(n_requests) if r() < rate]
 
     def has_room(self) -> bool:
-        return not self._closed and not self._queue.full()
+        return not self.writer.closed and not self.writer.full
 
     def drop(self, rows: int) -> None:
         self.dropped_rows += rows  # a racy counter is fine: it is a statistic
 
     def submit(self, record: LogRecord) -> None:
-        if self._thread is None:
-            self._start()
-        try:
-            self._queue.put_nowait(record)
-        except queue.Full:
-            self.drop(sum(r[2] for r in record.requests))
+        if not self.writer.offer(record):
+            self.drop(_rows(record))
 
-    def _start(self) -> None:
-        with self._lock:
-            if self._thread is None and not self._closed:
-                self._thread = threading.Thread(target=self._run, daemon=True,
-                                                name=f"feature-log-{self.model_name}-{self.version}")
-                self._thread.start()
+    def flush(self, timeout: float | None = 30.0) -> bool:
+        """Write what is queued and close the open file, so every row logged so far is readable now."""
+        return self.writer.flush(timeout)
 
     def close(self) -> None:
         """Write what is queued, close the open file and stop the writer (blocks; not on the event loop)."""
-        with self._lock:
-            self._closed = True
-            thread = self._thread
-        if thread is None:
-            return
-        try:
-            self._queue.put(_STOP, timeout=30)  # the writer is draining, so room appears
-        except queue.Full:
+        started = self.writer.started
+        if not self.writer.close(timeout=60):
             log.error("feature log of model '%s' version %d: the writer is stuck; %d queued records lost",
-                      self.model_name, self.version, self._queue.qsize())
-        thread.join(timeout=60)
+                      self.model_name, self.version, len(self.writer))
+        if not started:
+            return
         log.info("feature log of model '%s' version %d: %d rows in %d files under %s, %d rows dropped "
                  "(queue full), %d write errors", self.model_name, self.version, self.logged_rows, self.files,
                  self.directory, self.dropped_rows, self.errors)
 
     # -- the writer thread -----------------------------------------------------------------------------
-    def _run(self) -> None:
+    def _batch_rows(self) -> int:
+        """Rows gathered before they are written: one row group, or what completes the open file."""
+        file_rows = self._file.rows if self._file is not None else 0
+        return min(FLUSH_ROWS, self.settings.rotate_rows - file_rows)
+
+    def _write(self, records: list[LogRecord]) -> None:
         import pyarrow as pa
 
-        pending: list = []
-        pending_rows = 0
-        first_pending = 0.0
-        file = None  # (ParquetWriter, tmp path, final path, opened at, rows)
-        stop = False
-        while not stop:
-            try:
-                item = self._queue.get(timeout=FLUSH_SECONDS if (pending or file) else None)
-            except queue.Empty:
-                item = None
-            try:
-                if item is _STOP:
-                    stop = True
-                elif item is not None:
-                    if not pending:
-                        first_pending = time.monotonic()
-                    pending_rows += sum(r[2] for r in item.requests)  # counted as dropped if anything fails
-                    pending.append(self._to_batch(item))
-                now = time.monotonic()
-                file_rows = file[4] if file else 0
-                rotate = file is not None and (now - file[3] >= self.settings.rotate_seconds)
-                full = file_rows + pending_rows >= self.settings.rotate_rows
-                if pending and (stop or full or pending_rows >= FLUSH_ROWS or now - first_pending >= FLUSH_SECONDS):
-                    if file is None:
-                        file = self._open(pending[0].schema)
-                    file[0].write_table(pa.Table.from_batches(pending))
-                    file = (*file[:4], file[4] + pending_rows)
-                    self.logged_rows += pending_rows
-                    pending, pending_rows = [], 0
-                    full = file[4] >= self.settings.rotate_rows
-                if file is not None and (stop or rotate or full):
-                    self._close_file(file)
-                    file = None
-            except Exception:
-                self.errors += 1
-                self.dropped_rows += pending_rows
-                pending, pending_rows = [], 0
-                log.exception("feature log of model '%s' version %d: write failed; records dropped",
-                              self.model_name, self.version)
-                if file is not None:
-                    try:
-                        self._close_file(file)
-                    except Exception:
-                        log.exception("feature log: closing %s failed", file[1])
-                    file = None
+        rows = sum(_rows(r) for r in records)
+        try:
+            table = pa.Table.from_batches([self._to_batch(r) for r in records])
+            if self._file is None:
+                self._file = self._open(table.schema)
+            self._file.writer.write_table(table)
+            self._file.rows += rows
+            self.logged_rows += rows
+            if self._file.rows >= self.settings.rotate_rows:
+                self._close_file()
+        except Exception:
+            self.dropped_rows += rows
+            file = self._file
+            if file is not None:
+                try:
+                    self._close_file()
+                except Exception:
+                    log.exception("feature log: closing %s failed", file.tmp)
+            raise
 
-    def _open(self, schema) -> tuple:
+    def _tick(self, flush: bool) -> float | None:
+        """Close the open file when asked or when it is rotate_seconds old; else the seconds left until then."""
+        if self._file is None:
+            return None
+        left = self._file.opened + self.settings.rotate_seconds - time.monotonic()
+        if flush or left <= 0:
+            self._close_file()
+            return None
+        return left
+
+    def _open(self, schema) -> _OpenFile:
         import pyarrow.parquet as pq
 
         from skewless.native.fileio import SPEC_HASH_KEY
@@ -245,11 +240,15 @@ class FeatureLogger:
         final = self.directory / f"features-{stamp}Z-{os.getpid()}-{next(_FILE_SEQ):05d}.parquet"
         tmp = final.with_name(final.name + ".tmp")
         writer = pq.ParquetWriter(tmp, schema.with_metadata({SPEC_HASH_KEY: self.spec.sha256.encode()}))
-        return writer, tmp, final, time.monotonic(), 0
+        return _OpenFile(writer, tmp, final, time.monotonic())
 
-    def _close_file(self, file: tuple) -> None:
-        file[0].close()
-        os.replace(file[1], file[2])
+    def _close_file(self) -> None:
+        """Close the open file (if any) under its final name: from then on readers see it."""
+        file, self._file = self._file, None
+        if file is None:
+            return
+        file.writer.close()
+        os.replace(file.tmp, file.final)
         self.files += 1
 
     def _to_batch(self, rec: LogRecord):

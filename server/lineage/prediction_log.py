@@ -9,9 +9,9 @@ Files: ``DIR/<model>/predictions-<UTC time>-<pid>-<seq>.parquet``, written as ``
 when rotated (``--prediction-log-rotate-mb`` / ``--prediction-log-rotate-seconds``), so readers only see
 complete files; the oldest are deleted beyond ``--prediction-log-max-files`` per model.
 
-Off the hot path: the data plane's hook puts one tuple (arrays the request already holds) on a bounded
-queue after the reply is handed over; a full queue drops the record and counts it
-(``skewless_prediction_log_dropped``). One writer thread turns records into Arrow, writes them, hands each
+Off the hot path: the data plane's hook puts one record (arrays the request already holds) on a bounded
+queue (``background.BackgroundWriter``, polling) after the reply is handed over; a full queue drops the
+record and counts it (``skewless_prediction_log_dropped``). One writer thread turns records into Arrow, writes them, hands each
 row's score to the label join (lineage/labels.py) and writes joined pairs.
 
 Schema (stable; one row per row of a request): ``request_id`` string, ``row`` int32, ``time``
@@ -30,9 +30,7 @@ import functools
 import itertools
 import logging
 import os
-import queue
 import random
-import threading
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -41,6 +39,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..background import BackgroundWriter
 from ..errors import ModelLoadError
 from ..models.config import parameter
 
@@ -56,8 +55,8 @@ PARAM_SCORE_INDEX = "skewless.score_index"
 CONTEXT_COLUMNS = ("request_id", "row", "time", "model_name", "model_version", "feature_spec_hash",
                    "canary_arm", "shadow", "score")
 OUTPUT_PREFIX = "output."
-_STOP = object()
 DRAIN_S = 0.05  # how often the writer takes what the request path queued
+WRITE_RECORDS = 4096  # records gathered before they are written (else flush_seconds after the first)
 _FILE_SEQ = itertools.count(1)
 
 
@@ -132,18 +131,29 @@ class PredictionLog:
     def __init__(self, settings: PredictionLogSettings, join: LabelJoin | None = None) -> None:
         self.settings = settings
         self.join = join
-        # A deque, not a queue.Queue: append and popleft are atomic under the GIL and wake nobody, so a logged
-        # request costs one append; the writer looks every DRAIN_S and takes what is there (a Queue's notify
-        # woke the writer thread for every record: a thread switch and a GIL hand-off per request).
-        self.queue: deque[Record] = deque()
-        self._control: queue.SimpleQueue = queue.SimpleQueue()  # flush events and _STOP
-        self.dropped = 0
+        # Polling, not a queue.Queue: a logged request costs one deque append and wakes nobody; the writer looks
+        # every DRAIN_S and takes what is there (a Queue's notify woke the writer thread for every record: a
+        # thread switch and a GIL hand-off per request).
+        self._writer: BackgroundWriter[Record] = BackgroundWriter(
+            "prediction-log", self._write, capacity=settings.queue_size, batch=WRITE_RECORDS,
+            max_delay=settings.flush_seconds, poll=DRAIN_S, tick=self._tick, on_stop=self._stop,
+            label="prediction log")
+        self.offer = self._writer.offer  # request side (event loop): one call, no wrapper
         self.written_rows = 0
         self.files_written = 0
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
+        self._last_tick = time.monotonic()
         self._files: dict[str, tuple] = {}  # model -> (writer, tmp, final, opened monotonic, schema)
         self._joined: dict[str, tuple] = {}
+
+    @property
+    def queue(self) -> deque[Record]:
+        """Records waiting for the writer."""
+        return self._writer.buffer
+
+    @property
+    def dropped(self) -> int:
+        """Records refused because the queue was full (``skewless_prediction_log_dropped``)."""
+        return self._writer.dropped
 
     # -- the version hook (repository.version_hooks) ---------------------------------------------------
     def attach(self, mv: ModelVersion) -> None:
@@ -161,71 +171,36 @@ class PredictionLog:
         spec_hash = mv.features.spec.sha256 if mv.features is not None else None
         mv.lineage = ModelLineage(self, rate, spec_hash, score_of(mv)) if rate > 0 else None
 
-    # -- request side (event loop) ---------------------------------------------------------------------
-    def offer(self, rec: Record) -> None:
-        if len(self.queue) >= self.settings.queue_size:
-            self.dropped += 1
-            return
-        self.queue.append(rec)
-        if self._thread is None:
-            self.start()
-
     def start(self) -> None:
-        with self._lock:
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
-                self._thread.start()
+        self._writer.start()
 
     def close(self) -> None:
         """Flush what is queued and close every file (server stop)."""
-        if self._thread is None and self.queue:
-            self.start()
-        if self._thread is not None:
-            self._control.put(_STOP)
-            self._thread.join(30)
-            self._thread = None
-        else:
-            self._drain_and_close()
+        if not self._writer.close(30):
+            log.error("prediction log: the writer did not stop within 30 s; %d queued records lost",
+                      len(self._writer))
 
     def flush(self) -> None:
         """Rotate every open file now (tests, and before reading the directory)."""
-        done = threading.Event()
-        self._control.put(done)
-        if self._thread is None:
-            self.start()
-        done.wait(30)
+        self._writer.flush(30)
 
     # -- writer thread ---------------------------------------------------------------------------------
-    def _run(self) -> None:
-        pending: list[Record] = []
-        last = time.monotonic()
-        items = self.queue
-        while True:
-            wait = min(DRAIN_S, max(0.0, self.settings.flush_seconds - (time.monotonic() - last)))
-            try:
-                item = self._control.get(timeout=wait)
-            except queue.Empty:
-                item = None
-            pending.extend(items.popleft() for _ in range(len(items)))  # the event loop only appends
-            if item is None and len(pending) < 4096 and time.monotonic() - last < self.settings.flush_seconds:
-                continue
-            try:
-                if pending:
-                    self._write(pending)
-                    pending = []
-                last = time.monotonic()
-                self._rotate_due(force=item is _STOP or isinstance(item, threading.Event))
-                if self.join is not None:
-                    self._write_joined(self.join.take_joined())
-                    self.join.expire()
-            except Exception:
-                log.exception("prediction log: writing failed; %d records lost", len(pending))
-                pending = []
-            if isinstance(item, threading.Event):
-                item.set()
-            elif item is _STOP:
-                self._drain_and_close()
-                return
+    def _tick(self, flush: bool) -> float | None:
+        """Every flush_seconds (and when flushed): rotate what is due, write the label join's pairs."""
+        now = time.monotonic()
+        left = self.settings.flush_seconds - (now - self._last_tick)
+        if not flush and left > 0:
+            return left
+        self._last_tick = now
+        self._rotate_due(force=flush)
+        if self.join is not None:
+            self._write_joined(self.join.take_joined())
+            self.join.expire()
+        return self.settings.flush_seconds
+
+    def _stop(self) -> None:
+        self._tick(True)
+        self._drain_and_close()
 
     def _drain_and_close(self) -> None:
         for model in list(self._files):

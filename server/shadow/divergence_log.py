@@ -1,7 +1,7 @@
 """Divergent shadow samples (over the tolerance) written to Parquet, off the request path.
 
-One writer thread per (primary, challenger) pair; the shadow worker offers records to a bounded queue and a
-full queue drops (counted). Records gathered for up to a second become one complete file, written under a
+One writer thread per (primary, challenger) pair; the shadow worker offers records to a bounded queue
+(``background.BackgroundWriter``) and a full queue drops (counted). Records gathered for up to a second become one complete file, written under a
 ``.tmp`` name and renamed, so a reader (``skewless shadow-report``) never sees half a file:
 ``DIR/<primary>/divergent-<UTC time>-<pid>-<seq>.parquet``.
 
@@ -15,20 +15,19 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-import queue
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from ..background import BackgroundWriter
+
 log = logging.getLogger(__name__)
 
 QUEUE = 1024
 FLUSH_SECONDS = 1.0
 FLUSH_ROWS = 10_000
-_STOP = object()
 _SEQ = itertools.count()
 
 
@@ -50,49 +49,23 @@ class DivergenceLog:
         self.directory = Path(directory) / primary
         self.written = 0
         self.dropped = 0
-        self.errors = 0
-        self._queue: queue.Queue = queue.Queue(QUEUE)
-        self._thread = threading.Thread(target=self._run, daemon=True, name=f"shadow-log-{primary}")
-        self._thread.start()
+        self._writer: BackgroundWriter[Divergence] = BackgroundWriter(
+            f"shadow-log-{primary}", self._write, capacity=QUEUE, batch=FLUSH_ROWS, max_delay=FLUSH_SECONDS,
+            label=f"shadow divergence log {self.directory}")
+        self._writer.start()
+
+    @property
+    def errors(self) -> int:
+        return self._writer.errors
 
     def offer(self, record: Divergence) -> None:
-        try:
-            self._queue.put_nowait(record)
-        except queue.Full:
+        if not self._writer.offer(record):
             self.dropped += 1
 
     def close(self) -> None:
         """Write what is queued and stop (blocks: call it off the event loop)."""
-        try:
-            self._queue.put(_STOP, timeout=10)
-        except queue.Full:
-            log.error("shadow divergence log %s: writer stuck, %d records lost", self.directory, self._queue.qsize())
-        self._thread.join(timeout=30)
-
-    def _run(self) -> None:
-        pending: list[Divergence] = []
-        first = 0.0
-        stop = False
-        while not stop:
-            try:
-                item = self._queue.get(timeout=FLUSH_SECONDS if pending else None)
-            except queue.Empty:
-                item = None
-            if item is _STOP:
-                stop = True
-            elif item is not None:
-                if not pending:
-                    first = time.monotonic()
-                pending.append(item)
-            if pending and (stop or len(pending) >= FLUSH_ROWS or time.monotonic() - first >= FLUSH_SECONDS):
-                try:
-                    self._write(pending)
-                    self.written += len(pending)
-                except Exception:
-                    self.errors += 1
-                    log.exception("shadow divergence log %s: write failed, %d records lost",
-                                  self.directory, len(pending))
-                pending = []
+        if not self._writer.close(timeout=30):
+            log.error("shadow divergence log %s: writer stuck, %d records lost", self.directory, len(self._writer))
 
     def _write(self, records: list[Divergence]) -> None:
         import pyarrow as pa
@@ -122,6 +95,7 @@ class DivergenceLog:
         tmp = final.with_name(final.name + ".tmp")
         pq.write_table(pa.table(columns), tmp)
         os.replace(tmp, final)
+        self.written += len(records)
 
 
 def _values(arr: np.ndarray | None) -> list | None:

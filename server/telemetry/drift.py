@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import json
 import logging
-import queue
 import random
 import threading
 import time
@@ -44,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..background import BackgroundWriter
 from ..errors import ModelLoadError
 from ..models.config import parameter
 from .psi import BinShift, Thresholds, psi, top_shifts
@@ -78,7 +78,6 @@ PARAM_QUEUE = "skewless.drift_queue"
 PARAM_PREDICTION = "skewless.prediction_reference"
 DEFAULT_PREDICTION = "learn:1000"
 TOP_BINS = 3
-_STOP = object()
 
 
 @dataclass(frozen=True)
@@ -204,11 +203,13 @@ class DriftMonitor:
         if prediction_reference is not None:
             self._install_predictions(list(prediction_reference.values()))
         self._feature_tensors = self._features.tensors if self._features else []
-        self._queue: queue.Queue = queue.Queue(maxsize=settings.queue_size)
         self._lock = threading.Lock()
         self._subscribers: list[DriftSubscriber] = []
-        self._thread: threading.Thread | None = None
-        self._closed = False
+        self._writer: BackgroundWriter[tuple] = BackgroundWriter(
+            f"drift-{model}-{version}", self._absorb_all, capacity=settings.queue_size, tick=self._tick,
+            label=f"{self.where}: drift update")
+        self._due = time.monotonic() + settings.interval_s  # PSI recomputed at most every interval_s
+        self._dirty = False  # rows binned since the last recompute
         self._rng = random.Random()
         self._tokens = settings.max_rows_per_s  # a full 1 s burst
         self._last = time.monotonic()
@@ -220,7 +221,10 @@ class DriftMonitor:
         self.sampled_batches = 0
         self.sampled_rows = 0
         self.dropped_batches = 0
-        self.errors = 0
+
+    @property
+    def errors(self) -> int:
+        return self._writer.errors
 
     # -- load time ------------------------------------------------------------------------------------------
     @classmethod
@@ -266,7 +270,7 @@ class DriftMonitor:
 
     # -- the batch thread: cheap, never blocking -------------------------------------------------------------
     def __call__(self, inputs: dict[str, np.ndarray], output_names: list[str], outputs: list[np.ndarray]) -> None:
-        if self._closed:
+        if self._writer.closed:
             return
         if self.settings.sample_rate < 1.0 and self._rng.random() >= self.settings.sample_rate:
             return
@@ -292,11 +296,7 @@ class DriftMonitor:
             for name, arr in zip(output_names, outputs, strict=False):
                 if name in self._domains:
                     preds[name] = arr[rows].reshape(k, -1).copy()
-        if self._thread is None:
-            self._start()
-        try:
-            self._queue.put_nowait((feats, preds, k))
-        except queue.Full:
+        if not self._writer.offer((feats, preds, k)):
             self.dropped_batches += 1
             return
         self.sampled_batches += 1
@@ -351,64 +351,33 @@ class DriftMonitor:
     def flush(self, timeout: float | None = 10.0) -> bool:
         """Wait until everything queued so far is binned, then recompute PSI now (tests, offline use).
         False if the worker did not get there within ``timeout``."""
-        if self._closed:
-            return False
-        if self._thread is None:
-            self._start()
-        done = threading.Event()
-        try:
-            self._queue.put(done, timeout=timeout)
-        except queue.Full:
-            return False
-        return done.wait(timeout)
+        return self._writer.flush(timeout)
 
     def close(self) -> None:
         """Stop the worker (when the version unloads); later batches are ignored. Idempotent."""
-        self._closed = True
-        thread = self._thread
-        if thread is None or not thread.is_alive():
-            return
-        try:
-            self._queue.put(_STOP, timeout=5)
-        except queue.Full:
+        if not self._writer.close(timeout=5):
             log.warning("%s: drift worker did not drain its queue; stopping it anyway", self.where)
-        thread.join(timeout=5)
 
     # -- the worker thread -------------------------------------------------------------------------------------
-    def _start(self) -> None:
-        with self._lock:
-            if self._thread is None and not self._closed:
-                self._thread = threading.Thread(target=self._run, daemon=True,
-                                                name=f"drift-{self.model}-{self.version}")
-                self._thread.start()
+    def _absorb_all(self, items: list[tuple]) -> None:
+        for feats, preds, rows in items:
+            self._absorb(feats, preds, rows)
+            self._dirty = True
+            self._tick(False)
 
-    def _run(self) -> None:
-        interval = self.settings.interval_s
-        due = time.monotonic() + interval
-        dirty = False
-        while True:
-            try:
-                item = self._queue.get(timeout=max(0.0, due - time.monotonic())) if dirty else self._queue.get()
-            except queue.Empty:
-                item = None
-            try:
-                if item is _STOP:
-                    return
-                if isinstance(item, threading.Event):
-                    self._recompute()
-                    dirty = False
-                    item.set()
-                    continue
-                if item is not None:
-                    self._absorb(*item)
-                    dirty = True
-                if dirty and time.monotonic() >= due:
-                    self._recompute()
-                    dirty = False
-                    due = time.monotonic() + interval
-            except Exception:  # a drift bug must never kill the worker (the queue would then just fill up)
-                self.errors += 1
-                log.exception("%s: drift update failed", self.where)
+    def _tick(self, flush: bool) -> float | None:
+        """Recompute PSI when asked (flush) or when due with new rows; the seconds until due while rows wait.
+        A drift bug raising here is logged and counted by the writer, which goes on (its queue would else
+        just fill up)."""
+        now = time.monotonic()
+        if flush:
+            self._recompute()
+            self._dirty = False
+        elif self._dirty and now >= self._due:
+            self._recompute()
+            self._dirty = False
+            self._due = time.monotonic() + self.settings.interval_s
+        return max(0.0, self._due - now) if self._dirty else None
 
     def _absorb(self, feats: dict[str, np.ndarray], preds: dict[str, np.ndarray], rows: int) -> None:
         with self._lock:
