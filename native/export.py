@@ -152,6 +152,9 @@ def convert(estimator: Any, spec: FeatureSpec, opset: int = DEFAULT_OPSET) -> An
         if tensor_type is None:
             raise ExportError(f"{fam} models take a float matrix, but the spec's output '{name}' is {dtype}")
         initial = [(name, tensor_type([None, width]))]
+        # onnxmltools stops at an older opset than skl2onnx: ask for at most what it supports.
+        ex = _need("onnxmltools.convert.common.onnx_ex", f"converting a {fam} model")
+        opset = min(opset, ex.get_maximum_opset_supported())
         try:
             if fam == "xgboost":
                 model = onnxmltools.convert_xgboost(estimator, initial_types=initial, target_opset=opset)

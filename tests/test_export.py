@@ -196,19 +196,41 @@ def test_regressor_pipeline_exports_through_the_api(tmp_path):
     assert (tmp_path / "price" / "2" / "model.onnx").is_file()
 
 
-def test_lightgbm_classifier_exports(tmp_path):
-    lgb = pytest.importorskip("lightgbm")
+def _boosted(package: str, tmp_path: Path, make_model) -> None:
+    pytest.importorskip(package)
     pytest.importorskip("onnxmltools")
     train, y = make_table(300, seed=7)
     spec = fit(CONFIG, train)
-    model = lgb.LGBMClassifier(n_estimators=10, num_leaves=7, verbose=-1).fit(spec.transform(train)["dense"], y)
+    x = spec.transform(train)["dense"]
+    model = make_model().fit(x, y)
     holdout, _ = make_table(20, seed=8)
-    result = export(model, spec, holdout, tmp_path / "lgbm", rows=20)
+    result = export(model, spec, holdout, tmp_path / package, rows=20)
     assert set(result.outputs) == {"label", "probabilities"}
-    doc = validation.load(tmp_path / "lgbm" / "1" / "validation.json")
-    _, outputs = _replay(doc, tmp_path / "lgbm" / "1")
+    assert result.max_abs_diff is not None and result.max_abs_diff < 1e-5
+    cfg = parse_config((tmp_path / package / "config.pbtxt").read_text(), "config.pbtxt")
+    assert {o.name: list(o.dims) for o in cfg.output}["probabilities"] == [2]
+    doc = validation.load(tmp_path / package / "1" / "validation.json")
+    _, outputs = _replay(doc, tmp_path / package / "1")
     np.testing.assert_array_equal(_bits(outputs["probabilities"]),
                                   _bits(validation.output_array(doc["outputs"]["probabilities"])))
+
+
+def test_lightgbm_classifier_exports(tmp_path):
+    def model():
+        import lightgbm
+
+        return lightgbm.LGBMClassifier(n_estimators=10, num_leaves=7, verbose=-1)
+
+    _boosted("lightgbm", tmp_path, model)
+
+
+def test_xgboost_classifier_exports(tmp_path):
+    def model():
+        import xgboost
+
+        return xgboost.XGBClassifier(n_estimators=10, max_depth=3)
+
+    _boosted("xgboost", tmp_path, model)
 
 
 def test_refusals_say_what_to_change(tmp_path, monkeypatch, capsys):
