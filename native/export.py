@@ -259,11 +259,17 @@ def config_text(name: str, spec: FeatureSpec, model: Any, max_batch_size: int) -
         else:  # a [batch] tensor: [1] to clients, as Triton's onnxruntime backend shows it
             f.dims.append(1)
             f.reshape.SetInParent()
-    cfg.dynamic_batching.SetInParent()
-    header = ("# Written by 'skewless export'. Clients send the raw inputs of features.json; the server computes\n"
-              f"# the model's '{spec.outputs[0].name}' tensor with the kernel of 'skewless transform'.\n"
-              "# validation.json beside model.onnx holds held-out rows and the outputs they must score.\n")
-    return header + text_format.MessageToString(cfg)
+
+    def block(key: str, fields: Any) -> str:
+        return f"{key} [\n" + ",\n".join(f"  {{ {text_format.MessageToString(f, as_one_line=True)} }}"
+                                         for f in fields) + "\n]\n"
+
+    head = mc.ModelConfig(name=cfg.name, platform=cfg.platform, max_batch_size=cfg.max_batch_size)
+    return ("# Written by 'skewless export'. Clients send the raw inputs of features.json; the server computes\n"
+            f"# the model's '{spec.outputs[0].name}' tensor from them with the kernel of 'skewless transform'.\n"
+            "# validation.json beside model.onnx holds held-out rows and the outputs they must score.\n"
+            + text_format.MessageToString(head) + block("input", cfg.input) + block("output", cfg.output)
+            + "dynamic_batching { }\n")
 
 
 def export(estimator: Any, spec: FeatureSpec, data: Any, out_dir: str | Path, *, rows: int = DEFAULT_ROWS,
@@ -272,8 +278,9 @@ def export(estimator: Any, spec: FeatureSpec, data: Any, out_dir: str | Path, *,
     """Convert ``estimator`` and write the model folder ``out_dir`` (its name is the model's name)."""
     out_dir = Path(out_dir)
     name = out_dir.resolve().name
-    if rows < 1 or version < 1 or max_batch_size < 0:
-        raise ExportError("rows and version must be >= 1, max_batch_size >= 0")
+    if rows < 1 or version < 1 or max_batch_size < 1:
+        # max_batch_size 0 would make every tensor's batch dimension explicit; a feature model always batches.
+        raise ExportError("rows, version and max_batch_size must be >= 1")
     version_dir = out_dir / str(version)
     if version_dir.exists() and not force:
         raise ExportError(f"{version_dir} exists (choose another --version, or --force to replace it)")

@@ -196,6 +196,23 @@ def test_regressor_pipeline_exports_through_the_api(tmp_path):
     assert (tmp_path / "price" / "2" / "model.onnx").is_file()
 
 
+def test_pipeline_classifier_with_string_classes(tmp_path):
+    train, y = make_table(300, seed=3)
+    spec = fit(CONFIG, train)
+    x = spec.transform(train)["dense"]
+    classes = np.array(["no", "yes", "maybe"])[y + (x[:, 0] > 1)]
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500)).fit(x, classes)
+    result = export(model, spec, train, tmp_path / "m", rows=12)
+    assert result.max_abs_diff is not None and result.max_abs_diff < 1e-5
+    cfg = parse_config((tmp_path / "m" / "config.pbtxt").read_text(), "config.pbtxt")
+    outs = {o.name: (mc.DataType.Name(o.data_type), list(o.dims)) for o in cfg.output}
+    assert outs == {"label": ("TYPE_STRING", [1]), "probabilities": ("TYPE_FP32", [3])}
+    doc = validation.load(tmp_path / "m" / "1" / "validation.json")
+    _, outputs = _replay(doc, tmp_path / "m" / "1")
+    assert outputs["label"].tolist() == [v.decode() for v in validation.output_array(doc["outputs"]["label"])]
+    assert outputs["label"].tolist() == model.predict(x[:12]).tolist()
+
+
 def _boosted(package: str, tmp_path: Path, make_model) -> None:
     pytest.importorskip(package)
     pytest.importorskip("onnxmltools")
@@ -243,12 +260,13 @@ def test_refusals_say_what_to_change(tmp_path, monkeypatch, capsys):
     spec = fit(CONFIG, train)
     with pytest.raises(ExportError, match="fitted on 3 columns"):
         export(clf, spec, train, tmp_path / "m")
+    good = LogisticRegression(max_iter=1000).fit(spec.transform(train)["dense"], y)
     with pytest.raises(ExportError, match="lacks the spec's raw input"):
-        export(LogisticRegression().fit(spec.transform(train)["dense"], y), spec, train.drop_columns(["user"]),
-               tmp_path / "m")
+        export(good, spec, train.drop_columns(["user"]), tmp_path / "m")
     monkeypatch.setitem(sys.modules, "skl2onnx", None)  # as if the export extra were not installed
     with pytest.raises(ExportError, match=r"pip install 'skewless\[export\]'"):
-        export(LogisticRegression().fit(spec.transform(train)["dense"], y), spec, train, tmp_path / "m")
+        export(good, spec, train, tmp_path / "m")
+    assert not (tmp_path / "m").exists()  # nothing half-written
     assert cli_main(["export", "--estimator", str(tmp_path / "nope.joblib"), "--spec", "x", "--data", "y",
                      "--out", str(tmp_path / "m")]) == 2
     assert "skewless export: error" in capsys.readouterr().err
