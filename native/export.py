@@ -72,11 +72,15 @@ def load_estimator(path: str | Path) -> Any:
         raise FileNotFoundError(path)
     try:
         import joblib
-
-        return joblib.load(path)
     except ImportError:
+        joblib = None
+    try:
+        if joblib is not None:
+            return joblib.load(path)
         with path.open("rb") as fh:
             return pickle.load(fh)  # noqa: S301 - the user's own model file, as joblib would
+    except Exception as exc:  # noqa: BLE001 - unpickling raises anything, e.g. a module that is not installed
+        raise ExportError(f"cannot load the estimator {path}: {type(exc).__name__}: {exc}") from None
 
 
 def family(estimator: Any) -> str:

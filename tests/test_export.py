@@ -267,6 +267,10 @@ def test_refusals_say_what_to_change(tmp_path, monkeypatch, capsys):
     with pytest.raises(ExportError, match=r"pip install 'skewless\[export\]'"):
         export(good, spec, train, tmp_path / "m")
     assert not (tmp_path / "m").exists()  # nothing half-written
-    assert cli_main(["export", "--estimator", str(tmp_path / "nope.joblib"), "--spec", "x", "--data", "y",
-                     "--out", str(tmp_path / "m")]) == 2
-    assert "skewless export: error" in capsys.readouterr().err
+    spec.save(tmp_path / "features.json")
+    (tmp_path / "junk.joblib").write_bytes(b"not a pickle")
+    for estimator in ("nope.joblib", "junk.joblib"):
+        assert cli_main(["export", "--estimator", str(tmp_path / estimator), "--spec", str(tmp_path / "features.json"),
+                         "--data", "y", "--out", str(tmp_path / "m")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("skewless export: error:") and "Traceback" not in err, err
