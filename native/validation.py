@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from .spec import SpecError, decode_float, encode_float
+from .spec import SpecError, _pretty, decode_float, encode_float
 
 FORMAT = "skewless.validation"
 FORMAT_VERSION = 1
@@ -98,7 +98,8 @@ def build(raw: Mapping[str, tuple[str, list[Any]]], tensors: Mapping[str, np.nda
 
 
 def save(doc: Mapping[str, Any], path: str | Path) -> None:
-    Path(path).write_text(json.dumps(doc, indent=1, ensure_ascii=True, allow_nan=False) + "\n")
+    """Readable JSON as the spec writes it: objects indented, each column's values on one line."""
+    Path(path).write_text(_pretty(doc, "") + "\n")
 
 
 # ---- decoding ---------------------------------------------------------------------------------------
