@@ -138,6 +138,10 @@ def convert(estimator: Any, spec: FeatureSpec, opset: int = DEFAULT_OPSET) -> An
     fam = family(estimator)
     classifier = _is_classifier(estimator)
     if fam == "sklearn":
+        inner = [type(step).__name__ for _, step in getattr(estimator, "steps", []) if family(step) != "sklearn"]
+        if inner:
+            raise ExportError(f"a Pipeline holding {inner} cannot be converted in one piece; the spec already "
+                              "prepares the matrix, so export the bare model")
         skl2onnx = _need("skl2onnx", "converting a scikit-learn model")
         types = _need("skl2onnx.common.data_types", "converting a scikit-learn model")
         tensor_type = {"float32": types.FloatTensorType, "float64": types.DoubleTensorType,

@@ -241,6 +241,16 @@ def test_lightgbm_classifier_exports(tmp_path):
     _boosted("lightgbm", tmp_path, model)
 
 
+def test_lightgbm_inside_a_pipeline_says_to_export_the_bare_model(tmp_path):
+    lightgbm = pytest.importorskip("lightgbm")
+    train, y = make_table(100, seed=7)
+    spec = fit(CONFIG, train)
+    model = make_pipeline(StandardScaler(), lightgbm.LGBMClassifier(n_estimators=2, verbose=-1))
+    model.fit(spec.transform(train)["dense"], y)
+    with pytest.raises(ExportError, match=r"Pipeline holding \['LGBMClassifier'\].*export the bare model"):
+        export(model, spec, train, tmp_path / "m")
+
+
 def test_xgboost_classifier_exports(tmp_path):
     def model():
         import xgboost
