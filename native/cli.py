@@ -129,10 +129,14 @@ def _skew_check(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from .export import ExportError, export, load_estimator
+    from .export import EXTRA_HINT, ExportError, export, load_estimator
     from .feature_kernel import FeatureInputError
-    from .fileio import data_files, read_table
     from .spec import FeatureSpec, SpecError
+
+    try:
+        from .fileio import data_files, read_table
+    except ImportError as exc:
+        return _error("export", ImportError(f"reading held-out rows needs {exc.name}: {EXTRA_HINT}"))
 
     try:
         spec = FeatureSpec.load(args.spec)
