@@ -1,6 +1,6 @@
-"""``skewless fit``, ``skewless transform`` and ``skewless skew-check``: the offline half of the feature core.
+"""``skewless fit``, ``transform``, ``skew-check`` and ``export``: the offline half of the feature core.
 
-``register(subparsers)`` adds the three subcommands to the ``skewless`` argparse parser; each handler
+``register(subparsers)`` adds the four subcommands to the ``skewless`` argparse parser; each handler
 returns the process exit code (0 ok, 1 skew found, 2 bad input).
 """
 
@@ -128,8 +128,35 @@ def _skew_check(args: argparse.Namespace) -> int:
     return EXIT_OK if report.ok else EXIT_SKEW
 
 
+def _export(args: argparse.Namespace) -> int:
+    from .export import EXTRA_HINT, ExportError, export, load_estimator
+    from .feature_kernel import FeatureInputError
+    from .spec import FeatureSpec, SpecError
+
+    try:
+        from .fileio import data_files, read_table
+    except ImportError as exc:
+        return _error("export", ImportError(f"reading held-out rows needs {exc.name}: {EXTRA_HINT}"))
+
+    try:
+        spec = FeatureSpec.load(args.spec)
+        estimator = load_estimator(args.estimator)
+        types = {t.name: t.dtype for t in spec.inputs}
+        table = read_table(data_files(args.data), list(spec.input_names), types)
+        result = export(estimator, spec, table, args.out, rows=args.rows, version=args.version,
+                        max_batch_size=args.max_batch_size, opset=args.opset, force=args.force)
+    except (ExportError, SpecError, FeatureInputError, FileNotFoundError, OSError, KeyError, ValueError) as exc:
+        return _error("export", exc)
+    agree = "" if result.max_abs_diff is None else f"; |onnx - estimator| <= {result.max_abs_diff:.3g}"
+    print(f"exported {Path(args.out).resolve().name}: {result.version_dir}/model.onnx (outputs "
+          f"{', '.join(result.outputs)}), features.json, validation.json ({result.rows} rows, "
+          f"{result.complete_rows} without missing values){agree}; serve with "
+          f"'skewless serve --model-repository {Path(args.out).resolve().parent}'", file=sys.stderr)
+    return EXIT_OK
+
+
 def register(subparsers: Any) -> None:
-    """Add ``fit``, ``transform`` and ``skew-check`` to the ``skewless`` argparse subparsers."""
+    """Add ``fit``, ``transform``, ``skew-check`` and ``export`` to the ``skewless`` argparse subparsers."""
     f = subparsers.add_parser("fit", help="fit a feature config on training data into a frozen features.json")
     f.add_argument("--data", required=True, help=".parquet/.csv/.arrow file or a directory of them")
     f.add_argument("--config", required=True, help="feature config (YAML or JSON)")
@@ -159,6 +186,27 @@ def register(subparsers: Any) -> None:
     s.add_argument("--json", action="store_true", help="print the report as JSON")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=_skew_check)
+
+    e = subparsers.add_parser("export", help="turn a fitted estimator and a spec into a serving-ready model folder",
+                              description="Convert a fitted one-input estimator (scikit-learn estimator or "
+                                          "Pipeline, XGBoost, LightGBM; saved with joblib or pickle) to ONNX and "
+                                          "write OUT/config.pbtxt, OUT/VERSION/model.onnx, features.json and "
+                                          "validation.json (held-out rows and their expected outputs). Needs "
+                                          "the export extra: pip install 'skewless[export]'.")
+    e.add_argument("--estimator", required=True,
+                   help="fitted estimator saved with joblib.dump or pickle (loading runs its code: trusted files "
+                        "only)")
+    e.add_argument("--spec", required=True, help="features.json the estimator was trained through")
+    e.add_argument("--data", required=True,
+                   help="held-out raw rows (.parquet/.csv/.arrow or a directory): the first --rows go to "
+                        "validation.json")
+    e.add_argument("--out", required=True, help="model folder to write; its name is the model's name")
+    e.add_argument("--rows", type=int, default=64, help="held-out rows in validation.json (default 64)")
+    e.add_argument("--version", type=int, default=1, help="version folder to write (default 1)")
+    e.add_argument("--max-batch-size", type=int, default=64, help="config.pbtxt max_batch_size (default 64)")
+    e.add_argument("--opset", type=int, default=17, help="ONNX opset of the converted model (default 17)")
+    e.add_argument("--force", action="store_true", help="replace an existing version folder")
+    e.set_defaults(func=_export)
 
 
 def main(argv: list[str] | None = None) -> int:

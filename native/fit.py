@@ -265,7 +265,9 @@ def _normalize(config: Mapping[str, Any], dtypes: Mapping[str, str]) -> tuple[di
             raise ConfigError(f"{where}: encode must be value, index or onehot")
         if feat["encode"] == "value" and (kind not in ("numeric", "missing_indicator", "passthrough")
                                           or "bucketize" in feat):
-            raise ConfigError(f"{where}: only plain numbers have a value encoding")
+            what = "a bucketized number" if kind == "numeric" else f"a {kind} feature"
+            raise ConfigError(f"{where}: {what} has no value encoding; use encode: index (its bucket "
+                              "number as one column, into a float output too) or encode: onehot")
         if kind == "numeric" and "bucketize" not in feat and feat["encode"] != "value":
             raise ConfigError(f"{where}: only bucketized numbers have an index or one-hot encoding")
         if kind == "passthrough" and feat["encode"] == "onehot":
@@ -297,6 +299,29 @@ def _normalize(config: Mapping[str, Any], dtypes: Mapping[str, str]) -> tuple[di
     if None in used:
         raise ConfigError("a feature needs a float output, but none is declared")
     return outputs, features
+
+
+# ---- encode limits ----------------------------------------------------------------------------------
+
+# A one-hot block wider than this is refused: 10,000 float32 columns are 40 kB per row, past the point
+# where a dense model input makes sense (an index into an embedding, or fewer buckets, fits better).
+MAX_ONEHOT_WIDTH = 10_000
+# The largest index each output dtype holds exactly (float32: 2**24; beyond, neighbouring buckets collide).
+EXACT_INDEX = {"float32": 2**24, "float64": 2**53, "int32": 2**31 - 1, "int64": 2**63 - 1}
+
+
+def _check_encoding(entry: Mapping[str, Any], out_dtype: str) -> None:
+    """Refuse an index the output dtype cannot hold exactly, and a one-hot too wide for a dense tensor."""
+    where = f"feature {entry['name']!r}"
+    n = cardinality(entry)
+    if entry["encode"] == "onehot" and n > MAX_ONEHOT_WIDTH:
+        raise ConfigError(f"{where}: a one-hot of {n} columns is wider than the limit of {MAX_ONEHOT_WIDTH}; "
+                          "use encode: index (one column, or an id for an embedding in an int64 output), "
+                          "fewer buckets, or top_k / min_frequency for a vocabulary")
+    if entry["encode"] == "index" and n - 1 > EXACT_INDEX[out_dtype]:
+        raise ConfigError(f"{where}: indices up to {n - 1} do not fit exactly in {out_dtype} output "
+                          f"{entry['output']!r} (exact up to {EXACT_INDEX[out_dtype]}); use fewer buckets or "
+                          "a wider output dtype")
 
 
 # ---- fitting ----------------------------------------------------------------------------------------
@@ -514,6 +539,7 @@ def fit(config: str | Path | Mapping[str, Any], data: Any) -> FeatureSpec:
         elif feat["kind"] == "passthrough" and outputs[feat["output"]].startswith("int"):
             entry["fill"] = feat["fill"]
         width = cardinality(entry) if feat["encode"] == "onehot" else 1
+        _check_encoding(entry, outputs[feat["output"]])
         entry.update(offset=widths[feat["output"]], width=width)
         widths[feat["output"]] += width
         entries.append(entry)
