@@ -11,7 +11,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = (("server", "skewless.server"), ("native", "skewless.native"))
 SIDE = ("shadow", "lineage", "fallback", "alerts", "audit", "registry", "telemetry")
-PATH = ("frontend", "dataplane", "decode", "encode", "request", "hooks", "request_ids", "batching", "models",
+PATH = ("frontend", "dataplane", "decode", "encode", "request", "hooks", "request_ids", "peers", "batching", "models",
         "features")
 # The wiring (may import everything), and the transports of side modules' own RPCs (their own side module).
 ALLOWED = {
