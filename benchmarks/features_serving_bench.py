@@ -66,7 +66,7 @@ def _wire_requests(tensors: list[dict[str, tuple[str, np.ndarray]]]) -> list[byt
 def _decode(mv: Any, messages: list[bytes]) -> list[dict[str, np.ndarray]]:
     """What the data plane hands the batcher for each message (the hooks included)."""
     from skewless.native.v2_codec import parse_infer_request
-    from skewless.server.dataplane import decode_inputs
+    from skewless.server.decode import decode_inputs
 
     feeds = []
     for data in messages:

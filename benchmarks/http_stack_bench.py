@@ -31,7 +31,8 @@ STACKS = ("aiohttp", "uvicorn")
 
 
 async def _serve(stack: str) -> None:
-    from skewless.server.dataplane import DataPlane, output_tensors
+    from skewless.server.dataplane import DataPlane
+    from skewless.server.encode import output_tensors
     from skewless.server.frontend import rest_codec
     from skewless.server.frontend.http_rest import RestFrontend
     from skewless.server.models.repository import ModelRepository

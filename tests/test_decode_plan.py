@@ -10,7 +10,8 @@ import pytest
 
 from skewless.native.v2_codec import build_infer_response, parse_infer_request
 from skewless.protos import grpc_service_pb2 as pb
-from skewless.server.dataplane import decode_inputs, output_tensors, requested_outputs
+from skewless.server.decode import decode_inputs, requested_outputs
+from skewless.server.encode import output_tensors
 from skewless.server.errors import InvalidArgument
 from skewless.server.models.config import parse_config
 from skewless.server.models.version import ModelVersion

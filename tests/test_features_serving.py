@@ -539,7 +539,7 @@ def _decoded(mv: ModelVersion, rows: dict[str, np.ndarray], a: int, b: int, rid:
     """One request of rows [a, b) as the server sees it: serialized, parsed, decoded, admitted."""
     from skewless.native.bytes_codec import encode_bytes
     from skewless.native.v2_codec import parse_infer_request
-    from skewless.server.dataplane import decode_inputs
+    from skewless.server.decode import decode_inputs
 
     tensors = []
     for name in RAW:

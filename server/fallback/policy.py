@@ -17,9 +17,11 @@ model, authentication) never fall back: the client must see them.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -34,11 +36,14 @@ from ..errors import (
     QueueTimeout,
     SkewlessError,
 )
+from ..hooks import Complete, FlaggedArrays
 from ..models.config import TensorSpec
+from .answer import completed
 from .rule import Rule, RuleError
 
 PARAMETER = "skewless.fallback"
 REASONS = ("failure", "timeout", "shed")
+FallbackArrays = FlaggedArrays  # outputs computed by a fallback: the reply is flagged with their reason
 log = logging.getLogger(__name__)
 
 
@@ -53,17 +58,6 @@ def classify(exc: BaseException | None) -> str | None:
     if isinstance(exc, SkewlessError) or not isinstance(exc, Exception):
         return None  # client errors (INVALID_ARGUMENT, NOT_FOUND, UNAUTHENTICATED, …), cancellation, None
     return "failure"  # an unexpected error of the model's code path
-
-
-class FallbackArrays(list):
-    """Output arrays computed by a fallback: the data plane flags the reply with ``reason``."""
-
-    __slots__ = ("reason", "failure")
-
-    def __init__(self, arrays: list[np.ndarray], reason: str, failure: str):
-        super().__init__(arrays)
-        self.reason = reason
-        self.failure = failure  # the statistics' failure reason (models/stats.py)
 
 
 class Fallback:
@@ -92,7 +86,7 @@ class Fallback:
         self._specs = outputs
         self._values: dict[str, np.ndarray | Rule] = {}
         self.model: tuple[str, str] | None = None  # another model to run instead
-        self.resolve: Any = None  # (name, version) -> ModelVersion, set by the data plane
+        self.resolve: Any = None  # (name, version) -> ModelVersion, set by FallbackHook
         if "model" in doc:
             name, _, version = str(doc["model"]).partition(":")
             if not name or version and not version.isdigit():
@@ -201,3 +195,27 @@ class Fallback:
                 self._episode = False
             log.info("model %s answers again after serving fallbacks (%s so far)", self.label,
                      dict(self.counts))
+
+    # -- the request path's FailureAnswer hook (server/hooks.py) ----------------------------------------------
+    def wrap(self, feeds: dict[str, np.ndarray], rows: int, names: list[str], complete: Complete) -> Complete:
+        """``complete``, wrapped so that a failure this fallback covers completes with its outputs."""
+        return functools.partial(completed, self, feeds, rows, names, complete)
+
+    def answer(self, feeds: dict[str, np.ndarray], rows: int, names: list[str], complete: Complete,
+               exc: BaseException) -> None:
+        """A request refused at arrival (overload, full queue): completed with the fallback's outputs."""
+        completed(self, feeds, rows, names, complete, None, exc, False)
+
+
+class FallbackHook:
+    """The repository's version hook that gives each loading version its fallback (None unless configured);
+    a fallback naming another model resolves it through ``resolve`` (the repository's ``get``) when needed."""
+
+    def __init__(self, resolve: Callable[[str, str], Any]):
+        self.resolve = resolve
+
+    def attach(self, mv: Any) -> None:
+        fallback = Fallback.from_config(mv)
+        if fallback is not None and fallback.model is not None:
+            fallback.resolve = self.resolve
+        mv.fallback = fallback

@@ -11,6 +11,7 @@ from skewless.protos import skewless_admin_pb2_grpc as pb_grpc
 
 from ..errors import FailedPrecondition, InvalidArgument
 from ..models.repository import ModelRepository
+from ..peers import Peers, everywhere
 from ..registry.sync import RegistryRepository
 from .grpc_servicer import rpc
 
@@ -18,8 +19,9 @@ ADMIN_SERVICE = "skewless.v1.RegistryAdmin"
 
 
 class AdminServicer(pb_grpc.RegistryAdminServicer):
-    def __init__(self, repository: ModelRepository):
+    def __init__(self, repository: ModelRepository, peers: Peers | None = None):
         self.repository = repository
+        self.peers = peers  # --workers N: rollback and unpin apply on every worker
 
     def _registry(self) -> RegistryRepository:
         if not isinstance(self.repository, RegistryRepository):
@@ -27,6 +29,7 @@ class AdminServicer(pb_grpc.RegistryAdminServicer):
                                      "--model-repository URL (s3://, gs://, file://…)")
         return self.repository
 
+    @everywhere(ADMIN_SERVICE)
     @rpc
     async def Rollback(self, request, context):
         if not request.model:
@@ -37,6 +40,7 @@ class AdminServicer(pb_grpc.RegistryAdminServicer):
         serving, previous = await repo.rollback(request.model, request.version or None)
         return pb.RollbackResponse(serving=serving, previous=previous, pinned=repo.pinned(request.model))
 
+    @everywhere(ADMIN_SERVICE)
     @rpc
     async def Unpin(self, request, context):
         if not request.model:

@@ -18,19 +18,25 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from skewless.protos import _pool
 
+from .. import audit
 from ..alerts import AlertHub
 from ..alerts import install as alerts_install
 from ..alerts import load_settings as load_alert_settings
+from ..alerts.metrics import register_metrics as register_alert_metrics
 from ..audit import AuditLog
 from ..audit import install as audit_install
 from ..audit.log import as_server
 from ..dataplane import DataPlane
+from ..fallback import FallbackHook
+from ..fallback.metrics import register_metrics as register_fallback_metrics
+from ..lineage.metrics import register_metrics as register_lineage_metrics
 from ..models import runtime
 from ..models.repository import ModelRepository
 from ..models.runtime import hung_threads_alive
 from ..models.version import InFlightTotal, ModelVersion
 from ..registry.cache import VersionCache, default_cache_dir
 from ..registry.fsspec_source import FsspecSource, is_remote_url
+from ..registry.metrics import register_metrics as register_registry_metrics
 from ..registry.source import Source
 from ..registry.sync import RegistryRepository
 from ..security.grpc_guard import GrpcGuard
@@ -185,11 +191,16 @@ class Server:
         self.alerts = AlertHub(load_alert_settings(opts.alerts)) if opts.alerts is not None else None
         alerts_install(self.alerts)
         self.repository = make_repository(opts)
-        self.dataplane = DataPlane(self.repository, opts.traffic_key_header)
-        # --workers N: this process is one of N; control calls, statistics, metrics and readiness span all.
+        # Side modules attach to the request path through its hooks (server/hooks.py), wired here: serving
+        # changes go to the audit log, each loading version gets its fallback, traffic control, lineage, drift.
+        self.repository.change_observers.append(audit.record)
+        self.repository.version_hooks.append(FallbackHook(self.repository.get).attach)
+        # --workers N: this process is one of N; control calls, statistics, metrics and readiness span all
+        # (the data plane and the control servicers are built with the cluster as their Peers).
         self.cluster = Cluster(opts.worker) if opts.worker is not None else None
+        self.dataplane = DataPlane(self.repository, opts.traffic_key_header, self.cluster)
         if self.cluster is not None:
-            self.cluster.wrap_dataplane(self.dataplane)
+            self.cluster.serve_dataplane(self.dataplane)
             cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
             runtime.DEFAULT_INTRA_OP_THREADS = max(1, cores // opts.worker.count)
         # One count of requests in flight across every model version, for the global --max-inflight limit.
@@ -230,14 +241,17 @@ class Server:
             routes["/metrics"] = (self._metrics_route if self.cluster is None
                                   else self.cluster.metrics_route(self._metrics_route))
             self.repository.version_hooks.append(self.metrics.attach_drift)
+            # Each side module registers its own instruments on the server's meter, reading its own counters.
+            meter = self.metrics.meter
+            register_fallback_metrics(meter, self.metrics.versions)
             if isinstance(self.repository, RegistryRepository):
-                self.metrics.add_registry(self.repository)
-            self.metrics.add_traffic(self.traffic)
+                register_registry_metrics(meter, self.repository)
+            self.traffic.register_metrics(meter)
             if self.alerts is not None:
                 self.repository.version_hooks.append(self.alerts.attach_drift)  # after attach_drift above
-                self.metrics.add_alerts(self.alerts)
+                register_alert_metrics(meter, self.alerts)
             if self.lineage is not None:
-                self.metrics.add_lineage(self.lineage)
+                register_lineage_metrics(meter, self.lineage)
         self._http = HttpEndpoint(routes, self._guard, self.ssl_context)
         # Traces only when OTEL_TRACES_EXPORTER asks (None otherwise: the request path then reads no headers).
         self.tracer = RequestTracer.from_env()
@@ -277,12 +291,11 @@ class Server:
                 *grpc_hardening(opts),
             ])
         inference, admin, traffic = (InferenceServicer(self.dataplane, self.tracer),
-                                     AdminServicer(self.repository), TrafficServicer(self.traffic))
-        if self.cluster is not None:  # before registration: gRPC binds the methods when they are added
-            self.cluster.wrap_servicer(admin, _pool.POOL.FindServiceByName(ADMIN_SERVICE),
-                                       broadcast=("Rollback", "Unpin"))
-            self.cluster.wrap_servicer(traffic, _pool.POOL.FindServiceByName(TRAFFIC_SERVICE),
-                                       broadcast=("SetShadow", "SetCanary", "PromoteCanary", "RollbackCanary"))
+                                     AdminServicer(self.repository, self.cluster),
+                                     TrafficServicer(self.traffic, self.cluster))
+        if self.cluster is not None:  # the siblings' forwarded control calls run these servicers' methods here
+            self.cluster.serve_servicer(admin, _pool.POOL.FindServiceByName(ADMIN_SERVICE))
+            self.cluster.serve_servicer(traffic, _pool.POOL.FindServiceByName(TRAFFIC_SERVICE))
         add_inference_service(inference, self._grpc)
         add_admin_service(admin, self._grpc)
         add_traffic_service(traffic, self._grpc)

@@ -23,7 +23,7 @@ from ..dataplane import DataPlane
 from ..errors import SkewlessError
 
 if TYPE_CHECKING:
-    from ..telemetry.tracing import RequestTracer
+    from ..hooks import Tracer
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ def unimplemented(what: str):
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, dataplane: DataPlane, tracer: RequestTracer | None = None):
+    def __init__(self, dataplane: DataPlane, tracer: Tracer | None = None):
         self.dp = dataplane
         # Reading a call's metadata costs microseconds: only done when tracing is configured.
         self.tracer = tracer

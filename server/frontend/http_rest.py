@@ -32,17 +32,17 @@ from google.protobuf.descriptor import FieldDescriptor
 
 from skewless.protos import grpc_service_pb2 as pb
 
-from ..dataplane import SPEC_HASH_PARAM, DataPlane, output_tensors
+from ..dataplane import DataPlane
+from ..encode import SPEC_HASH_PARAM, output_tensors
 from ..errors import FailedPrecondition, InvalidArgument, SkewlessError, Unimplemented
-from ..fallback import FallbackArrays
-from ..lineage.ids import assign_id
+from ..hooks import FlaggedArrays
+from ..request_ids import assign_id
 from ..security.guard import Guard
 from ..security.http_guard import check_http
 from . import rest_codec
 
 if TYPE_CHECKING:
-    from ..lineage.service import Lineage
-    from ..telemetry.tracing import RequestTracer
+    from ..hooks import LabelSink, Tracer
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +173,7 @@ class RestFrontend:
     """The routes, over one DataPlane; ``start``/``stop`` bind and drain the listening socket."""
 
     def __init__(self, dataplane: DataPlane, max_body_bytes: int, grace_period_s: float,
-                 tracer: RequestTracer | None = None, guard: Guard | None = None,
+                 tracer: Tracer | None = None, guard: Guard | None = None,
                  ssl_context: ssl.SSLContext | None = None, head_timeout_s: float = HEAD_TIMEOUT_S):
         self.dp = dataplane
         self.head_timeout_s = head_timeout_s
@@ -183,7 +183,7 @@ class RestFrontend:
         self.max_body_bytes = max_body_bytes
         self.grace_period_s = grace_period_s
         self._runner: web.ServerRunner | None = None
-        self.lineage: Lineage | None = None  # labels route: set by the server when the prediction log is on
+        self.lineage: LabelSink | None = None  # labels route: set by the server when the prediction log is on
         # (method, path segments after /v2) -> handler; a "{}" segment is a path parameter.
         self._routes: list[tuple[str, tuple[str, ...], Handler]] = []
         for method, pattern, handler in (
@@ -419,7 +419,7 @@ class RestFrontend:
             received_ns, trace, request.headers.get(header) if header is not None else None)
         t = time.perf_counter_ns() if trace is not None else 0
         params = {SPEC_HASH_PARAM: mv.features.spec.sha256} if mv.features is not None else None
-        if type(arrays) is FallbackArrays:
+        if type(arrays) is FlaggedArrays:
             params = {**(params or {}), "fallback": arrays.reason}
         json_size, reply = rest_codec.infer_reply(req, mv.name, mv.version_text, output_tensors(mv, names, arrays),
                                                   params)

@@ -19,7 +19,7 @@ import numpy as np
 from skewless.native.bytes_codec import BytesFormatError, decode_bytes, encode_bytes
 
 from ..codec import DATATYPES
-from ..dataplane import TensorHeader
+from ..decode import TensorHeader
 from ..errors import InvalidArgument, Unimplemented
 
 _SHARED_MEMORY = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")

@@ -10,6 +10,7 @@ from skewless.protos import skewless_traffic_pb2 as pb
 from skewless.protos import skewless_traffic_pb2_grpc as pb_grpc
 
 from ..errors import InvalidArgument
+from ..peers import Peers, everywhere
 from ..shadow.settings import (
     DEFAULT_TOLERANCE,
     CanaryGuardrails,
@@ -17,7 +18,7 @@ from ..shadow.settings import (
     ShadowSettings,
     ShadowTarget,
 )
-from ..shadow.traffic import ModelTraffic, TrafficManager
+from ..shadow.traffic import TrafficManager
 from .grpc_servicer import rpc
 
 TRAFFIC_SERVICE = "skewless.v1.TrafficAdmin"
@@ -37,33 +38,16 @@ def _guardrails(g: pb.CanaryGuardrails) -> CanaryGuardrails:
                             g.promote_after_s or d.promote_after_s)
 
 
-def status(name: str, traffic: ModelTraffic | None) -> pb.TrafficStatus:
-    out = pb.TrafficStatus(model=name)
-    if traffic is None:
-        return out
-    shadow = traffic.shadow
-    if shadow is not None:
-        out.shadow_challenger = str(shadow.settings.target)
-        out.shadow_rate = shadow.settings.rate
-        for p in list(shadow.pairs.values()):
-            out.pairs.add(primary=p.primary, challenger=p.challenger, mirrored=p.mirrored, shed=p.shed,
-                          errors=p.errors, divergent=p.divergent, agreement=p.agreement)
-    canary = traffic.canary
-    if canary is not None:
-        out.canary_candidate = canary.candidate
-        out.canary_weight = canary.weight
-        out.canary_state = canary.state
-        out.canary_reason = canary.reason
-        for arm_name, arm in canary.arms.items():
-            version = canary.candidate if arm_name == "candidate" else canary.stable
-            out.arms.add(arm=arm_name, version=version, served=arm.served, failed=arm.failed)
-    return out
+def status(name: str, manager: TrafficManager) -> pb.TrafficStatus:
+    return pb.TrafficStatus(model=name, **manager.status(name))
 
 
 class TrafficServicer(pb_grpc.TrafficAdminServicer):
-    def __init__(self, manager: TrafficManager):
+    def __init__(self, manager: TrafficManager, peers: Peers | None = None):
         self.manager = manager
+        self.peers = peers  # --workers N: changes apply on every worker
 
+    @everywhere(TRAFFIC_SERVICE)
     @rpc
     async def SetShadow(self, request, context):
         name = _model(request)
@@ -73,9 +57,10 @@ class TrafficServicer(pb_grpc.TrafficAdminServicer):
                                       request.tolerance or DEFAULT_TOLERANCE, request.log_dir)
         elif request.rate < 0 or request.rate > 1:
             raise InvalidArgument(f"shadow rate must be a fraction between 0 and 1, got {request.rate}")
-        traffic = self.manager.set_shadow(name, settings, request.key_parameter or None)
-        return status(name, traffic)
+        self.manager.set_shadow(name, settings, request.key_parameter or None)
+        return status(name, self.manager)
 
+    @everywhere(TRAFFIC_SERVICE)
     @rpc
     async def SetCanary(self, request, context):
         name = _model(request)
@@ -86,26 +71,28 @@ class TrafficServicer(pb_grpc.TrafficAdminServicer):
             settings = CanarySettings(request.candidate, request.weight, _guardrails(request.guardrails))
         if request.stable < 0:
             raise InvalidArgument(f"stable version must be >= 0, got {request.stable}")
-        traffic = self.manager.set_canary(name, settings, request.stable, request.key_parameter or None)
-        return status(name, traffic)
+        self.manager.set_canary(name, settings, request.stable, request.key_parameter or None)
+        return status(name, self.manager)
 
+    @everywhere(TRAFFIC_SERVICE)
     @rpc
     async def PromoteCanary(self, request, context):
         name = _model(request)
         self.manager.promote(name)
-        return status(name, self.manager.models.get(name))
+        return status(name, self.manager)
 
+    @everywhere(TRAFFIC_SERVICE)
     @rpc
     async def RollbackCanary(self, request, context):
         name = _model(request)
         self.manager.roll_back(name)
-        return status(name, self.manager.models.get(name))
+        return status(name, self.manager)
 
     @rpc
     async def GetTraffic(self, request, context):
         name = _model(request)
         self.manager.repository.get(name)  # NOT_FOUND for unknown models
-        return status(name, self.manager.models.get(name))
+        return status(name, self.manager)
 
 
 def add_traffic_service(servicer: TrafficServicer, server) -> None:

@@ -1,1 +1,1 @@
-"""Lineage: request ids, the prediction log, delayed-label joins and rolling live quality per model version."""
+"""Lineage: the prediction log, delayed-label joins and rolling live quality per model version."""

@@ -18,8 +18,8 @@ from pathlib import Path
 
 from skewless.protos import model_config_pb2 as mc
 
-from .. import audit
 from ..errors import FailedPrecondition, InvalidArgument, ModelLoadError, NotFound, Unavailable
+from ..hooks import RepositoryEvent
 from ..security.paths import contained, plain_file_name
 from .config import (
     json_mentions_max_batch_size,
@@ -120,6 +120,9 @@ class ModelRepository:
         # Called with each version once it is built, before it serves (side modules attach their batch
         # observers here); an exception fails that load like any other load error.
         self.version_hooks: list[Callable[[ModelVersion], None]] = []
+        # Called with each change of the serving set (event, model, versions before, after, details): the audit
+        # log (audit/) registers here at app wiring. They must not raise.
+        self.change_observers: list[RepositoryEvent] = []
         self.load_seconds = Histogram(LOAD_SECONDS_BOUNDS)
 
     # -- discovery -----------------------------------------------------------------------------------
@@ -241,7 +244,7 @@ class ModelRepository:
                 raise
             model.reason = ""
             if config_json:
-                audit.record("config_override", name, None, json.loads(config_json))
+                self.changed("config_override", name, None, json.loads(config_json))
             await self._install(model, base, explicit_mbs, {v: model_dir / str(v) for v in wanted}, signature)
         self._notify(name)
 
@@ -291,7 +294,7 @@ class ModelRepository:
             raise ModelLoadError(f"load failed for model '{name}': version {failed}: {reason}") from None
         old = model.serving
         model.serving = built  # the atomic swap
-        audit.record("swap" if old else "load", name, sorted(old) or None, sorted(built))
+        self.changed("swap" if old else "load", name, sorted(old) or None, sorted(built))
         if old:
             self._count(name, "swap")
         model.loaded_signature = signature
@@ -322,8 +325,14 @@ class ModelRepository:
                 self._retire(mv)
             if old:
                 self._count(name, "unload")
-                audit.record("unload", name, sorted(old), None, reason=reason)
+                self.changed("unload", name, sorted(old), None, reason=reason)
         self._notify(name)
+
+    def changed(self, event: str, name: str, before: list[int] | None, after: list[int] | None,
+                **details) -> None:
+        """Tell the change observers (the audit log) what changed in the serving set."""
+        for observer in self.change_observers:
+            observer(event, name, before, after, **details)
 
     def _count(self, name: str, event: str) -> None:
         self.events[(name, event)] = self.events.get((name, event), 0) + 1

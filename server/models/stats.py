@@ -9,9 +9,12 @@ record() measured ~7 us a call, several times the budget for all of them).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from bisect import bisect_left
 from dataclasses import dataclass, field
+
+from ..errors import SkewlessError
 
 # Histogram bucket upper bounds: latencies resolve 50 us ... 10 s (in ns); batch sizes in powers of two.
 LATENCY_BOUNDS_NS = tuple(int(us * 1000) for us in (
@@ -22,6 +25,13 @@ BATCH_SIZE_BOUNDS = tuple(1 << i for i in range(17))
 # reasons: REJECTED (queue full or timed out in it), CANCELED, BACKEND (the model failed), OTHER.
 TRITON_REASONS = {"rejected": "REJECTED", "shed": "REJECTED", "cancelled": "CANCELED", "backend": "BACKEND",
                   "deadline": "OTHER", "other": "OTHER"}
+
+
+def failure_reason(exc: BaseException | None) -> str:
+    """Why a request failed, for the statistics (TRITON_REASONS' keys): a domain error says."""
+    if isinstance(exc, SkewlessError):
+        return exc.reason
+    return "cancelled" if isinstance(exc, asyncio.CancelledError) else "other"
 
 
 class Histogram:

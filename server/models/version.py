@@ -5,36 +5,31 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from skewless.native.batch_merge import merge_column, split_rows
 from skewless.native.v2_codec import DecodePlan
+from skewless.protos import grpc_service_pb2 as pb
 from skewless.protos import model_config_pb2 as mc
 
 from ..batching.cost import BatchCost
 from ..batching.runner import BatchRunner
 from ..batching.scheduler import Scheduler
 from ..errors import Internal, ModelLoadError
-from ..fallback.policy import Fallback
 from ..features.stage import FeatureStage
+from ..hooks import BatchObserver, FailureAnswer, ReplyObserver, Router
 from ..security.paths import contained, plain_file_name
 from .config import TensorSpec, complete_config, parameter, tensor_specs
 from .runtime import ModelRuntime, probe_model_io
 from .stats import ModelStats
 from .warmup import warmup_samples
 
-if TYPE_CHECKING:
-    from ..shadow.traffic import ModelTraffic
-
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL_FILE = "model.onnx"
-# (model inputs by name, output names, output arrays in that order) of one executed batch
-BatchObserver = Callable[[dict[str, np.ndarray], list[str], list[np.ndarray]], None]
+SPEC_HASH_PARAM = "skewless.feature_spec_hash"  # reply parameter naming the feature spec that served it
 INLINE_PARAMETER = "skewless.inline_compute_us"  # batches expected to be faster run on the event loop
 TIMEOUT_PARAMETER = "skewless.instance_timeout_s"  # the watchdog: a batch running longer fails, instance restarts
 DEFAULT_INSTANCE_TIMEOUT_S = 60.0
@@ -95,8 +90,10 @@ class ModelVersion:
         self.reply_parameters = _reply_parameters(self.features.spec.sha256 if self.features is not None else None)
         self.fixed_shapes = all(-1 not in s.dims for s in self.inputs.values())
         self.plan = self._decode_plan()
-        # The decision-plane fallback (fallback/): None unless config.pbtxt sets skewless.fallback
-        self.fallback = Fallback.from_config(self)
+        # Side modules attach through these slots (server/hooks.py), set by the repository's version hooks;
+        # None unless the model uses one, and then the request path's only cost is that check.
+        # The reply's error branch (fallback/): None unless config.pbtxt sets skewless.fallback.
+        self.fallback: FailureAnswer | None = None
         self.stats = ModelStats()
         self.runtime = ModelRuntime(self.path, self.config, f"{name}-{version}")
         self._inflight = 0
@@ -106,11 +103,10 @@ class ModelVersion:
         # inputs and outputs, on the thread that ran it, before the outputs are split. It must return at once
         # (sample, copy what it keeps, queue it): model inputs may be views of buffers reused by the next batch.
         self.batch_observer: BatchObserver | None = None
-        # The request path's hook for shadow traffic and canary splits (shadow/traffic.py's ModelTraffic):
-        # None unless the model has one, and then the data plane's only cost is that check.
-        self.traffic: ModelTraffic | None = None
-        # The prediction log's hook (lineage/prediction_log.py's ModelLineage), None unless logged.
-        self.lineage = None
+        # Routing and a reply observer for shadow traffic and canary splits (shadow/traffic.py's ModelTraffic).
+        self.traffic: Router | None = None
+        # A reply observer for the prediction log (lineage/prediction_log.py's ModelLineage).
+        self.lineage: ReplyObserver | None = None
         try:
             try:
                 inline_limit_ns = 1000 * float(parameter(self.config, INLINE_PARAMETER, "250"))
@@ -235,6 +231,8 @@ class ModelVersion:
 
 
 def _reply_parameters(spec_hash: str | None) -> bytes | None:
-    from ..dataplane import reply_parameters  # the data plane imports this module
-
-    return reply_parameters(spec_hash)
+    """The serialized ``parameters`` entry (field 4) carrying the feature spec's hash, built once per version."""
+    if spec_hash is None:
+        return None
+    return pb.ModelInferResponse(parameters={SPEC_HASH_PARAM: pb.InferParameter(string_param=spec_hash)}
+                                 ).SerializeToString()

@@ -67,6 +67,29 @@ class ModelTraffic:
             chosen = served.get(stable)
         return chosen if chosen is not None else mv
 
+    def status(self) -> dict[str, Any]:
+        """A snapshot of this model's shadow and canary (the TrafficAdmin status fields, by name)."""
+        out: dict[str, Any] = {}
+        shadow = self.shadow
+        if shadow is not None:
+            out["shadow_challenger"] = str(shadow.settings.target)
+            out["shadow_rate"] = shadow.settings.rate
+            out["pairs"] = [{"primary": p.primary, "challenger": p.challenger, "mirrored": p.mirrored,
+                             "shed": p.shed, "errors": p.errors, "divergent": p.divergent,
+                             "agreement": p.agreement} for p in list(shadow.pairs.values())]
+        canary = self.canary
+        if canary is not None:
+            out.update(canary_candidate=canary.candidate, canary_weight=canary.weight,
+                       canary_state=canary.state, canary_reason=canary.reason)
+            out["arms"] = [{"arm": arm_name, "version": canary.candidate if arm_name == "candidate" else canary.stable,
+                            "served": arm.served, "failed": arm.failed} for arm_name, arm in canary.arms.items()]
+        return out
+
+    def arm_of(self, version: int) -> str | None:
+        """The canary arm ``version`` serves as (for the prediction log), or None."""
+        canary = self.canary
+        return canary.arm_of(version) if canary is not None else None
+
     def observe(self, mv: ModelVersion, feeds: dict, rows: int, names: list[str],
                 params: Mapping[str, Any] | None, request_id: str, received_ns: int, complete: Complete,
                 header_key: str | None = None) -> Complete:
@@ -129,6 +152,17 @@ class TrafficManager:
             if canary is not None:
                 traffic.canary = Canary(mv.name, canary)
         self._refresh(traffic, extra=mv)
+
+    def status(self, name: str) -> dict[str, Any]:
+        """A snapshot of ``name``'s traffic control (empty when it has none)."""
+        traffic = self.models.get(name)
+        return traffic.status() if traffic is not None else {}
+
+    def register_metrics(self, meter: Any) -> None:
+        """The shadow and canary instruments (shadow/metrics.py), on the meter the server gives."""
+        from .metrics import register_metrics
+
+        register_metrics(meter, self)
 
     def _serving(self, name: str) -> Callable[[], Mapping[int, ModelVersion]]:
         models = self.repository.models

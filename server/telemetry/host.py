@@ -12,7 +12,22 @@ from collections.abc import Iterator
 import psutil
 from opentelemetry.metrics import CallbackOptions, Observation
 
+from .spec import MetricSpec, by_name
+
 log = logging.getLogger(__name__)
+
+METRICS = (
+    MetricSpec("skewless_process_cpu_seconds", "counter", "CPU time of the server process, user and system",
+               unit="s"),
+    MetricSpec("skewless_process_resident_memory_bytes", "gauge", "Resident memory of the server process",
+               unit="By"),
+    MetricSpec("skewless_process_open_fds", "gauge", "Open file descriptors of the server process"),
+    MetricSpec("skewless_gpu_utilization_ratio", "gauge", "GPU busy fraction over NVML's last sample period",
+               ("gpu",)),
+    MetricSpec("skewless_gpu_memory_used_bytes", "gauge", "GPU memory in use (all processes)", ("gpu",), "By"),
+    MetricSpec("skewless_gpu_memory_total_bytes", "gauge", "GPU memory in all", ("gpu",), "By"),
+)
+SPEC = by_name(METRICS)
 
 
 class HostMetrics:
@@ -21,19 +36,13 @@ class HostMetrics:
         self.nvml = _open_nvml()
 
     def register(self, meter) -> None:
-        meter.create_observable_counter("skewless_process_cpu_seconds", [self._cpu], unit="s",
-                                        description="CPU time of the server process, user and system")
-        meter.create_observable_gauge("skewless_process_resident_memory_bytes", [self._rss], unit="By",
-                                      description="Resident memory of the server process")
-        meter.create_observable_gauge("skewless_process_open_fds", [self._fds],
-                                      description="Open file descriptors of the server process")
+        SPEC["skewless_process_cpu_seconds"].observe(meter, [self._cpu])
+        SPEC["skewless_process_resident_memory_bytes"].observe(meter, [self._rss])
+        SPEC["skewless_process_open_fds"].observe(meter, [self._fds])
         if self.nvml is not None:
-            meter.create_observable_gauge("skewless_gpu_utilization_ratio", [self._gpu_util],
-                                          description="GPU busy fraction over NVML's last sample period")
-            meter.create_observable_gauge("skewless_gpu_memory_used_bytes", [self._gpu_used], unit="By",
-                                          description="GPU memory in use (all processes)")
-            meter.create_observable_gauge("skewless_gpu_memory_total_bytes", [self._gpu_total], unit="By",
-                                          description="GPU memory in all")
+            SPEC["skewless_gpu_utilization_ratio"].observe(meter, [self._gpu_util])
+            SPEC["skewless_gpu_memory_used_bytes"].observe(meter, [self._gpu_used])
+            SPEC["skewless_gpu_memory_total_bytes"].observe(meter, [self._gpu_total])
 
     def _cpu(self, _options: CallbackOptions) -> Iterator[Observation]:
         t = self.process.cpu_times()

@@ -14,6 +14,7 @@ reply), 1 failure (body: JSON ``{"code": gRPC status name, "message": ...}``).
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import mmap
@@ -29,7 +30,9 @@ from google.protobuf import message_factory
 
 from skewless.protos import grpc_service_pb2 as pb
 
+from ..dataplane import LOAD_KEY, UNLOAD_KEY
 from ..errors import SkewlessError
+from ..peers import PeerFailure
 from .merge import merge_prometheus, sum_statistics
 
 log = logging.getLogger(__name__)
@@ -85,13 +88,6 @@ class ReadyFlags:
         return self._map[:self.count] == b"\x01" * self.count
 
 
-class PeerFailure(Exception):
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
 class _LocalContext:
     """Stands in for a gRPC context when a peer's forwarded call runs a servicer method here."""
 
@@ -122,23 +118,22 @@ def _error_of(exc: BaseException) -> tuple[str, str]:
     return "INTERNAL", f"internal error: {type(exc).__name__}: {exc}"
 
 
-def _skewless_error(code: str, message: str) -> SkewlessError:
-    err = SkewlessError(message)
-    err.kind = code
-    return err
-
-
 Handler = Callable[[bytes], Awaitable[bytes]]
 
 
 class Cluster:
-    """This worker's link to its siblings."""
+    """This worker's link to its siblings: the ``Peers`` (server/peers.py) the data plane and the control
+    servicers are built with, and the server of its siblings' forwarded calls."""
 
     def __init__(self, place: WorkerPlace):
         self.place = place
         self.flags = ReadyFlags(place.directory / READY_FILE, place.count)
         self._handlers: dict[str, Handler] = {}
         self._server: asyncio.base_events.Server | None = None
+
+    @property
+    def index(self) -> int:
+        return self.place.index
 
     @property
     def peers(self) -> list[int]:
@@ -209,17 +204,28 @@ class Cluster:
                 out[index] = result
         return out
 
-    # -- hooks ---------------------------------------------------------------------------------------------
-    def wrap_servicer(self, servicer: Any, service: Any, broadcast: tuple[str, ...] = ()) -> None:
-        """Replace ``servicer``'s methods named in ``broadcast`` (run here, then on every peer) before the
-        servicer is registered with gRPC."""
-        for name in broadcast:
-            method = service.methods_by_name[name]
+    # -- Peers (server/peers.py) ---------------------------------------------------------------------------
+    def all_ready(self) -> bool:
+        return self.flags.all()
+
+    async def apply(self, key: str, request) -> None:
+        await self.gather(key, request.SerializeToString())
+
+    async def statistics(self, request: pb.ModelStatisticsRequest,
+                         own: pb.ModelStatisticsResponse) -> pb.ModelStatisticsResponse:
+        others = await self.gather(STATISTICS_KEY, request.SerializeToString())
+        return sum_statistics([own, *(pb.ModelStatisticsResponse.FromString(b) for b in others.values())])
+
+    # -- what siblings' forwarded calls run here ------------------------------------------------------------
+    def serve_servicer(self, servicer: Any, service: Any) -> None:
+        """Serve the siblings' forwarded calls of ``servicer``'s control RPCs marked ``@everywhere`` with their
+        local part."""
+        for name, method in service.methods_by_name.items():
+            marked = getattr(type(servicer), name, None)
+            if getattr(marked, "local", None) is None:
+                continue
             request_class = message_factory.GetMessageClass(method.input_type)
-            local = getattr(servicer, name)
-            key = f"{service.full_name}/{name}"
-            self._handlers[key] = self._runner(local, request_class)
-            setattr(servicer, name, self._broadcast(local, key))
+            self._handlers[marked.key] = self._runner(functools.partial(marked.local, servicer), request_class)
 
     @staticmethod
     def _runner(local, request_class) -> Handler:
@@ -227,59 +233,22 @@ class Cluster:
             return (await local(request_class.FromString(body), _LocalContext())).SerializeToString()
         return run
 
-    def _broadcast(self, local, key: str):
-        async def method(request, context):
-            reply = await local(request, context)
-            try:
-                await self.gather(key, request.SerializeToString())
-            except PeerFailure as exc:
-                await context.abort(grpc.StatusCode[exc.code], f"applied on worker {self.place.index}, not on "
-                                                               f"all: {exc.message}")
-            return reply
-        return method
-
-    def wrap_dataplane(self, dataplane: Any) -> None:
-        """Readiness over all workers; model load/unload (gRPC and REST alike) applied on every worker."""
-        local_ready = dataplane.is_ready
-        dataplane.is_ready = lambda: local_ready() and self.flags.all()
-        for name, request_class in (("repository_load", pb.RepositoryModelLoadRequest),
-                                    ("repository_unload", pb.RepositoryModelUnloadRequest)):
-            local = getattr(dataplane, name)
-            key = f"dataplane/{name}"
-
+    def serve_dataplane(self, dataplane: Any) -> None:
+        """Serve the siblings' model load/unload (gRPC and REST alike), statistics and ready-model calls."""
+        for key, local, request_class in ((LOAD_KEY, dataplane.repository_load_here, pb.RepositoryModelLoadRequest),
+                                          (UNLOAD_KEY, dataplane.repository_unload_here,
+                                           pb.RepositoryModelUnloadRequest)):
             async def run(body: bytes, local=local, request_class=request_class) -> bytes:
                 return (await local(request_class.FromString(body))).SerializeToString()
 
-            async def method(request, local=local, key=key):
-                reply = await local(request)
-                try:
-                    await self.gather(key, request.SerializeToString())
-                except PeerFailure as exc:
-                    raise _skewless_error(exc.code, f"applied on worker {self.place.index}, not on all: "
-                                                    f"{exc.message}") from None
-                return reply
-
             self._handlers[key] = run
-            setattr(dataplane, name, method)
-        self._local_load = self._handlers["dataplane/repository_load"]
-        self._local_unload = self._handlers["dataplane/repository_unload"]
-
-        # ModelStatistics (gRPC and REST): this worker's own, plus every sibling's own, summed.
-        local_stats = dataplane.statistics
+        self._local_load = self._handlers[LOAD_KEY]
+        self._local_unload = self._handlers[UNLOAD_KEY]
 
         async def own_statistics(body: bytes) -> bytes:
-            return local_stats(pb.ModelStatisticsRequest.FromString(body)).SerializeToString()
-
-        async def statistics_everywhere(request: pb.ModelStatisticsRequest) -> pb.ModelStatisticsResponse:
-            reply = local_stats(request)
-            try:
-                others = await self.gather(STATISTICS_KEY, request.SerializeToString())
-            except PeerFailure as exc:
-                raise _skewless_error(exc.code, exc.message) from None
-            return sum_statistics([reply, *(pb.ModelStatisticsResponse.FromString(b) for b in others.values())])
+            return dataplane.statistics(pb.ModelStatisticsRequest.FromString(body)).SerializeToString()
 
         self._handlers[STATISTICS_KEY] = own_statistics
-        dataplane.statistics_everywhere = statistics_everywhere
 
         async def ready_models(_body: bytes) -> bytes:
             return json.dumps(sorted({n for n, _, state, _ in dataplane.repository.index(True)

@@ -1,4 +1,5 @@
-"""Server-assigned request ids: a per-process prefix and a counter, cheap enough for every request.
+"""Server-assigned request ids (path-level: every reply, trace, shadow pair and logged prediction uses them):
+a per-process prefix and a counter, cheap enough for every request.
 
 Unique across restarts and replicas (the prefix holds the pid, start time and random bits), ordered within
 one process; no uuid4 (and no system entropy) per request."""
