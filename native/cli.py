@@ -15,6 +15,22 @@ from typing import Any
 
 EXIT_OK, EXIT_SKEW, EXIT_USAGE = 0, 1, 2
 
+FIT_DESCRIPTION = """\
+Fit a feature config (what to compute) on training data into a frozen spec, features.json (exact
+parameters, content hash), which `skewless transform`, the server and `skewless skew-check` all apply
+through the same kernel. Fitting the same data twice gives the same bytes."""
+FIT_EPILOG = """\
+config example (YAML):
+  features:
+    - {name: amount, impute: median, clip: [0, null], log1p: true, scale: standard, missing_indicator: true}
+    - {name: hour, bucketize: {boundaries: [6, 12, 18]}, encode: onehot}
+    - {name: country, kind: vocabulary, top_k: 50, oov_buckets: 1}
+    - {name: user_id, kind: hash, buckets: 100000, seed: 7}
+
+reference: every kind, step and option, their defaults, and what happens to missing, unseen, +-inf and
+  out-of-range values: docs/features/spec.md in the source tree; examples: examples/configs/.
+JSON Schema of the config (for editors and CI): skewless fit --print-schema > feature-config.schema.json"""
+
 
 def _error(cmd: str, exc: BaseException) -> int:
     print(f"skewless {cmd}: error: {exc}", file=sys.stderr)
@@ -39,15 +55,24 @@ def _config_inputs(config: dict[str, Any]) -> list[str]:
 
 
 def _fit(args: argparse.Namespace) -> int:
+    if args.print_schema:
+        from .config_schema import schema_text
+
+        sys.stdout.write(schema_text())
+        return EXIT_OK
+    missing = [f"--{k}" for k in ("data", "config", "out") if getattr(args, k) is None]
+    if missing:
+        return _error("fit", ValueError(f"the following arguments are required: {', '.join(missing)}"))
     from .feature_kernel import FeatureInputError
     from .fileio import data_files, read_table
-    from .fit import ConfigError, fit, load_config
+    from .fit import ConfigError, fit, load_config, validate_config
 
     try:
         config = load_config(Path(args.config))
+        validate_config(config)  # before reading the data: a typo should not wait for a large file
         table = read_table(data_files(args.data), _config_inputs(config), config.get("inputs"))
         spec = fit(config, table)
-    except (ConfigError, FeatureInputError, FileNotFoundError, KeyError, ValueError) as exc:
+    except (ConfigError, FeatureInputError, FileNotFoundError, KeyError, ValueError, ImportError) as exc:
         return _error("fit", exc)
     spec.save(args.out)
     shapes = ", ".join(f"{t.name}: {t.dtype}[{t.width}]" for t in spec.outputs)
@@ -130,10 +155,15 @@ def _skew_check(args: argparse.Namespace) -> int:
 
 def register(subparsers: Any) -> None:
     """Add ``fit``, ``transform`` and ``skew-check`` to the ``skewless`` argparse subparsers."""
-    f = subparsers.add_parser("fit", help="fit a feature config on training data into a frozen features.json")
-    f.add_argument("--data", required=True, help=".parquet/.csv/.arrow file or a directory of them")
-    f.add_argument("--config", required=True, help="feature config (YAML or JSON)")
-    f.add_argument("--out", required=True, help="where to write the spec (features.json)")
+    f = subparsers.add_parser("fit", help="fit a feature config on training data into a frozen features.json",
+                              description=FIT_DESCRIPTION, epilog=FIT_EPILOG,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    f.add_argument("--data", help=".parquet/.csv/.arrow file or a directory of them (required)")
+    f.add_argument("--config", help="feature config, YAML or JSON (required); checked against the JSON Schema "
+                                    "that --print-schema prints")
+    f.add_argument("--out", help="where to write the spec, features.json (required)")
+    f.add_argument("--print-schema", action="store_true",
+                   help="print the feature config's JSON Schema (draft 2020-12) and exit")
     f.set_defaults(func=_fit)
 
     t = subparsers.add_parser("transform", help="transform data with a frozen spec, streaming by batches")
