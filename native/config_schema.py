@@ -107,6 +107,8 @@ def _describe(sub: Any) -> list[str]:
     words = []
     for t in [types] if isinstance(types, str) else types:
         word = _TYPE_WORDS[t]
+        if t == "string" and sub.get("minLength") == 1:
+            word = "a non-empty string"
         if t in ("integer", "number"):
             lo, hi = sub.get("minimum"), sub.get("maximum")
             if lo is not None and hi is not None:
@@ -141,6 +143,8 @@ def _messages(err: Any) -> list[str]:
             if branch not in shallow:
                 return [m for sub in deeper[branch] for m in _messages(sub)]
         return [f"{prefix}expected {_alternatives(_describe(err.schema))}"]
+    if kind == "type" and not path:
+        return ["the config must be a mapping with a 'features' list"]
     if kind == "additionalProperties":
         allowed = list(err.schema.get("properties", {}))
         extra = [k for k in err.instance if k not in allowed]

@@ -137,6 +137,14 @@ def test_fraud_config_handles_nulls_in_every_column_type():
     ({"features": [{"kind": "hash", "buckets": 3}]}, ["features[0]: missing key 'name'"]),
     ({"features": ["x"]}, ["features[0]: expected a feature mapping"]),
     ({"features": []}, ["features: expected a non-empty list of features"]),
+    ([{"name": "x"}], ["the config must be a mapping with a 'features' list"]),
+    ({"features": [{"name": 5}]}, ["features[0].name: expected a non-empty string"]),
+    ({"features": [{"name": "x", "steps": [{"impute": 0, "clip": [0, 1]}]}]},
+     ["features[0].steps[0]: expected 'log1p', 'standardize', 'minmax', {impute: ...}, {clip: [min, max]}, "
+      "{log1p: true}, {standardize: true} or {minmax: true}"]),
+    ({"features": [{"name": "m", "input": "x", "kind": "missing_indicator", "scale": "standard"}]},
+     ["features[0]: unknown key 'scale'"]),
+    ({"features": [{"name": "x", "inputs": ["a", "b"]}]}, ["features[0].inputs: expected a list of one input name"]),
     ({}, ["missing key 'features'"]),
     ({"featrues": [{"name": "x"}]}, ["missing key 'features'", "unknown top-level key 'featrues'"]),
     ({"version": 2, "features": [{"name": "x"}]}, ["version: expected 1"]),
@@ -146,6 +154,9 @@ def test_fraud_config_handles_nulls_in_every_column_type():
      ["inputs.x: expected 'float', 'int', 'bool', 'string' or null"]),
     ({"features": [{"name": "x__missing"}]},
      ["features[0].name: a raw input name must not end in '__missing' (reserved for the missing-value "
+      "companion input)"]),
+    ({"features": [{"name": "c", "kind": "cross", "inputs": ["a", "b__missing"], "buckets": 2}]},
+     ["features[0].inputs[1]: a raw input name must not end in '__missing' (reserved for the missing-value "
       "companion input)"]),
     ({"features": [{"name": "x", "input": "y__missing"}]},
      ["features[0].input: a raw input name must not end in '__missing' (reserved for the missing-value "
