@@ -1,6 +1,8 @@
 """Fit a feature *config* (what to compute) on training data into a frozen ``FeatureSpec``.
 
-Config (YAML, JSON or a dict)::
+The config language is documented in ``docs/features/spec.md`` and specified by the JSON Schema
+``config_schema.json`` (``skewless fit --print-schema``), which ``fit`` checks first; the checks here that
+need the data (dtypes, row counts, which encodings a kind allows) come after. In short (YAML, JSON or a dict)::
 
     outputs: {dense: float32, ids: int64}   # optional; tensor order; default dense + ids, unused dropped
     inputs: {zip: string}                   # optional raw dtype overrides; default inferred from the data
@@ -19,7 +21,8 @@ Config (YAML, JSON or a dict)::
       - {name: n_items, kind: passthrough, output: ids}
 
 Fitted statistics ignore missing and non-finite values and are computed in a fixed order (``math.fsum``,
-exact selection for medians), so fitting the same data twice gives the same spec and the same hash.
+exact selection for medians), so fitting the same data twice gives the same spec and the same hash; sums that
+would leave float64's range (values near DBL_MAX) are computed exactly or with power-of-two scaling instead.
 Each step is fitted on the output of the previous steps, computed exactly as the kernel computes it.
 """
 
