@@ -77,6 +77,16 @@ def test_every_example_config_validates_and_fits(path):
     assert {k: v.shape for k, v in out.items()} == {t.name: (rows, t.width) for t in spec.outputs}
 
 
+def test_configs_shown_in_the_docs_and_the_help_validate():
+    from skewless.native.cli import FIT_EPILOG
+
+    page = (CONFIGS[0].parent.parent.parent / "docs" / "features" / "spec.md").read_text()
+    blocks = [b.split("```")[0] for b in page.split("```yaml\n")[1:]]
+    assert blocks and all(config_errors(yaml.safe_load(b)) == [] for b in blocks)
+    shown = FIT_EPILOG.split("config example (YAML):\n")[1].split("\n\n")[0]
+    assert config_errors(yaml.safe_load(shown)) == []
+
+
 def test_example_configs_exist():
     assert {p.name for p in CONFIGS} >= {"fraud.yaml", "churn.yaml", "raw_passthrough.yaml"}
 
