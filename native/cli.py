@@ -7,6 +7,7 @@ returns the process exit code (0 ok, 1 skew found, 2 bad input).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -14,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 EXIT_OK, EXIT_SKEW, EXIT_USAGE = 0, 1, 2
+# What the `features` extra installs, for the message when one of them is missing.
+FEATURES_EXTRA = ("pyarrow", "yaml", "tqdm", "jsonschema")
 
 FIT_DESCRIPTION = """\
 Fit a feature config (what to compute) on training data into a frozen spec, features.json (exact
@@ -35,6 +38,19 @@ JSON Schema of the config (for editors and CI): skewless fit --print-schema > fe
 def _error(cmd: str, exc: BaseException) -> int:
     print(f"skewless {cmd}: error: {exc}", file=sys.stderr)
     return EXIT_USAGE
+
+
+def _needs_features(cmd: str, handler: Any) -> Any:
+    """Run ``handler``; a missing module of the ``features`` extra is a one-line error naming the extra."""
+    @functools.wraps(handler)
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return handler(args)
+        except ImportError as exc:
+            if (exc.name or "").split(".")[0] not in FEATURES_EXTRA:
+                raise
+            return _error(cmd, ImportError(f"needs {exc.name}: pip install 'skewless[features]'"))
+    return run
 
 
 def _progress(total: int | None, enabled: bool, desc: str) -> Any:
@@ -164,7 +180,7 @@ def register(subparsers: Any) -> None:
     f.add_argument("--out", help="where to write the spec, features.json (required)")
     f.add_argument("--print-schema", action="store_true",
                    help="print the feature config's JSON Schema (draft 2020-12) and exit")
-    f.set_defaults(func=_fit)
+    f.set_defaults(func=_needs_features("fit", _fit))
 
     t = subparsers.add_parser("transform", help="transform data with a frozen spec, streaming by batches")
     t.add_argument("--spec", required=True, help="features.json written by 'skewless fit'")
@@ -178,7 +194,7 @@ def register(subparsers: Any) -> None:
     t.add_argument("--batch-rows", type=int, default=1 << 16, help="rows per batch (memory bound)")
     t.add_argument("--threads", type=int, default=0, help="kernel threads (default: all cores)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
-    t.set_defaults(func=_transform)
+    t.set_defaults(func=_needs_features("transform", _transform))
 
     s = subparsers.add_parser("skew-check",
                               help="recompute logged served features and report every mismatching byte")
@@ -188,7 +204,7 @@ def register(subparsers: Any) -> None:
     s.add_argument("--threads", type=int, default=None)
     s.add_argument("--json", action="store_true", help="print the report as JSON")
     s.add_argument("--no-progress", action="store_true")
-    s.set_defaults(func=_skew_check)
+    s.set_defaults(func=_needs_features("skew-check", _skew_check))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -299,3 +299,13 @@ def test_report_commands_name_the_extra_to_install(files, tmp_path, blocked, arg
     assert "pip install 'skewless[report]'" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     assert blocked[0] in proc.stderr
     assert not (tmp_path / "drift.png").exists()
+
+
+@pytest.mark.parametrize("missing", ["pyarrow", "jsonschema"])
+def test_offline_commands_name_the_features_extra(files, tmp_path, missing):
+    d, _ = files
+    proc = skewless_subprocess(without(missing), "fit", "--data", str(d / "train.parquet"),
+                               "--config", str(d / "features.yaml"), "--out", str(tmp_path / "f.json"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert missing in proc.stderr and "pip install 'skewless[features]'" in proc.stderr
+    assert not (tmp_path / "f.json").exists()
