@@ -96,6 +96,12 @@ def test_churn_yaml_is_the_bundled_models_config():
     assert config_errors(CHURN_FEATURE_CONFIG) == []
 
 
+def test_fit_does_not_depend_on_the_row_order():
+    data = transactions()
+    shuffled = data.take(np.random.default_rng(1).permutation(data.num_rows))
+    assert fit(CONFIGS[0].parent / "fraud.yaml", shuffled).sha256 == fit(CONFIGS[0].parent / "fraud.yaml", data).sha256
+
+
 def test_fraud_config_handles_nulls_in_every_column_type():
     data = transactions()
     spec = fit(CONFIGS[0].parent / "fraud.yaml", data)
