@@ -7,6 +7,7 @@ returns the process exit code (0 ok, 1 skew found, 2 bad input).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -14,11 +15,42 @@ from pathlib import Path
 from typing import Any
 
 EXIT_OK, EXIT_SKEW, EXIT_USAGE = 0, 1, 2
+# What the `features` extra installs, for the message when one of them is missing.
+FEATURES_EXTRA = ("pyarrow", "yaml", "tqdm", "jsonschema")
+
+FIT_DESCRIPTION = """\
+Fit a feature config (what to compute) on training data into a frozen spec, features.json (exact
+parameters, content hash), which `skewless transform`, the server and `skewless skew-check` all apply
+through the same kernel. Fitting the same data twice gives the same bytes."""
+FIT_EPILOG = """\
+config example (YAML):
+  features:
+    - {name: amount, impute: median, clip: [0, null], log1p: true, scale: standard, missing_indicator: true}
+    - {name: hour, bucketize: {boundaries: [6, 12, 18]}, encode: onehot}
+    - {name: country, kind: vocabulary, top_k: 50, oov_buckets: 1}
+    - {name: user_id, kind: hash, buckets: 100000, seed: 7}
+
+reference: every kind, step and option, their defaults, and what happens to missing, unseen, +-inf and
+  out-of-range values: docs/features/spec.md in the source tree; examples: examples/configs/.
+JSON Schema of the config (for editors and CI): skewless fit --print-schema > feature-config.schema.json"""
 
 
 def _error(cmd: str, exc: BaseException) -> int:
     print(f"skewless {cmd}: error: {exc}", file=sys.stderr)
     return EXIT_USAGE
+
+
+def _needs_features(cmd: str, handler: Any) -> Any:
+    """Run ``handler``; a missing module of the ``features`` extra is a one-line error naming the extra."""
+    @functools.wraps(handler)
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return handler(args)
+        except ImportError as exc:
+            if (exc.name or "").split(".")[0] not in FEATURES_EXTRA:
+                raise
+            return _error(cmd, ImportError(f"needs {exc.name}: pip install 'skewless[features]'"))
+    return run
 
 
 def _progress(total: int | None, enabled: bool, desc: str) -> Any:
@@ -39,15 +71,24 @@ def _config_inputs(config: dict[str, Any]) -> list[str]:
 
 
 def _fit(args: argparse.Namespace) -> int:
+    if args.print_schema:
+        from .config_schema import schema_text
+
+        sys.stdout.write(schema_text())
+        return EXIT_OK
+    missing = [f"--{k}" for k in ("data", "config", "out") if getattr(args, k) is None]
+    if missing:
+        return _error("fit", ValueError(f"the following arguments are required: {', '.join(missing)}"))
     from .feature_kernel import FeatureInputError
     from .fileio import data_files, read_table
-    from .fit import ConfigError, fit, load_config
+    from .fit import ConfigError, fit, load_config, validate_config
 
     try:
         config = load_config(Path(args.config))
+        validate_config(config)  # before reading the data: a typo should not wait for a large file
         table = read_table(data_files(args.data), _config_inputs(config), config.get("inputs"))
         spec = fit(config, table)
-    except (ConfigError, FeatureInputError, FileNotFoundError, KeyError, ValueError) as exc:
+    except (ConfigError, FeatureInputError, FileNotFoundError, KeyError, ValueError, ImportError) as exc:
         return _error("fit", exc)
     spec.save(args.out)
     shapes = ", ".join(f"{t.name}: {t.dtype}[{t.width}]" for t in spec.outputs)
@@ -157,11 +198,16 @@ def _export(args: argparse.Namespace) -> int:
 
 def register(subparsers: Any) -> None:
     """Add ``fit``, ``transform``, ``skew-check`` and ``export`` to the ``skewless`` argparse subparsers."""
-    f = subparsers.add_parser("fit", help="fit a feature config on training data into a frozen features.json")
-    f.add_argument("--data", required=True, help=".parquet/.csv/.arrow file or a directory of them")
-    f.add_argument("--config", required=True, help="feature config (YAML or JSON)")
-    f.add_argument("--out", required=True, help="where to write the spec (features.json)")
-    f.set_defaults(func=_fit)
+    f = subparsers.add_parser("fit", help="fit a feature config on training data into a frozen features.json",
+                              description=FIT_DESCRIPTION, epilog=FIT_EPILOG,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    f.add_argument("--data", help=".parquet/.csv/.arrow file or a directory of them (required)")
+    f.add_argument("--config", help="feature config, YAML or JSON (required); checked against the JSON Schema "
+                                    "that --print-schema prints")
+    f.add_argument("--out", help="where to write the spec, features.json (required)")
+    f.add_argument("--print-schema", action="store_true",
+                   help="print the feature config's JSON Schema (draft 2020-12) and exit")
+    f.set_defaults(func=_needs_features("fit", _fit))
 
     t = subparsers.add_parser("transform", help="transform data with a frozen spec, streaming by batches")
     t.add_argument("--spec", required=True, help="features.json written by 'skewless fit'")
@@ -175,7 +221,7 @@ def register(subparsers: Any) -> None:
     t.add_argument("--batch-rows", type=int, default=1 << 16, help="rows per batch (memory bound)")
     t.add_argument("--threads", type=int, default=0, help="kernel threads (default: all cores)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
-    t.set_defaults(func=_transform)
+    t.set_defaults(func=_needs_features("transform", _transform))
 
     s = subparsers.add_parser("skew-check",
                               help="recompute logged served features and report every mismatching byte")
@@ -185,7 +231,7 @@ def register(subparsers: Any) -> None:
     s.add_argument("--threads", type=int, default=None)
     s.add_argument("--json", action="store_true", help="print the report as JSON")
     s.add_argument("--no-progress", action="store_true")
-    s.set_defaults(func=_skew_check)
+    s.set_defaults(func=_needs_features("skew-check", _skew_check))
 
     e = subparsers.add_parser("export", help="turn a fitted estimator and a spec into a serving-ready model folder",
                               description="Convert a fitted one-input estimator (scikit-learn estimator or "

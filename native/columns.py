@@ -189,7 +189,9 @@ def arrow_column(name: str, arr: Any, dtype: str) -> Column:
         t = target
     if target is not None and t == target:
         bufs = arr.buffers()
-        values = np.frombuffer(bufs[1], dtype=t.to_pandas_dtype())[arr.offset:arr.offset + n]
+        # The numpy type spelled out: DataType.to_pandas_dtype() imports pandas (pyarrow 25), not in [features].
+        np_type = np.float64 if dtype == "float" else np.int64
+        values = np.frombuffer(bufs[1], dtype=np_type)[arr.offset:arr.offset + n]
         bits = np.frombuffer(bufs[0], dtype=np.uint8) if bufs[0] is not None and arr.null_count else None
         return (("f64" if dtype == "float" else "i64"), values, None, None, bits, arr.offset)
     # floats feeding int/bool inputs, ints feeding bool inputs: checked conversions in numeric_column

@@ -1,6 +1,8 @@
 """Fit a feature *config* (what to compute) on training data into a frozen ``FeatureSpec``.
 
-Config (YAML, JSON or a dict)::
+The config language is documented in ``docs/features/spec.md`` and specified by the JSON Schema
+``config_schema.json`` (``skewless fit --print-schema``), which ``fit`` checks first; the checks here that
+need the data (dtypes, row counts, which encodings a kind allows) come after. In short (YAML, JSON or a dict)::
 
     outputs: {dense: float32, ids: int64}   # optional; tensor order; default dense + ids, unused dropped
     inputs: {zip: string}                   # optional raw dtype overrides; default inferred from the data
@@ -19,7 +21,8 @@ Config (YAML, JSON or a dict)::
       - {name: n_items, kind: passthrough, output: ids}
 
 Fitted statistics ignore missing and non-finite values and are computed in a fixed order (``math.fsum``,
-exact selection for medians), so fitting the same data twice gives the same spec and the same hash.
+exact selection for medians), so fitting the same data twice gives the same spec and the same hash; sums that
+would leave float64's range (values near DBL_MAX) are computed exactly or with power-of-two scaling instead.
 Each step is fitted on the output of the previous steps, computed exactly as the kernel computes it.
 """
 
@@ -35,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from . import columns as _columns
+from .config_schema import config_errors
 from .feature_kernel import log1p as _log1p
 from .spec import (
     FORMAT,
@@ -74,10 +78,12 @@ def load_config(source: str | Path | Mapping[str, Any]) -> dict[str, Any]:
         text = Path(source).read_text()
     try:
         import yaml
-
-        doc = yaml.safe_load(text)
     except ImportError:
-        doc = json.loads(text)
+        yaml = None
+    try:
+        doc = yaml.safe_load(text) if yaml is not None else json.loads(text)
+    except (ValueError, getattr(yaml, "YAMLError", ValueError)) as exc:
+        raise ConfigError(f"the config is not valid {'YAML' if yaml is not None else 'JSON'}: {exc}") from None
     if not isinstance(doc, Mapping):
         raise ConfigError("the config must be a mapping with a 'features' list")
     return dict(doc)
@@ -346,10 +352,72 @@ def _finite(x: np.ndarray) -> np.ndarray:
 
 
 def _fsum_mean(x: np.ndarray) -> float:
-    return math.fsum(x.tolist()) / x.size if x.size else 0.0
+    """Mean of finite values: the exactly rounded sum (``math.fsum``) divided by the count."""
+    if not x.size:
+        return 0.0
+    try:
+        return math.fsum(x.tolist()) / x.size
+    except OverflowError:  # the sum leaves float64's range (values near DBL_MAX): sum exactly in integers
+        return _exact_mean(x)
+
+
+def _exact_mean(x: np.ndarray) -> float:
+    """The correctly rounded mean of finite float64 values, from their exact sum as an integer.
+
+    Every double is ``mantissa * 2**exponent`` with a 53-bit integer mantissa; values are grouped by
+    exponent, each group's mantissas summed as Python integers, and the groups shifted to a common scale of
+    2**-1074 (the smallest subnormal), so no step rounds. Vectorised but for one step per distinct exponent.
+    """
+    m, e = np.frexp(x)
+    mant = (m * 2.0**53).astype(np.int64)  # exact: |m| < 1, so |mant| < 2**53
+    shift = e.astype(np.int64) + (1074 - 53)  # x == mant * 2**(shift - 1074)
+    order = np.argsort(shift, kind="stable")
+    shift, mant = shift[order], mant[order]
+    starts = np.flatnonzero(np.diff(shift, prepend=shift[0] - 1))
+    total = 0
+    for a, b in zip(starts.tolist(), [*starts[1:].tolist(), shift.size], strict=True):
+        part, k = sum(mant[a:b].tolist()), int(shift[a])
+        total += part << k if k >= 0 else part >> -k  # subnormals: the low -k bits are zero
+    return total / (x.size << 1074)  # int / int rounds correctly; |mean| <= max |x| stays finite
+
+
+def _median(x: np.ndarray) -> float:
+    """numpy's median, except that the mean of the two middle values cannot overflow."""
+    value = float(np.median(x))
+    if not math.isfinite(value) and x.size % 2 == 0:
+        lo, hi = np.partition(x, (x.size // 2 - 1, x.size // 2))[x.size // 2 - 1:x.size // 2 + 1].tolist()
+        value = lo / 2 + hi / 2
+    return value
+
+
+def _std(finite: np.ndarray, mean: float, where: str) -> float:
+    """Population standard deviation about ``mean`` (fsum of squared deviations, fixed order).
+
+    When a squared deviation or their sum would leave float64's range, the deviations are scaled by a
+    power of two first: scaling is exact, so the result is the one the formula gives without an exponent
+    limit. A standard deviation beyond DBL_MAX cannot be stored: ConfigError.
+    """
+    if not finite.size:
+        return 0.0
+    dev = finite - mean
+    sq = dev * dev
+    if np.isfinite(sq).all():
+        try:
+            return math.sqrt(math.fsum(sq.tolist()) / finite.size)
+        except OverflowError:
+            pass
+    big = max(float(np.abs(finite).max()), abs(mean))
+    k = math.frexp(big)[1] - 256  # scaled values stay below 2**257, their squares' sum far below DBL_MAX
+    dev = np.ldexp(finite, -k) - math.ldexp(mean, -k)
+    scale = math.ldexp(math.sqrt(math.fsum((dev * dev).tolist()) / finite.size), k)
+    if not math.isfinite(scale):
+        raise ConfigError(f"{where}: the standard deviation is beyond float64's range (values up to "
+                          f"{big:.6g}); clip the values before standardize")
+    return scale
 
 
 def _fit_numeric(feat: dict, x: np.ndarray) -> dict[str, Any]:
+    where = f"feature {feat['name']!r} (input {feat['inputs'][0]!r})"
     steps = []
     for step in feat["steps"]:
         op = step["op"]
@@ -358,7 +426,7 @@ def _fit_numeric(feat: dict, x: np.ndarray) -> dict[str, Any]:
             if step["strategy"] == "mean":
                 value = _fsum_mean(finite)
             elif step["strategy"] == "median":
-                value = float(np.median(finite)) if finite.size else 0.0
+                value = _median(finite) if finite.size else 0.0
             else:
                 value = step["value"]
             steps.append({"op": "impute", "strategy": step["strategy"], "value": encode_float(value)})
@@ -373,8 +441,7 @@ def _fit_numeric(feat: dict, x: np.ndarray) -> dict[str, Any]:
         elif op == "standardize":
             finite = _finite(x)
             mean = _fsum_mean(finite)
-            var = math.fsum(((finite - mean) ** 2).tolist()) / finite.size if finite.size else 0.0
-            scale = math.sqrt(var)
+            scale = _std(finite, mean, where)
             if not (scale > 0 and math.isfinite(scale)):  # constant feature: centre only, like sklearn
                 scale = 1.0
             steps.append({"op": "standardize", "mean": encode_float(mean), "scale": encode_float(scale)})
@@ -383,7 +450,10 @@ def _fit_numeric(feat: dict, x: np.ndarray) -> dict[str, Any]:
             finite = _finite(x)
             lo = float(finite.min()) if finite.size else 0.0
             span = float(finite.max()) - lo if finite.size else 1.0
-            if not (span > 0 and math.isfinite(span)):
+            if math.isinf(span):
+                raise ConfigError(f"{where}: max - min is beyond float64's range ({lo:.6g} to "
+                                  f"{float(finite.max()):.6g}); clip the values before minmax")
+            if not span > 0:
                 span = 1.0
             steps.append({"op": "minmax", "min": encode_float(lo), "range": encode_float(span)})
             x = (x - lo) / span
@@ -491,9 +561,25 @@ def _generator() -> str:
         return "skewless"
 
 
+def validate_config(config: Any) -> None:
+    """Check a config against the published JSON Schema (``config_schema.json``); ConfigError lists every
+    violation, one per line, each prefixed by its key path (``features[3].scale: ...``)."""
+    errors = config_errors(config)
+    if errors:
+        raise ConfigError("\n".join(errors))
+
+
 def fit(config: str | Path | Mapping[str, Any], data: Any) -> FeatureSpec:
     """Fit ``config`` on ``data`` (DataFrame, pyarrow Table/RecordBatch, or mapping of columns)."""
     config = load_config(config)
+    validate_config(config)
+    # Signalling NaNs and huge values in the data make numpy warn in comparisons and arithmetic whose
+    # results are handled explicitly (NaN is missing; overflow is detected where it matters).
+    with np.errstate(invalid="ignore", over="ignore"):
+        return _fit(config, data)
+
+
+def _fit(config: dict[str, Any], data: Any) -> FeatureSpec:
     unknown = set(config) - {"version", "outputs", "inputs", "features"}
     if unknown:
         raise ConfigError(f"unknown top-level keys {sorted(unknown)}")
@@ -522,7 +608,7 @@ def fit(config: str | Path | Mapping[str, Any], data: Any) -> FeatureSpec:
         cols[name] = _columns.column(name, source[name], dtypes[name])
         n = _columns.n_rows_of(cols[name])
         if n_rows >= 0 and n != n_rows:
-            raise ConfigError(f"input {name!r} has {n} rows, expected {n_rows}")
+            raise ConfigError(f"input {name!r} has {n} rows, but input {used_inputs[0]!r} has {n_rows}")
         n_rows = n
 
     widths = dict.fromkeys(outputs, 0)

@@ -65,6 +65,35 @@ def _column_features(spec: FeatureSpec, output: str) -> tuple[list[str], np.ndar
     return [f["name"] for f in feats], owner
 
 
+def _plain(col: Any, row: int) -> Any:
+    """A context value for a report. Timestamps become text: pyarrow turns a nanosecond timestamp into a
+    Python object only through pandas, which the ``features`` extra does not install."""
+    import pyarrow as pa
+
+    if pa.types.is_timestamp(col.type) or pa.types.is_duration(col.type):
+        return col.slice(row, 1).cast(pa.string())[0].as_py()
+    return col[row].as_py()
+
+
+def _check_layout(path: Path, schema: Any, spec: FeatureSpec, logged_hash: str) -> None:
+    """A log written with another spec whose tensors cannot even be read with this one: say so up front
+    (rather than failing on a value count), naming both hashes."""
+    import pyarrow as pa
+
+    problems = []
+    for t in spec.outputs:
+        if t.name not in schema.names:
+            continue
+        typ = schema.field(t.name).type
+        if pa.types.is_fixed_size_list(typ) and typ.list_size != t.width:
+            problems.append(f"tensor {t.name!r} has {typ.list_size} values per row in the log, {t.width} in the "
+                            "spec")
+    if problems:
+        raise ValueError(f"{path.name}: the log's spec hash {logged_hash[:12]} differs from the given spec's "
+                         f"{spec.sha256[:12]} ({'; '.join(problems)}): check the log against the features.json "
+                         "it was served with")
+
+
 def skew_check(spec: FeatureSpec, log: str | Path | Sequence[Path], *, max_examples: int = 10,
                batch_rows: int = 1 << 16, n_threads: int | None = None,
                progress: Callable[[int], None] | None = None) -> SkewReport:
@@ -77,11 +106,13 @@ def skew_check(spec: FeatureSpec, log: str | Path | Sequence[Path], *, max_examp
     names = {t.name: spec.column_names(t.name) for t in spec.outputs}
     for f in files:
         schema = pq.read_schema(f) if f.suffix == ".parquet" else None
+        logged_hash = None
         if schema is not None and schema.metadata and SPEC_HASH_KEY in schema.metadata:
-            logged = schema.metadata[SPEC_HASH_KEY].decode()
-            if logged != spec.sha256:
-                report.warnings.append(f"{f.name} was written with spec {logged[:12]}, checking against "
-                                       f"{spec.sha256[:12]}")
+            logged_hash = schema.metadata[SPEC_HASH_KEY].decode()
+            if logged_hash != spec.sha256:
+                _check_layout(f, schema, spec, logged_hash)
+                report.warnings.append(f"{f.name} was written with spec {logged_hash[:12]}, checking against "
+                                       f"{spec.sha256[:12]}: the log's spec hash differs from the given spec's")
         available = set(schema.names) if schema is not None else None
         if available is not None and not set(spec.input_names) <= available:
             report.warnings.append(f"{f.name} skipped: it lacks the raw input columns "
@@ -94,17 +125,24 @@ def skew_check(spec: FeatureSpec, log: str | Path | Sequence[Path], *, max_examp
             report.warnings.append(f"{f.name} holds raw inputs but no served tensors (a prediction log): its "
                                    "rows were transformed, not compared")
         if available is not None and "feature_spec_hash" in available:
-            logged_hash = pq.read_table(f, columns=["feature_spec_hash"]).column(0)
-            if len(logged_hash) and logged_hash[0].as_py() not in (None, spec.sha256):
-                report.warnings.append(f"{f.name} was served with spec {logged_hash[0].as_py()[:12]}, checking "
-                                       f"against {spec.sha256[:12]}")
+            served_col = pq.read_table(f, columns=["feature_spec_hash"]).column(0)
+            served = served_col[0].as_py() if len(served_col) else None
+            if served not in (None, spec.sha256):
+                report.warnings.append(f"{f.name} was served with spec {served[:12]}, checking against "
+                                       f"{spec.sha256[:12]}: the log's spec hash differs from the given spec's")
         context = [c for c in CONTEXT_COLUMNS if available is not None and c in available]
         columns = [*spec.input_names, *(t.name for t in outputs), *context]
         for batch in iter_batches([f], columns, batch_rows):
             recomputed = spec.transform(batch, n_threads=n_threads)
             bad_rows = np.zeros(batch.num_rows, dtype=np.bool_)
             for t in outputs:
-                logged = tensor_from_column(batch.column(t.name), t.dtype, t.width)
+                try:
+                    logged = tensor_from_column(batch.column(t.name), t.dtype, t.width)
+                except ValueError as exc:
+                    why = (f"the log's spec hash {logged_hash[:12]} differs from the given spec's {spec.sha256[:12]}"
+                           if logged_hash not in (None, spec.sha256) else
+                           f"it does not fit the given spec {spec.sha256[:12]} ({t.width} values per row)")
+                    raise ValueError(f"{f.name}: tensor {t.name!r}: {why}: {exc}") from None
                 diff = _bits(logged) != _bits(recomputed[t.name])
                 if not diff.any():
                     continue
@@ -122,7 +160,7 @@ def skew_check(spec: FeatureSpec, log: str | Path | Sequence[Path], *, max_examp
                                           "logged": logged[r, c].item(),
                                           "recomputed": recomputed[t.name][r, c].item()}
                     for k in context:
-                        ex[k] = batch.column(k)[r].as_py()
+                        ex[k] = _plain(batch.column(k), r)
                     report.examples.append(ex)
             report.mismatched_rows += int(bad_rows.sum())
             report.rows += batch.num_rows

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pyarrow as pa
@@ -11,7 +13,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from skewless.native.cli import register
-from skewless.native.fileio import tensor_array
+from skewless.native.config_schema import schema
+from skewless.native.fileio import SPEC_HASH_KEY, tensor_array
+from skewless.native.fit import fit
 from skewless.native.spec import FeatureSpec, content_hash
 
 CONFIG_YAML = """
@@ -186,3 +190,122 @@ def test_benchmark_script_runs(tmp_path):
     results = json.loads((tmp_path / "features_bench.json").read_text())
     assert set(results["sizes"]) == {"1", "64", "3000"}
     assert (tmp_path / "features_bench.png").stat().st_size > 0
+
+
+# ---- the config reference, and the commands with only the features extra ----------------------------
+
+def without(*modules: str) -> str:
+    """Python code after which importing ``modules`` fails as if they were not installed (an import hook
+    raising ModuleNotFoundError: a None in sys.modules would look different to pyarrow's pandas probe)."""
+    return ("import sys, importlib.abc\n"
+            "class _Absent(importlib.abc.MetaPathFinder):\n"
+            "    def find_spec(self, name, path, target=None):\n"
+            f"        if name.split('.')[0] in {modules!r}:\n"
+            "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+            "sys.meta_path.insert(0, _Absent())\n")
+
+
+def skewless_subprocess(prelude: str, *argv: str) -> subprocess.CompletedProcess:
+    code = prelude + "from skewless.server.frontend.cli import main\nsys.exit(main())\n"
+    return subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=300)
+
+
+def test_fit_help_points_to_the_reference_and_the_schema(capsys):
+    with pytest.raises(SystemExit):
+        run_cli("fit", "--help")
+    out = capsys.readouterr().out
+    assert "docs/features/spec.md" in out and "skewless fit --print-schema" in out and "examples/configs" in out
+    assert run_cli("fit", "--print-schema") == 0
+    assert json.loads(capsys.readouterr().out) == schema()
+
+
+def test_fit_reports_schema_errors_before_reading_the_data(tmp_path, capsys):
+    (tmp_path / "bad.yaml").write_text("features:\n  - {name: age, sacle: standard}\n  - {name: x, scale: z}\n")
+    assert run_cli("fit", "--data", str(tmp_path / "absent.parquet"), "--config", str(tmp_path / "bad.yaml"),
+                   "--out", str(tmp_path / "x.json")) == 2
+    assert capsys.readouterr().err == ("skewless fit: error: features[0]: unknown key 'sacle' (did you mean "
+                                       "'scale'?)\nfeatures[1].scale: expected 'standard' or 'minmax'\n")
+
+
+def _served_log(path, table, spec, outputs):
+    """The served-feature log's layout (server/features/served_log.py): context columns with a nanosecond
+    UTC time, the raw inputs, one fixed_size_list per tensor, the spec hash in the schema metadata."""
+    n = table.num_rows
+    ns = np.arange(n, dtype=np.int64) * 1_000_003 + 1_765_000_000_123_456_789  # nanoseconds that are not 0
+    cols = {"time": pa.array(ns).cast(pa.timestamp("ns", tz="UTC")), "model_name": pa.array(["m"] * n),
+            "model_version": pa.array(np.ones(n, dtype=np.int64)), "request_id": table.column("request_id"),
+            "row": pa.array(np.zeros(n, dtype=np.int32))}
+    cols.update({name: table.column(name) for name in spec.input_names})
+    cols.update({t.name: tensor_array(outputs[t.name]) for t in spec.outputs})
+    pq.write_table(pa.table(cols).replace_schema_metadata({SPEC_HASH_KEY: spec.sha256.encode()}), path)
+
+
+def test_skew_check_reports_skew_without_pandas(files, tmp_path):
+    d, table = files
+    spec = FeatureSpec.load(d / "features.json")
+    out = spec.transform(table)
+    out["dense"][7, 0] += 1.0  # a planted skew
+    _served_log(tmp_path / "log.parquet", table, spec, out)
+    proc = skewless_subprocess(without("pandas"), "skew-check", "--log", str(tmp_path / "log.parquet"),
+                               "--spec", str(d / "features.json"), "--json", "--no-progress")
+    assert proc.returncode == 1, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["mismatched_values"] == 1 and report["per_feature"] == {"age": 1}
+    ex = report["examples"][0]
+    assert ex["row"] == 7 and ex["request_id"] == "req-7"
+    assert ex["time"].startswith("2025-12-06") and "123456789" not in ex["time"]  # row 7's own nanoseconds
+    assert ex["time"].split(".")[1][:9] == f"{(123_456_789 + 7 * 1_000_003) % 10**9:09d}"
+
+
+def test_fit_and_transform_need_no_pandas(files, tmp_path):
+    d, table = files
+    out = tmp_path / "features.json"
+    proc = skewless_subprocess(without("pandas"), "fit", "--data", str(d / "train.parquet"),
+                               "--config", str(d / "features.yaml"), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_text() == (d / "features.json").read_text()
+    proc = skewless_subprocess(without("pandas"), "transform", "--spec", str(out), "--data",
+                               str(d / "train.parquet"), "--out", str(tmp_path / "x.npy"), "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    expected = FeatureSpec.load(out).transform(table)
+    assert np.load(tmp_path / "x.dense.npy").tobytes() == expected["dense"].tobytes()
+
+
+def test_skew_check_with_another_spec_names_both_hashes(files, tmp_path, capsys):
+    d, table = files
+    spec = FeatureSpec.load(d / "features.json")
+    _served_log(tmp_path / "log.parquet", table, spec, spec.transform(table))
+    narrower = fit(CONFIG_YAML.replace("top_k: 3", "top_k: 2"), table)
+    narrower.save(tmp_path / "other.json")
+    assert run_cli("skew-check", "--log", str(tmp_path / "log.parquet"), "--spec", str(tmp_path / "other.json"),
+                   "--no-progress") == 2
+    err = capsys.readouterr().err
+    assert (f"the log's spec hash {spec.sha256[:12]} differs from the given spec's {narrower.sha256[:12]}"
+            in err), err
+    assert "values per row in the log" in err and "holds" not in err
+
+
+@pytest.mark.parametrize("blocked, argv", [
+    (["pandas"], ["shadow-report", "LOGDIR"]),
+    (["matplotlib"], ["shadow-report", "LOGDIR"]),
+    (["matplotlib"], ["drift-report", "--spec", "SPEC", "--data", "DATA", "--png", "OUT", "--no-progress"]),
+])
+def test_report_commands_name_the_extra_to_install(files, tmp_path, blocked, argv):
+    d, _ = files
+    paths = {"LOGDIR": str(tmp_path), "SPEC": str(d / "features.json"), "DATA": str(d / "train.parquet"),
+             "OUT": str(tmp_path / "drift.png")}
+    proc = skewless_subprocess(without(*blocked), *[paths.get(a, a) for a in argv])
+    assert proc.returncode == 2
+    assert "pip install 'skewless[report]'" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert blocked[0] in proc.stderr
+    assert not (tmp_path / "drift.png").exists()
+
+
+@pytest.mark.parametrize("missing", ["pyarrow", "jsonschema"])
+def test_offline_commands_name_the_features_extra(files, tmp_path, missing):
+    d, _ = files
+    proc = skewless_subprocess(without(missing), "fit", "--data", str(d / "train.parquet"),
+                               "--config", str(d / "features.yaml"), "--out", str(tmp_path / "f.json"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert missing in proc.stderr and "pip install 'skewless[features]'" in proc.stderr
+    assert not (tmp_path / "f.json").exists()

@@ -206,7 +206,7 @@ features:
 
 @pytest.mark.parametrize("features, message", [
     ([{"name": "x", "impute": "mode"}], "expected a number"),
-    ([{"name": "x", "whatever": 1}], "unknown keys"),
+    ([{"name": "x", "whatever": 1}], "unknown key 'whatever'"),
     ([{"name": "x", "kind": "hash", "buckets": 3}], "float inputs cannot be categories"),
     ([{"name": "s", "scale": "standard"}], "unknown keys"),
     ([{"name": "s", "kind": "numeric"}], "not numbers"),

@@ -74,6 +74,14 @@ def _canary(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
+    try:  # the report reads the log into pandas and plots with matplotlib: neither is a server dependency
+        import matplotlib  # noqa: F401
+        import pandas  # noqa: F401
+        import pyarrow  # noqa: F401
+    except ImportError as exc:
+        print(f"skewless shadow-report: error: needs {exc.name or 'pandas and matplotlib'}: "
+              "pip install 'skewless[report]'", file=sys.stderr)
+        return 2
     from .report import run_report
 
     return run_report(args.log, args.png, args.json)

@@ -165,6 +165,11 @@ def _run(args: argparse.Namespace) -> int:
 
     if not 0 < args.warn < args.alert:
         return fail(ValueError("thresholds must satisfy 0 < --warn < --alert"))
+    if args.png:
+        try:  # checked before the log is read: the plot is the last step
+            import matplotlib  # noqa: F401
+        except ImportError:
+            return fail(ImportError("--png needs matplotlib: pip install 'skewless[report]'"))
     thresholds = Thresholds(args.warn, args.alert)
     warnings: list[str] = []
     try:
