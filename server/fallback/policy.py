@@ -17,7 +17,6 @@ model, authentication) never fall back: the client must see them.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from typing import Any
@@ -35,6 +34,7 @@ from ..errors import (
     SkewlessError,
 )
 from ..models.config import TensorSpec
+from ..parameters import read
 from .rule import Rule, RuleError
 
 PARAMETER = "skewless.fallback"
@@ -131,11 +131,7 @@ class Fallback:
         """The version's fallback, or None (no parameter: the data plane's only cost is that check)."""
         if PARAMETER not in mv.config.parameters:
             return None
-        text = mv.config.parameters[PARAMETER].string_value
-        try:
-            doc = json.loads(text)
-        except ValueError as exc:
-            raise ModelLoadError(f"model {mv.label}: parameter '{PARAMETER}' is not JSON: {exc}") from None
+        doc = read(mv.config, PARAMETER, f"model {mv.label}")
         return cls(mv.label, doc, mv.inputs, mv.outputs, mv.max_batch_size)
 
     def _shape(self, spec: TensorSpec, value: np.ndarray, rows: int) -> np.ndarray:
