@@ -38,7 +38,6 @@ class RepositorySettings:
     def from_args(cls, args: argparse.Namespace, error: ErrorFn) -> RepositorySettings:
         """Following a registry's aliases means polling it, unless --model-control-mode says otherwise (the
         registry's flags, RegistrySettings, are checked first)."""
-        if args.model_control_mode is None:
-            args.model_control_mode = "poll" if args.registry else "none"
-        return cls(args.model_repository, args.model_control_mode, args.load_model, args.repository_poll_secs,
+        mode = args.model_control_mode or ("poll" if args.registry else "none")
+        return cls(args.model_repository, mode, args.load_model, args.repository_poll_secs,
                    args.default_max_batch_size)
