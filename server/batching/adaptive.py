@@ -30,8 +30,7 @@ from collections import deque
 
 from skewless.protos import model_config_pb2 as mc
 
-from ..errors import ModelLoadError
-from ..models.config import parameter
+from ..parameters import read
 
 SLO_PARAMETER = "skewless.latency_slo_ms"
 PERCENTILE_PARAMETER = "skewless.latency_slo_percentile"
@@ -81,17 +80,10 @@ class AdaptiveController:
 
     @classmethod
     def from_config(cls, cfg: mc.ModelConfig) -> AdaptiveController | None:
-        raw = parameter(cfg, SLO_PARAMETER)
-        if raw is None:
+        slo_ms = read(cfg, SLO_PARAMETER)
+        if slo_ms is None:
             return None
-        try:
-            slo_ms = float(raw)
-            pct = float(parameter(cfg, PERCENTILE_PARAMETER, "99"))
-        except ValueError:
-            raise ModelLoadError(
-                f"config parameters '{SLO_PARAMETER}' and '{PERCENTILE_PARAMETER}' must be numbers") from None
-        if not (slo_ms > 0 and 0 < pct < 100):
-            raise ModelLoadError(f"'{SLO_PARAMETER}' must be > 0 and '{PERCENTILE_PARAMETER}' in (0, 100)")
+        pct = read(cfg, PERCENTILE_PARAMETER)
         return cls(slo_ms / 1e3, pct, cfg.max_batch_size, cfg.dynamic_batching.max_queue_delay_microseconds / 1e6)
 
     def on_arrival(self, now: float, busy: bool = False) -> bool:

@@ -18,7 +18,6 @@ model, authentication) never fall back: the client must see them.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import threading
 from collections.abc import Callable
@@ -38,6 +37,7 @@ from ..errors import (
 )
 from ..hooks import Complete, FlaggedArrays
 from ..models.config import TensorSpec
+from ..parameters import read
 from .answer import completed
 from .rule import Rule, RuleError
 
@@ -125,11 +125,7 @@ class Fallback:
         """The version's fallback, or None (no parameter: the data plane's only cost is that check)."""
         if PARAMETER not in mv.config.parameters:
             return None
-        text = mv.config.parameters[PARAMETER].string_value
-        try:
-            doc = json.loads(text)
-        except ValueError as exc:
-            raise ModelLoadError(f"model {mv.label}: parameter '{PARAMETER}' is not JSON: {exc}") from None
+        doc = read(mv.config, PARAMETER, f"model {mv.label}")
         return cls(mv.label, doc, mv.inputs, mv.outputs, mv.max_batch_size)
 
     def _shape(self, spec: TensorSpec, value: np.ndarray, rows: int) -> np.ndarray:

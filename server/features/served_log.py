@@ -45,7 +45,7 @@ from skewless.protos import model_config_pb2 as mc
 
 from ..background import BackgroundWriter
 from ..errors import ModelLoadError
-from ..models.config import parameter
+from ..parameters import read
 
 log = logging.getLogger(__name__)
 
@@ -74,24 +74,10 @@ class LogSettings:
 
 def log_settings(cfg: mc.ModelConfig, where: str) -> LogSettings | None:
     """The feature-log parameters of a model config; None when logging is off (rate 0 or absent)."""
-
-    def number(key: str, default: float, kind: type, lo: float, hi: float = float("inf")) -> Any:
-        raw = parameter(cfg, key)
-        if raw is None:
-            return default
-        try:
-            value = kind(raw)
-        except ValueError:
-            value = None
-        if value is None or not lo <= value <= hi:
-            raise ModelLoadError(f"{where}: config parameter '{key}' must be a {kind.__name__} in [{lo:g}, "
-                                 f"{hi:g}], got '{raw}'")
-        return value
-
-    rate = number(PARAM_RATE, 0.0, float, 0.0, 1.0)
+    rate = read(cfg, PARAM_RATE, where)
     if rate == 0.0:
         return None
-    directory = parameter(cfg, PARAM_DIR)
+    directory = read(cfg, PARAM_DIR, where)
     if not directory:
         raise ModelLoadError(f"{where}: config parameter '{PARAM_RATE}' is {rate:g} but '{PARAM_DIR}' is not set")
     try:
@@ -99,8 +85,8 @@ def log_settings(cfg: mc.ModelConfig, where: str) -> LogSettings | None:
     except ImportError:
         raise ModelLoadError(f"{where}: feature logging writes Parquet and needs pyarrow: "
                              "pip install 'skewless[features]'") from None
-    return LogSettings(Path(directory).absolute(), rate, number(PARAM_QUEUE, 1024, int, 1),
-                       number(PARAM_ROTATE_ROWS, 1_000_000, int, 1), number(PARAM_ROTATE_SECONDS, 5.0, float, 0.001))
+    return LogSettings(Path(directory).absolute(), rate, read(cfg, PARAM_QUEUE, where),
+                       read(cfg, PARAM_ROTATE_ROWS, where), read(cfg, PARAM_ROTATE_SECONDS, where))
 
 
 @dataclass

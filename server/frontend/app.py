@@ -8,7 +8,6 @@ import logging
 import os
 import signal
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -42,134 +41,82 @@ from ..registry.sync import RegistryRepository
 from ..security.grpc_guard import GrpcGuard
 from ..security.guard import Guard, is_loopback
 from ..security.principals import Principals
-from ..security.tls import CertFiles, TlsSettings, grpc_credentials, ssl_context
+from ..security.tls import CertFiles, grpc_credentials, ssl_context
 from ..shadow.traffic import TrafficManager
 from ..telemetry import prometheus_text
 from ..telemetry.metrics import ServerMetrics
 from ..telemetry.tracing import RequestTracer
-from ..workers.cluster import Cluster, WorkerPlace
+from ..workers.cluster import Cluster
 from .admin_servicer import ADMIN_SERVICE, AdminServicer, add_admin_service
 from .feedback_servicer import FEEDBACK_SERVICE, FeedbackServicer, add_feedback_service
 from .grpc_servicer import InferenceServicer, add_inference_service, status_of
 from .http_rest import RestFrontend
+from .options import ServerOptions
 from .probes_http import HttpEndpoint
 from .traffic_servicer import TRAFFIC_SERVICE, TrafficServicer, add_traffic_service
 
 log = logging.getLogger("skewless")
 
-MAX_MESSAGE_BYTES = 2**31 - 1  # gRPC's ceiling; its 4 MiB default rejects ordinary batches.
 INFERENCE_SERVICE = "inference.GRPCInferenceService"
-
-
-@dataclass
-class ServerOptions:
-    model_repository: Path | str | None  # a directory, or a URL (s3://, gs://, file://…) synced into a cache
-    host: str = "127.0.0.1"
-    http_port: int = 8000
-    grpc_port: int = 8001
-    metrics_port: int = 8002
-    model_control_mode: str = "none"
-    load_models: list[str] = field(default_factory=list)
-    poll_interval_s: float = 15.0
-    max_message_bytes: int = MAX_MESSAGE_BYTES
-    grace_period_s: float = 30.0
-    default_max_batch_size: int = 4
-    metrics: bool = True  # /metrics on the metrics port (and OTLP export when the OTEL_* variables ask)
-    tls: TlsSettings | None = None  # TLS (and mTLS with a client CA) on all three ports
-    auth_principals: Path | None = None  # bearer tokens / certificate names and their groups (security/)
-    rate_limit: float | None = None  # requests per second per principal (per address when anonymous)
-    max_inflight: int = 4096  # requests in flight across all models before new ones get UNAVAILABLE (0: none)
-    # gRPC connection hardening (Triton's defaults where it has one): keepalive pings the server sends and
-    # how often a client may ping it; streams per connection; connection age, so load balancers rebalance.
-    grpc_keepalive_time_s: float = 7200.0
-    grpc_keepalive_timeout_s: float = 20.0
-    grpc_min_client_ping_interval_s: float = 300.0
-    grpc_max_concurrent_streams: int = 0  # 0: gRPC's own (unlimited); a limit refuses a burst's extra streams
-    grpc_max_connection_age_s: float | None = None
-    # Calls gRPC holds before the server takes them. Beyond it gRPC cancels calls itself (CANCELLED, no message:
-    # its default of 1,000 did so to ~10% of a 2,000-call burst); below it, --max-inflight refuses them with
-    # UNAVAILABLE and a reason. gRPC's hard limit is set to twice this.
-    grpc_max_pending: int = 10_000
-    traffic_key_header: str | None = None  # header naming the caller for shadow sampling / canary arms
-    alerts: Path | None = None  # alert hooks file (alerts/): webhooks and commands for drift / guardrails
-    audit_log: Path | None = None  # audit log directory (audit/): hash-chained JSON lines of serving changes
-    audit_max_bytes: int = 16 << 20
-    http_head_timeout_s: float = 30.0  # a REST connection's request head must arrive within this (slowloris)
-    grpc_max_connection_age_grace_s: float | None = None
-    registry_cache: Path | None = None  # where registry versions are cached (default: the user's cache dir)
-    registry_cache_bytes: int = 10 * 2**30
-    registry_keep: int = 2  # earlier served versions kept cached for rollback
-    registry_max_backoff_s: float = 120.0  # longest wait between retries while the registry is failing
-    registry: str | None = None  # an MLflow tracking server (mlflow://HOST:PORT, or 'mlflow': $MLFLOW_TRACKING_URI)
-    registry_models: list[str] = field(default_factory=list)  # NAME[=REGISTERED_MODEL][@ALIAS] for --registry
-    # Prediction log, delayed labels and live quality (lineage/): off unless a directory is given.
-    prediction_log: Path | None = None
-    prediction_log_queue: int = 4096
-    prediction_log_rotate_mb: float = 64.0
-    prediction_log_rotate_s: float = 3600.0
-    prediction_log_max_files: int = 100
-    prediction_log_flush_s: float = 1.0
-    label_max_pending: int = 100_000
-    label_ttl_s: float = 86_400.0
-    quality_windows_s: tuple[float, ...] = (300.0, 3600.0)
-    worker: WorkerPlace | None = None  # set in each process of --workers N (by its parent, in the environment)
 
 
 def make_repository(opts: ServerOptions) -> ModelRepository:
     """A local repository read in place, or one synced into a local cache from a URL laid out the same way or
     from an MLflow Model Registry (``registry``)."""
-    location = str(opts.model_repository or "")
-    if opts.registry:
+    repo, registry = opts.repository, opts.registry
+    location = str(repo.location or "")
+    if registry.uri:
         from ..registry.mlflow_source import MlflowSource, parse_model_specs
 
-        source: Source = MlflowSource(opts.registry, parse_model_specs(opts.registry_models))
+        source: Source = MlflowSource(registry.uri, parse_model_specs(registry.models))
     elif not is_remote_url(location):
-        return ModelRepository(Path(location), opts.model_control_mode, opts.load_models, opts.poll_interval_s,
-                               opts.default_max_batch_size)
+        return ModelRepository(Path(location), repo.control_mode, repo.load_models, repo.poll_interval_s,
+                               repo.default_max_batch_size)
     else:
         source = FsspecSource(location)
-    root, bound = opts.registry_cache or default_cache_dir(), opts.registry_cache_bytes
+    root, bound = registry.cache or default_cache_dir(), registry.cache_bytes
     if opts.worker is not None:  # --workers N: a cache each (a cache empties and evicts as its own), bound shared
         root, bound = Path(root) / f"worker-{opts.worker.index}", bound // opts.worker.count
     cache = VersionCache(root, bound)
-    return RegistryRepository(source, cache, opts.model_control_mode, opts.load_models,
-                              opts.poll_interval_s, opts.default_max_batch_size, opts.registry_keep,
-                              opts.registry_max_backoff_s)
+    return RegistryRepository(source, cache, repo.control_mode, repo.load_models,
+                              repo.poll_interval_s, repo.default_max_batch_size, registry.keep,
+                              registry.max_backoff_s)
 
 
 def make_lineage(repository: ModelRepository, opts: ServerOptions):
     """The prediction log and label join when ``--prediction-log`` names a directory (needs pyarrow)."""
-    if opts.prediction_log is None:
+    lin = opts.lineage
+    if lin.prediction_log is None:
         return None
     from ..lineage.prediction_log import PredictionLogSettings, require_pyarrow
     from ..lineage.service import Lineage
 
     require_pyarrow()
-    settings = PredictionLogSettings(Path(opts.prediction_log).absolute(), opts.prediction_log_queue,
-                                     int(opts.prediction_log_rotate_mb * 2**20), opts.prediction_log_rotate_s,
-                                     opts.prediction_log_max_files, opts.prediction_log_flush_s)
-    return Lineage(repository, settings, opts.quality_windows_s, opts.label_max_pending, opts.label_ttl_s)
+    settings = PredictionLogSettings(Path(lin.prediction_log).absolute(), lin.queue, int(lin.rotate_mb * 2**20),
+                                     lin.rotate_s, lin.max_files, lin.flush_s)
+    return Lineage(repository, settings, lin.quality_windows_s, lin.label_max_pending, lin.label_ttl_s)
 
 
 def grpc_hardening(opts: ServerOptions) -> list[tuple[str, int]]:
     """Channel arguments that bound what one client connection can hold or cost."""
     ms = lambda s: int(s * 1000)  # noqa: E731
+    conn = opts.connections
     out = [
-        ("grpc.keepalive_time_ms", ms(opts.grpc_keepalive_time_s)),
-        ("grpc.keepalive_timeout_ms", ms(opts.grpc_keepalive_timeout_s)),
+        ("grpc.keepalive_time_ms", ms(conn.grpc_keepalive_time_s)),
+        ("grpc.keepalive_timeout_ms", ms(conn.grpc_keepalive_timeout_s)),
         # clients pinging more often than this (without data) get GOAWAY ENHANCE_YOUR_CALM after 2 strikes
-        ("grpc.http2.min_ping_interval_without_data_ms", ms(opts.grpc_min_client_ping_interval_s)),
+        ("grpc.http2.min_ping_interval_without_data_ms", ms(conn.grpc_min_client_ping_interval_s)),
         ("grpc.http2.max_ping_strikes", 2),
-        ("grpc.server.max_pending_requests", opts.grpc_max_pending),
-        ("grpc.server.max_pending_requests_hard_limit", 2 * opts.grpc_max_pending),
+        ("grpc.server.max_pending_requests", conn.grpc_max_pending),
+        ("grpc.server.max_pending_requests_hard_limit", 2 * conn.grpc_max_pending),
     ]
-    if opts.grpc_max_concurrent_streams:
-        out.append(("grpc.max_concurrent_streams", opts.grpc_max_concurrent_streams))
-    if opts.grpc_max_connection_age_s:
-        out.append(("grpc.max_connection_age_ms", ms(opts.grpc_max_connection_age_s)))
+    if conn.grpc_max_concurrent_streams:
+        out.append(("grpc.max_concurrent_streams", conn.grpc_max_concurrent_streams))
+    if conn.grpc_max_connection_age_s:
+        out.append(("grpc.max_connection_age_ms", ms(conn.grpc_max_connection_age_s)))
         out.append(("grpc.max_connection_age_grace_ms",
-                    ms(opts.grpc_max_connection_age_grace_s if opts.grpc_max_connection_age_grace_s is not None
-                       else opts.grace_period_s)))
+                    ms(conn.grpc_max_connection_age_grace_s if conn.grpc_max_connection_age_grace_s is not None
+                       else opts.listen.grace_period_s)))
     return out
 
 
@@ -186,9 +133,9 @@ class Server:
     def __init__(self, opts: ServerOptions):
         self.opts = opts
         # Audit log and alert hooks first: the first loads are recorded, the first drift monitors watched.
-        self.audit = AuditLog(opts.audit_log, opts.audit_max_bytes) if opts.audit_log is not None else None
+        self.audit = AuditLog(opts.audit.directory, opts.audit.max_bytes) if opts.audit.directory is not None else None
         audit_install(self.audit)
-        self.alerts = AlertHub(load_alert_settings(opts.alerts)) if opts.alerts is not None else None
+        self.alerts = AlertHub(load_alert_settings(opts.alerts.path)) if opts.alerts.path is not None else None
         alerts_install(self.alerts)
         self.repository = make_repository(opts)
         # Side modules attach to the request path through its hooks (server/hooks.py), wired here: serving
@@ -198,13 +145,13 @@ class Server:
         # --workers N: this process is one of N; control calls, statistics, metrics and readiness span all
         # (the data plane and the control servicers are built with the cluster as their Peers).
         self.cluster = Cluster(opts.worker) if opts.worker is not None else None
-        self.dataplane = DataPlane(self.repository, opts.traffic_key_header, self.cluster)
+        self.dataplane = DataPlane(self.repository, opts.traffic.key_header, self.cluster)
         if self.cluster is not None:
             self.cluster.serve_dataplane(self.dataplane)
             cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
             runtime.DEFAULT_INTRA_OP_THREADS = max(1, cores // opts.worker.count)
         # One count of requests in flight across every model version, for the global --max-inflight limit.
-        self.in_flight = InFlightTotal(opts.max_inflight)
+        self.in_flight = InFlightTotal(opts.connections.max_inflight)
         self.repository.version_hooks.append(self._share_in_flight)
         # Shadow traffic and canary splits hang off each version's `traffic` hook (None unless configured).
         self.traffic = TrafficManager(self.repository)
@@ -223,20 +170,21 @@ class Server:
         self._stop = asyncio.Event()
         self._grpc: grpc.aio.Server | None = None
         # Security: bad certificate or principals files fail the start, before anything listens.
-        self.cert_files = CertFiles(opts.tls) if opts.tls is not None else None
+        self.cert_files = CertFiles(opts.security.tls) if opts.security.tls is not None else None
         self.ssl_context = ssl_context(self.cert_files) if self.cert_files is not None else None
-        self.guard = Guard(Principals(opts.auth_principals) if opts.auth_principals is not None else None,
-                           opts.rate_limit)
+        sec = opts.security
+        self.guard = Guard(Principals(sec.auth_principals) if sec.auth_principals is not None else None,
+                           sec.rate_limit)
         # Nothing to refuse when no one authenticates, nothing is rate-limited and only this host can connect
         # (admin from loopback is allowed): then no guard sits on the request path at all.
-        guarded = self.guard.authenticating or opts.rate_limit is not None or not is_loopback(opts.host)
+        guarded = self.guard.authenticating or sec.rate_limit is not None or not is_loopback(opts.listen.host)
         self._guard = self.guard if guarded else None
         routes = {
             "/v2/health/live": lambda: (200, "text/plain", b"live\n"),
             "/v2/health/ready": self._ready_route,
         }
         # Telemetry hangs off the server here, reading what the request path already counts.
-        self.metrics = ServerMetrics(self.repository) if opts.metrics else None
+        self.metrics = ServerMetrics(self.repository) if opts.telemetry.metrics else None
         if self.metrics is not None:
             routes["/metrics"] = (self._metrics_route if self.cluster is None
                                   else self.cluster.metrics_route(self._metrics_route))
@@ -257,8 +205,8 @@ class Server:
         self.tracer = RequestTracer.from_env()
         if self.metrics is not None and self.tracer is not None:
             self.metrics.add_tracer(self.tracer)
-        self._rest = RestFrontend(self.dataplane, opts.max_message_bytes, opts.grace_period_s, self.tracer,
-                                  self._guard, self.ssl_context, opts.http_head_timeout_s)
+        self._rest = RestFrontend(self.dataplane, opts.listen.max_message_bytes, opts.listen.grace_period_s,
+                                  self.tracer, self._guard, self.ssl_context, opts.connections.http_head_timeout_s)
         self._rest.lineage = self.lineage
 
     def _share_in_flight(self, mv: ModelVersion) -> None:
@@ -280,8 +228,8 @@ class Server:
         asyncio.get_running_loop().create_task(self._set_health("", self.dataplane.is_ready()))
 
     async def start(self) -> None:
-        opts = self.opts
-        mb = opts.max_message_bytes
+        opts, listen = self.opts, self.opts.listen
+        mb = listen.max_message_bytes
         self._grpc = grpc.aio.server(
             interceptors=[GrpcGuard(self._guard, status_of)] if self._guard is not None else None,
             options=[
@@ -305,13 +253,13 @@ class Server:
         reflection.enable_server_reflection(
             [INFERENCE_SERVICE, ADMIN_SERVICE, TRAFFIC_SERVICE, FEEDBACK_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
              reflection.SERVICE_NAME], self._grpc, pool=_pool.POOL)
-        address = f"{opts.host}:{opts.grpc_port}"
+        address = f"{listen.host}:{listen.grpc_port}"
         if self.cert_files is not None:
             self.grpc_port = self._grpc.add_secure_port(address, grpc_credentials(self.cert_files))
         else:
             self.grpc_port = self._grpc.add_insecure_port(address)
         if self.grpc_port == 0:
-            raise OSError(f"cannot bind gRPC port {opts.host}:{opts.grpc_port}")
+            raise OSError(f"cannot bind gRPC port {listen.host}:{listen.grpc_port}")
         await self._set_health("", False)
         self.repository.listeners.append(self._on_model_change)
         await as_server(self.repository.start())  # start-up loads and polling: recorded as the server's
@@ -327,12 +275,12 @@ class Server:
                 await self.cluster.catch_up()
         await self._grpc.start()
         reuse = self.cluster is not None
-        self.http_port = await self._rest.start(opts.host, opts.http_port, reuse)
-        self.metrics_port = await self._http.start(opts.host, opts.metrics_port, reuse)
+        self.http_port = await self._rest.start(listen.host, listen.http_port, reuse)
+        self.metrics_port = await self._http.start(listen.host, listen.metrics_port, reuse)
         if self.cluster is not None:
             self.cluster.set_ready(True)
-        log.info("serving gRPC on %s:%d (%s), HTTP/REST on %s:%d, health HTTP on %s:%d", opts.host,
-                 self.grpc_port, INFERENCE_SERVICE, opts.host, self.http_port, opts.host, self.metrics_port)
+        log.info("serving gRPC on %s:%d (%s), HTTP/REST on %s:%d, health HTTP on %s:%d", listen.host,
+                 self.grpc_port, INFERENCE_SERVICE, listen.host, self.http_port, listen.host, self.metrics_port)
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -342,7 +290,7 @@ class Server:
 
     async def stop(self) -> None:
         """Refuse new RPCs, let in-flight ones finish within the grace period, then unload models."""
-        log.info("stopping: finishing in-flight requests (grace %.0fs)", self.opts.grace_period_s)
+        log.info("stopping: finishing in-flight requests (grace %.0fs)", self.opts.listen.grace_period_s)
         self.dataplane.accepting = False
         if self.cluster is not None:
             await self.cluster.stop()
@@ -350,7 +298,7 @@ class Server:
         # Both transports drain at once, each within the grace period.
         draining = [self._rest.stop()]
         if self._grpc is not None:
-            draining.append(self._grpc.stop(self.opts.grace_period_s))
+            draining.append(self._grpc.stop(self.opts.listen.grace_period_s))
         await asyncio.gather(*draining)
         await self._http.stop()
         await self.traffic.stop()
@@ -393,8 +341,9 @@ async def run_server(opts: ServerOptions) -> int:
     _tune_gc()
     # A machine-readable line for scripts and tests that start us on port 0. ``http=`` is the metrics/health
     # port (older parsers read it); ``rest=`` the HTTP/REST API, last so that prefix-matching parsers still work.
-    print(f"SKEWLESS_READY grpc={opts.host}:{server.grpc_port} http={opts.host}:{server.metrics_port} "
-          f"rest={opts.host}:{server.http_port}", flush=True)
+    host = opts.listen.host
+    print(f"SKEWLESS_READY grpc={host}:{server.grpc_port} http={host}:{server.metrics_port} "
+          f"rest={host}:{server.http_port}", flush=True)
     await server.wait()
     await server.stop()
     # Past this point a repeated SIGTERM would find no handler and kill the process with -15 instead of

@@ -41,7 +41,7 @@ import numpy as np
 
 from ..background import BackgroundWriter
 from ..errors import ModelLoadError
-from ..models.config import parameter
+from ..parameters import read
 
 if TYPE_CHECKING:
     from ..models.version import ModelVersion
@@ -157,17 +157,10 @@ class PredictionLog:
 
     # -- the version hook (repository.version_hooks) ---------------------------------------------------
     def attach(self, mv: ModelVersion) -> None:
-        raw = parameter(mv.config, PARAM_RATE)
-        if raw is None:
+        rate = read(mv.config, PARAM_RATE, f"model '{mv.name}'")
+        if rate is None:
             mv.lineage = None
             return
-        try:
-            rate = float(raw)
-        except ValueError:
-            rate = -1.0
-        if not 0.0 <= rate <= 1.0:
-            raise ModelLoadError(f"model '{mv.name}': config parameter '{PARAM_RATE}' must be a number in [0, 1], "
-                                 f"got '{raw}'")
         spec_hash = mv.features.spec.sha256 if mv.features is not None else None
         mv.lineage = ModelLineage(self, rate, spec_hash, score_of(mv)) if rate > 0 else None
 
@@ -288,19 +281,13 @@ def score_of(mv: ModelVersion) -> tuple[str, int] | None:
     """(output name, column) whose value quality metrics read: config ``skewless.score_output`` (default the
     first output) and ``skewless.score_index`` (default the last column: the positive class of a two-column
     probability output, the only column of a one-column one)."""
-    name = parameter(mv.config, PARAM_SCORE_OUTPUT) or (mv.output_names[0] if mv.output_names else None)
+    name = read(mv.config, PARAM_SCORE_OUTPUT) or (mv.output_names[0] if mv.output_names else None)
     if name is None:
         return None
     if name not in mv.outputs:
         raise ModelLoadError(f"model '{mv.name}': config parameter '{PARAM_SCORE_OUTPUT}' names '{name}', which "
                              f"is not an output (outputs: {mv.output_names})")
-    raw = parameter(mv.config, PARAM_SCORE_INDEX)
-    try:
-        index = int(raw) if raw is not None else -1
-    except ValueError:
-        raise ModelLoadError(f"model '{mv.name}': config parameter '{PARAM_SCORE_INDEX}' must be an integer, "
-                             f"got '{raw}'") from None
-    return name, index
+    return name, read(mv.config, PARAM_SCORE_INDEX, f"model '{mv.name}'")
 
 
 def _bytes_values(arr: np.ndarray) -> list[bytes]:

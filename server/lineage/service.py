@@ -15,9 +15,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import InvalidArgument, ModelLoadError, NotFound
-from ..models.config import parameter
 from ..models.repository import ModelRepository
 from ..models.version import ModelVersion
+from ..parameters import read
 from .labels import LabelJoin
 from .prediction_log import PredictionLog, PredictionLogSettings
 from .quality import CLASSIFIER_METRICS, REGRESSOR_METRICS, QualityMonitor
@@ -26,7 +26,6 @@ log = logging.getLogger(__name__)
 
 PARAM_TASK = "skewless.task"
 PARAM_THRESHOLDS = "skewless.quality_thresholds"
-TASKS = ("classification", "regression")
 MAX_LABELS_PER_CALL = 100_000
 
 
@@ -44,12 +43,9 @@ class Lineage:
     def attach(self, mv: ModelVersion) -> None:
         """Version hook: the prediction log's per-model settings and the quality task."""
         self.log.attach(mv)
-        task = parameter(mv.config, PARAM_TASK)
+        task = read(mv.config, PARAM_TASK, f"model '{mv.name}'")
         if task is None:
             return
-        if task not in TASKS:
-            raise ModelLoadError(f"model '{mv.name}': config parameter '{PARAM_TASK}' must be one of {TASKS}, "
-                                 f"got '{task}'")
         self.quality.configure(mv.name, task, _thresholds(mv, task))
 
     def start(self) -> None:
@@ -89,7 +85,7 @@ class Lineage:
 
 
 def _thresholds(mv: ModelVersion, task: str) -> dict[str, float]:
-    raw = parameter(mv.config, PARAM_THRESHOLDS)
+    raw = read(mv.config, PARAM_THRESHOLDS)
     if not raw:
         return {}
     allowed = CLASSIFIER_METRICS if task == "classification" else REGRESSOR_METRICS

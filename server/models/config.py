@@ -200,7 +200,3 @@ def tensor_specs(fields) -> dict[str, TensorSpec]:
                            tuple(int(d) for d in f.reshape.shape) if f.HasField("reshape") else None)
         for f in fields
     }
-
-
-def parameter(cfg: mc.ModelConfig, key: str, default: str | None = None) -> str | None:
-    return cfg.parameters[key].string_value if key in cfg.parameters else default

@@ -21,7 +21,8 @@ import numpy as np
 from skewless.protos import model_config_pb2 as mc
 
 from ..errors import Internal, ModelLoadError
-from .config import OnnxTensor, parameter
+from ..parameters import read
+from .config import OnnxTensor
 from .iobinding import BoundRunner, HostStaging, PinnedAllocator, cuda_device_count
 
 log = logging.getLogger(__name__)
@@ -121,25 +122,13 @@ def session_options(cfg: mc.ModelConfig, intra_op_threads: int | None = None):
     """``intra_op_threads`` overrides the config's (the background instance runs on its caller's thread)."""
     rt = require_onnxruntime()
     so = rt.SessionOptions()
-
-    def int_param(key: str) -> int | None:
-        raw = parameter(cfg, key)
-        if raw is None:
-            return None
-        try:
-            return int(raw)
-        except ValueError:
-            raise ModelLoadError(f"config parameter '{key}' must be an integer, got '{raw}'") from None
-
     # onnxruntime's pool threads spin after each run by default: on a server they burn the cores the gRPC
     # transport needs (measured on the example MLP: ~30% more server CPU per request with spinning on).
-    spin = parameter(cfg, "intra_op_allow_spinning", "0")
-    if spin not in ("0", "1"):
-        raise ModelLoadError(f"config parameter 'intra_op_allow_spinning' must be '0' or '1', got '{spin}'")
+    spin = "1" if read(cfg, "intra_op_allow_spinning") else "0"
     so.add_session_config_entry("session.intra_op.allow_spinning", spin)
     so.add_session_config_entry("session.inter_op.allow_spinning", spin)
-    intra = int_param("intra_op_thread_count")
-    inter = int_param("inter_op_thread_count")
+    intra = read(cfg, "intra_op_thread_count")
+    inter = read(cfg, "inter_op_thread_count")
     if intra is None:
         intra = DEFAULT_INTRA_OP_THREADS
     if intra_op_threads is not None:
@@ -149,13 +138,9 @@ def session_options(cfg: mc.ModelConfig, intra_op_threads: int | None = None):
     if inter is not None:
         so.inter_op_num_threads = inter
         so.execution_mode = rt.ExecutionMode.ORT_PARALLEL
-    level = parameter(cfg, "graph_optimization_level")
+    level = read(cfg, "graph_optimization_level")
     if level is not None:
-        if level.lower() not in _OPT_LEVELS:
-            raise ModelLoadError(
-                f"config parameter 'graph_optimization_level' must be one of {sorted(_OPT_LEVELS)}, got '{level}'"
-            )
-        so.graph_optimization_level = getattr(rt.GraphOptimizationLevel, _OPT_LEVELS[level.lower()])
+        so.graph_optimization_level = getattr(rt.GraphOptimizationLevel, _OPT_LEVELS[level])
     elif cfg.optimization.HasField("graph"):
         # Triton's onnxruntime backend: level -1 = basic, 1 = extended, anything else = all.
         g = cfg.optimization.graph.level
@@ -167,9 +152,9 @@ def session_options(cfg: mc.ModelConfig, intra_op_threads: int | None = None):
 def cuda_provider_options(cfg: mc.ModelConfig, device_id: int) -> dict[str, str]:
     """TF32 is off unless the config asks (parameter ``cuda_use_tf32: "1"``): onnxruntime turns it on by
     default on Ampere and newer, which silently changes FP32 results in the fourth digit."""
-    options = {"device_id": str(device_id), "use_tf32": parameter(cfg, "cuda_use_tf32", "0")}
+    options = {"device_id": str(device_id), "use_tf32": read(cfg, "cuda_use_tf32")}
     for key in ("cudnn_conv_algo_search", "gpu_mem_limit", "arena_extend_strategy", "do_copy_in_default_stream"):
-        value = parameter(cfg, f"cuda_{key}")
+        value = read(cfg, f"cuda_{key}")
         if value is not None:
             options[key] = value
     return options
@@ -222,12 +207,8 @@ class OnnxInstance:
                       model_path: Path) -> BoundRunner | None:
         """The IOBinding path where the config (or, by default, a GPU placement) asks for it and the model's
         tensors allow it: strings live on the host only, and numpy cannot hold bfloat16."""
-        mode = parameter(cfg, IO_BINDING, "auto")
-        pinned = parameter(cfg, PINNED_STAGING, "0")
-        if mode not in ("auto", "0", "1"):
-            raise ModelLoadError(f"config parameter '{IO_BINDING}' must be 'auto', '0' or '1', got '{mode}'")
-        if pinned not in ("0", "1"):
-            raise ModelLoadError(f"config parameter '{PINNED_STAGING}' must be '0' or '1', got '{pinned}'")
+        mode = read(cfg, IO_BINDING)
+        pinned = read(cfg, PINNED_STAGING)
         gpu = placement.kind == "KIND_GPU"
         if not (gpu if mode == "auto" else mode == "1"):
             return None
@@ -235,7 +216,7 @@ class OnnxInstance:
             log.info("%s: string or bfloat16 tensors, so it runs without IO binding", model_path)
             return None
         staging = None
-        if pinned == "1":
+        if pinned:
             if gpu:
                 staging = HostStaging(PinnedAllocator())
             else:

@@ -20,8 +20,9 @@ from ..batching.scheduler import Scheduler
 from ..errors import Internal, ModelLoadError
 from ..features.stage import FeatureStage
 from ..hooks import BatchObserver, FailureAnswer, ReplyObserver, Router
+from ..parameters import read, unknown
 from ..security.paths import contained, plain_file_name
-from .config import TensorSpec, complete_config, parameter, tensor_specs
+from .config import TensorSpec, complete_config, tensor_specs
 from .runtime import ModelRuntime, probe_model_io
 from .stats import ModelStats
 from .warmup import warmup_samples
@@ -32,7 +33,6 @@ DEFAULT_MODEL_FILE = "model.onnx"
 SPEC_HASH_PARAM = "skewless.feature_spec_hash"  # reply parameter naming the feature spec that served it
 INLINE_PARAMETER = "skewless.inline_compute_us"  # batches expected to be faster run on the event loop
 TIMEOUT_PARAMETER = "skewless.instance_timeout_s"  # the watchdog: a batch running longer fails, instance restarts
-DEFAULT_INSTANCE_TIMEOUT_S = 60.0
 
 
 def merge_rows(feeds: list[dict[str, np.ndarray]], name: str) -> np.ndarray:
@@ -78,6 +78,8 @@ class ModelVersion:
             onnx_in = self.features.raw_tensors
         self.config = complete_config(base_config, name, onnx_in, onnx_out, explicit_max_batch_size,
                                       default_max_batch_size)
+        for line in unknown(self.config.parameters):
+            log.warning("model '%s' version %d: %s", name, version, line)
         if self.features is not None:
             self.features.check_config(self.config)
         self.inputs: dict[str, TensorSpec] = tensor_specs(self.config.input)
@@ -108,19 +110,10 @@ class ModelVersion:
         # A reply observer for the prediction log (lineage/prediction_log.py's ModelLineage).
         self.lineage: ReplyObserver | None = None
         try:
-            try:
-                inline_limit_ns = 1000 * float(parameter(self.config, INLINE_PARAMETER, "250"))
-            except ValueError:
-                raise ModelLoadError(
-                    f"config parameter '{INLINE_PARAMETER}' must be a number of microseconds") from None
+            inline_limit_ns = 1000 * read(self.config, INLINE_PARAMETER)
             # Requests go in through the scheduler (batching/), which runs this version's run_batch: the
             # batching core is handed the work and its cost, and never reaches back into the version.
-            try:
-                timeout_s: float | None = float(parameter(self.config, TIMEOUT_PARAMETER,
-                                                          str(DEFAULT_INSTANCE_TIMEOUT_S)))
-            except ValueError:
-                raise ModelLoadError(f"config parameter '{TIMEOUT_PARAMETER}' must be a number of seconds "
-                                     "(0 turns the watchdog off)") from None
+            timeout_s: float | None = read(self.config, TIMEOUT_PARAMETER)
             runner = BatchRunner(self.run_batch, self.runtime.executor, BatchCost(inline_limit_ns),
                                  self.stats.record_execution, hang_timeout_s=timeout_s or None,
                                  on_hang=self._restart_hung, label=self.label)

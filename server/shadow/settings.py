@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from skewless.protos import model_config_pb2 as mc
 
 from ..errors import InvalidArgument
-from ..models.config import parameter
+from ..parameters import read
 
 P_MODEL = "skewless.shadow_model"
 P_RATE = "skewless.shadow_rate"
@@ -106,31 +106,17 @@ def check_fraction(what: str, value: float) -> None:
         raise InvalidArgument(f"{what} must be a fraction between 0 and 1, got {value}")
 
 
-def _number(cfg: mc.ModelConfig, key: str, default: float) -> float:
-    text = parameter(cfg, key)
-    if text is None:
-        return default
-    try:
-        return float(text)
-    except ValueError:
-        raise InvalidArgument(f"config parameter '{key}' must be a number, got '{text}'") from None
-
-
 def from_config(cfg: mc.ModelConfig) -> tuple[ShadowSettings | None, CanarySettings | None, str]:
     """The model's shadow and canary settings (None where not configured) and its traffic key parameter."""
     shadow = None
-    target = parameter(cfg, P_MODEL)
+    target = read(cfg, P_MODEL)
     if target:
-        shadow = ShadowSettings(ShadowTarget.parse(target), _number(cfg, P_RATE, 1.0),
-                                _number(cfg, P_TOLERANCE, DEFAULT_TOLERANCE), parameter(cfg, P_LOG_DIR, "") or "")
+        shadow = ShadowSettings(ShadowTarget.parse(target), read(cfg, P_RATE), read(cfg, P_TOLERANCE),
+                                read(cfg, P_LOG_DIR))
     canary = None
-    version = parameter(cfg, P_CANARY_VERSION)
-    if version:
-        if not version.isdigit():
-            raise InvalidArgument(f"config parameter '{P_CANARY_VERSION}' must be a version number, got '{version}'")
-        d = CanaryGuardrails()
-        guardrails = CanaryGuardrails(window_s=_number(cfg, P_CANARY_WINDOW, d.window_s),
-                                      max_p99_ratio=_number(cfg, P_CANARY_P99, d.max_p99_ratio),
-                                      max_psi=_number(cfg, P_CANARY_PSI, d.max_psi))
-        canary = CanarySettings(int(version), _number(cfg, P_CANARY_WEIGHT, 0.05), guardrails)
-    return shadow, canary, parameter(cfg, P_KEY, "") or ""
+    version = read(cfg, P_CANARY_VERSION)
+    if version is not None:
+        guardrails = CanaryGuardrails(window_s=read(cfg, P_CANARY_WINDOW), max_p99_ratio=read(cfg, P_CANARY_P99),
+                                      max_psi=read(cfg, P_CANARY_PSI))
+        canary = CanarySettings(version, read(cfg, P_CANARY_WEIGHT), guardrails)
+    return shadow, canary, read(cfg, P_KEY)

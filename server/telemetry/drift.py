@@ -45,7 +45,7 @@ import numpy as np
 
 from ..background import BackgroundWriter
 from ..errors import ModelLoadError
-from ..models.config import parameter
+from ..parameters import read
 from .psi import BinShift, Thresholds, psi, top_shifts
 from .reference import (
     Bins,
@@ -103,51 +103,21 @@ class DriftSettings:
 
 def drift_settings(cfg: mc.ModelConfig, where: str) -> DriftSettings | None:
     """The drift parameters of a model config; None when ``skewless.drift`` is 0. Raises ModelLoadError."""
-
-    def number(key: str, default: float, kind: type, lo: float, hi: float = float("inf"),
-               lo_open: bool = False) -> Any:
-        raw = parameter(cfg, key)
-        if raw is None:
-            return default
-        try:
-            value = kind(raw)
-        except ValueError:
-            value = None
-        if value is None or value != value or not (lo < value if lo_open else lo <= value) or value > hi:
-            span = f"{'(' if lo_open else '['}{lo:g}, {hi:g}]"
-            raise ModelLoadError(f"{where}: config parameter '{key}' must be a {kind.__name__} in {span}, "
-                                 f"got '{raw}'")
-        return value
-
-    switch = parameter(cfg, PARAM_DRIFT, "1")
-    if switch not in ("0", "1"):
-        raise ModelLoadError(f"{where}: config parameter '{PARAM_DRIFT}' must be 0 or 1, got '{switch}'")
-    if switch == "0":
+    if not read(cfg, PARAM_DRIFT, where):
         return None
-    warn = number(PARAM_WARN, 0.1, float, 0.0, lo_open=True)
-    alert = number(PARAM_ALERT, 0.25, float, 0.0, lo_open=True)
+    warn, alert = read(cfg, PARAM_WARN, where), read(cfg, PARAM_ALERT, where)
     if not warn < alert:
         raise ModelLoadError(f"{where}: config parameter '{PARAM_WARN}' ({warn:g}) must be below "
                              f"'{PARAM_ALERT}' ({alert:g})")
-    prediction = parameter(cfg, PARAM_PREDICTION, DEFAULT_PREDICTION).strip()
-    if prediction.startswith("learn:"):
-        try:
-            n = int(prediction[6:])
-        except ValueError:
-            n = 0
-        if n < 1:
-            raise ModelLoadError(f"{where}: config parameter '{PARAM_PREDICTION}' must be 'learn:N' with N >= 1, "
-                                 f"a file name or 'off', got '{prediction}'")
-    elif not prediction:
-        raise ModelLoadError(f"{where}: config parameter '{PARAM_PREDICTION}' is empty")
+    prediction = read(cfg, PARAM_PREDICTION, where).strip()
     return DriftSettings(
         thresholds=Thresholds(warn, alert),
-        window_rows=number(PARAM_WINDOW, 10_000, int, 1),
-        sample_rate=number(PARAM_SAMPLE, 1.0, float, 0.0, 1.0, lo_open=True),
-        max_rows_per_s=number(PARAM_MAX_ROWS, 2000.0, float, 0.0, lo_open=True),
-        max_batches_per_s=number(PARAM_MAX_BATCHES, 20.0, float, 0.0, lo_open=True),
-        interval_s=number(PARAM_INTERVAL, 5.0, float, 0.0),
-        queue_size=number(PARAM_QUEUE, 256, int, 1),
+        window_rows=read(cfg, PARAM_WINDOW, where),
+        sample_rate=read(cfg, PARAM_SAMPLE, where),
+        max_rows_per_s=read(cfg, PARAM_MAX_ROWS, where),
+        max_batches_per_s=read(cfg, PARAM_MAX_BATCHES, where),
+        interval_s=read(cfg, PARAM_INTERVAL, where),
+        queue_size=read(cfg, PARAM_QUEUE, where),
         prediction=prediction,
     )
 
