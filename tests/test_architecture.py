@@ -17,6 +17,7 @@ PATH = ("frontend", "dataplane", "decode", "encode", "request", "hooks", "reques
 ALLOWED = {
     "frontend.app": SIDE,
     "frontend.cli": SIDE,
+    "frontend.options": SIDE,  # the composition of every area's settings object (wiring too)
     "frontend.admin_servicer": ("registry",),
     "frontend.traffic_servicer": ("shadow",),
     "frontend.feedback_servicer": ("lineage",),

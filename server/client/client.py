@@ -10,9 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from . import labels as labels_api
 from .columns import Column, encode_column
 from .errors import ClientError, MissingValuesRefused, require
+from .labels import LabelReceipt, normalize, submit_grpc, submit_http
 from .results import Prediction, concat_outputs
 from .schema import ModelSchema
 from .tables import column, row_count
@@ -218,7 +218,7 @@ class FeatureClient:
 
     # -- labels ---------------------------------------------------------------------------------------------
     def submit_labels(self, model: str, labels: Prediction | Mapping[str, Any],
-                      values: Any = None) -> labels_api.LabelReceipt:
+                      values: Any = None) -> LabelReceipt:
         """Delayed labels for earlier predictions of ``model``: ``{request_id: value(s), ...}`` (one value per
         row of that request), or a Prediction and one label per row of its table (split by request)."""
         if isinstance(labels, Prediction):
@@ -227,11 +227,11 @@ class FeatureClient:
             labels = labels.labels(values)
         elif values is not None:
             raise ClientError("values go with a Prediction; with a mapping, its values are the labels")
-        items = labels_api.normalize(labels)
+        items = normalize(labels)
         if self.protocol == "grpc":
-            return labels_api.submit_grpc(self._feedback_channel(), model, items, self.timeout_s)
+            return submit_grpc(self._feedback_channel(), model, items, self.timeout_s)
         scheme = "https" if self._kwargs.get("ssl") else "http"
-        return labels_api.submit_http(f"{scheme}://{self.url}", model, items, self.timeout_s,
+        return submit_http(f"{scheme}://{self.url}", model, items, self.timeout_s,
                                       self._kwargs.get("ssl_context_factory", lambda: None)())
 
     def _feedback_channel(self) -> Any:
