@@ -62,17 +62,16 @@ def test_every_column_type_with_nulls_scores_bit_equal_over_grpc_and_http(tmp_pa
 def test_float_gaps_only_score_bit_equal_on_any_server(tmp_path):
     """Nulls in float columns only travel as NaN, which every server since the export takes: the rest of
     the journey (data, fit, transform, train, export, serve, client, comparison) is checked here for sure."""
-    proc, summary = _run(tmp_path, "--rows", "1500", "--float-nulls-only", "--model", "logistic")
+    proc, summary = _run(tmp_path, "--rows", "1500", "--float-nulls-only")
     _check_all_equal(proc, summary)
-    assert summary["model"] == "LogisticRegression"
     assert {c for c in RAW_COLUMNS if summary["nulls"][c]} == FLOAT_COLUMNS
     assert summary["holdout_rows_with_nulls"] > 0
 
 
 def test_interrupt_stops_the_server(tmp_path):
     """Ctrl-C (SIGINT) while serving (--keep-serving): the script exits 130 and its server is gone."""
-    proc = subprocess.Popen([sys.executable, str(SCRIPT), "--rows", "200", "--float-nulls-only", "--model",
-                             "logistic", "--no-progress", "--workdir", str(tmp_path / "work"),
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), "--rows", "200", "--float-nulls-only",
+                             "--no-progress", "--workdir", str(tmp_path / "work"),
                              "--keep-serving"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=dict(os.environ, PYTHONUNBUFFERED="1"))
     server_pid = None
