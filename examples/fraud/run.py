@@ -338,14 +338,14 @@ def run(args: argparse.Namespace, work: Path) -> int:
     progress = [] if args.progress else ["--no-progress"]
     cli("fit", "--data", str(work / "train.parquet"), "--config", str(args.config), "--out", str(spec_path))
     cli("transform", "--spec", str(spec_path), "--data", str(work / "train.parquet"),
-             "--out", str(features_path), "--keep", LABEL, *progress)
+        "--out", str(features_path), "--keep", LABEL, *progress)
     model = train(features_path)
     import joblib
 
     joblib.dump(model, work / "model.joblib")
     repo = work / "models"
     cli("export", "--estimator", str(work / "model.joblib"), "--spec", str(spec_path),
-             "--data", str(work / "holdout.parquet"), "--out", str(repo / MODEL), "--force")
+        "--data", str(work / "holdout.parquet"), "--out", str(repo / MODEL), "--force")
     version_dir = repo / MODEL / "1"
 
     # offline reference for the held-out rows
