@@ -19,6 +19,8 @@ from helpers import benchmark_servers  # noqa: E402
 
 from skewless.benchmarks import batching_report  # noqa: E402
 
+pytestmark = pytest.mark.slow  # the slow tier: a benchmark smoke run (servers started and stopped for every section)
+
 
 def test_quick_run_writes_every_figure(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     before = set(benchmark_servers())  # e.g. the suite's session-scoped shared server
