@@ -22,8 +22,6 @@ from skewless.protos import skewless_traffic_pb2_grpc as tpb_grpc
 from skewless.server.alerts import AlertHub
 from skewless.server.alerts.hub import load_settings, parse_settings
 
-pytestmark = pytest.mark.slow  # the slow tier: real servers with alert hooks, a webhook receiver and a canary rollback
-
 
 def test_drift_alert_once_per_episode_with_retries(churn_dir, tmp_path):  # noqa: F811
     with WebhookReceiver(fail_first=2) as hook:

@@ -25,8 +25,6 @@ from skewless.protos import skewless_traffic_pb2_grpc as tpb_grpc
 from skewless.server.shadow.keys import sampled
 from skewless.server.shadow.traffic import SHADOW_SALT
 
-pytestmark = pytest.mark.slow  # the slow tier: servers of its own, shadow shedding under overload
-
 CONFIG = "max_batch_size: 8\n"
 
 

@@ -23,8 +23,6 @@ from helpers import infer
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from serverproc import ServerProcess
 
-pytestmark = pytest.mark.slow  # the slow tier: servers of its own exporting to an in-test OTLP receiver
-
 SERVER_KIND = 2  # opentelemetry.proto.trace.v1.Span.SPAN_KIND_SERVER
 
 

@@ -9,14 +9,11 @@ import time
 import urllib.request
 
 import numpy as np
-import pytest
 import tritonclient.grpc as grpcclient
 from helpers import expect_error, infer
 from serverproc import ServerProcess
 
 from skewless.examples.generate import make_slow_model, slow_model_iterations
-
-pytestmark = pytest.mark.slow  # the slow tier: waits out a hung instance's timeout and its restart
 
 HANG_CONFIG = """
 name: "hang"
