@@ -21,6 +21,8 @@ from skewless.protos import skewless_traffic_pb2 as tpb
 from skewless.protos import skewless_traffic_pb2_grpc as tpb_grpc
 from skewless.server.audit.log import AuditLog, files, verify
 
+pytestmark = pytest.mark.slow  # the slow tier: real servers with principals and an audit log, restarted
+
 PRINCIPALS = "operator  admin,metadata  token:op-secret\ndeployer  admin,metadata  token:deploy-secret\n"
 OP = {"authorization": "Bearer op-secret"}
 DEPLOY = {"Authorization": "Bearer deploy-secret"}

@@ -7,6 +7,7 @@ spot-checked); it never judges a speed, which on a shared CI machine would only 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,8 @@ pytest.importorskip("onnx")
 from helpers import benchmark_servers  # noqa: E402
 
 from skewless.benchmarks import batching_report  # noqa: E402
+
+pytestmark = pytest.mark.slow  # the slow tier: a benchmark smoke run (servers started and stopped for every section)
 
 
 def test_quick_run_writes_every_figure(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -79,12 +82,17 @@ def test_quick_run_writes_every_figure(tmp_path: Path, capsys: pytest.CaptureFix
         assert all(x["cpu_ratio"] is None or x["cpu_ratio"] > 0 for x in r["rounds"]), r["rounds"]
     assert data["runs"]["on"]["points"][1:] == data["runs"][f"on_r{s['rounds']['unary']['chosen']}"]["points"]
     r = s["rounds"]["single"]  # 1 client, batching on and off alternating, the median p50 ratio shown
-    assert len(r["rounds"]) == 2 and all(x["p50_ratio"] > 0 and x["p99_ratio"] > 0 for x in r["rounds"])
+    assert len(r["rounds"]) == 2 and r["chosen"] in (0, 1)
+    assert any(x["p50_ratio"] for x in r["rounds"]), r["rounds"]  # as above: not every 0.3 s round measures
+    assert all(x[k] is None or x[k] > 0 for x in r["rounds"] for k in ("p50_ratio", "p99_ratio")), r["rounds"]
     chosen = r["chosen"]
-    assert data["runs"]["on"]["points"][0] == data["runs"][f"on_single_r{chosen}"]["points"][0]
-    assert data["runs"]["off"]["points"][0] == data["runs"][f"off_single_r{chosen}"]["points"][0]
-    assert s["single_client"]["on"]["p50_ms"] / s["single_client"]["off"]["p50_ms"] == pytest.approx(
-        r["rounds"][chosen]["p50_ratio"])
+    ranked = sorted(r["rounds"], key=lambda x: math.inf if x["p50_ratio"] is None else x["p50_ratio"])
+    assert chosen == ranked[(len(ranked) - 1) // 2]["round"]  # the median round is the one shown
+    # The summary shows that round's own points (the same measurements, not figures compared with each other).
+    for key in ("on", "off"):
+        shown = data["runs"][f"{key}_single_r{chosen}"]["points"][0]
+        assert data["runs"][key]["points"][0] == shown
+        assert s["single_client"][key]["p50_ms"] == shown["latency_ms"]["p50"]
 
     assert len(s["targets"]) == 12
     for t in s["targets"]:

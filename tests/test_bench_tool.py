@@ -18,6 +18,8 @@ from skewless.benchmarks.servers import EXAMPLE_MODELS, ServerProcess, start_ech
 from skewless.benchmarks.workload import id_suffix
 from skewless.protos import grpc_service_pb2 as pb
 
+pytestmark = pytest.mark.slow  # the slow tier: load-generator smoke runs against real servers
+
 pytest.importorskip("psutil")
 pytest.importorskip("matplotlib")
 

@@ -18,6 +18,8 @@ from skewless.benchmarks.shadow_models import failing_model, heavy_model
 from skewless.protos import skewless_traffic_pb2 as tpb
 from skewless.protos import skewless_traffic_pb2_grpc as tpb_grpc
 
+pytestmark = pytest.mark.slow  # the slow tier: servers of its own, planted bad candidates rolled back within guardrail windows
+
 ALL = "max_batch_size: 8\nversion_policy: { all: {} }\n"
 WINDOW_S = 4.0
 

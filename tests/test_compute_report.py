@@ -16,6 +16,8 @@ from helpers import benchmark_servers  # noqa: E402
 
 from skewless.benchmarks import compute_report  # noqa: E402
 
+pytestmark = pytest.mark.slow  # the slow tier: a benchmark smoke run (servers with --workers 1 and 2)
+
 
 def test_quick_run_writes_every_figure(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     before = set(benchmark_servers())

@@ -215,7 +215,7 @@ def test_one_warning_per_crossing_and_recovery(churn_dir, tmp_path, caplog):
 
 
 def test_a_full_queue_drops_and_counts_without_blocking(churn_dir, spec, tmp_path):
-    """A subscriber that blocks stalls the worker; the batch thread keeps returning at once and counts
+    """A subscriber that blocks stalls the worker; the batch thread never waits for it and counts
     what it drops."""
     mv = load(churn_dir, tmp_path, {**FAST, "skewless.drift_window_rows": "200", "skewless.drift_interval_s": "0",
                                     "skewless.drift_queue": "4"})
@@ -232,12 +232,10 @@ def test_a_full_queue_drops_and_counts_without_blocking(churn_dir, spec, tmp_pat
     outputs = mv.runtime.run_sync(mv.output_names, inputs)
     monitor(inputs, mv.output_names, outputs)
     assert entered.wait(10)
-    slowest = 0.0
+    # The worker is stalled until release is set below: a batch thread that waited on the full queue would
+    # never get through these 50 calls. They return, and the batches past the queue's room are counted.
     for _ in range(50):
-        t0 = time.perf_counter()
         monitor(inputs, mv.output_names, outputs)
-        slowest = max(slowest, time.perf_counter() - t0)
-    assert slowest < 0.05
     assert monitor.counters()["dropped_batches"] == 46  # 4 queued behind the stalled worker
     assert monitor.counters()["sampled_batches"] == 5
     release.set()

@@ -15,10 +15,13 @@ import struct
 
 import grpc
 import numpy as np
+import pytest
 from helpers import RPC_TIMEOUT, output_arrays, raw_request
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tritonclient.grpc import service_pb2
+
+pytestmark = pytest.mark.slow  # the slow tier: hundreds of hypothesis-drawn requests through a real server
 
 ALLOWED = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
            grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNIMPLEMENTED,

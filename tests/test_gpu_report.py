@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from skewless.benchmarks import gpu_report
+
+pytestmark = pytest.mark.slow  # the slow tier: a benchmark smoke run
 
 
 def test_gpu_report_writes_cpu_figures_and_says_why_gpu_is_missing(tmp_path, capsys):

@@ -20,6 +20,8 @@ from helpers import child_servers  # noqa: E402
 
 from skewless.benchmarks import http_report  # noqa: E402
 
+pytestmark = pytest.mark.slow  # the slow tier: a benchmark smoke run
+
 
 def _our_servers() -> list[str]:
     return child_servers("skewless.server.frontend.cli")

@@ -25,8 +25,10 @@ SMOKE = r"""
 import signal, subprocess, sys
 import numpy as np
 import tritonclient.grpc as grpcclient
+# Port 0 for all three (gRPC, HTTP/REST, metrics): a fixed port fails whenever anything else holds it.
 proc = subprocess.Popen([sys.argv[1], "serve", "--model-repository", sys.argv[2], "--grpc-port", "0",
-                         "--metrics-port", "0"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                         "--http-port", "0", "--metrics-port", "0"],
+                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 lines = []
 for line in proc.stdout:
     lines.append(line)

@@ -29,6 +29,8 @@ from skewless.protos import skewless_feedback_pb2_grpc as fpb_grpc
 from skewless.server.lineage import quality
 from skewless.server.lineage.prediction_log import PredictionLog, PredictionLogSettings
 
+pytestmark = pytest.mark.slow  # the slow tier: a server with the prediction log and an OTLP receiver, label joins after rotation
+
 LOGGED = """
 parameters { key: "skewless.prediction_log_rate" value { string_value: "1" } }
 parameters { key: "skewless.task" value { string_value: "classification" } }

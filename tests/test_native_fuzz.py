@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # the slow tier: atheris runs several seconds per target
+
 pytest.importorskip("atheris")
 HARNESS = Path(__file__).parent / "fuzz" / "native_fuzz.py"
 SECONDS = int(os.environ.get("SKEWLESS_FUZZ_SECONDS", "5"))

@@ -21,6 +21,8 @@ import tritonclient.grpc.aio as aioclient
 from serverproc import ServerProcess
 from tritonclient.utils import InferenceServerException
 
+pytestmark = pytest.mark.slow  # the slow tier: floods of thousands of requests, connection-age and slow-header timeouts
+
 FLOOD = 10_000  # concurrent unary requests, spread over CHANNELS connections
 CHANNELS = 16
 STREAMS, PER_STREAM = 8, 100

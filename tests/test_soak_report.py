@@ -6,6 +6,10 @@ import json
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.slow  # the slow tier: a timed soak run with version swaps
+
 
 def test_soak_short_run(tmp_path):
     out = tmp_path / "soak"

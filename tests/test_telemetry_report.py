@@ -21,6 +21,8 @@ from helpers import child_servers  # noqa: E402
 
 from skewless.benchmarks import telemetry_report  # noqa: E402
 
+pytestmark = pytest.mark.slow  # the slow tier: a benchmark smoke run (four servers, an OTLP collector)
+
 VARIANTS = ("off", "on", "traces_1.0", "on_dead_collector")
 
 

@@ -9,11 +9,14 @@ import time
 import urllib.request
 
 import numpy as np
+import pytest
 import tritonclient.grpc as grpcclient
 from helpers import expect_error, infer
 from serverproc import ServerProcess
 
 from skewless.examples.generate import make_slow_model, slow_model_iterations
+
+pytestmark = pytest.mark.slow  # the slow tier: timing guarantees of the watchdog (a hung batch fails near its timeout, other models stay fast), measured against the clock
 
 HANG_CONFIG = """
 name: "hang"

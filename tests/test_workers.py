@@ -22,6 +22,8 @@ from tritonclient.grpc import service_pb2
 
 from skewless.server.workers.cluster import ENV_DIR, READY_MODELS_KEY, STATISTICS_KEY, Cluster, WorkerPlace
 
+pytestmark = pytest.mark.slow  # the slow tier: several worker processes per server, killed and restarted
+
 # Own connection per client: gRPC otherwise shares one TCP connection among identical channels of a process.
 OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
 CLIENTS, PER_CLIENT = 16, 5
