@@ -24,6 +24,7 @@ from .batching.batcher import settle
 from .codec import DATATYPES, decode_raw, decode_typed, element_count, encode_array, format_shape
 from .errors import InvalidArgument, Overloaded, SkewlessError
 from .fallback import Fallback, FallbackArrays
+from .features.missing import missing_raw
 from .lineage.ids import assign_id
 from .models.config import TensorSpec
 from .models.repository import ModelRepository
@@ -577,11 +578,14 @@ def decode_inputs(tensors, raw, mv: ModelVersion) -> tuple[dict[str, np.ndarray]
         if spec.reshape is not None:
             arr = _apply_reshape(arr, spec.reshape, batching, f"input '{name}'")
         feeds[name] = arr
-    if len(feeds) != len(mv.inputs):
+    if len(feeds) != len(mv.inputs) and (mv.features is None or not feeds.keys() >= mv.features.raw_names):
         names = [t.name for t in tensors]
         missing = [n for n in mv.inputs if n not in feeds]
+        expected = len(mv.inputs)
+        if mv.features is not None:  # the NAME__missing companions are optional (features/missing.py)
+            missing, expected = missing_raw(mv.features, feeds)
         raise InvalidArgument(
-            f"expected {len(mv.inputs)} inputs but got {len(tensors)} inputs for model '{mv.name}'. "
+            f"expected {expected} inputs but got {len(tensors)} inputs for model '{mv.name}'. "
             f"Got input(s) {names}, but missing required input(s) {missing}. Please provide all required input(s).")
     return feeds, batch if batch is not None else 1
 
