@@ -35,8 +35,8 @@ from skewless.protos import grpc_service_pb2 as pb
 from ..dataplane import SPEC_HASH_PARAM, DataPlane, output_tensors
 from ..errors import FailedPrecondition, InvalidArgument, SkewlessError, Unimplemented
 from ..fallback import FallbackArrays
-from ..lineage.ids import assign_id
 from ..features.missing import refuse_nulls
+from ..lineage.ids import assign_id
 from ..security.guard import Guard
 from ..security.http_guard import check_http
 from . import rest_codec
