@@ -296,7 +296,9 @@ BAD = {
     "number for BYTES": ("/v2/models/identity_all/infer", _one("BYTES", ["a", 1]), {}, 400,
                          "input 'in_BYTES' of datatype BYTES expects strings"),
     "null for FP64": ("/v2/models/identity_all/infer", _one("FP64", [1.0, None]), {}, 400,
-                      "input 'in_FP64' of datatype FP64 got mixed values"),
+                      "input 'in_FP64' has null in 'data', but model 'identity_all' has no feature spec"),
+    "null for BYTES": ("/v2/models/identity_all/infer", _one("BYTES", ["a", None]), {}, 400,
+                       "input 'in_BYTES' has null in 'data', but model 'identity_all' has no feature spec"),
     "no route": ("/v2/nothing/here", b"", {}, 404, "no route for /v2/nothing/here"),
     "shared memory": ("/v2/systemsharedmemory/status", None, {}, 501, "/v2/systemsharedmemory/status"),
 }
