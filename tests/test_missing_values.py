@@ -370,3 +370,41 @@ def test_client_scores_a_dataframe_with_nulls(server, spec, protocol):
     want = spec.transform(df)
     for o in OUTPUTS:
         assert got[f"{o}_out"].tobytes() == want[o].tobytes()
+
+
+def test_reserved_raw_names_are_refused_at_fit_and_load(tmp_path):
+    import shutil
+
+    from skewless.native.fit import ConfigError, fit
+    from skewless.native.spec import content_hash
+    from skewless.server.errors import ModelLoadError
+    from skewless.server.features.stage import FeatureStage
+    from skewless.server.models.config import parse_config
+    from skewless.server.models.runtime import probe_model_io
+
+    with pytest.raises(ConfigError, match=r"\['age__missing'\]: names ending with '__missing' are reserved"):
+        fit({"features": [{"name": "age__missing"}]}, {"age__missing": np.arange(5.0)})
+    src = Path(__file__).resolve().parent.parent / "examples" / "models" / "churn" / "1"
+    version = tmp_path / "1"
+    shutil.copytree(src, version)
+    doc = json.loads((version / "features.json").read_text())
+    text = json.dumps(doc).replace('"senior"', '"senior__missing"')
+    doc = json.loads(text)
+    doc["sha256"] = content_hash(doc)
+    (version / "features.json").write_text(json.dumps(doc))
+    onnx_in, _ = probe_model_io(version / "model.onnx")
+    with pytest.raises(ModelLoadError, match=r"raw input name\(s\) \['senior__missing'\] end with '__missing'"):
+        FeatureStage.load(version, parse_config("", "test"), onnx_in, "churn", 1)
+
+
+def test_companions_listed_in_an_explicit_config_are_refused(tmp_path):
+    from skewless.server.errors import ModelLoadError
+    from skewless.server.features.stage import FeatureStage
+    from skewless.server.models.config import parse_config
+    from skewless.server.models.runtime import probe_model_io
+
+    version = Path(__file__).resolve().parent.parent / "examples" / "models" / "churn" / "1"
+    onnx_in, _ = probe_model_io(version / "model.onnx")
+    cfg = parse_config('input [{ name: "senior__missing" data_type: TYPE_BOOL dims: [1] }]', "test")
+    with pytest.raises(ModelLoadError, match=r"config input\(s\) \['senior__missing'\] are added by the server"):
+        FeatureStage.load(version, cfg, onnx_in, "churn", 1)
