@@ -408,3 +408,48 @@ def test_companions_listed_in_an_explicit_config_are_refused(tmp_path):
     cfg = parse_config('input [{ name: "senior__missing" data_type: TYPE_BOOL dims: [1] }]', "test")
     with pytest.raises(ModelLoadError, match=r"config input\(s\) \['senior__missing'\] are added by the server"):
         FeatureStage.load(version, cfg, onnx_in, "churn", 1)
+
+
+def test_one_batch_merges_requests_with_and_without_companions(tmp_path):
+    """In-process: the batch path's merge of masked and unmasked requests (and warmup-style plain dicts) equals
+    transform on the concatenated rows."""
+    from skewless.server.features.stage import FeatureFeeds, MaskedFeeds
+    from skewless.server.models.config import parse_config
+    from skewless.server.models.version import ModelVersion
+
+    version = tmp_path / "m" / "1"
+    version.mkdir(parents=True)
+    src = Path(__file__).resolve().parent.parent / "examples" / "models" / "churn" / "1"
+    (version / "features.json").write_bytes((src / "features.json").read_bytes())
+    (version / "model.onnx").write_bytes(identity_model())
+    mv = ModelVersion("m", 1, version, parse_config("max_batch_size: 64", "test"), True, 4)
+    try:
+        stage = mv.features
+        data = rows(31)
+        masks = {n: null_masks(dt, 31)[n] for n, dt in RAW.items()}
+        spans = [(0, 5), (5, 6), (6, 20), (20, 33), (33, 48)]
+        feeds = []
+        for i, (a, b) in enumerate(spans):
+            sent = wire_values(data, masks if i != 1 else null_masks(None, 0), a, b)
+            if i % 2 == 0:
+                for name in RAW:
+                    sent[f"{name}__missing"] = masks[name][a:b].reshape(-1, 1)
+            admitted = stage.admit(sent, f"r{i}")
+            assert type(admitted) is (MaskedFeeds if i % 2 == 0 else FeatureFeeds)
+            feeds.append(admitted)
+        # the odd spans carry their values unmasked, so expect those rows as sent
+        want_masks = {n: m.copy() for n, m in masks.items()}
+        want_data = {n: v.copy() if RAW[n] != "BYTES" else v.copy() for n, v in data.items()}
+        for i, (a, b) in enumerate(spans):
+            if i % 2 == 1:
+                sent = wire_values(data, masks if i != 1 else null_masks(None, 0), a, b)
+                for n in RAW:
+                    want_masks[n][a:b] = False
+                    want_data[n][a:b] = [s.decode() for s in sent[n][:, 0]] if RAW[n] == "BYTES" else sent[n][:, 0]
+        got = stage.transform_batch(feeds, log_sample=False)
+        want = offline(stage.spec, want_data, want_masks)
+        for o in OUTPUTS:
+            assert got[o].tobytes() == want[o].tobytes()
+    finally:
+        mv.runtime.close()
+        mv.features.close()
