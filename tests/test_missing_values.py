@@ -397,7 +397,9 @@ def test_reserved_raw_names_are_refused_at_fit_and_load(tmp_path):
         FeatureStage.load(version, parse_config("", "test"), onnx_in, "churn", 1)
 
 
-def test_companions_listed_in_an_explicit_config_are_refused(tmp_path):
+def test_companions_in_an_explicit_config(tmp_path):
+    """ModelConfig as the server reports it (companions included) loads again; a companion of another form
+    is refused."""
     from skewless.server.errors import ModelLoadError
     from skewless.server.features.stage import FeatureStage
     from skewless.server.models.config import parse_config
@@ -405,9 +407,13 @@ def test_companions_listed_in_an_explicit_config_are_refused(tmp_path):
 
     version = Path(__file__).resolve().parent.parent / "examples" / "models" / "churn" / "1"
     onnx_in, _ = probe_model_io(version / "model.onnx")
-    cfg = parse_config('input [{ name: "senior__missing" data_type: TYPE_BOOL dims: [1] }]', "test")
-    with pytest.raises(ModelLoadError, match=r"config input\(s\) \['senior__missing'\] are added by the server"):
+    cfg = parse_config('input [{ name: "senior__missing" data_type: TYPE_INT64 dims: [1] }]', "test")
+    with pytest.raises(ModelLoadError, match=r"config input 'senior__missing' marks the missing values of 'senior'"):
         FeatureStage.load(version, cfg, onnx_in, "churn", 1)
+    cfg = parse_config('input [{ name: "senior" data_type: TYPE_BOOL dims: [1] }, '
+                       '{ name: "senior__missing" data_type: TYPE_BOOL dims: [1] optional: true }]', "test")
+    assert FeatureStage.load(version, cfg, onnx_in, "churn", 1) is not None
+    assert [f.name for f in cfg.input] == ["senior"]
 
 
 def test_one_batch_merges_requests_with_and_without_companions(tmp_path):

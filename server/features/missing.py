@@ -39,12 +39,19 @@ def check_raw_names(names: Sequence[str], where: str) -> None:
                              "inputs that mark missing values; rename them in the feature config")
 
 
-def check_not_listed(cfg: mc.ModelConfig, raw: Mapping[str, Any], where: str) -> None:
-    """An explicit config lists the raw inputs only; the companions are added by the server."""
-    listed = [f.name for f in cfg.input if f.name.endswith(SUFFIX) and f.name[: -len(SUFFIX)] in raw]
-    if listed:
-        raise ModelLoadError(f"{where}: config input(s) {listed} are added by the server for every raw input "
-                             "(optional BOOL inputs marking missing values); leave them out of the config")
+def drop_listed(cfg: mc.ModelConfig, raw: Sequence[str], where: str) -> None:
+    """An explicit config lists the raw inputs; the server adds the companions. A config that lists them too
+    (e.g. ModelConfig as the server reported it, sent back with a load) has them dropped here, in place,
+    after checking that each is what the server would add (optional BOOL)."""
+    names = set(raw)
+    listed = [i for i, f in enumerate(cfg.input) if f.name.endswith(SUFFIX) and f.name[: -len(SUFFIX)] in names]
+    for i in reversed(listed):
+        f = cfg.input[i]
+        if f.data_type != mc.TYPE_BOOL or not f.optional:
+            raise ModelLoadError(f"{where}: config input '{f.name}' marks the missing values of '{f.name[:-len(SUFFIX)]}'"
+                                 f" and is added by the server as an optional TYPE_BOOL input; leave it out of the "
+                                 "config")
+        del cfg.input[i]
 
 
 def add_companions(cfg: mc.ModelConfig, raw_names: Sequence[str]) -> dict[str, str]:

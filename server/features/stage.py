@@ -151,7 +151,7 @@ class FeatureStage:
             raise ModelLoadError(f"{where}: {path} declares no raw inputs")
         check_model_inputs(spec, onnx_inputs, where)
         missing.check_raw_names(spec.input_names, where)
-        missing.check_not_listed(base_config, spec.input_names, where)
+        missing.drop_listed(base_config, spec.input_names, where)
         _check_config_inputs(spec, base_config, where)
         settings = log_settings(base_config, where)
         logger = None
