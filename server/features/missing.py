@@ -129,7 +129,6 @@ def has_null(data: Any) -> bool:
 
 def split_json_nulls(datatype: str, data: Any) -> tuple[list, np.ndarray]:
     """JSON ``data`` with nulls -> (flat values with each null replaced by a placeholder, missing mask)."""
-    flat = np.empty(0, dtype=object)
     try:
         flat = np.asarray(data if isinstance(data, list) else [data], dtype=object).reshape(-1)
     except ValueError:  # ragged: let the regular encoder word the error
@@ -148,5 +147,5 @@ def refuse_nulls(names: Sequence[str], model: str, has_spec: bool) -> None:
 
 def missing_raw(stage: Any, feeds: Mapping[str, Any]) -> tuple[list[str], str]:
     """For the data plane's error: the raw inputs a request lacks, and how many inputs it may have."""
-    raw = [n for n in stage.raw_names if n not in feeds]
+    raw = [n for n in stage.spec.input_names if n not in feeds]
     return raw, f"between {len(stage.raw_names)} and {2 * len(stage.raw_names)}"
