@@ -591,6 +591,10 @@ def _fit(config: dict[str, Any], data: Any) -> FeatureSpec:
             for i in (f["inputs"] if "inputs" in f else [f.get("input", f.get("name"))]):
                 if i not in wanted:
                     wanted.append(i)
+    reserved = [n for n in wanted if isinstance(n, str) and n.endswith("__missing")]
+    if reserved:  # served, NAME__missing is the companion input that marks NAME's missing values (issue 24)
+        raise ConfigError(f"input(s) {reserved}: names ending with '__missing' are reserved for the inputs that "
+                          "mark missing values when served; rename the column")
     source = _columns.get_columns(data, wanted)
     overrides = dict(config.get("inputs") or {})
     dtypes: dict[str, str] = {}

@@ -16,6 +16,7 @@ from skewless.native.v2_codec import InputTensor, WireFormatError, parse_infer_r
 from skewless.protos import grpc_service_pb2 as pb
 
 from .codec import DATATYPES, decode_raw, decode_typed, element_count, format_shape
+from .features.missing import missing_raw
 from .errors import InvalidArgument
 from .models.config import TensorSpec
 from .models.version import ModelVersion
@@ -143,11 +144,14 @@ def decode_inputs(tensors, raw, mv: ModelVersion) -> tuple[dict[str, np.ndarray]
         if spec.reshape is not None:
             arr = apply_reshape(arr, spec.reshape, batching, f"input '{name}'")
         feeds[name] = arr
-    if len(feeds) != len(mv.inputs):
+    if len(feeds) != len(mv.inputs) and (mv.features is None or not feeds.keys() >= mv.features.raw_names):
         names = [t.name for t in tensors]
         missing = [n for n in mv.inputs if n not in feeds]
+        expected = len(mv.inputs)
+        if mv.features is not None:  # the NAME__missing companions are optional (features/missing.py)
+            missing, expected = missing_raw(mv.features, feeds)
         raise InvalidArgument(
-            f"expected {len(mv.inputs)} inputs but got {len(tensors)} inputs for model '{mv.name}'. "
+            f"expected {expected} inputs but got {len(tensors)} inputs for model '{mv.name}'. "
             f"Got input(s) {names}, but missing required input(s) {missing}. Please provide all required input(s).")
     return feeds, batch if batch is not None else 1
 

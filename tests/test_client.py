@@ -6,8 +6,8 @@ raw rows scored over gRPC and HTTP equals ``spec.transform`` + onnxruntime on th
 row order; labels submitted through the client are joined with the logged predictions; bad tables and
 non-feature models get clear errors before anything is sent.
 
-The ``NAME__missing`` companions of INT/BOOL/BYTES nulls are checked as units (the InferInputs built for a
-table with nulls), since the server does not accept them yet.
+The ``NAME__missing`` companions of INT/BOOL/BYTES nulls are checked here as units (the InferInputs built for
+a table with nulls); tests/test_missing_values.py scores such tables against the server.
 """
 
 from __future__ import annotations

@@ -179,11 +179,13 @@ def test_the_bundled_example_is_what_the_generator_writes(churn_dir):
 @pytest.mark.parametrize("model", ["churn", "churn_auto"])
 def test_metadata_and_config_show_the_raw_inputs(fclient, model):
     md = fclient.get_model_metadata(model, as_json=True)
+    # the raw inputs, then each one's optional NAME__missing companion (BOOL, same shape)
     assert [(i["name"], i["datatype"], [int(d) for d in i["shape"]]) for i in md["inputs"]] == [
-        (name, DATATYPES[name], [-1, 1]) for name in RAW]
+        (name, DATATYPES[name], [-1, 1]) for name in RAW] + [(f"{name}__missing", "BOOL", [-1, 1]) for name in RAW]
     assert [(o["name"], o["datatype"]) for o in md["outputs"]] == [("probabilities", "FP32")]
     cfg = fclient.get_model_config(model, as_json=True)["config"]
-    assert [(i["name"], i["data_type"]) for i in cfg["input"]] == [(n, CONFIG_TYPES[DATATYPES[n]]) for n in RAW]
+    assert [(i["name"], i["data_type"], i.get("optional", False)) for i in cfg["input"]] == [
+        (n, CONFIG_TYPES[DATATYPES[n]], False) for n in RAW] + [(f"{n}__missing", "TYPE_BOOL", True) for n in RAW]
     assert all(i["dims"] == ["1"] for i in cfg["input"])
     assert int(cfg["max_batch_size"]) == (64 if model == "churn" else 4)
 
@@ -429,7 +431,7 @@ def test_warmup_samples_go_through_the_transform(churn_dir):
                         ("payment_method", "TYPE_STRING", "random_data: true"),
                         ("region", "TYPE_STRING", "random_data: true")))
     mv = _load(churn_dir, f'model_warmup [{{ name: "w" batch_size: 3\n{warm} }}]')
-    assert mv.features is not None and list(mv.inputs) == list(RAW)
+    assert mv.features is not None and list(mv.inputs) == [*RAW, *(f"{n}__missing" for n in RAW)]
     mv.runtime.close()
 
 

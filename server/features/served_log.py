@@ -259,7 +259,9 @@ class FeatureLogger:
         names = list(CONTEXT_COLUMNS)
         for t in self.spec.inputs:
             col = rec.columns[t.name]
-            if isinstance(col, tuple):  # (int64 offsets, uint8 data[, bool valid])
+            if isinstance(col, tuple) and t.dtype != "string":  # (values, valid): missing marks as nulls
+                arr = pa.array(col[0], mask=~col[1])
+            elif isinstance(col, tuple):  # (int64 offsets, uint8 data[, bool valid])
                 validity = pa.array(col[2]).buffers()[1] if len(col) > 2 else None
                 arr = pa.LargeBinaryArray.from_buffers(pa.large_binary(), len(col[0]) - 1,
                                                        [validity, pa.py_buffer(col[0]), pa.py_buffer(col[1])])

@@ -18,8 +18,8 @@ the spec's output tensors, computed by the native kernel and never visible to cl
   to the feature log (``server.feature_log``) without ever waiting for it.
 
 Missing values: a NaN in an FP64 input is missing and gets the spec's policy (impute, missing indicator,
-index 0). The v2 protocol has no null for the other datatypes, so INT64, BOOL and BYTES values are always
-present (an empty string is a value, as it is offline).
+index 0); any raw input's element is missing where its optional companion ``NAME__missing`` (BOOL) is true
+(``missing.py``; REST JSON ``null`` arrives as such a companion). An empty string is a value, as offline.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from ..codec import format_shape
 from ..errors import InvalidArgument, ModelLoadError
 from ..models.config import OnnxTensor
 from ..security.paths import contained
+from . import missing
 from .served_log import FeatureLogger, LogRecord, log_settings
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,12 @@ class FeatureFeeds(dict):
         self.request_id = request_id
         self.time_ns = time_ns
         self.n_rows = n_rows
+
+
+class MaskedFeeds(FeatureFeeds):
+    """A request that sent ``NAME__missing`` companions: ``masks`` maps raw name -> bool mask (True = missing)."""
+
+    __slots__ = ("masks",)
 
 
 def _dynamic(dim: object) -> bool:
@@ -121,6 +128,8 @@ class FeatureStage:
         self.raw_dtypes: list[tuple[str, str]] = [(t.name, t.dtype) for t in spec.inputs]
         self.raw_tensors = [OnnxTensor(t.name, RAW_ONNX_TYPES[t.dtype], (None, 1)) for t in spec.inputs]
         self._first_raw = spec.input_names[0] if spec.inputs else ""
+        self.companions: dict[str, str] = {}  # NAME__missing -> NAME, set by check_config
+        self.raw_names = frozenset(spec.input_names)  # the required inputs (companions are optional)
         self._min_rows = 1
         self._local = threading.local()
 
@@ -141,6 +150,8 @@ class FeatureStage:
         if not spec.inputs:
             raise ModelLoadError(f"{where}: {path} declares no raw inputs")
         check_model_inputs(spec, onnx_inputs, where)
+        missing.check_raw_names(spec.input_names, where)
+        missing.drop_listed(base_config, spec.input_names, where)
         _check_config_inputs(spec, base_config, where)
         settings = log_settings(base_config, where)
         logger = None
@@ -162,6 +173,7 @@ class FeatureStage:
                 raise ModelLoadError(f"{self.where}: raw input '{f.name}' has dims {format_shape(dims)} in the "
                                      f"config; a feature spec takes one value per row: dims {want}")
         self._min_rows = max(1, config.max_batch_size)
+        self.companions = missing.add_companions(config, [name for name, _ in self.raw_dtypes])
 
     # -- request time (event loop) -----------------------------------------------------------------------
     def bytes_payload(self, name: str, shape: Sequence[int], raw: bytes | memoryview) -> WireBytes:
@@ -187,7 +199,11 @@ class FeatureStage:
             elif n != n_rows:
                 raise InvalidArgument(f"input '{name}' has {n} rows but input '{self._first_raw}' has {n_rows}: "
                                       f"every raw input of model '{self.model_name}' needs one value per row")
-        return FeatureFeeds(feeds, request_id, time.time_ns(), max(n_rows, 0))
+        if len(feeds) == len(self.raw_dtypes):  # no companion sent: nothing more to do
+            return FeatureFeeds(feeds, request_id, time.time_ns(), max(n_rows, 0))
+        masked = MaskedFeeds(feeds, request_id, time.time_ns(), max(n_rows, 0))
+        masked.masks = missing.check_companions(feeds, self.companions, _rows_of)
+        return masked
 
     # -- batch time (ModelVersion.run_batch, off the event loop unless the model is cheap enough) --------
     def transform_batch(self, feeds: Sequence[dict[str, np.ndarray]], *, log_sample: bool = True
@@ -200,6 +216,10 @@ class FeatureStage:
         counts = [f.n_rows if type(f) is FeatureFeeds else _rows_of(f[self._first_raw]) for f in feeds]
         n = sum(counts)
         columns = {name: self._merge(name, dtype, feeds, counts) for name, dtype in self.raw_dtypes}
+        if MaskedFeeds in map(type, feeds):  # some request sent NAME__missing: fold the masks in
+            masks = [f.masks if type(f) is MaskedFeeds else None for f in feeds]
+            columns = {name: missing.with_missing(col, missing.batch_missing(name, masks, counts))
+                       for name, col in columns.items()}
         outs = self._buffers(n)
         try:
             self.spec.transform_into(columns, outs)

@@ -35,6 +35,7 @@ from skewless.protos import grpc_service_pb2 as pb
 from ..dataplane import DataPlane
 from ..encode import SPEC_HASH_PARAM, output_tensors
 from ..errors import FailedPrecondition, InvalidArgument, SkewlessError, Unimplemented
+from ..features.missing import refuse_nulls
 from ..hooks import FlaggedArrays
 from ..request_ids import assign_id
 from ..security.guard import Guard
@@ -414,6 +415,8 @@ class RestFrontend:
             body, rest_codec.header_length(request.headers.get(HEADER_LENGTH), len(body)))
         header = self.dp.key_header  # the caller, for shadow sampling and canary arms (when configured)
         req.id = assign_id(req.id)
+        if req.nulls:  # JSON null means missing, which only a feature spec's raw inputs can take
+            refuse_nulls(req.nulls, name, self.dp.repository.get(name, version).features is not None)
         mv, names, arrays = await self.dp.infer_tensors(
             name, version, req.inputs, req.raw, req.output_names, req.output_parameters, req.parameters, req.id,
             received_ns, trace, request.headers.get(header) if header is not None else None)

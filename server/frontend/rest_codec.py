@@ -21,6 +21,7 @@ from skewless.native.bytes_codec import BytesFormatError, decode_bytes, encode_b
 from ..codec import DATATYPES
 from ..decode import TensorHeader
 from ..errors import InvalidArgument, Unimplemented
+from ..features import missing
 
 _SHARED_MEMORY = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")
 
@@ -33,6 +34,7 @@ class RestInferRequest:
     output_names: list[str] = field(default_factory=list)
     output_parameters: dict[str, dict[str, Any]] = field(default_factory=dict)
     parameters: dict[str, Any] = field(default_factory=dict)
+    nulls: list[str] = field(default_factory=list)  # inputs whose JSON 'data' held null (features/missing.py)
 
     def binary_output(self, name: str) -> bool:
         """Triton: an output's own ``binary_data`` wins over the request's ``binary_data_output``."""
@@ -98,7 +100,17 @@ def parse_infer_request(body: bytes, json_size: int | None) -> RestInferRequest:
             req.raw.append(view[offset:offset + size])
             offset += size
         elif "data" in tensor:
-            req.raw.append(json_to_raw(header.name, header.datatype, tensor["data"]))
+            try:
+                req.raw.append(json_to_raw(header.name, header.datatype, tensor["data"]))
+            except InvalidArgument:  # null in 'data' (missing): the values, then a NAME__missing companion
+                if not missing.has_null(tensor["data"]):
+                    raise
+                values, mask = missing.split_json_nulls(header.datatype, tensor["data"])
+                req.raw.append(json_to_raw(header.name, header.datatype, values))
+                req.inputs.append(header)
+                req.nulls.append(header.name)
+                header = TensorHeader(missing.companion(header.name), "BOOL", header.shape)
+                req.raw.append(mask.tobytes())
         else:
             raise InvalidArgument(f"input '{header.name}' has neither 'data' nor 'binary_data_size'")
         req.inputs.append(header)
