@@ -16,8 +16,8 @@ from skewless.native.v2_codec import InputTensor, WireFormatError, parse_infer_r
 from skewless.protos import grpc_service_pb2 as pb
 
 from .codec import DATATYPES, decode_raw, decode_typed, element_count, format_shape
-from .features.missing import missing_raw
 from .errors import InvalidArgument
+from .features.missing import missing_raw
 from .models.config import TensorSpec
 from .models.version import ModelVersion
 

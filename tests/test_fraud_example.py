@@ -21,7 +21,6 @@ SCRIPT = REPO_ROOT / "examples" / "fraud" / "run.py"
 RAW_COLUMNS = ["amount", "merchant_category", "country", "hour", "user_id", "device_risk", "velocity_1h",
                "account_age_days", "card_present"]
 FLOAT_COLUMNS = {"amount", "device_risk", "velocity_1h"}
-EXIT_NO_NULL_WIRE = 3
 
 pytestmark = pytest.mark.slow
 
@@ -46,11 +45,6 @@ def _check_all_equal(proc: subprocess.CompletedProcess, summary: dict | None) ->
 
 def test_every_column_type_with_nulls_scores_bit_equal_over_grpc_and_http(tmp_path):
     proc, summary = _run(tmp_path, "--rows", "3000")
-    if proc.returncode == EXIT_NO_NULL_WIRE:
-        # The server predates issue 24's NAME__missing inputs (branch nulls-wire); once it has them this
-        # branch is dead and the test is the full check.
-        why = [line for line in proc.stderr.splitlines() if "cannot take these missing values" in line]
-        pytest.xfail(f"server without NAME__missing inputs: {why}")
     _check_all_equal(proc, summary)
     assert summary["holdout_rows"] == 600
     assert all(summary["nulls"][c] > 0 for c in RAW_COLUMNS), summary["nulls"]
