@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import sysconfig
 import threading
 import time
 import urllib.request
@@ -74,6 +75,12 @@ def run_triton(models: list[dict]) -> int:
     from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
     from pytriton.triton import Triton, TritonConfig
 
+    # Triton's Python backend stub embeds libpython from the loader's search path: on a machine whose python
+    # is not the system one (pyenv, a newer patch release), the system libpython would run this stdlib and
+    # fail (e.g. "'_thread.RLock' object has no attribute '_recursion_count'"). Point it at this python's own.
+    libdir = sysconfig.get_config_var("LIBDIR")
+    if libdir and Path(libdir).is_dir():
+        os.environ["LD_LIBRARY_PATH"] = os.pathsep.join(x for x in (libdir, os.environ.get("LD_LIBRARY_PATH")) if x)
     grpc_port, rest_port = free_port(), free_port()
     config = TritonConfig(grpc_address=HOST, grpc_port=grpc_port, http_address=HOST, http_port=rest_port,
                           metrics_port=free_port(), allow_metrics=False)

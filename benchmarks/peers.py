@@ -334,7 +334,7 @@ def plot(s: dict[str, Any], path: Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     clients = s["config"]["clients"]
     by = {(r["peer"], r["model"], r["transport"], r["clients"]): r for r in s["rows"]}
@@ -354,11 +354,14 @@ def plot(s: dict[str, Any], path: Path) -> Path:
                        label=PEERS[p].title if row == 0 and col == 0 else None)
                 for x, v in zip(xs, vals, strict=True):
                     if v:
-                        ax.annotate(f"{v:.3g}", (x, v), ha="center", va="bottom", fontsize=6, rotation=90)
+                        ax.annotate(f"{v:.0f}" if v >= 100 else f"{v:.3g}", (x, v), ha="center", va="bottom",
+                                    fontsize=6, rotation=90)
             ax.set_xticks(range(len(clients)), [f"{c} cl." for c in clients])
             if log_scale:
                 ax.set_yscale("log")
+                ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
                 ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+                ax.yaxis.set_minor_formatter(NullFormatter())
             ax.margins(y=0.25)
             ax.set_title(f"{mname}, {'gRPC' if transport == 'grpc' else 'REST'}: {label}", fontsize=9)
             ax.grid(True, axis="y", which="both", alpha=0.3)
