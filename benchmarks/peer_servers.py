@@ -109,6 +109,7 @@ def run_triton(models: list[dict]) -> int:
 # -- KServe's ModelServer (no in-process batcher: KServe batches in a sidecar agent) ------------------------
 def run_kserve(models: list[dict]) -> int:
     from kserve import InferOutput, InferRequest, InferResponse, Model, ModelServer
+    from kserve.utils.utils import generate_uuid
 
     class OnnxModel(Model):
         def __init__(self, spec: dict):
@@ -120,9 +121,12 @@ def run_kserve(models: list[dict]) -> int:
         def predict(self, payload: InferRequest, headers: dict | None = None) -> InferResponse:
             x = payload.inputs[0].as_numpy()
             y = self.sess.run([self.spec["output"]], {self.spec["input"]: x})[0]
+            # Raw tensors back when they came raw (gRPC), JSON otherwise: KServe's own convention.
+            binary = payload.use_binary_outputs
             out = InferOutput(name=self.spec["output"], shape=list(y.shape), datatype="FP32")
-            out.set_data_from_numpy(y, binary_data=False)
-            return InferResponse(response_id=payload.id, model_name=self.name, infer_outputs=[out])
+            out.set_data_from_numpy(y, binary_data=binary)
+            return InferResponse(response_id=payload.id or generate_uuid(), model_name=self.name,
+                                 infer_outputs=[out], use_binary_outputs=binary)
 
     grpc_port, rest_port = free_port(), free_port()
     watch(models, grpc_port, rest_port)
