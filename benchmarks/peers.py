@@ -86,8 +86,9 @@ PEERS = {p.name: p for p in (
     Peer("triton", "Triton (PyTriton 0.7, Python backend)", ("nvidia-pytriton==0.7.0", "onnxruntime", "numpy"),
          note="the Python backend hands each batch to onnxruntime in the PyTriton process"),
     Peer("mlserver", "MLServer 1.7.1", ("mlserver==1.7.1", "uvloop<0.22", "onnxruntime", "numpy"),
-         note="custom onnxruntime runtime; adaptive batching with the same max size and delay; uvloop<0.22 "
-              "for parallel workers"),
+         note="custom onnxruntime runtime; adaptive batching with the same max size and delay (MLServer "
+              "turns batching off at a zero delay, so the heavy model runs unbatched); inference in one parallel "
+              "worker process (uvloop<0.22 for it)"),
     Peer("kserve", "KServe 0.21 ModelServer", ("kserve==0.21.0", "onnxruntime"),
          note="no in-process batcher (KServe batches in a sidecar agent)"),
     Peer("naive", "naive grpc.aio + onnxruntime", transports=("grpc",),
