@@ -124,7 +124,8 @@ def ensure_venv(peer: Peer, root: Path, show_progress: bool = True) -> Path:
         pass
     root.mkdir(parents=True, exist_ok=True)
     log_path = root / f"{peer.name}-pip.log"
-    log(f"{peer.name}: building its venv in {venv} (pip install {' '.join(peer.packages)}; log {log_path})")
+    what = f"pip install {' '.join(peer.packages)}" if peer.packages else "no packages"
+    log(f"{peer.name}: building its venv in {venv} ({what}; log {log_path})")
     steps = [[sys.executable, "-m", "venv", "--clear", str(venv)]]
     if peer.packages:
         steps.append([str(venv_python(venv)), "-m", "pip", "install", "--disable-pip-version-check",
@@ -190,10 +191,9 @@ def workload(m: Model, onnx_path: Path | None):
 
 
 # -- starting peers ----------------------------------------------------------------------------------------
-def start_peer(peer: Peer, models: list[Model], onnx: dict[str, Path], tmp: Path, out: Path,
+def start_peer(peer: Peer, models: list[Model], onnx: dict[str, Path], tmp: Path, log_path: Path,
                python: Path | None) -> ServerProcess:
-    """One server for ``models`` (naive and echo take one model each)."""
-    log_path = out / "logs" / f"{peer.name}-{'+'.join(m.name for m in models)}.log"
+    """One server for ``models`` (naive and echo take one model each); its stderr goes to ``log_path``."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     if peer.name == "skewless":
         repo = tmp / "skewless_repo"
@@ -213,6 +213,15 @@ def start_peer(peer: Peer, models: list[Model], onnx: dict[str, Path], tmp: Path
     root = peer_model_dir(models, onnx, tmp / f"{peer.name}_models")
     argv = [str(python), str(PEER_SERVERS), peer.name, "--models", str(root)]
     return ServerProcess(argv, re.compile(r"PEER_READY grpc=[^:]+:(?P<port>\d+)"), log_path, timeout=300.0)
+
+
+def log_tail(path: Path, lines: int = 3) -> str:
+    """The last lines of a server's stderr: where the cause of a failed start is (a traceback's last line)."""
+    try:
+        tail = [x.strip() for x in path.read_text(errors="replace").splitlines() if x.strip()][-lines:]
+    except OSError:
+        return ""
+    return f"; its log ends: {' | '.join(x[:300] for x in tail)}" if tail else ""
 
 
 def one_server_per_model(peer: Peer) -> bool:
@@ -261,12 +270,13 @@ def run_peers(args: argparse.Namespace, out: Path, tmp: Path) -> dict[str, Any]:
         for group in groups:
             what = f"{name} ({', '.join(m.name for m in group)})"
             log(f"{what}: starting")
+            log_path = out / "logs" / f"{name}-{'+'.join(m.name for m in group)}.log"
             try:
-                srv = start_peer(peer, group, onnx, tmp, out, python)
+                srv = start_peer(peer, group, onnx, tmp, log_path, python)
             except (RuntimeError, OSError) as exc:
-                skipped.append({"peer": name, "models": ",".join(m.name for m in group),
-                                "reason": f"did not start: {exc}"})
-                log(f"{what}: skipped, did not start: {exc}")
+                reason = f"did not start: {exc}{log_tail(log_path)}"
+                skipped.append({"peer": name, "models": ",".join(m.name for m in group), "reason": reason})
+                log(f"{what}: skipped, {reason}")
                 continue
             with srv:
                 for m in group:

@@ -73,3 +73,23 @@ def test_bad_arguments_are_usage_errors(capsys: pytest.CaptureFixture[str]) -> N
             peers.main(argv)
         assert exc.value.code == 2
     assert "choose from" in capsys.readouterr().err
+
+
+def test_a_peer_that_does_not_start_is_skipped_and_the_rest_still_run(tmp_path: Path) -> None:
+    """A Triton venv without PyTriton in it (a real venv, marked as built): its launcher fails to import, the
+    run reports it as skipped with the cause from its log, and still measures the echo server."""
+    venvs = tmp_path / "venvs"
+    python = peers.ensure_venv(peers.Peer("triton", "", ()), venvs, show_progress=False)
+    marker = venvs / "triton" / "skewless-peer.json"
+    marker.write_text(json.dumps({**json.loads(marker.read_text()),
+                                  "packages": list(peers.PEERS["triton"].packages)}))
+    assert peers.ensure_venv(peers.PEERS["triton"], venvs, show_progress=False) == python
+    out = tmp_path / "out"
+    rc = peers.main(["--quick", "--peers", "triton,echo", "--models", "mlp_small", "--clients", "1",
+                     "--duration", "0.3", "--warmup", "0.1", "--venv-dir", str(venvs), "--out", str(out)])
+    assert rc == 0
+    data = json.loads((out / "peers.json").read_text())
+    (skip,) = data["skipped"]
+    assert skip["peer"] == "triton" and "did not start" in skip["reason"] and "No module named" in skip["reason"]
+    assert {(r["peer"], r["clients"]) for r in data["rows"]} == {("echo", 1)}
+    assert "skipped: triton" in (out / "peers.txt").read_text()
