@@ -21,7 +21,7 @@ Per point: requests/s, p50/p99 ms, and server CPU µs per request (the server's 
 tritonserver or MLServer's workers included, user+sys over the measured window ÷ requests answered).
 Writes peers.json, peers.png and peers.txt into --out and prints the table.
 
-    python -m skewless.benchmarks.peers                                  # every peer, 8 s points
+    python -m skewless.benchmarks.peers                                  # every peer, 8 s points, ~12 min
     python -m skewless.benchmarks.peers --quick --peers skewless,naive,echo
 """
 
@@ -90,7 +90,8 @@ PEERS = {p.name: p for p in (
               "turns batching off at a zero delay, so the heavy model runs unbatched); inference in one parallel "
               "worker process (uvloop<0.22 for it)"),
     Peer("kserve", "KServe 0.21 ModelServer", ("kserve==0.21.0", "onnxruntime"),
-         note="no in-process batcher (KServe batches in a sidecar agent)"),
+         note="no in-process batcher (KServe batches in a sidecar agent); it binds every interface (no host "
+              "option), on free ports"),
     Peer("naive", "naive grpc.aio + onnxruntime", transports=("grpc",),
          note="benchmarks/naive_server.py: the session runs on the event loop, no batching"),
     Peer("echo", "grpc.aio echo, no model", transports=("grpc",), checked=False,
@@ -134,7 +135,9 @@ def ensure_venv(peer: Peer, root: Path, show_progress: bool = True) -> Path:
         for argv in steps:
             out.write(f"$ {' '.join(argv)}\n")
             out.flush()
-            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            # Unbuffered: pip's lines reach the terminal as they happen, not in 8 KiB blocks.
+            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    env={**os.environ, "PYTHONUNBUFFERED": "1"})
             assert proc.stdout is not None
             last = ""
             for raw in proc.stdout:
