@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -168,8 +169,12 @@ def run_mlserver(models: list[dict], root: Path) -> int:
               "parameters": {"uri": m["path"]}, "max_batch_size": m["max_batch_size"],
               "max_batch_time": m["max_queue_delay_us"] / 1e6}
         (Path(m["path"]).parent / "model-settings.json").write_text(json.dumps(ms))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent),
-                                                        os.environ.get("PYTHONPATH", "")])}
+    # MLServer's workers import the runtime by name: give them this file alone on their path (its own folder
+    # holds report.py, client.py, ... which could shadow other packages' modules).
+    runtime = root / "_runtime"
+    runtime.mkdir(exist_ok=True)
+    shutil.copyfile(__file__, runtime / "peer_servers.py")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(x for x in (str(runtime), os.environ.get("PYTHONPATH")) if x)}
     mlserver = Path(sys.executable).with_name("mlserver")
     proc = subprocess.Popen([str(mlserver), "start", str(root)], env=env)
     signal.signal(signal.SIGTERM, lambda *_: proc.send_signal(signal.SIGTERM))
