@@ -160,7 +160,9 @@ def test_served_rows_without_nulls_score_bit_equal(exported, start_server):
     client = grpcclient.InferenceServerClient(server.grpc_url)
     try:
         meta = client.get_model_metadata("fraud", as_json=True)
-        assert {i["name"]: i["datatype"] for i in meta["inputs"]} == RAW_TYPES
+        # each raw input, then its optional NAME__missing companion (issue 24's missing values on the wire)
+        assert {i["name"]: i["datatype"] for i in meta["inputs"]} == {
+            **RAW_TYPES, **{f"{name}__missing": "BOOL" for name in RAW_TYPES}}
         for batch in (complete, complete[:1], complete[-3:], float_gaps, float_gaps[:1]):
             inputs = []
             for name in spec.input_names:

@@ -382,7 +382,7 @@ def test_reserved_raw_names_are_refused_at_fit_and_load(tmp_path):
     from skewless.server.models.config import parse_config
     from skewless.server.models.runtime import probe_model_io
 
-    with pytest.raises(ConfigError, match=r"\['age__missing'\]: names ending with '__missing' are reserved"):
+    with pytest.raises(ConfigError, match=r"features\[0\]\.name: a raw input name must not end in '__missing'"):
         fit({"features": [{"name": "age__missing"}]}, {"age__missing": np.arange(5.0)})
     src = Path(__file__).resolve().parent.parent / "examples" / "models" / "churn" / "1"
     version = tmp_path / "1"
