@@ -79,7 +79,7 @@ class HistogramBins(Bins):
     """Numeric bins: (-inf, e0), [e0, e1), ..., [e_last, inf), then NaN (one column of the tensor)."""
 
     def __init__(self, name: str, tensor: str, column: int, edges: Sequence[float], counts: Sequence[int],
-                 nan: int) -> None:
+                 nan: int, shown_edges: Sequence[float] | None = None) -> None:
         self.name, self.tensor, self.column = name, tensor, column
         self.edges = np.asarray(edges, dtype=np.float64)
         if self.edges.ndim != 1 or np.any(np.diff(self.edges) <= 0) or not np.isfinite(self.edges).all():
@@ -90,7 +90,10 @@ class HistogramBins(Bins):
         self.reference = np.array([*counts, nan], dtype=np.int64)
         if (self.reference < 0).any():
             raise ReferenceFormatError(f"{name}: negative counts")
-        e = [_fmt(v) for v in self.edges.tolist()]
+        # Rows are counted against the edges in the tensor's units; labels may show them in the raw input's
+        # units (shown_edges, the same edges mapped back through the spec's steps) so that a person reads
+        # "amount >= 120" rather than a standardized 1.311.
+        e = [_fmt(v) for v in (self.edges.tolist() if shown_edges is None else list(shown_edges))]
         if e:
             labels = [f"< {e[0]}", *(f"[{a}, {b})" for a, b in zip(e, e[1:], strict=False)), f">= {e[-1]}"]
         else:
@@ -223,7 +226,25 @@ def _feature_value_bins(feat: Mapping[str, Any], ref: Mapping[str, Any]) -> Hist
         bins = HistogramBins(name, feat["output"], int(feat["offset"]), [0.5], [present - ones, ones], nan)
         bins.labels = ("0 (present)", "1 (missing)", "NaN")
         return bins
-    return HistogramBins(name, feat["output"], int(feat["offset"]), edges, counts, nan)
+    return HistogramBins(name, feat["output"], int(feat["offset"]), edges, counts, nan,
+                         raw_edges(feat.get("steps") or [], edges))
+
+
+def raw_edges(steps: Sequence[Mapping[str, Any]], edges: Sequence[float]) -> list[float]:
+    """Bin edges in the tensor's units mapped back to the raw input's units through the inverse of the spec's
+    numeric steps (last step first). For labels only: the inverse is rounded (and a clip or an impute has
+    none, so it is the identity), while rows are always counted against the exact edges."""
+    x = np.asarray(edges, dtype=np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        for step in reversed(steps):
+            op = step.get("op")
+            if op == "standardize":
+                x = x * decode_float(step["scale"], "scale") + decode_float(step["mean"], "mean")
+            elif op == "minmax":
+                x = x * decode_float(step["range"], "range") + decode_float(step["min"], "min")
+            elif op == "log1p":
+                x = np.expm1(x)
+    return x.tolist()
 
 
 def feature_bins(spec: FeatureSpec) -> tuple[list[Bins], dict[str, str]]:
