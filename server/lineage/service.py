@@ -16,10 +16,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import InvalidArgument, ModelLoadError, NotFound
+from ..hooks import ALL_ROWS
 from ..models.repository import ModelRepository
 from ..models.version import ModelVersion
 from ..parameters import read
-from ..hooks import ALL_ROWS
 from .labels import LabelCounts, LabelJoin
 from .prediction_log import PredictionLog, PredictionLogSettings
 from .quality import CLASSIFIER_METRICS, REGRESSOR_METRICS, QualityMonitor
