@@ -59,7 +59,7 @@ METRICS = (
                VERSION),
     MetricSpec("nv_inference_request_failure", "counter", "Number of failed inference requests, all batch sizes",
                (*VERSION, "reason")),
-    MetricSpec("nv_inference_count", "counter", "Number of inferences performed (a batch of n counts n)", VERSION),
+    MetricSpec("nv_inference_count", "counter", "Number of inferences performed (a batch of n counts n), of requests that succeeded", VERSION),
     MetricSpec("nv_inference_exec_count", "counter", "Number of model executions performed", VERSION),
     MetricSpec("nv_inference_request_duration_us", "counter", "Cumulative inference request duration in microseconds",
                VERSION),
