@@ -167,8 +167,7 @@ class LabelJoin:
         problems = [p for rid, values, row in items if rid in found
                     for p in (_misfit(rid, found[rid], values, row),) if p]
         if problems:
-            with self._lock:
-                self.outcomes["refused"] += len(items)
+            self.refused(len(items))
             more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
             raise LabelRefused(f"{problems[0]}{more}; no label of this call was taken")
         counts = LabelCounts()
@@ -265,6 +264,11 @@ class LabelJoin:
             self.joined += 1
         self.outcomes[outcome] += 1
         return outcome
+
+    def refused(self, n: int) -> None:
+        """``n`` labels refused (any thread)."""
+        with self._lock:
+            self.outcomes["refused"] += n
 
     @property
     def pending_count(self) -> int:

@@ -84,7 +84,7 @@ class Lineage:
             for rid, values, row in items:
                 check_label(model, self.quality.tasks.get(model), rid, values, row)
         except InvalidArgument:
-            self.join.outcomes["refused"] += len(items)
+            self.join.refused(len(items))
             raise
         return await asyncio.get_running_loop().run_in_executor(None, self.join.submit, model, items)
 
