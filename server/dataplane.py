@@ -204,11 +204,12 @@ class DataPlane:
                 feeds, rows, names = request_feeds(mv, request.tensors, request.raw, request.output_names,
                                                    request.id)
             request.names = names
+            request.rows = rows
             params = request.params
             priority, timeout_us = scheduling_parameters(params) if params else (0, None)
             deadline = None
             if request.time_remaining_s is not None:
-                deadline = asyncio.get_running_loop().time() + request.time_remaining_s
+                deadline = request.deadline = asyncio.get_running_loop().time() + request.time_remaining_s
             result = None
             watch = request.watch
             if request.deliver is None:

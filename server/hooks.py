@@ -103,11 +103,17 @@ class Tracer(Protocol):
     def start_http(self, headers: Mapping[str, str]) -> Trace | None: ...
 
 
+# A label's row: ALL_ROWS when it gives one value per row of its request, else the row its one value is for.
+ALL_ROWS = -1
+
+
 class LabelSink(Protocol):
-    """Takes delayed labels for logged predictions (lineage/service.py), for the REST labels route."""
+    """Takes delayed labels for logged predictions (lineage/service.py), for the REST labels route: items are
+    (request id, values, row); the answer has counts ``joined``, ``pending``, ``unknown``, ``duplicate`` and
+    ``corrected``."""
 
-    async def submit(self, name: str, items: list[tuple[str, list[float]]]) -> tuple[int, int, int]: ...
+    async def submit(self, name: str, items: list[tuple[str, list[float], int]]) -> Any: ...
 
 
-__all__ = ["BatchObserver", "Complete", "FailureAnswer", "FlaggedArrays", "LabelSink", "RepositoryEvent",
+__all__ = ["ALL_ROWS", "BatchObserver", "Complete", "FailureAnswer", "FlaggedArrays", "LabelSink", "RepositoryEvent",
            "ReplyObserver", "Router", "Trace", "Tracer"]

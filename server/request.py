@@ -20,6 +20,10 @@ from .hooks import Complete, FlaggedArrays, Trace
 from .models.stats import failure_reason
 from .models.version import ModelVersion
 
+# gRPC's own timer may cancel a call at its deadline a little before the loop clock (millisecond resolution
+# under uvloop) reads it as passed: a cancel this close to the deadline is the deadline's.
+DEADLINE_SLACK_S = 0.005
+
 # A stream's callback: (reply, None) or (None, error); never called for a cancelled request.
 Deliver = Callable[[Any, "BaseException | None"], None]
 
@@ -35,7 +39,7 @@ class Request:
 
     __slots__ = ("mv", "id", "received_ns", "time_remaining_s", "decoded", "tensors", "raw", "output_names",
                  "params", "encodes", "tag", "deliver", "watch", "trace", "traffic_key", "names", "target",
-                 "inner")
+                 "inner", "rows", "deadline")
 
     def __init__(self, mv: ModelVersion, request_id: str, received_ns: int, tensors: Sequence[Any],
                  raw: Sequence[Any], output_names: Sequence[str], params: Any, *, decoded: tuple | None = None,
@@ -60,11 +64,15 @@ class Request:
         self.names: list[str] = []  # the outputs to compute, once decoded
         self.target: Deliver | asyncio.Future | None = None  # who receives the outcome
         self.inner: Complete | None = None  # a sampled request's completion below its trace
+        self.rows = 0  # once decoded: what nv_inference_count adds if it succeeds
+        self.deadline: float | None = None  # the client's deadline on the loop clock, once queued
 
     def __call__(self, outcome: Any, exc: BaseException | None, cancelled: bool) -> None:
         """Completion of a queued or running request (the scheduler's callback): statistics, in-flight count,
         and the outcome handed to the target. A cancelled request delivers nothing; its future is cancelled
-        (it may have been dropped for a stream's end, not its own)."""
+        (it may have been dropped for a stream's end, not its own). A request whose caller went away while it
+        computed (its deadline passed, or it was cancelled) is counted as that, never as a success: its reply
+        reached nobody."""
         target = self.target
         mv = self.mv
         is_future = isinstance(target, asyncio.Future)
@@ -72,7 +80,8 @@ class Request:
         queue_ns = 0
         reason = "cancelled"
         try:
-            if cancelled:
+            if cancelled or (is_future and target.cancelled()) or (self.watch is not None and self.watch.cancelled()):
+                reason = self.gone_reason()
                 if is_future:
                     target.cancel()
                 return
@@ -93,8 +102,16 @@ class Request:
         finally:
             if ok and type(outcome[0]) is FlaggedArrays:  # answered, but the model failed: counted as it failed
                 ok, reason = False, outcome[0].failure
-            mv.stats.record_request(ok, time.perf_counter_ns() - self.received_ns, queue_ns, reason)
+            mv.stats.record_request(ok, time.perf_counter_ns() - self.received_ns, queue_ns, reason, self.rows)
             mv.leave()
+
+    def gone_reason(self) -> str:
+        """Why a request whose caller stopped waiting failed: ``deadline`` when its own deadline has passed
+        (gRPC cancels a call at its deadline, so the cancel alone cannot tell), else ``cancelled``."""
+        deadline = self.deadline
+        if deadline is not None and asyncio.get_running_loop().time() >= deadline - DEADLINE_SLACK_S:
+            return "deadline"
+        return "cancelled"
 
     def traced(self, outcome: Any, exc: BaseException | None, cancelled: bool) -> None:
         """The completion of a sampled request: the batch that ran it and the reply's encoding are noted around

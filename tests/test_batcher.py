@@ -101,7 +101,7 @@ def test_concurrent_requests_merge_and_split_exactly(tmp_path, models):
             assert len(outs) == len(outputs)
             for name, got in zip(outputs, outs, strict=True):
                 np.testing.assert_array_equal(got, expect[name])
-        assert mv.stats.inference_count == sum(r[0].shape[0] for r in reqs)
+        assert mv.stats.executed_rows == sum(r[0].shape[0] for r in reqs)
         assert mv.stats.execution_count < len(reqs)  # they were merged
         assert max(mv.stats.by_batch_size) <= 8
         await mv.drain_and_close()
@@ -176,7 +176,7 @@ def test_queue_timeout_rejects_and_is_not_computed(tmp_path, models):
         with pytest.raises(Unavailable, match="Request timeout expired"):
             await submit(mv, 2.0)
         await busy
-        assert mv.stats.inference_count == 1
+        assert mv.stats.executed_rows == 1
         await mv.drain_and_close()
 
     run(main())
@@ -239,7 +239,7 @@ def test_expired_deadline_and_cancelled_requests_are_not_computed(tmp_path, mode
         await busy
         after = await submit(mv, 5.0)
         assert after[0, 0] == 10.0
-        assert mv.stats.inference_count == 2  # busy and after: nothing else ran
+        assert mv.stats.executed_rows == 2  # busy and after: nothing else ran
         await mv.drain_and_close()
 
     run(main())
@@ -571,7 +571,7 @@ def test_a_queued_request_cancelled_through_its_handle_gets_its_hook_once_and_ne
         await busy
         assert (await submit(mv, 3.0))[0, 0] == 6.0
         assert heard == [(None, None, True)] and not handle.cancel()  # completed: nothing left to cancel
-        assert mv.stats.inference_count == 2
+        assert mv.stats.executed_rows == 2
         await mv.drain_and_close()
 
     run(main())

@@ -193,7 +193,7 @@ def test_live_quality_equals_sklearn(server, logdir):
     req = urllib.request.Request(f"http://{server.rest_url}/v2/models/mlp/labels",
                                  json.dumps({"labels": labels}).encode(), method="POST")
     with urllib.request.urlopen(req, timeout=10) as resp:
-        assert json.loads(resp.read()) == {"joined": 4, "pending": 0, "unknown": 0}
+        assert json.loads(resp.read()) == {"joined": 4, "pending": 0, "unknown": 0, "duplicate": 0, "corrected": 0}
     # the joined log holds exactly these pairs; the live figures are computed over the model's recent pairs
     joined = wait_logged(logdir, "mlp", {f"q-{i}" for i in range(4)}, "joined").to_pylist()
     pairs = [(r["score"], r["label"]) for r in joined]
@@ -221,7 +221,7 @@ def test_quality_report_offline(server, logdir, tmp_path):
     assert run.returncode == 0, run.stderr
     assert "quality-report" in run.stderr  # progress on stderr
     doc = json.loads((tmp_path / "quality.json").read_text())
-    joined = logged(logdir, "mlp", "joined").to_pylist()
+    joined = latest(logged(logdir, "mlp", "joined").to_pylist())
     s_all = np.array([r["score"] for r in joined])
     y_all = np.array([r["label"] for r in joined])
     overall = doc["models"]["mlp"]["versions"]["1"]["overall"]
@@ -230,6 +230,90 @@ def test_quality_report_offline(server, logdir, tmp_path):
     assert overall["log_loss"] == pytest.approx(log_loss(y_all, s_all))
     assert sum(w["n"] for w in doc["models"]["mlp"]["versions"]["1"]["windows"]) == len(joined)
     assert (tmp_path / "quality-mlp.png").stat().st_size > 1000
+
+
+def latest(rows: list[dict]) -> list[dict]:
+    """What a reader of joined-*.parquet takes: per (request id, row), the highest revision."""
+    best: dict[tuple, dict] = {}
+    for r in rows:
+        key = (r["request_id"], r["row"])
+        if key not in best or r["revision"] > best[key]["revision"]:
+            best[key] = r
+    return list(best.values())
+
+
+def label_counts(server: ServerProcess) -> dict[str, float]:
+    fams = families(scrape(server))
+    fam = fams.get("skewless_labels")
+    return {} if fam is None else {dict(k[1])["outcome"]: v for k, v in fam.values.items()
+                                   if k[0] == "skewless_labels_total"}
+
+
+def quality_n(server: ServerProcess, model: str = "mlp") -> float:
+    fams = families(scrape(server))
+    fam = fams.get("skewless_model_quality")
+    return next((v for k, v in (fam.values.items() if fam else ())
+                 if dict(k[1]) == {"model": model, "version": "1", "window": "300s", "metric": "n"}), 0.0)
+
+
+def post_labels(server: ServerProcess, model: str, labels: list[dict]) -> dict:
+    req = urllib.request.Request(f"http://{server.rest_url}/v2/models/{model}/labels",
+                                 json.dumps({"labels": labels}).encode(), method="POST")
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return json.loads(resp.read())
+
+
+def refused_http(server: ServerProcess, model: str, labels: list[dict]) -> str:
+    with pytest.raises(urllib.error.HTTPError) as err:
+        post_labels(server, model, labels)
+    assert err.value.code == 400
+    return json.loads(err.value.read())["error"]
+
+
+def test_labels_are_idempotent_per_request_and_row(server, logdir):
+    """Retries change nothing, a different value corrects (replacing the old pair in live quality, written again
+    with a higher revision), a count or value that does not fit is refused with why; over gRPC and HTTP, late
+    (after rotation) and early (before the prediction is logged)."""
+    x = np.random.default_rng(3).random((3, 32), dtype=np.float32)
+    counts0, n0 = label_counts(server), quality_n(server)
+    with grpcclient.InferenceServerClient(server.grpc_url) as client:
+        infer(client, "mlp", {"input": x}, request_id="idem-1")
+    wait_logged(logdir, "mlp", {"idem-1"})  # rotated: the label is a late one
+    first = feedback(server, "mlp", {"idem-1": [1, 0, 1]})
+    assert (first.joined, first.duplicate, first.corrected) == (1, 0, 0)
+    again = feedback(server, "mlp", {"idem-1": [1, 0, 1]})  # a client's retry
+    assert (again.joined, again.duplicate, again.corrected) == (0, 1, 0)
+    assert post_labels(server, "mlp", [{"id": "idem-1", "values": [1, 1, 1]}])["corrected"] == 1  # row 1: 0 -> 1
+    assert post_labels(server, "mlp", [{"id": "idem-1", "row": 1, "value": 1}])["duplicate"] == 1
+    with grpc.insecure_channel(server.grpc_url) as ch:  # gRPC names a row too: row 2, 1 -> 0
+        out = fpb_grpc.FeedbackStub(ch).SubmitLabels(fpb.SubmitLabelsRequest(
+            model="mlp", labels=[fpb.Label(request_id="idem-1", values=[0], row=2)]), timeout=10)
+    assert (out.joined, out.duplicate, out.corrected) == (0, 0, 1)
+    # refused, whole call, with the reason
+    with pytest.raises(grpc.RpcError) as err:
+        feedback(server, "mlp", {"idem-1": [1]})
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "has 3 rows and its label gives 1 value" in err.value.details() and "name the row" in err.value.details()
+    assert "is a binary classifier" in refused_http(server, "mlp", [{"id": "idem-1", "values": [0.7, 1, 1]}])
+    assert "there is no row 5" in refused_http(server, "mlp", [{"id": "idem-1", "row": 5, "value": 1}])
+    # early: a named row's label waits for its prediction
+    assert post_labels(server, "mlp", [{"id": "idem-early", "row": 1, "value": 0}])["pending"] == 1
+    with grpcclient.InferenceServerClient(server.grpc_url) as client:
+        infer(client, "mlp", {"input": x[:2]}, request_id="idem-early")
+    joined = wait_logged(logdir, "mlp", {"idem-1", "idem-early"}, "joined").to_pylist()
+    mine = sorted((r["request_id"], r["row"], r["revision"], r["label"]) for r in joined
+                  if r["request_id"].startswith("idem-"))
+    assert mine == [("idem-1", 0, 0, 1.0), ("idem-1", 1, 0, 0.0), ("idem-1", 1, 1, 1.0), ("idem-1", 2, 0, 1.0),
+                    ("idem-1", 2, 1, 0.0), ("idem-early", 1, 0, 0.0)]
+    fixed = {r["row"]: r for r in joined if r["request_id"] == "idem-1" and r["revision"] == 1}
+    original = {r["row"]: r for r in joined if r["request_id"] == "idem-1" and r["revision"] == 0}
+    assert all(fixed[i]["label_time"] > original[i]["label_time"] for i in fixed)  # the correction's own time
+    counts = label_counts(server)
+    assert {k: counts[k] - counts0.get(k, 0) for k in counts} == {
+        "joined": 2, "duplicate": 2, "corrected": 2, "pending": 1, "refused": 3}
+    assert quality_n(server) - n0 == 4  # one pair per labelled row: corrections replaced theirs
+    cov = {dict(k[1])["model"]: v for k, v in families(scrape(server))["skewless_label_coverage"].values.items()}
+    assert 0 < cov["mlp"] <= 1
 
 
 def test_skew_check_reads_the_prediction_log(server, logdir):
@@ -319,7 +403,8 @@ def test_canary_quality_guardrail_compares_arms():
 
 
 def test_pending_label_joined_at_rotation_when_index_is_full(tmp_path):
-    from skewless.server.lineage.labels import LabelJoin
+    from skewless.server.hooks import ALL_ROWS
+    from skewless.server.lineage.labels import LabelCounts, LabelJoin
     from skewless.server.lineage.prediction_log import Record
 
     join = LabelJoin(tmp_path, max_index_rows=1)
@@ -332,7 +417,7 @@ def test_pending_label_joined_at_rotation_when_index_is_full(tmp_path):
         plog.offer(Record(rid, 2, "m", 1, None, None, {"x": np.zeros((1, 1))}, ["y"],
                           [np.full((1, 1), 0.5, np.float32)], 1, ("y", 0)))
     wait_until(lambda: plog.written_rows == 4, 5, "c written")
-    assert join.submit("m", [("c", [1.0])]) == (0, 1, 0)  # in the open file, but the index was full
+    assert join.submit("m", [("c", [1.0], ALL_ROWS)]) == LabelCounts(pending=1)  # in the open file; index full
     plog.close()  # rotation looks the pending label up in the closed file
     assert join.pending_count == 0 and join.joined == 1
     rows = pq.read_table(sorted(tmp_path.glob("m/joined-*.parquet"))[0]).to_pylist()

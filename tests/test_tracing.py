@@ -255,6 +255,28 @@ def test_dead_collector_never_slows_or_fails_requests(repo):
         assert time.monotonic() - t0 < 10
 
 
+def test_stop_with_the_collector_down_is_clean_and_prompt(repo):
+    """Traces and metrics both export to a port nothing listens on; a traced request's spans are still queued
+    (the export runs every 5 s) when SIGTERM comes. The stop's final exports are one attempt each: no wait for
+    the exporters' retry backoff, no abandoned export, no second shutdown at exit; the server exits 0."""
+    with socket_port() as port:  # bound and closed: nothing listens there
+        pass
+    proc = ServerProcess(repo, env=otel_env(port, OTEL_METRICS_EXPORTER="otlp", OTEL_BSP_SCHEDULE_DELAY="5000"))
+    proc.start()
+    try:
+        header, _, _ = traceparent(sampled=True)
+        with grpcclient.InferenceServerClient(proc.grpc_url) as client:
+            infer(client, "mlp", MLP_X, request_id="before-stop", headers={"traceparent": header})
+    finally:
+        rc = proc.stop(timeout=20)  # SIGTERM; a server still running after this generous bound fails the test
+    log = proc.stderr_text()
+    assert rc == 0, log
+    assert "stopped" in log, log
+    for line in ("shutdown can only be called once", "did not finish within", "Can't shutdown multiple times",
+                 "already shutdown"):
+        assert line not in log, log
+
+
 def socket_port():
     import socket
 

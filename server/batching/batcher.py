@@ -225,14 +225,16 @@ class DynamicBatcher:
                 continue
             keep: deque[Pending] = deque()
             for p in queue:
-                if p.is_cancelled():
-                    self._finish(p, None, None)
-                    self._queued_rows -= p.rows
-                elif p.deadline is not None and now >= p.deadline:
+                # The deadline first: gRPC cancels a call at its deadline, and that is a deadline drop, not
+                # the client's cancel (request.Request tells the two apart for what was cancelled earlier).
+                if p.deadline is not None and now >= p.deadline:
                     self._queued_rows -= p.rows
                     self._finish(p, None, DeadlineExceeded(
                         f"the request's deadline passed after {1e3 * (now - p.enqueued):.1f} ms in the queue "
                         f"of model '{self.name}'; it was not computed"))
+                elif p.is_cancelled():
+                    self._finish(p, None, None)
+                    self._queued_rows -= p.rows
                 elif p.timeout_at is not None and now >= p.timeout_at and not p.delayed:
                     if self.policies[p.level].timeout_action == DELAY:
                         p.delayed = True

@@ -18,11 +18,14 @@ from .errors import ClientError
 
 @dataclass(frozen=True)
 class LabelReceipt:
-    """The server's count: joined with a logged prediction, held until it is logged, or dropped."""
+    """The server's count: joined with a logged prediction (first time), held until it is logged, dropped,
+    the same value again (a retry: nothing changed), or a new value replacing the one joined before."""
 
     joined: int
     pending: int
     unknown: int
+    duplicate: int = 0
+    corrected: int = 0
 
 
 def normalize(labels: Mapping[str, Any]) -> list[tuple[str, list[float]]]:
@@ -57,7 +60,7 @@ def submit_grpc(channel: Any, model: str, items: Sequence[tuple[str, list[float]
         resp = pb_grpc.FeedbackStub(channel).SubmitLabels(req, timeout=timeout_s)
     except grpc.RpcError as exc:
         raise InferenceServerException(msg=exc.details(), status=str(exc.code())) from None
-    return LabelReceipt(resp.joined, resp.pending, resp.unknown)
+    return LabelReceipt(resp.joined, resp.pending, resp.unknown, resp.duplicate, resp.corrected)
 
 
 def submit_http(base_url: str, model: str, items: Sequence[tuple[str, list[float]]],
@@ -75,4 +78,5 @@ def submit_http(base_url: str, model: str, items: Sequence[tuple[str, list[float
         with contextlib.suppress(ValueError, AttributeError):
             text = json.loads(text).get("error", text)
         raise InferenceServerException(msg=text, status=str(exc.code)) from None
-    return LabelReceipt(int(doc["joined"]), int(doc["pending"]), int(doc["unknown"]))
+    return LabelReceipt(int(doc["joined"]), int(doc["pending"]), int(doc["unknown"]), int(doc.get("duplicate", 0)),
+                        int(doc.get("corrected", 0)))

@@ -6,6 +6,7 @@ from skewless.protos import skewless_feedback_pb2 as pb
 from skewless.protos import skewless_feedback_pb2_grpc as pb_grpc
 
 from ..errors import FailedPrecondition, InvalidArgument
+from ..hooks import ALL_ROWS
 from ..lineage.service import Lineage
 from .grpc_servicer import rpc
 
@@ -23,9 +24,11 @@ class FeedbackServicer(pb_grpc.FeedbackServicer):
                                      "with --prediction-log DIR")
         if not request.model:
             raise InvalidArgument("a model name is required")
-        items = [(lb.request_id, list(lb.values)) for lb in request.labels]
-        joined, pending, unknown = await self.lineage.submit(request.model, items)
-        return pb.SubmitLabelsResponse(joined=joined, pending=pending, unknown=unknown)
+        items = [(lb.request_id, list(lb.values), lb.row if lb.HasField("row") else ALL_ROWS)
+                 for lb in request.labels]
+        c = await self.lineage.submit(request.model, items)
+        return pb.SubmitLabelsResponse(joined=c.joined, pending=c.pending, unknown=c.unknown, duplicate=c.duplicate,
+                                       corrected=c.corrected)
 
 
 def add_feedback_service(servicer: FeedbackServicer, server) -> None:

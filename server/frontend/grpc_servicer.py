@@ -192,8 +192,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                     try:
                         received_ns = time.perf_counter_ns()
                         trace = tracer.sample(parent, "grpc-stream") if tracer is not None else None
-                        dp.infer_bytes(data, received_ns, None, True, functools.partial(delivered, data), gone,
-                                       trace, key)
+                        # The stream's deadline is each message's: one still queued when it passes is a
+                        # deadline drop, as a unary call's is.
+                        dp.infer_bytes(data, received_ns, context.time_remaining(), True,
+                                       functools.partial(delivered, data), gone, trace, key)
                     except Exception as exc:
                         outstanding[0] -= 1
                         send(_stream_failure(data, exc))

@@ -36,7 +36,7 @@ from ..dataplane import DataPlane
 from ..encode import SPEC_HASH_PARAM, output_tensors
 from ..errors import FailedPrecondition, InvalidArgument, SkewlessError, Unimplemented
 from ..features.missing import refuse_nulls
-from ..hooks import FlaggedArrays
+from ..hooks import ALL_ROWS, FlaggedArrays
 from ..request_ids import assign_id
 from ..security.guard import Guard
 from ..security.http_guard import check_http
@@ -212,7 +212,10 @@ class RestFrontend:
     # -- lifecycle -------------------------------------------------------------------------------------------
     async def start(self, host: str, port: int, reuse_port: bool = False) -> int:
         # auto_decompress off: Content-Encoding is checked and decoded here, with the body size limit.
-        server = _Server(self.handle, access_log=None, auto_decompress=False, head_timeout=self.head_timeout_s)
+        # handler_cancellation: a client that hangs up cancels its request, as a gRPC cancel does (dropped if
+        # still queued, counted as cancelled, never as a success).
+        server = _Server(self.handle, access_log=None, auto_decompress=False, head_timeout=self.head_timeout_s,
+                         handler_cancellation=True)
         self._runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=self.grace_period_s)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port, ssl_context=self.ssl_context, reuse_port=reuse_port or None)
@@ -363,8 +366,9 @@ class RestFrontend:
         return _json(rows)
 
     async def labels(self, request, name):
-        """Delayed labels: ``{"labels": [{"id": REQUEST_ID, "value": V} | {"id": ..., "values": [V, ...]}]}``
-        (one value per row of the request) -> ``{"joined": n, "pending": n, "unknown": n}``."""
+        """Delayed labels: ``{"labels": [{"id": REQUEST_ID, "value": V} | {"id": ..., "values": [V, ...]} |
+        {"id": ..., "row": R, "value": V}]}`` (one value per row of the request, or one for the row named) ->
+        ``{"joined": n, "pending": n, "unknown": n, "duplicate": n, "corrected": n}``."""
         if self.lineage is None:
             raise FailedPrecondition("labels are joined with the prediction log, which is off: start the server "
                                      "with --prediction-log DIR")
@@ -380,9 +384,13 @@ class RestFrontend:
                     isinstance(v, int | float) and not isinstance(v, bool) for v in values):
                 raise InvalidArgument(f"labels[{i}] must be an object with a string 'id' and a number 'value' "
                                       "(or a list of numbers 'values', one per row)")
-            items.append((rid, [float(v) for v in values]))
-        joined, pending, unknown = await self.lineage.submit(name, items)
-        return _json({"joined": joined, "pending": pending, "unknown": unknown})
+            row = lb.get("row", ALL_ROWS)
+            if not isinstance(row, int) or isinstance(row, bool) or ("row" in lb and row < 0):
+                raise InvalidArgument(f"labels[{i}]: 'row' must be the row's index in its request (0, 1, ...)")
+            items.append((rid, [float(v) for v in values], row))
+        c = await self.lineage.submit(name, items)
+        return _json({"joined": c.joined, "pending": c.pending, "unknown": c.unknown, "duplicate": c.duplicate,
+                      "corrected": c.corrected})
 
     async def load(self, request, name):
         doc = await self._json_body(request, "load request")

@@ -17,12 +17,16 @@ METRICS = (
     MetricSpec("skewless_prediction_log_dropped", "counter", "Requests the prediction log dropped: its queue was full"),
     MetricSpec("skewless_prediction_log_rows", "counter", "Rows written to the prediction log"),
     MetricSpec("skewless_prediction_log_queue_depth", "gauge", "Requests waiting for the prediction log's writer"),
-    MetricSpec("skewless_labels_joined", "counter", "Submitted labels joined with their prediction"),
+    MetricSpec("skewless_labels_joined", "counter", "Submitted labels joined with their prediction for the first time"),
+    MetricSpec("skewless_labels", "counter",
+               "Submitted labels by outcome: joined (first time), duplicate (same value again: no change), corrected "
+               "(a new value replaced the old), pending (prediction not logged yet), refused (did not fit the "
+               "request's rows or the model's task)", ("outcome",)),
     MetricSpec("skewless_labels_pending", "gauge", "Labels waiting for a prediction not logged yet"),
     MetricSpec("skewless_labels_expired", "counter", "Pending labels dropped after their TTL without a prediction"),
     MetricSpec("skewless_labels_overflow", "counter",
                "Labels neither joined nor kept: the pending buffer was full"),
-    MetricSpec("skewless_label_coverage", "gauge", "Share of logged prediction rows that have a label",
+    MetricSpec("skewless_label_coverage", "gauge", "Share of logged prediction rows that have a label (at most 1)",
                ("model", "version")),
     MetricSpec("skewless_model_quality", "gauge",
                "Rolling quality per model version and window (metric: accuracy, auc, log_loss, ece, mae, rmse, n, "
@@ -46,10 +50,15 @@ def register_metrics(meter: Any, lineage: Lineage) -> None:
     SPEC["skewless_labels_expired"].observe(meter, one(lambda: join.expired))
     SPEC["skewless_labels_overflow"].observe(meter, one(lambda: join.overflow))
 
+    def outcomes(_options: CallbackOptions) -> Iterator[Observation]:
+        for outcome, n in list(join.outcomes.items()):
+            yield Observation(n, {"outcome": outcome})
+
+    SPEC["skewless_labels"].observe(meter, [outcomes])
+
     def coverage(_options: CallbackOptions) -> Iterator[Observation]:
-        for (model, version), n in list(join.logged_rows.items()):
-            yield Observation(join.joined_rows.get((model, version), 0) / n if n else 0.0,
-                              {"model": model, "version": str(version)})
+        for (model, version), share in join.coverage().items():
+            yield Observation(share, {"model": model, "version": str(version)})
 
     SPEC["skewless_label_coverage"].observe(meter, [coverage])
 

@@ -8,10 +8,11 @@ any score; accuracy thresholds it at 0.5), the label 0 or 1.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import threading
 import time
-from collections import deque
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
 import numpy as np
@@ -99,18 +100,20 @@ HIGHER_IS_BETTER = {"accuracy", "auc"}
 class QualityMonitor:
     """Rolling joined pairs per model (bounded), figures per version and window, threshold breaches.
 
-    Each model keeps at most ``max_pairs`` recent pairs (32 bytes each in numpy terms; a deque of tuples
-    here, ~120 bytes each: 100,000 pairs ≈ 12 MB per model)."""
+    Each model keeps at most ``max_pairs`` recent pairs (32 bytes each in numpy terms; a dict of tuples
+    here, ~150 bytes each: 100,000 pairs ≈ 15 MB per model). A pair added with the key of one it already
+    holds (a corrected label: same request id and row) replaces it, keeping its place and time."""
 
     def __init__(self, windows_s: tuple[float, ...] = (300.0, 3600.0), max_pairs: int = 100_000) -> None:
         self.windows_s = windows_s
         self.max_pairs = max_pairs
         self.tasks: dict[str, str] = {}  # model -> classification | regression
         self.thresholds: dict[str, dict[str, float]] = {}  # model -> metric -> threshold
-        self._pairs: dict[str, deque] = {}
+        self._pairs: dict[str, OrderedDict] = {}
         self._lock = threading.Lock()
         self._observers: list[Callable[[Breach], None]] = []
         self._breached: set[tuple] = set()
+        self._unkeyed = itertools.count()
 
     def configure(self, model: str, task: str, thresholds: dict[str, float] | None = None) -> None:
         self.tasks[model] = task
@@ -121,21 +124,28 @@ class QualityMonitor:
         self._observers.append(callback)
 
     def add(self, model: str, version: int, score: float, label: float, delay_s: float,
-            arm: str | None = None) -> None:
+            arm: str | None = None, key: Hashable | None = None) -> None:
+        """One joined pair; ``key`` (request id, row) identifies it, so that a correction replaces it."""
         if model not in self.tasks:
             return
         with self._lock:
-            q = self._pairs.get(model)
-            if q is None:
-                q = self._pairs[model] = deque(maxlen=self.max_pairs)
-            q.append((time.time(), version, score, label, delay_s, arm))
+            pairs = self._pairs.get(model)
+            if pairs is None:
+                pairs = self._pairs[model] = OrderedDict()
+            if key is None:
+                key = next(self._unkeyed)
+            before = pairs.get(key)
+            when = time.time() if before is None else before[0]
+            pairs[key] = (when, version, score, label, delay_s, arm)
+            if len(pairs) > self.max_pairs:
+                pairs.popitem(last=False)
 
     def figures(self, model: str, now: float | None = None) -> dict[tuple[int, float], dict[str, float]]:
         """(version, window seconds) -> metrics, label count and delay quantiles."""
         now = now or time.time()
         task = self.tasks.get(model)
         with self._lock:
-            rows = list(self._pairs.get(model, ()))
+            rows = list(self._pairs.get(model, {}).values())
         if not rows or task is None:
             return {}
         t, v, s, y, d = (np.array([r[i] for r in rows], dtype=np.float64) for i in range(5))
@@ -155,7 +165,7 @@ class QualityMonitor:
         """Metrics per canary arm since ``since`` (time.time()): for the canary's quality guardrail."""
         task = self.tasks.get(model)
         with self._lock:
-            rows = [r for r in self._pairs.get(model, ()) if r[0] >= since and r[5] is not None]
+            rows = [r for r in self._pairs.get(model, {}).values() if r[0] >= since and r[5] is not None]
         out: dict[str, dict[str, float]] = {}
         for arm in {r[5] for r in rows}:
             sel = [r for r in rows if r[5] == arm]

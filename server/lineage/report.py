@@ -27,6 +27,32 @@ def joined_files(logdir: Path) -> dict[str, list[Path]]:
     return out
 
 
+def latest_revisions(table: Any) -> Any:
+    """The joined rows readers should take: per (request_id, row), the one with the highest ``revision`` (a
+    corrected label is written again with its revision one higher; files from before revisions count as 0)."""
+    import pyarrow as pa
+
+    if "revision" not in table.column_names:
+        table = table.append_column("revision", pa.array(np.zeros(table.num_rows, np.int32)))
+    table = table.select(["request_id", "row", "revision", "model_version", "prediction_time", "label_time",
+                          "score", "label"])
+    if table.num_rows < 2:
+        return table
+    table = table.sort_by([("request_id", "ascending"), ("row", "ascending"), ("revision", "descending")])
+    rid = table.column("request_id").to_numpy(zero_copy_only=False)
+    row = table.column("row").to_numpy(zero_copy_only=False)
+    first = np.r_[True, (rid[1:] != rid[:-1]) | (row[1:] != row[:-1])]
+    return table.filter(pa.array(first))
+
+
+def _numpy(column: Any) -> np.ndarray:
+    import pyarrow as pa
+
+    if pa.types.is_timestamp(column.type):
+        column = column.cast(pa.int64())
+    return column.to_numpy(zero_copy_only=False)
+
+
 def _task(labels: np.ndarray) -> str:
     return "classification" if np.isin(labels, (0.0, 1.0)).all() else "regression"
 
@@ -41,17 +67,13 @@ def report(logdir: Path, window_s: float, task: str | None = None, progress: boo
     total = sum(len(v) for v in files.values())
     with tqdm(total=total, unit="files", file=sys.stderr, desc="quality-report", disable=not progress) as bar:
         for model, paths in files.items():
-            cols: dict[str, list] = {k: [] for k in ("model_version", "prediction_time", "label_time", "score",
-                                                     "label")}
+            tables = []
             for p in paths:
-                t = pq.read_table(p, columns=list(cols))
-                for k in cols:
-                    c = t.column(k)
-                    if pa.types.is_timestamp(c.type):
-                        c = c.cast(pa.int64())
-                    cols[k].append(c.to_numpy(zero_copy_only=False))
+                tables.append(latest_revisions(pq.read_table(p)))
                 bar.update(1)
-            v, pt, lt, s, y = (np.concatenate(cols[k]) for k in cols)
+            t = latest_revisions(pa.concat_tables(tables))
+            v, pt, lt, s, y = (_numpy(t.column(k)) for k in ("model_version", "prediction_time", "label_time",
+                                                              "score", "label"))
             kind = task or _task(y[np.isfinite(y)])
             versions: dict[str, Any] = {}
             start = pt.min() if pt.size else 0

@@ -11,14 +11,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import InvalidArgument, ModelLoadError, NotFound
+from ..hooks import ALL_ROWS
 from ..models.repository import ModelRepository
 from ..models.version import ModelVersion
 from ..parameters import read
-from .labels import LabelJoin
+from .labels import LabelCounts, LabelJoin
 from .prediction_log import PredictionLog, PredictionLogSettings
 from .quality import CLASSIFIER_METRICS, REGRESSOR_METRICS, QualityMonitor
 
@@ -67,21 +69,40 @@ class Lineage:
                 await self._task
         await asyncio.get_running_loop().run_in_executor(None, self.log.close)
 
-    async def submit(self, model: str, items: Sequence[tuple[str, Sequence[float]]]) -> tuple[int, int, int]:
-        """Labels (request id, values per row) for ``model``: (joined, pending, unknown). Reads rotated files
-        in a worker thread."""
+    async def submit(self, model: str, items: Sequence[tuple[str, Sequence[float], int]]) -> LabelCounts:
+        """Labels (request id, values, row: ALL_ROWS for one value per row, else the row the one value is for)
+        for ``model``: what became of them. Values outside the model's task (a classifier takes 0 or 1, a
+        regressor any finite number) or counts that do not fit the request refuse the whole call
+        (InvalidArgument, nothing taken). Reads rotated files in a worker thread."""
         if model not in self.repository.models:
             raise NotFound(f"unknown model '{model}'")
         if not items:
             raise InvalidArgument("no labels given: expected one or more (request id, values)")
         if len(items) > MAX_LABELS_PER_CALL:
             raise InvalidArgument(f"{len(items)} labels in one call; at most {MAX_LABELS_PER_CALL}")
-        for rid, values in items:
-            if not rid:
-                raise InvalidArgument("every label needs the request id its prediction's reply carried")
-            if not values:
-                raise InvalidArgument(f"label for request '{rid}' has no values: expected one per row")
+        try:
+            for rid, values, row in items:
+                check_label(model, self.quality.tasks.get(model), rid, values, row)
+        except InvalidArgument:
+            self.join.refused(len(items))
+            raise
         return await asyncio.get_running_loop().run_in_executor(None, self.join.submit, model, items)
+
+
+def check_label(model: str, task: str | None, rid: str, values: Sequence[float], row: int) -> None:
+    """A label's own shape and value domain (its count against the request's rows is checked at the join)."""
+    if not rid:
+        raise InvalidArgument("every label needs the request id its prediction's reply carried")
+    if not values:
+        raise InvalidArgument(f"label for request '{rid}' has no values: expected one per row")
+    if row < ALL_ROWS:
+        raise InvalidArgument(f"label for request '{rid}' names row {row}: rows are numbered from 0")
+    for v in values:
+        if not math.isfinite(v):
+            raise InvalidArgument(f"label for request '{rid}' has the value {v}: labels are finite numbers")
+        if task == "classification" and v not in (0.0, 1.0):
+            raise InvalidArgument(f"label for request '{rid}' has the value {v:g}, but model '{model}' is a "
+                                  "binary classifier (skewless.task classification): a label is 0 or 1")
 
 
 def _thresholds(mv: ModelVersion, task: str) -> dict[str, float]:

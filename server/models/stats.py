@@ -73,7 +73,9 @@ class BatchDurations:
 @dataclass
 class ModelStats:
     last_inference_ms: int = 0
-    inference_count: int = 0  # rows (batch elements) inferred
+    inference_count: int = 0  # rows of requests that succeeded (Triton's: a request that failed or was
+    # cancelled while its batch computed is not counted, though the model ran its rows: see executed_rows)
+    executed_rows: int = 0  # rows the model computed, whatever became of their requests
     execution_count: int = 0  # model executions (one per batch)
     success: Duration = field(default_factory=Duration)
     fail: Duration = field(default_factory=Duration)
@@ -91,7 +93,7 @@ class ModelStats:
     def record_execution(self, batch_size: int, requests: int, input_ns: int, infer_ns: int, output_ns: int) -> None:
         """One model execution serving ``requests`` requests with ``batch_size`` rows in all."""
         self.execution_count += 1
-        self.inference_count += batch_size
+        self.executed_rows += batch_size
         self.last_inference_ms = int(time.time() * 1000)
         # Triton charges each request the durations of the execution it was part of.
         self.compute_input.add(input_ns * requests, requests)
@@ -106,9 +108,11 @@ class ModelStats:
         self.compute_hist.observe(input_ns + infer_ns + output_ns)
         self.batch_hist.observe(batch_size)
 
-    def record_request(self, ok: bool, total_ns: int, queue_ns: int = 0, reason: str = "other") -> None:
-        """One completed request; ``reason`` says why a failed one failed."""
+    def record_request(self, ok: bool, total_ns: int, queue_ns: int = 0, reason: str = "other",
+                       rows: int = 0) -> None:
+        """One completed request of ``rows`` rows; ``reason`` says why a failed one failed."""
         if ok:  # once per request: the additions are spelled out rather than made through Duration.add
+            self.inference_count += rows
             success, queue = self.success, self.queue
             success.count += 1
             success.ns += total_ns

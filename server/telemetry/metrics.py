@@ -41,6 +41,7 @@ from ..models.stats import TRITON_REASONS, Histogram
 from ..models.version import ModelVersion
 from .drift import DriftMonitor
 from .host import HostMetrics
+from .otlp_stop import last_attempt
 from .spec import MetricSpec, by_name
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ METRICS = (
                VERSION),
     MetricSpec("nv_inference_request_failure", "counter", "Number of failed inference requests, all batch sizes",
                (*VERSION, "reason")),
-    MetricSpec("nv_inference_count", "counter", "Number of inferences performed (a batch of n counts n)", VERSION),
+    MetricSpec("nv_inference_count", "counter", "Number of inferences performed (a batch of n counts n), of requests that succeeded", VERSION),
     MetricSpec("nv_inference_exec_count", "counter", "Number of model executions performed", VERSION),
     MetricSpec("nv_inference_request_duration_us", "counter", "Cumulative inference request duration in microseconds",
                VERSION),
@@ -80,7 +81,7 @@ METRICS = (
     MetricSpec("skewless_requests_shed", "counter",
                "Requests dropped from the queue by its queue policy's timeout, uncomputed", VERSION),
     MetricSpec("skewless_requests_deadline_dropped", "counter",
-               "Requests whose client deadline passed in the queue, uncomputed", VERSION),
+               "Requests whose client deadline passed before they were answered (queued ones: dropped uncomputed)", VERSION),
     MetricSpec("skewless_requests_cancelled", "counter", "Requests cancelled by the client before they were answered",
                VERSION),
     MetricSpec("skewless_feature_log_written_rows", "counter", "Rows the served-feature log wrote", VERSION),
@@ -131,7 +132,10 @@ class ServerMetrics:
         if otlp is not None:
             readers.append(otlp)
         self.resource = Resource.create({"service.name": "skewless"})
-        self.provider = MeterProvider(metric_readers=readers, resource=self.resource)
+        self._otlp = otlp
+        # shutdown_on_exit off: the stop shuts the provider down (shutdown() below); an exit-time second call
+        # would only log "shutdown can only be called once".
+        self.provider = MeterProvider(metric_readers=readers, resource=self.resource, shutdown_on_exit=False)
         # Side modules (shadow, lineage, registry, alerts, fallback) register their own instruments on this
         # meter at app wiring, each reading its own counters; this module reports the path's and its own.
         self.meter = self.provider.get_meter("skewless")
@@ -168,6 +172,9 @@ class ServerMetrics:
     def shutdown(self, wait_s: float = SHUTDOWN_WAIT_S) -> None:
         """Flush and stop the exporters for at most ``wait_s``: the OTLP exporter's final export retries with
         backoff against a dead collector (~10 s measured), which must not hold up the server's stop."""
+        if self._otlp is not None:  # the final export is one attempt: no retry backoff against a dead collector
+            last_attempt(self._otlp.exporter.inner)
+
         def stop() -> None:
             try:
                 self.provider.shutdown()
@@ -337,7 +344,7 @@ class _WithHistograms(MetricExporter):
 
 
 def otlp_reader(add: Callable[[MetricsData], MetricsData],
-                environ: dict[str, str] | None = None) -> MetricReader | None:
+                environ: dict[str, str] | None = None) -> _OtlpReader | None:
     """OTLP export when the standard variables ask for it: OTEL_METRICS_EXPORTER lists ``otlp``, or an OTLP
     endpoint is set and OTEL_METRICS_EXPORTER does not say otherwise. The protocol (``grpc`` or
     ``http/protobuf``), endpoint, headers and interval (OTEL_METRIC_EXPORT_INTERVAL) are the SDK's own
@@ -355,7 +362,15 @@ def otlp_reader(add: Callable[[MetricsData], MetricsData],
         from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
     else:
         raise ValueError(f"OTLP protocol '{protocol}' is not supported: use grpc or http/protobuf")
-    return PeriodicExportingMetricReader(_WithHistograms(OTLPMetricExporter(), add))
+    return _OtlpReader(_WithHistograms(OTLPMetricExporter(), add))
+
+
+class _OtlpReader(PeriodicExportingMetricReader):
+    """The SDK's periodic reader, holding on to its exporter (the stop makes its final export one attempt)."""
+
+    def __init__(self, exporter: _WithHistograms):
+        super().__init__(exporter)
+        self.exporter = exporter
 
 
 __all__ = ["ServerMetrics", "otlp_reader"]

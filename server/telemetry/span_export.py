@@ -24,6 +24,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Sp
 from opentelemetry.sdk.resources import Resource
 
 from ..background import BackgroundWriter
+from .otlp_stop import last_attempt
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,9 @@ class SpanSender(Protocol):
     def send(self, request: ExportTraceServiceRequest, spans: int) -> bool: ...
 
     def shutdown(self) -> None: ...
+
+    def last_attempt(self) -> None:
+        """At stop: what is sent next is tried once, without retry backoff."""
 
 
 def otlp_sender(env: Mapping[str, str]) -> SpanSender:
@@ -63,15 +67,23 @@ class _LazySender:
     def __init__(self, make: Any) -> None:
         self._make = make
         self._sender: SpanSender | None = None
+        self._final = False  # stopping: a sender made now tries once
 
     def send(self, request: ExportTraceServiceRequest, spans: int) -> bool:
         if self._sender is None:
             self._sender = self._make()
+            if self._final:
+                last_attempt(self._sender)
         return self._sender.send(request, spans)
 
     def shutdown(self) -> None:
         if self._sender is not None:
             self._sender.shutdown()
+
+    def last_attempt(self) -> None:
+        self._final = True
+        if self._sender is not None:
+            last_attempt(self._sender)
 
 
 def _grpc_sender() -> SpanSender:
@@ -272,7 +284,11 @@ class SpanExporter:
 
     # -- stop --------------------------------------------------------------------------------------------------
     def shutdown(self, wait_s: float) -> None:
-        """Send what is queued within ``wait_s`` (a dead collector must not hold the stop up), then abandon it."""
+        """Send what is queued within ``wait_s``, in one attempt (a collector that is down must not hold the stop
+        up for the exporter's retry backoff), then abandon it."""
+        last = getattr(self.sender, "last_attempt", None)
+        if last is not None:
+            last()
         if not self._writer.close(wait_s):
             log.warning("trace export did not finish within %.0fs at stop: queued spans abandoned", wait_s)
             return
