@@ -15,6 +15,7 @@ module costs one comparison per request:
 - ``ModelRepository.events`` (:data:`RepositoryEvent`): loads, swaps and unloads (the audit log).
 
 Request tracing is handed to the transports as a :class:`Tracer`; a sampled request carries a :class:`Trace`.
+Triton's trace and log settings reach the transports as a :class:`TraceControl` and a :class:`LogControl`.
 """
 
 from __future__ import annotations
@@ -103,11 +104,28 @@ class Tracer(Protocol):
     def start_http(self, headers: Mapping[str, str]) -> Trace | None: ...
 
 
+class TraceControl(Protocol):
+    """Triton's trace settings (telemetry/trace_settings.py), for the TraceSetting RPC and REST routes.
+    Values are Triton's lists of strings; in ``update`` None (or an empty list) clears a setting."""
+
+    def get(self, model: str = "") -> dict[str, list[str]]: ...
+
+    def update(self, model: str, changes: Mapping[str, list[str] | None]) -> dict[str, list[str]]: ...
+
+
+class LogControl(Protocol):
+    """Triton's log settings (telemetry/log_settings.py): booleans, integers and strings by name."""
+
+    def get(self) -> dict[str, Any]: ...
+
+    def update(self, changes: Mapping[str, Any]) -> dict[str, Any]: ...
+
+
 class LabelSink(Protocol):
     """Takes delayed labels for logged predictions (lineage/service.py), for the REST labels route."""
 
     async def submit(self, name: str, items: list[tuple[str, list[float]]]) -> tuple[int, int, int]: ...
 
 
-__all__ = ["BatchObserver", "Complete", "FailureAnswer", "FlaggedArrays", "LabelSink", "RepositoryEvent",
-           "ReplyObserver", "Router", "Trace", "Tracer"]
+__all__ = ["BatchObserver", "Complete", "FailureAnswer", "FlaggedArrays", "LabelSink", "LogControl",
+           "RepositoryEvent", "ReplyObserver", "Router", "Trace", "TraceControl", "Tracer"]
