@@ -44,8 +44,8 @@ from ..security.principals import Principals
 from ..security.tls import CertFiles, grpc_credentials, ssl_context
 from ..shadow.traffic import TrafficManager
 from ..telemetry import prometheus_text
-from ..telemetry.metrics import ServerMetrics
 from ..telemetry.log_settings import LogSettings
+from ..telemetry.metrics import ServerMetrics
 from ..telemetry.trace_settings import TraceSettings
 from ..telemetry.tracing import RequestTracer
 from ..workers.cluster import Cluster
