@@ -294,6 +294,10 @@ class DataPlane:
         await self._everywhere(UNLOAD_KEY, req)
         return reply
 
+    async def apply_everywhere(self, key: str, req) -> None:
+        """Forward control call ``req`` (already applied here) to every sibling worker, if any."""
+        await self._everywhere(key, req)
+
     async def _everywhere(self, key: str, req) -> None:
         if self.peers is not None:
             try:

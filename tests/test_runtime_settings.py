@@ -16,8 +16,6 @@ from helpers import expect_error, infer, wait_until
 from serverproc import ServerProcess
 from test_tracing import MLP_X, SERVER_KIND, Receiver, attrs, otel_env, traceparent
 
-pytestmark = pytest.mark.slow
-
 ADD_SUB_X = {"INPUT0": MLP_X["input"][:, :16], "INPUT1": MLP_X["input"][:, :16]}
 
 

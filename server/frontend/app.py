@@ -251,7 +251,9 @@ class Server:
                                      AdminServicer(self.repository, self.cluster),
                                      TrafficServicer(self.traffic, self.cluster))
         inference.trace_control, inference.log_control = self.trace_control, self.log_control
+        inference.peers = self.cluster
         if self.cluster is not None:  # the siblings' forwarded control calls run these servicers' methods here
+            self.cluster.serve_servicer(inference, _pool.POOL.FindServiceByName(INFERENCE_SERVICE))  # settings
             self.cluster.serve_servicer(admin, _pool.POOL.FindServiceByName(ADMIN_SERVICE))
             self.cluster.serve_servicer(traffic, _pool.POOL.FindServiceByName(TRAFFIC_SERVICE))
         add_inference_service(inference, self._grpc)

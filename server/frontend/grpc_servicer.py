@@ -21,6 +21,7 @@ from skewless.protos import grpc_service_pb2_grpc as pb_grpc
 
 from ..dataplane import DataPlane
 from ..errors import SkewlessError
+from ..peers import Peers, everywhere
 from . import runtime_settings
 
 if TYPE_CHECKING:
@@ -101,6 +102,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         # Triton's trace and log settings: set by the wiring (side modules behind hooks' interfaces)
         self.trace_control: TraceControl | None = None
         self.log_control: LogControl | None = None
+        self.peers: Peers | None = None  # --workers N: settings changes apply on every worker
 
     @rpc
     async def ServerLive(self, request, context):
@@ -229,10 +231,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     CudaSharedMemoryUnregister = unimplemented("CUDA shared memory")
 
     # -- Triton's trace and logging extensions (frontend/runtime_settings.py) --------------------------------
+    @everywhere(SERVICE)
     @rpc
     async def TraceSetting(self, request, context):
         return runtime_settings.trace_setting(self.trace_control, self.dp, request)
 
+    @everywhere(SERVICE)
     @rpc
     async def LogSettings(self, request, context):
         return runtime_settings.log_settings(self.log_control, request)

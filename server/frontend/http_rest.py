@@ -419,13 +419,23 @@ class RestFrontend:
         runtime_settings.check_model(self.dp, name)
         changes = (runtime_settings.rest_trace_changes(await self._json_body(request, "trace setting request"))
                    if request.method == "POST" else {})
-        return _json(runtime_settings.rest_trace_reply(control.update(name, changes) if changes
-                                                       else control.get(name)))
+        if not changes:
+            return _json(runtime_settings.rest_trace_reply(control.get(name)))
+        values = control.update(name, changes)
+        await self.dp.apply_everywhere(runtime_settings.TRACE_KEY, runtime_settings.trace_request(name, changes))
+        return _json(runtime_settings.rest_trace_reply(values))
 
     async def logging_settings(self, request):
         control = runtime_settings.log_control(self.log_control)
         changes = await self._json_body(request, "log settings request") if request.method == "POST" else {}
-        return _json(control.update(changes) if changes else control.get())
+        if not changes:
+            return _json(control.get())
+        for key, value in changes.items():  # what a gRPC LogSettings request can carry
+            if value is not None and type(value) not in (bool, int, str):
+                raise InvalidArgument(f"log setting '{key}' must be a boolean, an integer or a string")
+        values = control.update(changes)
+        await self.dp.apply_everywhere(runtime_settings.LOG_KEY, runtime_settings.log_request(changes))
+        return _json(values)
 
     # -- inference -------------------------------------------------------------------------------------------
     async def infer(self, request, name, version=""):

@@ -59,6 +59,28 @@ def log_settings(control: LogControl | None, req: pb.LogSettingsRequest) -> pb.L
     return resp
 
 
+# -- REST (a change is forwarded to the sibling workers as the gRPC request) --------------------------------------
+# the peer keys of the inference servicer's @everywhere TraceSetting and LogSettings
+TRACE_KEY = "inference.GRPCInferenceService/TraceSetting"
+LOG_KEY = "inference.GRPCInferenceService/LogSettings"
+
+
+def trace_request(model: str, changes: dict[str, list[str] | None]) -> pb.TraceSettingRequest:
+    req = pb.TraceSettingRequest(model_name=model)
+    for key, values in changes.items():
+        req.settings[key].value.extend(values or [])
+    return req
+
+
+def log_request(changes: dict[str, Any]) -> pb.LogSettingsRequest:
+    req = pb.LogSettingsRequest()
+    for key, value in changes.items():
+        entry = req.settings[key]
+        if value is not None:
+            setattr(entry, _LOG_CHOICE[type(value)], value)
+    return req
+
+
 # -- REST ------------------------------------------------------------------------------------------------------
 def rest_trace_changes(doc: dict) -> dict[str, list[str] | None]:
     """A trace settings body: each value a string, a list of strings, or null (clear)."""
@@ -80,5 +102,5 @@ def rest_trace_reply(values: dict[str, list[str]]) -> dict[str, Any]:
     return {k: v if k == "trace_level" else (v[0] if v else "") for k, v in values.items()}
 
 
-__all__ = ["check_model", "log_control", "log_settings", "rest_trace_changes", "rest_trace_reply", "trace_control",
+__all__ = ["LOG_KEY", "TRACE_KEY", "check_model", "log_request", "trace_request", "log_control", "log_settings", "rest_trace_changes", "rest_trace_reply", "trace_control",
            "trace_setting"]
