@@ -46,7 +46,7 @@ from .request_ids import assign_id
 
 SERVER_NAME = "skewless"
 # Only what is really implemented: tritonclient and perf_analyzer branch on these names.
-EXTENSIONS = ["model_repository", "model_configuration", "statistics"]
+EXTENSIONS = ["model_repository", "model_configuration", "statistics", "binary_tensor_data"]
 # Peer keys of the control calls a worker forwards to its siblings (served by workers/cluster.py)
 LOAD_KEY = "dataplane/repository_load"
 UNLOAD_KEY = "dataplane/repository_unload"
@@ -69,6 +69,8 @@ class DataPlane:
         # The header (gRPC metadata / HTTP) naming the caller for shadow sampling and canary arms; None: the
         # transports read no header for it.
         self.key_header = key_header.lower() if key_header else None
+        # What ServerMetadata announces: the wiring adds the extensions whose side modules it attached.
+        self.extensions = list(EXTENSIONS)
 
     # -- health and metadata -------------------------------------------------------------------------
     def server_live(self) -> pb.ServerLiveResponse:
@@ -88,7 +90,7 @@ class DataPlane:
         return pb.ModelReadyResponse(ready=self.repository.is_ready(req.name, req.version))
 
     def server_metadata(self) -> pb.ServerMetadataResponse:
-        return pb.ServerMetadataResponse(name=SERVER_NAME, version=server_version(), extensions=EXTENSIONS)
+        return pb.ServerMetadataResponse(name=SERVER_NAME, version=server_version(), extensions=self.extensions)
 
     def model_metadata(self, req: pb.ModelMetadataRequest) -> pb.ModelMetadataResponse:
         mv = self.repository.get(req.name, req.version)
@@ -292,6 +294,10 @@ class DataPlane:
         reply = await self.repository_unload_here(req)
         await self._everywhere(UNLOAD_KEY, req)
         return reply
+
+    async def apply_everywhere(self, key: str, req) -> None:
+        """Forward control call ``req`` (already applied here) to every sibling worker, if any."""
+        await self._everywhere(key, req)
 
     async def _everywhere(self, key: str, req) -> None:
         if self.peers is not None:

@@ -175,8 +175,9 @@ def requested_outputs(names: list[str], mv: ModelVersion) -> list[str]:
             raise InvalidArgument(
                 f"unexpected inference output '{name}' for model '{mv.name}': expected outputs are "
                 f"{mv.output_names}")
-        if name not in out:
-            out.append(name)
+        if name in out:  # Triton's wording (its InferenceRequest::AddRequestedOutput)
+            raise InvalidArgument(f"output '{name}' already exists in request")
+        out.append(name)
     return out
 
 

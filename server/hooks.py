@@ -15,6 +15,7 @@ module costs one comparison per request:
 - ``ModelRepository.events`` (:data:`RepositoryEvent`): loads, swaps and unloads (the audit log).
 
 Request tracing is handed to the transports as a :class:`Tracer`; a sampled request carries a :class:`Trace`.
+Triton's trace and log settings reach the transports as a :class:`TraceControl` and a :class:`LogControl`.
 """
 
 from __future__ import annotations
@@ -107,6 +108,23 @@ class Tracer(Protocol):
 ALL_ROWS = -1
 
 
+class TraceControl(Protocol):
+    """Triton's trace settings (telemetry/trace_settings.py), for the TraceSetting RPC and REST routes.
+    Values are Triton's lists of strings; in ``update`` None (or an empty list) clears a setting."""
+
+    def get(self, model: str = "") -> dict[str, list[str]]: ...
+
+    def update(self, model: str, changes: Mapping[str, list[str] | None]) -> dict[str, list[str]]: ...
+
+
+class LogControl(Protocol):
+    """Triton's log settings (telemetry/log_settings.py): booleans, integers and strings by name."""
+
+    def get(self) -> dict[str, Any]: ...
+
+    def update(self, changes: Mapping[str, Any]) -> dict[str, Any]: ...
+
+
 class LabelSink(Protocol):
     """Takes delayed labels for logged predictions (lineage/service.py), for the REST labels route: items are
     (request id, values, row); the answer has counts ``joined``, ``pending``, ``unknown``, ``duplicate`` and
@@ -115,5 +133,5 @@ class LabelSink(Protocol):
     async def submit(self, name: str, items: list[tuple[str, list[float], int]]) -> Any: ...
 
 
-__all__ = ["ALL_ROWS", "BatchObserver", "Complete", "FailureAnswer", "FlaggedArrays", "LabelSink", "RepositoryEvent",
-           "ReplyObserver", "Router", "Trace", "Tracer"]
+__all__ = ["ALL_ROWS", "BatchObserver", "Complete", "FailureAnswer", "FlaggedArrays", "LabelSink", "LogControl",
+           "RepositoryEvent", "ReplyObserver", "Router", "Trace", "TraceControl", "Tracer"]

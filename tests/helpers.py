@@ -190,3 +190,22 @@ def write_versions(model_dir: Path, versions: dict[int, bytes], config: str | No
         (model_dir / str(v) / "model.onnx").write_bytes(data)
     if config is not None:
         (model_dir / "config.pbtxt").write_text(config)
+
+
+def write_triton_identity(root: Path, name: str, datatype: str, dims: Sequence[int], max_batch_size: int,
+                          inputs: int = 1) -> None:
+    """A Triton-QA-style identity model: INPUTi -> OUTPUTi of ``datatype`` and ``dims`` (config.pbtxt
+    written, batch dimension added when ``max_batch_size`` > 0)."""
+    from skewless.server.codec import DATATYPES
+
+    dt = DATATYPES[datatype]
+    elem = TensorProto.STRING if datatype == "BYTES" else helper.np_dtype_to_tensor_dtype(dt.numpy)
+    shape = [*(["batch"] if max_batch_size else []), *(f"d{i}" if d == -1 else d for i, d in enumerate(dims))]
+    graph = helper.make_graph(
+        [helper.make_node("Identity", [f"INPUT{i}"], [f"OUTPUT{i}"]) for i in range(inputs)], name,
+        [helper.make_tensor_value_info(f"INPUT{i}", elem, shape) for i in range(inputs)],
+        [helper.make_tensor_value_info(f"OUTPUT{i}", elem, shape) for i in range(inputs)])
+    tensors = "".join(
+        f'{kind} {{ name: "{kind.upper()}{i}" data_type: {dt.config_name} dims: [ {", ".join(map(str, dims))} ] }}\n'
+        for kind in ("input", "output") for i in range(inputs))
+    write_versions(root / name, {1: _model(graph)}, f"max_batch_size: {max_batch_size}\n{tensors}")

@@ -146,7 +146,7 @@ def test_load_with_config_override(explicit):
 
     # Not JSON: refused, and the loaded configuration keeps serving.
     expect_error(lambda: c.load_model("add_sub", config="{not json"), "INVALID_ARGUMENT",
-                 "failed to parse the 'config' load parameter as a JSON ModelConfig")
+                 "failed to load 'add_sub': the 'config' load parameter is not a valid JSON ModelConfig")
     assert c.get_model_config("add_sub").config.max_batch_size == 2
     # Only 'config' is supported (no override files).
     expect_error(lambda: c.load_model("add_sub", config=json.dumps(override), files={"file:1/model.onnx": b"x"}),

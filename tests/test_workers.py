@@ -165,3 +165,22 @@ def test_port_taken_fails_the_start(make_repo):
                                "--metrics-port", "0"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1
     assert f"cannot bind 127.0.0.1:{port}" in proc.stderr
+
+
+def test_log_settings_reach_every_worker(workers):
+    """A LogSettings change over either transport applies on every worker (each asked over the peer socket)."""
+    directory = worker_dir(worker_pids(workers.proc.pid)[0])
+
+    def each_worker(name: str) -> list:
+        replies = [service_pb2.LogSettingsResponse.FromString(
+            ask_worker(directory, i, "inference.GRPCInferenceService/LogSettings")) for i in range(2)]
+        return [getattr(r.settings[name], r.settings[name].WhichOneof("parameter_choice")) for r in replies]
+
+    assert each_worker("log_info") == [True, True]
+    req = urllib.request.Request(f"http://{workers.rest_url}/v2/logging", b'{"log_info": false}', method="POST")
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        assert json.loads(resp.read())["log_info"] is False
+    assert each_worker("log_info") == [False, False]
+    with grpcclient.InferenceServerClient(workers.grpc_url) as c:
+        c.update_log_settings({"log_info": True, "log_format": "ISO8601"})
+    assert each_worker("log_info") == [True, True] and each_worker("log_format") == ["ISO8601", "ISO8601"]

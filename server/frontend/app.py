@@ -44,7 +44,9 @@ from ..security.principals import Principals
 from ..security.tls import CertFiles, grpc_credentials, ssl_context
 from ..shadow.traffic import TrafficManager
 from ..telemetry import prometheus_text
+from ..telemetry.log_settings import LogSettings
 from ..telemetry.metrics import ServerMetrics
+from ..telemetry.trace_settings import TraceSettings
 from ..telemetry.tracing import RequestTracer
 from ..workers.cluster import Cluster
 from .admin_servicer import ADMIN_SERVICE, AdminServicer, add_admin_service
@@ -208,6 +210,13 @@ class Server:
         self._rest = RestFrontend(self.dataplane, opts.listen.max_message_bytes, opts.listen.grace_period_s,
                                   self.tracer, self._guard, self.ssl_context, opts.connections.http_head_timeout_s)
         self._rest.lineage = self.lineage
+        # Triton's trace and logging extensions: side modules the transports reach through hooks' interfaces
+        self.trace_control = TraceSettings(self.tracer)
+        self.log_control = LogSettings()
+        self._rest.trace_control, self._rest.log_control = self.trace_control, self.log_control
+        self.dataplane.extensions.append("logging")
+        if self.tracer is not None:  # without an exporter, trace settings can be read but not changed
+            self.dataplane.extensions.append("trace")
 
     def _share_in_flight(self, mv: ModelVersion) -> None:
         mv.total = self.in_flight
@@ -241,7 +250,10 @@ class Server:
         inference, admin, traffic = (InferenceServicer(self.dataplane, self.tracer),
                                      AdminServicer(self.repository, self.cluster),
                                      TrafficServicer(self.traffic, self.cluster))
+        inference.trace_control, inference.log_control = self.trace_control, self.log_control
+        inference.peers = self.cluster
         if self.cluster is not None:  # the siblings' forwarded control calls run these servicers' methods here
+            self.cluster.serve_servicer(inference, _pool.POOL.FindServiceByName(INFERENCE_SERVICE))  # settings
             self.cluster.serve_servicer(admin, _pool.POOL.FindServiceByName(ADMIN_SERVICE))
             self.cluster.serve_servicer(traffic, _pool.POOL.FindServiceByName(TRAFFIC_SERVICE))
         add_inference_service(inference, self._grpc)

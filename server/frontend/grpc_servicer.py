@@ -21,9 +21,11 @@ from skewless.protos import grpc_service_pb2_grpc as pb_grpc
 
 from ..dataplane import DataPlane
 from ..errors import SkewlessError
+from ..peers import Peers, everywhere
+from . import runtime_settings
 
 if TYPE_CHECKING:
-    from ..hooks import Tracer
+    from ..hooks import LogControl, TraceControl, Tracer
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +99,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self.dp = dataplane
         # Reading a call's metadata costs microseconds: only done when tracing is configured.
         self.tracer = tracer
+        # Triton's trace and log settings: set by the wiring (side modules behind hooks' interfaces)
+        self.trace_control: TraceControl | None = None
+        self.log_control: LogControl | None = None
+        self.peers: Peers | None = None  # --workers N: settings changes apply on every worker
 
     @rpc
     async def ServerLive(self, request, context):
@@ -225,8 +231,17 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     CudaSharedMemoryStatus = unimplemented("CUDA shared memory")
     CudaSharedMemoryRegister = unimplemented("CUDA shared memory")
     CudaSharedMemoryUnregister = unimplemented("CUDA shared memory")
-    TraceSetting = unimplemented("trace settings")
-    LogSettings = unimplemented("log settings")
+
+    # -- Triton's trace and logging extensions (frontend/runtime_settings.py) --------------------------------
+    @everywhere(SERVICE)
+    @rpc
+    async def TraceSetting(self, request, context):
+        return runtime_settings.trace_setting(self.trace_control, self.dp, request)
+
+    @everywhere(SERVICE)
+    @rpc
+    async def LogSettings(self, request, context):
+        return runtime_settings.log_settings(self.log_control, request)
 
 
 def _stream_failure(data: bytes, exc: BaseException) -> bytes:

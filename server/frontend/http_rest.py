@@ -40,10 +40,11 @@ from ..hooks import ALL_ROWS, FlaggedArrays
 from ..request_ids import assign_id
 from ..security.guard import Guard
 from ..security.http_guard import check_http
-from . import rest_codec
+from . import rest_codec, runtime_settings
+from .raw_binary import raw_binary_request
 
 if TYPE_CHECKING:
-    from ..hooks import LabelSink, Tracer
+    from ..hooks import LabelSink, LogControl, TraceControl, Tracer
 
 log = logging.getLogger(__name__)
 
@@ -185,6 +186,8 @@ class RestFrontend:
         self.grace_period_s = grace_period_s
         self._runner: web.ServerRunner | None = None
         self.lineage: LabelSink | None = None  # labels route: set by the server when the prediction log is on
+        self.trace_control: TraceControl | None = None  # Triton's trace and log settings: set by the wiring
+        self.log_control: LogControl | None = None
         # (method, path segments after /v2) -> handler; a "{}" segment is a path parameter.
         self._routes: list[tuple[str, tuple[str, ...], Handler]] = []
         for method, pattern, handler in (
@@ -206,6 +209,13 @@ class RestFrontend:
             ("POST", "repository/models/{}/load", self.load),
             ("POST", "repository/models/{}/unload", self.unload),
             ("POST", "models/{}/labels", self.labels),
+            # Triton's trace and logging extensions (runtime_settings.py)
+            ("GET", "trace/setting", self.trace_setting),
+            ("POST", "trace/setting", self.trace_setting),
+            ("GET", "models/{}/trace/setting", self.trace_setting),
+            ("POST", "models/{}/trace/setting", self.trace_setting),
+            ("GET", "logging", self.logging_settings),
+            ("POST", "logging", self.logging_settings),
         ):
             self._routes.append((method, tuple(pattern.split("/")) if pattern else (), handler))
 
@@ -278,8 +288,7 @@ class RestFrontend:
                 allowed.append(method)
         if allowed:
             raise HttpError(405, f"{path} accepts {', '.join(allowed)}, not {request.method}")
-        if parts and parts[0] in ("systemsharedmemory", "cudasharedmemory", "trace", "logging") or \
-                parts[-2:] == ["trace", "setting"]:
+        if parts and parts[0] in ("systemsharedmemory", "cudasharedmemory"):
             raise Unimplemented(f"{path} (a Triton extension) is not implemented by skewless yet")
         raise HttpError(404, f"no route for {path}")
 
@@ -356,8 +365,8 @@ class RestFrontend:
     async def repository_index(self, request):
         doc = await self._json_body(request, "repository index request")
         ready = doc.get("ready", False)
-        if not isinstance(ready, bool):
-            raise InvalidArgument("repository index 'ready' must be true or false")
+        if not isinstance(ready, bool):  # Triton's wording
+            raise InvalidArgument("Invalid value for 'ready': expected a boolean")
         rows = []
         for m in self.dp.repository_index(pb.RepositoryIndexRequest(ready=ready)).models:
             row = {"name": m.name}
@@ -413,14 +422,41 @@ class RestFrontend:
         await self.dp.repository_unload(pb.RepositoryModelUnloadRequest(model_name=name))
         return _empty(200)
 
+    # -- Triton's trace and logging extensions -------------------------------------------------------------------
+    async def trace_setting(self, request, name=""):
+        control = runtime_settings.trace_control(self.trace_control)
+        runtime_settings.check_model(self.dp, name)
+        changes = (runtime_settings.rest_trace_changes(await self._json_body(request, "trace setting request"))
+                   if request.method == "POST" else {})
+        if not changes:
+            return _json(runtime_settings.rest_trace_reply(control.get(name)))
+        values = control.update(name, changes)
+        await self.dp.apply_everywhere(runtime_settings.TRACE_KEY, runtime_settings.trace_request(name, changes))
+        return _json(runtime_settings.rest_trace_reply(values))
+
+    async def logging_settings(self, request):
+        control = runtime_settings.log_control(self.log_control)
+        changes = await self._json_body(request, "log settings request") if request.method == "POST" else {}
+        if not changes:
+            return _json(control.get())
+        for key, value in changes.items():  # what a gRPC LogSettings request can carry
+            if value is not None and type(value) not in (bool, int, str):
+                raise InvalidArgument(f"log setting '{key}' must be a boolean, an integer or a string")
+        values = control.update(changes)
+        await self.dp.apply_everywhere(runtime_settings.LOG_KEY, runtime_settings.log_request(changes))
+        return _json(values)
+
     # -- inference -------------------------------------------------------------------------------------------
     async def infer(self, request, name, version=""):
         received_ns = time.perf_counter_ns()
         tracer = self.tracer
         trace = tracer.start_http(request.headers) if tracer is not None else None
         body = await self._body(request)
-        req = rest_codec.parse_infer_request(
-            body, rest_codec.header_length(request.headers.get(HEADER_LENGTH), len(body)))
+        json_size = request.headers.get(HEADER_LENGTH)
+        if json_size is not None and json_size.strip() == "0":  # a raw binary request: the body is the input
+            req = raw_binary_request(body, self.dp.repository.get(name, version))
+        else:
+            req = rest_codec.parse_infer_request(body, rest_codec.header_length(json_size, len(body)))
         header = self.dp.key_header  # the caller, for shadow sampling and canary arms (when configured)
         req.id = assign_id(req.id)
         if req.nulls:  # JSON null means missing, which only a feature spec's raw inputs can take

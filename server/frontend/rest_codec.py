@@ -22,6 +22,7 @@ from ..codec import DATATYPES
 from ..decode import TensorHeader
 from ..errors import InvalidArgument, Unimplemented
 from ..features import missing
+from ..json_depth import check_json_depth
 
 _SHARED_MEMORY = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")
 
@@ -57,8 +58,11 @@ def header_length(value: str | None, body_size: int) -> int | None:
 
 
 def load_json(data: bytes | memoryview, what: str) -> Any:
+    """A JSON body, refused (400) when malformed or nested deeper than Triton's limit."""
+    data = bytes(data) if isinstance(data, memoryview) else data
     try:
-        return json.loads(bytes(data) if isinstance(data, memoryview) else data)
+        check_json_depth(data)
+        return json.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidArgument(f"malformed JSON in the {what}: {exc}") from None
 

@@ -18,6 +18,7 @@ from skewless.protos import model_config_pb2 as mc
 
 from ..codec import BY_CONFIG_NAME, BY_ONNX, DataType
 from ..errors import ModelLoadError
+from ..json_depth import JsonTooDeep, check_json_depth
 
 CONFIG_FILE = "config.pbtxt"
 PLATFORM = "onnxruntime_onnx"
@@ -56,13 +57,16 @@ def parse_config(text: str, source: str) -> mc.ModelConfig:
     return config
 
 
-def parse_config_json(text: str) -> mc.ModelConfig:
+def parse_config_json(text: str, name: str) -> mc.ModelConfig:
     """A config override sent with RepositoryModelLoad (Triton's ``config`` parameter is JSON)."""
     config = mc.ModelConfig()
     try:
+        check_json_depth(text.encode() if isinstance(text, str) else text)
         json_format.Parse(text, config)
-    except json_format.ParseError as exc:
-        raise ModelLoadError(f"failed to parse the 'config' load parameter as a JSON ModelConfig: {exc}") from None
+    except (json_format.ParseError, JsonTooDeep) as exc:
+        # Triton's prefix, which its clients look for
+        raise ModelLoadError(f"failed to load '{name}': the 'config' load parameter is not a valid JSON "
+                             f"ModelConfig: {exc}") from None
     return config
 
 

@@ -226,7 +226,7 @@ class ModelRepository:
             signature = tree_signature(model_dir)
             try:
                 text = None if config_json else read_config_text(model_dir)
-                base = parse_config_json(config_json) if config_json else (
+                base = parse_config_json(config_json, name) if config_json else (
                     parse_config(text, str(model_dir / "config.pbtxt")) if text is not None else mc.ModelConfig())
                 explicit_mbs = (json_mentions_max_batch_size(config_json) if config_json
                                 else mentions_max_batch_size(text))

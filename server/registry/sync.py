@@ -149,7 +149,7 @@ class RegistryRepository(ModelRepository):
         text = config_json if config_json else await self._call(self.source.model_config, name)
         try:
             if config_json:
-                base, explicit_mbs = parse_config_json(config_json), json_mentions_max_batch_size(config_json)
+                base, explicit_mbs = parse_config_json(config_json, name), json_mentions_max_batch_size(config_json)
             elif text is not None:
                 base, explicit_mbs = parse_config(text, f"{name}/config.pbtxt"), mentions_max_batch_size(text)
             else:

@@ -81,11 +81,13 @@ class RequestTrace:
     """One sampled request's trace context and the times the path adds as it goes (slots: one per sampled
     request only). ``parent_span_id`` is the caller's span (0: a root span of trace ``trace_id``)."""
 
-    __slots__ = ("exporter", "trace_id", "parent_span_id", "trace_state", "transport", "enqueued_ns", "batch")
+    __slots__ = ("exporter", "trace_id", "parent_span_id", "trace_state", "transport", "enqueued_ns", "batch",
+                 "policy")
 
     def __init__(self, exporter: SpanExporter, trace_id: int, parent_span_id: int, trace_state: str,
-                 transport: str):
+                 transport: str, policy: Any = None):
         self.exporter = exporter
+        self.policy = policy  # trace_settings.TraceSettings: the model's level, rate and count, at finish
         self.trace_id = trace_id
         self.parent_span_id = parent_span_id
         self.trace_state = trace_state
@@ -96,6 +98,8 @@ class RequestTrace:
     def finish(self, mv: Any, request_id: str, received_ns: int, reply_start_ns: int, end_ns: int,
                error: BaseException | None = None) -> None:
         """The request is answered (or failed): queue it for its spans. Never raises or blocks."""
+        if self.policy is not None and not self.policy.admit(getattr(mv, "name", ""), self.parent_span_id == 0):
+            return
         text = None if error is None else f"{type(error).__name__}: {error}"
         self.exporter.submit((self, mv, request_id, received_ns, reply_start_ns, end_ns, text))
 
@@ -114,6 +118,10 @@ class RequestTracer:
         offset_ns = time.time_ns() - time.perf_counter_ns()  # perf_counter ns -> ns since the epoch
         self.exporter = SpanExporter(sender, offset_ns, environ=environ)
         self._rng = random.Random()
+        # Set by trace_settings.TraceSettings (Triton's trace extension), when wired:
+        self.policy: Any = None  # decides at finish, per model
+        self.all_off = False  # trace_level OFF everywhere: no request is traced
+        self.rate_driven = False  # a trace_rate was set: it, not the root sampler, picks root traces
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> RequestTracer | None:
@@ -146,7 +154,11 @@ class RequestTracer:
 
     def sample(self, parent: Context | None, transport: str) -> RequestTrace | None:
         """The sampling decision for one request: a RequestTrace, or None (not sampled)."""
+        if self.all_off:
+            return None
         if parent is None:
+            if self.rate_driven:  # the model's trace_rate decides at finish
+                return RequestTrace(self.exporter, self._rng.getrandbits(128) or 1, 0, "", transport, self.policy)
             if self.roots_never:
                 return None
             trace_id = self._rng.getrandbits(128) or 1
@@ -157,7 +169,7 @@ class RequestTracer:
             state = sc.trace_state.to_header() if sc.trace_state else ""
         if not self.sampler.should_sample(parent, trace_id, "infer").decision.is_sampled():
             return None
-        return RequestTrace(self.exporter, trace_id, parent_span_id, state, transport)
+        return RequestTrace(self.exporter, trace_id, parent_span_id, state, transport, self.policy)
 
     def start(self, carrier: Mapping[str, str], transport: str) -> RequestTrace | None:
         return self.sample(self.parent(carrier), transport)
