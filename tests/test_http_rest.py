@@ -76,7 +76,7 @@ def test_health_and_server_metadata(server, rest):
     assert rest.is_server_live() and rest.is_server_ready()
     md = rest.get_server_metadata()
     assert md["name"] == "skewless"
-    assert md["extensions"] == ["model_repository", "model_configuration", "statistics"]
+    assert md["extensions"][:4] == ["model_repository", "model_configuration", "statistics", "system_shared_memory"]
     status, headers, body = raw(server, "GET", "/v2")
     assert status == 200 and headers["content-type"].startswith("application/json")
     assert json.loads(body) == {"name": "skewless", "version": md["version"], "extensions": md["extensions"]}
@@ -298,7 +298,8 @@ BAD = {
     "null for FP64": ("/v2/models/identity_all/infer", _one("FP64", [1.0, None]), {}, 400,
                       "input 'in_FP64' of datatype FP64 got mixed values"),
     "no route": ("/v2/nothing/here", b"", {}, 404, "no route for /v2/nothing/here"),
-    "shared memory": ("/v2/systemsharedmemory/status", None, {}, 501, "/v2/systemsharedmemory/status"),
+    "unknown shm region": ("/v2/systemsharedmemory/region/nope/status", None, {}, 404,
+                           "Unable to find system shared memory region: 'nope'"),
 }
 
 

@@ -38,7 +38,8 @@ def test_server_metadata(client):
     assert md.name == "skewless"
     assert md.version == metadata.version("skewless")
     # Exactly what is implemented: clients branch on these names.
-    assert sorted(md.extensions) == ["model_configuration", "model_repository", "statistics"]
+    assert sorted(set(md.extensions) - {"cuda_shared_memory"}) == [
+        "model_configuration", "model_repository", "statistics", "system_shared_memory"]
 
 
 def test_model_ready(client):
@@ -322,17 +323,11 @@ def test_load_unload_refused_in_none_mode(client):
 
 
 @pytest.mark.parametrize("call", [
-    lambda c: c.get_system_shared_memory_status(),
-    lambda c: c.register_system_shared_memory("r", "/key", 16),
-    lambda c: c.unregister_system_shared_memory(),
-    lambda c: c.get_cuda_shared_memory_status(),
-    lambda c: c.unregister_cuda_shared_memory(),
     lambda c: c.get_trace_settings(),
     lambda c: c.update_trace_settings(settings={"trace_rate": "1"}),
     lambda c: c.get_log_settings(),
     lambda c: c.update_log_settings(settings={"log_info": True}),
-], ids=["shm_status", "shm_register", "shm_unregister", "cuda_shm_status", "cuda_shm_unregister",
-        "trace_get", "trace_update", "log_get", "log_update"])
+], ids=["trace_get", "trace_update", "log_get", "log_update"])
 def test_unimplemented_rpcs(client, call):
     exc = expect_error(lambda: call(client), "UNIMPLEMENTED")
     assert "is not implemented by skewless" in exc.message()

@@ -17,7 +17,9 @@ import tritonclient.utils.shared_memory as shm
 from helpers import EXAMPLE_MODELS, expect_error
 from serverproc import ServerProcess
 from shm_models import write_simple_models
-from tritonclient.utils import InferenceServerException, serialize_byte_tensor
+from tritonclient.utils import InferenceServerException, serialize_byte_tensor, serialized_byte_size
+
+from skewless.examples.generate import make_slow_model
 
 pytestmark = pytest.mark.slow
 
@@ -26,9 +28,13 @@ B = np.ones((1, 16), dtype=np.int32)
 
 
 @pytest.fixture(scope="module")
-def shm_server(tmp_path_factory, model_source):
+def shm_server(tmp_path_factory):
     repo = write_simple_models(tmp_path_factory.mktemp("shm_repo"))
-    shutil.copytree(model_source / "slow", repo / "slow")
+    make_slow_model(repo / "slow" / "1" / "model.onnx", 300.0)  # one instance, so requests queue behind others
+    (repo / "slow" / "config.pbtxt").write_text(
+        'name: "slow"\nplatform: "onnxruntime_onnx"\nmax_batch_size: 1\n'
+        'input [ { name: "x" data_type: TYPE_FP32 dims: [ 4 ] } ]\noutput [ { name: "y" data_type: TYPE_FP32 dims: [ 4 ] } ]\n'
+        'instance_group [ { count: 1 kind: KIND_CPU } ]\ndynamic_batching { }\n')
     shutil.copytree(EXAMPLE_MODELS / "churn", repo / "churn")
     proc = ServerProcess(repo).start()
     yield proc
@@ -106,15 +112,16 @@ def test_simple_shm_string_example(shm_server, regions, proto):
     a = np.array([str(x) for x in A.reshape(-1)], dtype=object).reshape(1, 16)
     b = np.array([str(x) for x in B.reshape(-1)], dtype=object).reshape(1, 16)
     sa, sb = serialize_byte_tensor(a), serialize_byte_tensor(b)
-    in_key, in_h = regions(sa.size + sb.size)
+    na, nb = serialized_byte_size(sa), serialized_byte_size(sb)
+    in_key, in_h = regions(na + nb)
     out_key, out_h = regions(512)
-    shm.set_shared_memory_region(in_h, [a])
-    shm.set_shared_memory_region(in_h, [b], offset=sa.size)
-    client.register_system_shared_memory("s_in", in_key, sa.size + sb.size)
+    shm.set_shared_memory_region(in_h, [sa])
+    shm.set_shared_memory_region(in_h, [sb], offset=na)
+    client.register_system_shared_memory("s_in", in_key, na + nb)
     client.register_system_shared_memory("s_out", out_key, 512)
     inputs = [mod.InferInput("INPUT0", [1, 16], "BYTES"), mod.InferInput("INPUT1", [1, 16], "BYTES")]
-    inputs[0].set_shared_memory("s_in", sa.size)
-    inputs[1].set_shared_memory("s_in", sb.size, offset=sa.size)
+    inputs[0].set_shared_memory("s_in", na)
+    inputs[1].set_shared_memory("s_in", nb, offset=na)
     outputs = [mod.InferRequestedOutput("OUTPUT0"), mod.InferRequestedOutput("OUTPUT1")]
     outputs[0].set_shared_memory("s_out", 256)
     outputs[1].set_shared_memory("s_out", 256, offset=256)
@@ -173,7 +180,7 @@ def test_feature_stage_inputs_from_shared_memory(shm_server, regions):
         "payment_method": np.array([[b"electronic-check"], [b"credit-card"]], dtype=object),
         "region": np.array([[b"north"], [b"south"]], dtype=object),
     }
-    blobs = {k: (serialize_byte_tensor(v).tobytes() if v.dtype == object else v.tobytes()) for k, v in feeds.items()}
+    blobs = {k: (serialize_byte_tensor(v).item() if v.dtype == object else v.tobytes()) for k, v in feeds.items()}
     total = sum(len(b) for b in blobs.values())
     key, h = regions(total)
     client.register_system_shared_memory("churn_in", key, total)
@@ -197,26 +204,47 @@ def test_feature_stage_inputs_from_shared_memory(shm_server, regions):
     client.unregister_system_shared_memory("churn_in")
 
 
+def _pending(server, model: str) -> float:
+    """The server's nv_inference_pending_request_count for ``model`` (requests decoded and queued)."""
+    import re
+
+    import requests
+
+    text = requests.get(f"{server.http_url}/metrics", timeout=10).text
+    found = re.findall(rf'^nv_inference_pending_request_count{{[^}}]*model="{model}"[^}}]*}} (\S+)$', text, re.M)
+    return sum(float(v) for v in found)
+
+
 def test_unregister_while_in_flight(shm_server, regions):
     """A request reading from and writing into regions unregistered (and destroyed by the client) while it
-    runs completes correctly: the server's mapping outlives the registration until the request is done."""
+    is queued completes correctly: the server's mapping outlives the registration until the request is done."""
+    from helpers import wait_until
+
     client = _grpc(shm_server)
-    x = np.arange(32, dtype=np.float32).reshape(8, 4)
+    x = np.arange(4, dtype=np.float32).reshape(1, 4)
     key, h = regions(x.nbytes)
     out_key, out_h = regions(x.nbytes)
     shm.set_shared_memory_region(h, [x])
     client.register_system_shared_memory("busy_in", key, x.nbytes)
     client.register_system_shared_memory("busy_out", out_key, x.nbytes)
-    inp = grpcclient.InferInput("x", [8, 4], "FP32")
+    inp = grpcclient.InferInput("x", [1, 4], "FP32")
     inp.set_shared_memory("busy_in", x.nbytes)
     out = grpcclient.InferRequestedOutput("y")
     out.set_shared_memory("busy_out", x.nbytes)
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+    blocker = grpcclient.InferInput("x", [1, 4], "FP32")
+    blocker.set_data_from_numpy(np.ones((1, 4), np.float32))
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        blockers = [pool.submit(client.infer, "slow", [blocker]) for _ in range(6)]
+        wait_until(lambda: _pending(shm_server, "slow") >= 4, 30, "the blockers queued")
         pending = pool.submit(client.infer, "slow", [inp], outputs=[out])
-        client.unregister_system_shared_memory()  # while "slow" computes (about 100 ms)
+        wait_until(lambda: _pending(shm_server, "slow") >= 5 or pending.done(), 30, "the shm request queued")
+        assert not pending.done(), "the request finished before the regions could be unregistered"
+        client.unregister_system_shared_memory()  # while the request waits behind the blockers
         assert len(client.get_system_shared_memory_status().regions) == 0
         pending.result(timeout=60)
-    np.testing.assert_array_equal(shm.get_contents_as_numpy(out_h, np.float32, [8, 4]), x * 2)
+        for b in blockers:
+            b.result(timeout=60)
+    np.testing.assert_array_equal(shm.get_contents_as_numpy(out_h, np.float32, [1, 4]), x * 2)
     # the name is free again at once
     client.register_system_shared_memory("busy_in", key, x.nbytes)
     client.unregister_system_shared_memory("busy_in")

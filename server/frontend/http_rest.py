@@ -40,8 +40,8 @@ from ..errors import FailedPrecondition, InvalidArgument, SkewlessError, Unimple
 from ..hooks import FlaggedArrays
 from ..request_ids import assign_id
 from ..security.guard import Guard
-from ..shm.tensors import output_targets, write_outputs
 from ..security.http_guard import check_http
+from ..shm.tensors import output_targets, write_outputs
 from . import rest_codec
 
 if TYPE_CHECKING:
