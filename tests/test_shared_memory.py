@@ -21,8 +21,6 @@ from tritonclient.utils import InferenceServerException, serialize_byte_tensor, 
 
 from skewless.examples.generate import make_slow_model
 
-pytestmark = pytest.mark.slow
-
 A = np.arange(16, dtype=np.int32).reshape(1, 16)
 B = np.ones((1, 16), dtype=np.int32)
 
@@ -167,6 +165,47 @@ def test_mixed_sources_and_batching(shm_server, regions):
         np.testing.assert_array_equal(res.as_numpy("OUTPUT1"), rows[i] - B)
         np.testing.assert_array_equal(shm.get_contents_as_numpy(out_h, np.int32, [1, 16], offset=64 * i),
                                       ref.as_numpy("OUTPUT0"))
+    client.unregister_system_shared_memory()
+
+
+def test_stream_and_rest_mixed(shm_server, regions):
+    """A gRPC stream's requests and a REST request mixing a region input with JSON data and a region output
+    with a JSON one."""
+    import queue
+
+    key, h = regions(128)
+    shm.set_shared_memory_region(h, [A, B])
+    out_key, out_h = regions(128)
+    client = _grpc(shm_server)
+    client.register_system_shared_memory("st_in", key, 128)
+    client.register_system_shared_memory("st_out", out_key, 128)
+    replies: queue.Queue = queue.Queue()
+    client.start_stream(callback=lambda result, error: replies.put((result, error)))
+    try:
+        for i in range(2):
+            x0, x1 = grpcclient.InferInput("INPUT0", [1, 16], "INT32"), grpcclient.InferInput("INPUT1", [1, 16], "INT32")
+            x0.set_shared_memory("st_in", 64)
+            x1.set_shared_memory("st_in", 64, offset=64)
+            o = grpcclient.InferRequestedOutput("OUTPUT1")
+            o.set_shared_memory("st_out", 64, offset=64 * i)
+            client.async_stream_infer("simple", [x0, x1], outputs=[o], request_id=str(i))
+        for _ in range(2):
+            result, error = replies.get(timeout=60)
+            assert error is None, error
+    finally:
+        client.stop_stream()
+    for i in range(2):
+        np.testing.assert_array_equal(shm.get_contents_as_numpy(out_h, np.int32, [1, 16], offset=64 * i), A - B)
+
+    rest = _http(shm_server)
+    x0, x1 = httpclient.InferInput("INPUT0", [1, 16], "INT32"), httpclient.InferInput("INPUT1", [1, 16], "INT32")
+    x0.set_shared_memory("st_in", 64)
+    x1.set_data_from_numpy(B, binary_data=False)
+    o0, o1 = httpclient.InferRequestedOutput("OUTPUT0", binary_data=False), httpclient.InferRequestedOutput("OUTPUT1")
+    o1.set_shared_memory("st_out", 64)
+    result = rest.infer("simple", [x0, x1], outputs=[o0, o1])
+    np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), A + B)
+    np.testing.assert_array_equal(shm.get_contents_as_numpy(out_h, np.int32, [1, 16]), A - B)
     client.unregister_system_shared_memory()
 
 
