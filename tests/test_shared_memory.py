@@ -328,6 +328,44 @@ def test_validation_errors_grpc(shm_server, regions):
     client.unregister_system_shared_memory()
 
 
+def test_protobuf_requests_mix_regions_with_typed_contents(shm_server, regions):
+    """Raw protobuf: a region input next to a typed-contents one; typed contents on a region input, and
+    parameters of the wrong type, get Triton's errors."""
+    import grpc
+    from helpers import output_arrays, raw_stub, rpc_error, typed_request
+
+    client = _grpc(shm_server)
+    key, h = regions(64)
+    shm.set_shared_memory_region(h, [A])
+    client.register_system_shared_memory("pb_in", key, 64)
+    channel, stub = raw_stub(shm_server.grpc_url)
+    try:
+        req = typed_request("simple", [("INPUT0", "INT32", np.zeros((1, 16), np.int32)), ("INPUT1", "INT32", B)])
+        del req.inputs[0].contents.int_contents[:]
+        req.inputs[0].parameters["shared_memory_region"].string_param = "pb_in"
+        req.inputs[0].parameters["shared_memory_byte_size"].int64_param = 64
+        np.testing.assert_array_equal(output_arrays(stub.ModelInfer(req, timeout=60))["OUTPUT0"], A + B)
+
+        bad = typed_request("simple", [("INPUT0", "INT32", A), ("INPUT1", "INT32", B)])
+        bad.inputs[0].parameters["shared_memory_region"].string_param = "pb_in"
+        bad.inputs[0].parameters["shared_memory_byte_size"].int64_param = 64
+        err = rpc_error(lambda: stub.ModelInfer(bad, timeout=60), grpc.StatusCode.INVALID_ARGUMENT)
+        assert "unexpected 'content' provided when using shared memory for input tensor 'INPUT0'" in err.details()
+
+        bad = typed_request("simple", [("INPUT0", "INT32", A), ("INPUT1", "INT32", B)])
+        bad.inputs[0].parameters["shared_memory_byte_size"].int64_param = 64
+        err = rpc_error(lambda: stub.ModelInfer(bad, timeout=60), grpc.StatusCode.INVALID_ARGUMENT)
+        assert "'shared_memory_byte_size' can not be specified without 'shared_memory_region'" in err.details()
+
+        bad = typed_request("simple", [("INPUT0", "INT32", A), ("INPUT1", "INT32", B)])
+        bad.inputs[0].parameters["shared_memory_region"].int64_param = 1
+        err = rpc_error(lambda: stub.ModelInfer(bad, timeout=60), grpc.StatusCode.INVALID_ARGUMENT)
+        assert "invalid value type for 'shared_memory_region' parameter for tensor 'INPUT0'" in err.details()
+    finally:
+        channel.close()
+        client.unregister_system_shared_memory()
+
+
 def test_validation_errors_http(shm_server, regions):
     import requests
 
