@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace, out: Path, repo: Path) -> int:
     t_start = time.monotonic()
     rows: dict[tuple[str, str], list[dict[str, Any]]] = {(s, t): [] for s in SIZES for t in TRANSPORTS}
-    srv = start_skewless(repo, out / "skewless.log", extra=[])
+    srv = start_skewless(repo, out / "skewless.log", extra=["--allow-client-shm"])
     with srv:
         rest = srv.addresses["rest"]
         log(f"gRPC {srv.target}, HTTP/REST {rest}")

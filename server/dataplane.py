@@ -70,7 +70,8 @@ def server_version() -> str:
 
 
 class DataPlane:
-    def __init__(self, repository: ModelRepository, key_header: str | None = None, peers: Peers | None = None):
+    def __init__(self, repository: ModelRepository, key_header: str | None = None, peers: Peers | None = None,
+                 allow_client_shm: bool = False):
         self.repository = repository
         self.accepting = True
         # --workers N: the sibling workers (workers/cluster.py); control calls, statistics and readiness span
@@ -79,7 +80,7 @@ class DataPlane:
         # The header (gRPC metadata / HTTP) naming the caller for shadow sampling and canary arms; None: the
         # transports read no header for it.
         self.key_header = key_header.lower() if key_header else None
-        self.shm = SharedMemory()  # client-registered shared-memory regions (shm/), this process's own
+        self.shm = SharedMemory(allow_client_shm)  # client-registered shared-memory regions (shm/), this process's
 
     # -- health and metadata -------------------------------------------------------------------------
     def server_live(self) -> pb.ServerLiveResponse:
@@ -99,9 +100,11 @@ class DataPlane:
         return pb.ModelReadyResponse(ready=self.repository.is_ready(req.name, req.version))
 
     def server_metadata(self) -> pb.ServerMetadataResponse:
-        extensions = [*EXTENSIONS, "system_shared_memory"]
-        if cuda.available():
-            extensions.append("cuda_shared_memory")
+        extensions = list(EXTENSIONS)
+        if self.shm.allowed:
+            extensions.append("system_shared_memory")
+            if cuda.available():
+                extensions.append("cuda_shared_memory")
         return pb.ServerMetadataResponse(name=SERVER_NAME, version=server_version(), extensions=extensions)
 
     def model_metadata(self, req: pb.ModelMetadataRequest) -> pb.ModelMetadataResponse:

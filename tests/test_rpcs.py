@@ -38,8 +38,7 @@ def test_server_metadata(client):
     assert md.name == "skewless"
     assert md.version == metadata.version("skewless")
     # Exactly what is implemented: clients branch on these names.
-    assert sorted(set(md.extensions) - {"cuda_shared_memory"}) == [
-        "model_configuration", "model_repository", "statistics", "system_shared_memory"]
+    assert sorted(md.extensions) == ["model_configuration", "model_repository", "statistics"]
 
 
 def test_model_ready(client):
@@ -331,6 +330,20 @@ def test_load_unload_refused_in_none_mode(client):
 def test_unimplemented_rpcs(client, call):
     exc = expect_error(lambda: call(client), "UNIMPLEMENTED")
     assert "is not implemented by skewless" in exc.message()
+
+
+@pytest.mark.parametrize("call", [
+    lambda c: c.register_system_shared_memory("r", "/key", 16),
+    lambda c: c.unregister_system_shared_memory(),
+    lambda c: c.register_cuda_shared_memory("r", b"AAAA", 0, 16),
+    lambda c: c.unregister_cuda_shared_memory(),
+], ids=["shm_register", "shm_unregister", "cuda_shm_register", "cuda_shm_unregister"])
+def test_client_shared_memory_is_off_by_default(client, call):
+    """As in Triton, clients may register shared memory only when the server allows it (--allow-client-shm);
+    status answers either way."""
+    expect_error(lambda: call(client), "UNIMPLEMENTED", "Client shared memory is disabled. Start the server "
+                 "with '--allow-client-shm' to enable.")
+    assert len(client.get_system_shared_memory_status().regions) == 0
 
 
 # -- grpc.health.v1, reflection, HTTP probes ---------------------------------------------------------

@@ -34,7 +34,7 @@ def shm_server(tmp_path_factory):
         'input [ { name: "x" data_type: TYPE_FP32 dims: [ 4 ] } ]\noutput [ { name: "y" data_type: TYPE_FP32 dims: [ 4 ] } ]\n'
         'instance_group [ { count: 1 kind: KIND_CPU } ]\ndynamic_batching { }\n')
     shutil.copytree(EXAMPLE_MODELS / "churn", repo / "churn")
-    proc = ServerProcess(repo).start()
+    proc = ServerProcess(repo, "--allow-client-shm").start()
     yield proc
     proc.assert_clean_exit()
 

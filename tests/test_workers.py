@@ -69,7 +69,7 @@ def many_clients(url: str, model: str, feeds: dict, clients: int = CLIENTS, each
 @pytest.fixture(scope="module")
 def workers(make_repo):
     srv = ServerProcess(make_repo("mlp", "add_sub"), "--workers", "2", "--model-control-mode", "explicit",
-                        "--load-model", "mlp", start_timeout=60).start()
+                        "--load-model", "mlp", "--allow-client-shm", start_timeout=60).start()
     yield srv
     srv.assert_clean_exit()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from skewless.protos import grpc_service_pb2 as pb
 
-from ..errors import InvalidArgument
+from ..errors import InvalidArgument, Unimplemented
 from . import cuda
 from .regions import CUDA, SYSTEM, RegionTable, open_system_region
 
@@ -13,8 +13,14 @@ from .regions import CUDA, SYSTEM, RegionTable, open_system_region
 class SharedMemory:
     """This process's registered regions and the calls that manage them."""
 
-    def __init__(self) -> None:
+    def __init__(self, allowed: bool = False) -> None:
         self.table = RegionTable()
+        self.allowed = allowed  # --allow-client-shm: off by default, as in Triton
+
+    def _check_allowed(self) -> None:
+        if not self.allowed:
+            raise Unimplemented("Client shared memory is disabled. Start the server with '--allow-client-shm' to "
+                                "enable.")
 
     # -- system shared memory --------------------------------------------------------------------------
     def system_status(self, req: pb.SystemSharedMemoryStatusRequest) -> pb.SystemSharedMemoryStatusResponse:
@@ -24,6 +30,7 @@ class SharedMemory:
         return resp
 
     def system_register(self, req: pb.SystemSharedMemoryRegisterRequest) -> pb.SystemSharedMemoryRegisterResponse:
+        self._check_allowed()
         if not req.name:
             raise InvalidArgument("'region name' is necessary to register system shared memory region")
         if self.table.has(req.name):  # before opening anything, as Triton checks
@@ -33,6 +40,7 @@ class SharedMemory:
 
     def system_unregister(self, req: pb.SystemSharedMemoryUnregisterRequest
                           ) -> pb.SystemSharedMemoryUnregisterResponse:
+        self._check_allowed()
         if req.name:
             self.table.remove(req.name, SYSTEM)
         else:
@@ -47,6 +55,7 @@ class SharedMemory:
         return resp
 
     def cuda_register(self, req: pb.CudaSharedMemoryRegisterRequest) -> pb.CudaSharedMemoryRegisterResponse:
+        self._check_allowed()
         if not req.name:
             raise InvalidArgument("'region name' is necessary to register cuda shared memory region")
         if not cuda.available():
@@ -58,6 +67,7 @@ class SharedMemory:
         return pb.CudaSharedMemoryRegisterResponse()
 
     def cuda_unregister(self, req: pb.CudaSharedMemoryUnregisterRequest) -> pb.CudaSharedMemoryUnregisterResponse:
+        self._check_allowed()
         if req.name:
             self.table.remove(req.name, CUDA)
         else:
