@@ -43,6 +43,9 @@ from .models.version import ModelVersion
 from .peers import PeerFailure, Peers, peer_error
 from .request import Deliver, Request
 from .request_ids import assign_id
+from .shm import cuda
+from .shm.control import SharedMemory
+from .shm.tensors import input_buffers, output_targets, uses_shared_memory
 
 SERVER_NAME = "skewless"
 # Only what is really implemented: tritonclient and perf_analyzer branch on these names.
@@ -50,6 +53,13 @@ EXTENSIONS = ["model_repository", "model_configuration", "statistics", "binary_t
 # Peer keys of the control calls a worker forwards to its siblings (served by workers/cluster.py)
 LOAD_KEY = "dataplane/repository_load"
 UNLOAD_KEY = "dataplane/repository_unload"
+# Shared-memory registrations a worker forwards to its siblings: (peer key, SharedMemory method, request class)
+SHM_KEYS = (
+    ("dataplane/shm_system_register", "system_register", pb.SystemSharedMemoryRegisterRequest),
+    ("dataplane/shm_system_unregister", "system_unregister", pb.SystemSharedMemoryUnregisterRequest),
+    ("dataplane/shm_cuda_register", "cuda_register", pb.CudaSharedMemoryRegisterRequest),
+    ("dataplane/shm_cuda_unregister", "cuda_unregister", pb.CudaSharedMemoryUnregisterRequest),
+)
 
 
 def server_version() -> str:
@@ -60,7 +70,8 @@ def server_version() -> str:
 
 
 class DataPlane:
-    def __init__(self, repository: ModelRepository, key_header: str | None = None, peers: Peers | None = None):
+    def __init__(self, repository: ModelRepository, key_header: str | None = None, peers: Peers | None = None,
+                 allow_client_shm: bool = False):
         self.repository = repository
         self.accepting = True
         # --workers N: the sibling workers (workers/cluster.py); control calls, statistics and readiness span
@@ -71,6 +82,7 @@ class DataPlane:
         self.key_header = key_header.lower() if key_header else None
         # What ServerMetadata announces: the wiring adds the extensions whose side modules it attached.
         self.extensions = list(EXTENSIONS)
+        self.shm = SharedMemory(allow_client_shm)  # client-registered shared-memory regions (shm/), this process's
 
     # -- health and metadata -------------------------------------------------------------------------
     def server_live(self) -> pb.ServerLiveResponse:
@@ -90,7 +102,12 @@ class DataPlane:
         return pb.ModelReadyResponse(ready=self.repository.is_ready(req.name, req.version))
 
     def server_metadata(self) -> pb.ServerMetadataResponse:
-        return pb.ServerMetadataResponse(name=SERVER_NAME, version=server_version(), extensions=self.extensions)
+        extensions = list(self.extensions)
+        if self.shm.allowed:
+            extensions.append("system_shared_memory")
+            if cuda.available():
+                extensions.append("cuda_shared_memory")
+        return pb.ServerMetadataResponse(name=SERVER_NAME, version=server_version(), extensions=extensions)
 
     def model_metadata(self, req: pb.ModelMetadataRequest) -> pb.ModelMetadataResponse:
         mv = self.repository.get(req.name, req.version)
@@ -150,6 +167,7 @@ class DataPlane:
         """The general path, for protobuf messages (typed contents, output parameters). Cancelling ``watch``
         (by default: cancelling this coroutine) drops the request while it is queued."""
         req = pb.ModelInferRequest.FromString(data)
+        targets = output_targets(self.shm.table, {o.name: o.parameters for o in req.outputs})
         check_output_parameters(req)
         rid = assign_id(req.id)
         mv = self.repository.get(req.model_name, req.model_version)
@@ -159,7 +177,7 @@ class DataPlane:
             mv, rid, received_ns, req.inputs, req.raw_input_contents, [o.name for o in req.outputs],
             req.parameters, time_remaining_s=time_remaining_s, watch=watch, trace=trace, traffic_key=traffic_key))
         t = time.perf_counter_ns() if trace is not None else 0
-        resp = encode_response(rid, mv, names, arrays)
+        resp = encode_response(rid, mv, names, arrays, targets)
         if trace is not None:
             trace.finish(mv, rid, received_ns, t, time.perf_counter_ns())
         if stream:
@@ -203,6 +221,8 @@ class DataPlane:
             if request.decoded is not None:
                 feeds, rows, names = request.decoded
             else:
+                if uses_shared_memory(request.tensors):  # inputs read from registered regions (shm/)
+                    request.raw = input_buffers(self.shm.table, request.tensors, request.raw, mv.name)
                 feeds, rows, names = request_feeds(mv, request.tensors, request.raw, request.output_names,
                                                    request.id)
             request.names = names
@@ -247,6 +267,16 @@ class DataPlane:
                 request.trace.finish(mv, request.id, request.received_ns, 0, time.perf_counter_ns(), exc)
             raise
         return running if result is None else result
+
+    # -- shared memory (Triton's system and CUDA shared-memory extensions; shm/) ------------------------
+    async def shm_register(self, method: str, req) -> Any:
+        """Register or unregister a region here (``method``: a SharedMemory method named in SHM_KEYS), then on
+        every sibling worker, so requests reach it whichever worker they land on."""
+        reply = getattr(self.shm, method)(req)
+        for key, name, _ in SHM_KEYS:
+            if name == method:
+                await self._everywhere(key, req)
+        return reply
 
     # -- statistics ----------------------------------------------------------------------------------
     async def statistics_everywhere(self, req: pb.ModelStatisticsRequest) -> pb.ModelStatisticsResponse:

@@ -47,7 +47,7 @@ class TensorHeader:
     name: str
     datatype: str
     shape: Sequence[int]
-
+    parameters: dict | None = None  # the input's own parameters (shared memory: server/shm/tensors.py)
 
 
 def scheduling_parameters(params) -> tuple[int, int | None]:
@@ -89,7 +89,8 @@ def decode_inputs(tensors, raw, mv: ModelVersion) -> tuple[dict[str, np.ndarray]
     """Validate every input against the model and decode it; returns the feeds and the batch size.
 
     ``tensors`` are protobuf InferInputTensor messages, native InputTensor views or TensorHeaders (name,
-    datatype, shape).
+    datatype, shape). ``raw``: one buffer per input, or none at all; an entry is None for an input whose data
+    is elsewhere (typed contents), when inputs from shared memory made the list (server/shm/tensors.py).
     """
     if raw and len(raw) != len(tensors):
         raise InvalidArgument(
@@ -129,14 +130,15 @@ def decode_inputs(tensors, raw, mv: ModelVersion) -> tuple[dict[str, np.ndarray]
                     f"input '{name}' has batch size {shape[0]} but an earlier input has {batch}: "
                     "all inputs of a request must share the batch dimension")
         typed = typed_contents(tensor)
-        if raw:
+        buffer = raw[i] if raw else None
+        if buffer is not None:
             if typed is not None:
                 raise InvalidArgument(
                     f"input '{name}' has both raw_input_contents and typed contents: send exactly one of them")
             if mv.features is not None and spec.datatype.name == "BYTES":  # kept as wire bytes, no str objects
-                arr = mv.features.bytes_payload(name, shape, raw[i])
+                arr = mv.features.bytes_payload(name, shape, buffer)
             else:
-                arr = decode_raw(name, spec.datatype, shape, raw[i])
+                arr = decode_raw(name, spec.datatype, shape, buffer)
         elif typed is not None or element_count(shape) == 0:
             arr = decode_typed(name, spec.datatype, shape, typed if typed is not None else pb.InferTensorContents())
         else:

@@ -17,6 +17,7 @@ from .decode import apply_reshape
 from .hooks import FlaggedArrays
 from .models.stats import Duration, ModelStats
 from .models.version import SPEC_HASH_PARAM, ModelVersion
+from .shm.tensors import OutputTarget, write_outputs
 
 STREAM_TAG = bytes([2 << 3 | 2])  # ModelStreamInferResponse.infer_response, length-delimited
 
@@ -72,14 +73,19 @@ def output_tensors(mv: ModelVersion, names: list[str], arrays: list[np.ndarray])
     return out
 
 
-def encode_response(req_id: str, mv: ModelVersion, names: list[str],
-                    arrays: list[np.ndarray]) -> pb.ModelInferResponse:
+def encode_response(req_id: str, mv: ModelVersion, names: list[str], arrays: list[np.ndarray],
+                    targets: dict[str, OutputTarget] | None = None) -> pb.ModelInferResponse:
+    """``targets``: outputs written into shared-memory regions instead, whose raw contents stay empty (an
+    entry is kept per output, as Triton's, so clients index them alike)."""
     resp = pb.ModelInferResponse(model_name=mv.name, model_version=str(mv.version), id=req_id)
     if mv.features is not None:
         resp.parameters[SPEC_HASH_PARAM].string_param = mv.features.spec.sha256
-    for name, datatype, shape, payload in output_tensors(mv, names, arrays):
+    for name, datatype, shape, payload in write_outputs(targets, output_tensors(mv, names, arrays)):
         resp.outputs.add(name=name, datatype=datatype, shape=shape)
-        resp.raw_output_contents.append(payload if isinstance(payload, bytes) else payload.tobytes())
+        if payload is None:
+            resp.raw_output_contents.append(b"")
+        else:
+            resp.raw_output_contents.append(payload if isinstance(payload, bytes) else payload.tobytes())
     if type(arrays) is FlaggedArrays:
         resp.parameters["fallback"].string_param = arrays.reason
     return resp

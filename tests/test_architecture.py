@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = (("server", "skewless.server"), ("native", "skewless.native"))
 SIDE = ("shadow", "lineage", "fallback", "alerts", "audit", "registry", "telemetry")
 PATH = ("frontend", "dataplane", "decode", "encode", "request", "hooks", "request_ids", "peers", "batching", "models",
-        "features")
+        "features", "shm")
 # The wiring (may import everything), and the transports of side modules' own RPCs (their own side module).
 ALLOWED = {
     "frontend.app": SIDE,

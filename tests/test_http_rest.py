@@ -76,6 +76,7 @@ def test_health_and_server_metadata(server, rest):
     assert rest.is_server_live() and rest.is_server_ready()
     md = rest.get_server_metadata()
     assert md["name"] == "skewless"
+    # shared memory is announced only with --allow-client-shm (tests/test_shared_memory.py)
     assert md["extensions"] == ["model_repository", "model_configuration", "statistics", "binary_tensor_data",
                                "logging"]
     status, headers, body = raw(server, "GET", "/v2")
@@ -301,7 +302,8 @@ BAD = {
     "null for BYTES": ("/v2/models/identity_all/infer", _one("BYTES", ["a", None]), {}, 400,
                        "input 'in_BYTES' has null in 'data', but model 'identity_all' has no feature spec"),
     "no route": ("/v2/nothing/here", b"", {}, 404, "no route for /v2/nothing/here"),
-    "shared memory": ("/v2/systemsharedmemory/status", None, {}, 501, "/v2/systemsharedmemory/status"),
+    "unknown shm region": ("/v2/systemsharedmemory/region/nope/status", None, {}, 404,
+                           "Unable to find system shared memory region: 'nope'"),
 }
 
 
@@ -346,11 +348,9 @@ def test_status_table(error, status):
     assert status_of(error)[0] == status
 
 
-def test_unimplemented_and_wrong_method(server):
+def test_wrong_method_and_unknown_route(server):
     status, _, body = raw(server, "GET", "/v2/models/add_sub/infer")
     assert status == 405 and "accepts POST" in json.loads(body)["error"]
-    status, _, body = raw(server, "GET", "/v2/cudasharedmemory/status")
-    assert status == 501 and "not implemented" in json.loads(body)["error"]
     assert raw(server, "GET", "/metrics")[0] == 404
 
 

@@ -324,15 +324,17 @@ def test_load_unload_refused_in_none_mode(client):
 
 
 @pytest.mark.parametrize("call", [
-    lambda c: c.get_system_shared_memory_status(),
     lambda c: c.register_system_shared_memory("r", "/key", 16),
     lambda c: c.unregister_system_shared_memory(),
-    lambda c: c.get_cuda_shared_memory_status(),
+    lambda c: c.register_cuda_shared_memory("r", b"AAAA", 0, 16),
     lambda c: c.unregister_cuda_shared_memory(),
-], ids=["shm_status", "shm_register", "shm_unregister", "cuda_shm_status", "cuda_shm_unregister"])
-def test_unimplemented_rpcs(client, call):
-    exc = expect_error(lambda: call(client), "UNIMPLEMENTED")
-    assert "is not implemented by skewless" in exc.message()
+], ids=["shm_register", "shm_unregister", "cuda_shm_register", "cuda_shm_unregister"])
+def test_client_shared_memory_is_off_by_default(client, call):
+    """As in Triton, clients may register shared memory only when the server allows it (--allow-client-shm);
+    status answers either way."""
+    expect_error(lambda: call(client), "UNIMPLEMENTED", "Client shared memory is disabled. Start the server "
+                 "with '--allow-client-shm' to enable.")
+    assert len(client.get_system_shared_memory_status().regions) == 0
 
 
 # -- grpc.health.v1, reflection, HTTP probes ---------------------------------------------------------

@@ -71,7 +71,7 @@ def many_clients(url: str, model: str, feeds: dict, clients: int = CLIENTS, each
 @pytest.fixture(scope="module")
 def workers(make_repo):
     srv = ServerProcess(make_repo("mlp", "add_sub"), "--workers", "2", "--model-control-mode", "explicit",
-                        "--load-model", "mlp", start_timeout=60).start()
+                        "--load-model", "mlp", "--allow-client-shm", start_timeout=60).start()
     yield srv
     srv.assert_clean_exit()
 
@@ -95,6 +95,48 @@ def test_requests_spread_and_counted_once(workers):
         doc = json.loads(urllib.request.urlopen(f"http://{workers.rest_url}/v2/models/mlp/stats", timeout=10).read())
         assert doc["model_stats"][0]["inference_stats"]["success"]["count"] == sent
     assert http_status(workers.http_url + "/v2/health/ready") == 200
+
+
+def test_shared_memory_registration_reaches_every_worker(workers):
+    """A region registered through one worker serves requests whichever worker they land on; unregistering
+    through one removes it everywhere."""
+    import uuid
+
+    import tritonclient.utils.shared_memory as shm
+
+    key = f"/skewless_workers_{uuid.uuid4().hex[:10]}"
+    handle = shm.create_shared_memory_region("w_in", key, 128)
+    try:
+        a = np.arange(16, dtype=np.float32).reshape(1, 16)
+        shm.set_shared_memory_region(handle, [a, a])
+        with grpcclient.InferenceServerClient(workers.grpc_url) as c:
+            c.load_model("add_sub")
+            c.register_system_shared_memory("w_in", key, 128)
+
+        def run(_):
+            with grpcclient.InferenceServerClient(workers.grpc_url, channel_args=OWN_CONNECTION) as c:
+                for _ in range(2):
+                    x0, x1 = grpcclient.InferInput("INPUT0", [1, 16], "FP32"), grpcclient.InferInput(
+                        "INPUT1", [1, 16], "FP32")
+                    x0.set_shared_memory("w_in", 64)
+                    x1.set_shared_memory("w_in", 64, offset=64)
+                    out = c.infer("add_sub", [x0, x1], client_timeout=RPC_TIMEOUT).as_numpy("OUTPUT0")
+                    np.testing.assert_array_equal(out, a + a)
+                    assert "w_in" in c.get_system_shared_memory_status().regions
+
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(run, range(8)))
+        with grpcclient.InferenceServerClient(workers.grpc_url) as c:
+            c.unregister_system_shared_memory("w_in")
+
+        def gone(_):
+            with grpcclient.InferenceServerClient(workers.grpc_url, channel_args=OWN_CONNECTION) as c:
+                return len(c.get_system_shared_memory_status().regions)
+
+        with ThreadPoolExecutor(8) as pool:
+            assert list(pool.map(gone, range(8))) == [0] * 8
+    finally:
+        shm.destroy_shared_memory_region(handle)
 
 
 def test_load_and_unload_reach_every_worker(workers):

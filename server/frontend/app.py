@@ -147,7 +147,8 @@ class Server:
         # --workers N: this process is one of N; control calls, statistics, metrics and readiness span all
         # (the data plane and the control servicers are built with the cluster as their Peers).
         self.cluster = Cluster(opts.worker) if opts.worker is not None else None
-        self.dataplane = DataPlane(self.repository, opts.traffic.key_header, self.cluster)
+        self.dataplane = DataPlane(self.repository, opts.traffic.key_header, self.cluster,
+                                   allow_client_shm=opts.security.allow_client_shm)
         if self.cluster is not None:
             self.cluster.serve_dataplane(self.dataplane)
             cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

@@ -34,6 +34,7 @@ SERVICE = "inference.GRPCInferenceService"
 STATUS = {
     "INVALID_ARGUMENT": grpc.StatusCode.INVALID_ARGUMENT,
     "NOT_FOUND": grpc.StatusCode.NOT_FOUND,
+    "ALREADY_EXISTS": grpc.StatusCode.ALREADY_EXISTS,
     "UNAVAILABLE": grpc.StatusCode.UNAVAILABLE,
     "RESOURCE_EXHAUSTED": grpc.StatusCode.RESOURCE_EXHAUSTED,
     "DEADLINE_EXCEEDED": grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -85,13 +86,6 @@ def _status_logged(exc: BaseException, what: str) -> tuple[grpc.StatusCode, str]
 
 async def _abort(context, exc: Exception, what: str) -> None:
     await context.abort(*_status_logged(exc, what))
-
-
-def unimplemented(what: str):
-    async def method(self, request, context):
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{what} is not implemented by skewless yet")
-
-    return method
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
@@ -225,12 +219,32 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             reader.cancel()
             gone.cancel()
 
-    SystemSharedMemoryStatus = unimplemented("system shared memory")
-    SystemSharedMemoryRegister = unimplemented("system shared memory")
-    SystemSharedMemoryUnregister = unimplemented("system shared memory")
-    CudaSharedMemoryStatus = unimplemented("CUDA shared memory")
-    CudaSharedMemoryRegister = unimplemented("CUDA shared memory")
-    CudaSharedMemoryUnregister = unimplemented("CUDA shared memory")
+    # -- shared memory (server/shm/) -------------------------------------------------------------------
+    @rpc
+    async def SystemSharedMemoryStatus(self, request, context):
+        return self.dp.shm.system_status(request)
+
+    @rpc
+    async def SystemSharedMemoryRegister(self, request, context):
+        return await self.dp.shm_register("system_register", request)
+
+    @rpc
+    async def SystemSharedMemoryUnregister(self, request, context):
+        return await self.dp.shm_register("system_unregister", request)
+
+    @rpc
+    async def CudaSharedMemoryStatus(self, request, context):
+        return self.dp.shm.cuda_status(request)
+
+    @rpc
+    async def CudaSharedMemoryRegister(self, request, context):
+        return await self.dp.shm_register("cuda_register", request)
+
+    @rpc
+    async def CudaSharedMemoryUnregister(self, request, context):
+        return await self.dp.shm_register("cuda_unregister", request)
+    # -- end of shared memory ---------------------------------------------------------------------------
+
 
     # -- Triton's trace and logging extensions (frontend/runtime_settings.py) --------------------------------
     @everywhere(SERVICE)

@@ -18,6 +18,8 @@ installs no signal handlers (``handle_signals=False``) and drains in-flight requ
 from __future__ import annotations
 
 import asyncio
+import base64
+import functools
 import logging
 import ssl
 import time
@@ -34,12 +36,13 @@ from skewless.protos import grpc_service_pb2 as pb
 
 from ..dataplane import DataPlane
 from ..encode import SPEC_HASH_PARAM, output_tensors
-from ..errors import FailedPrecondition, InvalidArgument, SkewlessError, Unimplemented
+from ..errors import FailedPrecondition, InvalidArgument, SkewlessError
 from ..features.missing import refuse_nulls
 from ..hooks import ALL_ROWS, FlaggedArrays
 from ..request_ids import assign_id
 from ..security.guard import Guard
 from ..security.http_guard import check_http
+from ..shm.tensors import output_targets, write_outputs
 from . import rest_codec, runtime_settings
 from .raw_binary import raw_binary_request
 
@@ -52,6 +55,7 @@ log = logging.getLogger(__name__)
 HTTP_STATUS = {
     "INVALID_ARGUMENT": 400,
     "NOT_FOUND": 404,
+    "ALREADY_EXISTS": 409,
     "UNAVAILABLE": 503,
     "UNIMPLEMENTED": 501,
     "INTERNAL": 500,
@@ -216,6 +220,7 @@ class RestFrontend:
             ("POST", "models/{}/trace/setting", self.trace_setting),
             ("GET", "logging", self.logging_settings),
             ("POST", "logging", self.logging_settings),
+            *self._shm_routes(),
         ):
             self._routes.append((method, tuple(pattern.split("/")) if pattern else (), handler))
 
@@ -288,8 +293,6 @@ class RestFrontend:
                 allowed.append(method)
         if allowed:
             raise HttpError(405, f"{path} accepts {', '.join(allowed)}, not {request.method}")
-        if parts and parts[0] in ("systemsharedmemory", "cudasharedmemory"):
-            raise Unimplemented(f"{path} (a Triton extension) is not implemented by skewless yet")
         raise HttpError(404, f"no route for {path}")
 
     # -- bodies ----------------------------------------------------------------------------------------------
@@ -458,6 +461,7 @@ class RestFrontend:
         else:
             req = rest_codec.parse_infer_request(body, rest_codec.header_length(json_size, len(body)))
         header = self.dp.key_header  # the caller, for shadow sampling and canary arms (when configured)
+        targets = output_targets(self.dp.shm.table, req.output_parameters)  # outputs into shared memory
         req.id = assign_id(req.id)
         if req.nulls:  # JSON null means missing, which only a feature spec's raw inputs can take
             refuse_nulls(req.nulls, name, self.dp.repository.get(name, version).features is not None)
@@ -468,8 +472,8 @@ class RestFrontend:
         params = {SPEC_HASH_PARAM: mv.features.spec.sha256} if mv.features is not None else None
         if type(arrays) is FlaggedArrays:
             params = {**(params or {}), "fallback": arrays.reason}
-        json_size, reply = rest_codec.infer_reply(req, mv.name, mv.version_text, output_tensors(mv, names, arrays),
-                                                  params)
+        json_size, reply = rest_codec.infer_reply(
+            req, mv.name, mv.version_text, write_outputs(targets, output_tensors(mv, names, arrays)), params)
         if trace is not None:
             trace.finish(mv, req.id, received_ns, t, time.perf_counter_ns())
         if json_size is None:
@@ -478,6 +482,51 @@ class RestFrontend:
             resp = web.Response(body=reply, content_type=BINARY, headers={HEADER_LENGTH: str(json_size)})
         return self._compressed(request, resp)
 
+    # -- shared memory (Triton's extensions: server/shm/) -----------------------------------------------------
+    def _shm_routes(self) -> list[tuple[str, str, Handler]]:
+        routes = []
+        for kind in ("system", "cuda"):
+            base = f"{kind}sharedmemory"
+            for action, method in (("status", "GET"), ("register", "POST"), ("unregister", "POST")):
+                handler = functools.partial(self.shm, kind, action)
+                routes += [(method, f"{base}/{action}", handler), (method, f"{base}/region/{{}}/{action}", handler)]
+        return routes
+
+    async def shm(self, kind: str, action: str, request, name: str = ""):
+        """/v2/{system,cuda}sharedmemory[/region/{name}]/{status,register,unregister}, as Triton's."""
+        if action == "status":
+            req = (pb.SystemSharedMemoryStatusRequest if kind == "system" else pb.CudaSharedMemoryStatusRequest)(
+                name=name)
+            resp = self.dp.shm.system_status(req) if kind == "system" else self.dp.shm.cuda_status(req)
+            return _json([message_json(r) for r in resp.regions.values()])
+        if action == "unregister":
+            req = (pb.SystemSharedMemoryUnregisterRequest if kind == "system"
+                   else pb.CudaSharedMemoryUnregisterRequest)(name=name)
+            await self.dp.shm_register(f"{kind}_unregister", req)
+            return _empty(200)
+        if not name:
+            raise InvalidArgument(f"'region name' is necessary to register {kind} shared memory region")
+        doc = await self._json_body(request, "shared memory register request")
+        if kind == "system":
+            if "key" not in doc:
+                raise InvalidArgument("Shared memory register request has no 'key' field")
+            req = pb.SystemSharedMemoryRegisterRequest(name=name, key=_field(doc, "key", str),
+                                                       offset=_field(doc, "offset", int, 0),
+                                                       byte_size=_field(doc, "byte_size", int))
+        else:
+            handle = doc.get("raw_handle")
+            if not isinstance(handle, dict) or not isinstance(handle.get("b64"), str):
+                raise InvalidArgument("Shared memory register request has no 'raw_handle' field")
+            try:
+                raw = base64.b64decode(handle["b64"], validate=True)
+            except ValueError:
+                raise InvalidArgument("'raw_handle' of the register request is not valid base64") from None
+            req = pb.CudaSharedMemoryRegisterRequest(name=name, raw_handle=raw,
+                                                     device_id=_field(doc, "device_id", int),
+                                                     byte_size=_field(doc, "byte_size", int))
+        await self.dp.shm_register(f"{kind}_register", req)
+        return _empty(200)
+
     def _compressed(self, request: web.BaseRequest, resp: web.Response) -> web.Response:
         """Compress when Accept-Encoding asks for gzip or deflate (aiohttp's compressor, which hands large
         bodies to an executor); the Inference-Header-Content-Length stays the uncompressed JSON size."""
@@ -485,6 +534,21 @@ class RestFrontend:
         if "gzip" in accept or "deflate" in accept:
             resp.enable_compression()
         return resp
+
+
+_MISSING = object()
+
+
+def _field(doc: dict, key: str, kind: type, default: Any = _MISSING) -> Any:
+    """A field of a shared-memory register request: Triton's wording when absent or of the wrong type."""
+    if key not in doc:
+        if default is _MISSING:
+            raise InvalidArgument(f"Shared memory register request has no '{key}' field")
+        return default
+    value = doc[key]
+    if not isinstance(value, kind) or isinstance(value, bool) or (kind is int and value < 0):
+        raise InvalidArgument(f"Unable to parse '{key}': expected {'an unsigned integer' if kind is int else 'a string'}")
+    return value
 
 
 def _parameters(doc: dict, what: str) -> dict:

@@ -20,7 +20,7 @@ from skewless.native.bytes_codec import BytesFormatError, decode_bytes, encode_b
 
 from ..codec import DATATYPES
 from ..decode import TensorHeader
-from ..errors import InvalidArgument, Unimplemented
+from ..errors import InvalidArgument
 from ..features import missing
 from ..json_depth import check_json_depth
 
@@ -89,8 +89,10 @@ def parse_infer_request(body: bytes, json_size: int | None) -> RestInferRequest:
     offset = json_size if json_size is not None else len(body)
     for i, tensor in enumerate(inputs):
         header, params = _tensor_header(tensor, i)
-        if any(k in params for k in _SHARED_MEMORY):
-            raise Unimplemented(f"input '{header.name}' uses shared memory, which skewless does not implement")
+        _one_source(tensor, params)
+        if any(k in params for k in _SHARED_MEMORY):  # read from a registered region (server/shm/)
+            req.inputs.append(TensorHeader(header.name, header.datatype, header.shape, params))
+            continue
         size = params.get("binary_data_size")
         if size is not None:
             if "data" in tensor:
@@ -131,11 +133,19 @@ def parse_infer_request(body: bytes, json_size: int | None) -> RestInferRequest:
         if not isinstance(name, str):
             raise InvalidArgument("each requested output needs a string 'name'")
         params = _object(o.get("parameters", {}), f"parameters of output '{name}'")
-        if any(k in params for k in _SHARED_MEMORY):
-            raise Unimplemented(f"output '{name}' uses shared memory, which skewless does not implement")
         req.output_names.append(name)
         req.output_parameters[name] = params
     return req
+
+
+def _one_source(tensor: dict, params: dict) -> None:
+    """Triton's rule: an input's data comes from exactly one of 'data', binary data or a shared-memory region."""
+    found = [what for what, present in (("'data'", "data" in tensor),
+                                        ("'binary_data_size'", "binary_data_size" in params),
+                                        ("'shared_memory_region'", "shared_memory_region" in params)) if present]
+    if len(found) > 1:
+        raise InvalidArgument("Input must set only one of the following fields: 'data', 'binary_data_size' in "
+                              "'parameters', 'shared_memory_region' in 'parameters'. But set " + " ".join(found))
 
 
 def _tensor_header(tensor: Any, index: int) -> tuple[TensorHeader, dict]:
@@ -212,9 +222,12 @@ def _bf16_bits(values: np.ndarray) -> np.ndarray:
 
 # -- outputs -> JSON / binary --------------------------------------------------------------------------------
 def output_json(name: str, datatype: str, shape, payload, binary: bool, blobs: list) -> dict:
-    """One output of the reply: ``payload`` is output_tensors()' buffer (BYTES already length-prefixed).
+    """One output of the reply: ``payload`` is output_tensors()' buffer (BYTES already length-prefixed), or
+    None for an output written into shared memory.
     Binary outputs append their buffer to ``blobs`` (sent after the JSON, in order)."""
     out: dict[str, Any] = {"name": name, "datatype": datatype, "shape": [int(d) for d in shape]}
+    if payload is None:  # written into a shared-memory region: no contents in the reply, as Triton
+        return out
     if binary:
         buf = payload if isinstance(payload, bytes) else payload.reshape(-1).view(np.uint8)  # C-contiguous
         out["parameters"] = {"binary_data_size": len(buf)}

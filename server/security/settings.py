@@ -21,6 +21,7 @@ class SecuritySettings:
     tls: TlsSettings | None = None  # TLS (and mTLS with a client CA) on all three ports
     auth_principals: Path | None = None  # bearer tokens / certificate names and their groups
     rate_limit: float | None = None  # requests per second per principal (per address when anonymous)
+    allow_client_shm: bool = False  # clients may register shared-memory regions (Triton's flag and default)
 
     @staticmethod
     def add_arguments(group: argparse._ActionsContainer) -> None:
@@ -37,6 +38,10 @@ class SecuritySettings:
                                 "loopback only")
         group.add_argument("--rate-limit", type=float, metavar="RPS",
                            help="requests per second per principal (per address for anonymous callers)")
+        group.add_argument("--allow-client-shm", action="store_true",
+                           help="let clients register system (and CUDA) shared-memory regions for inputs and "
+                                "outputs, as Triton's flag of the same name: a caller can then map any shared-memory "
+                                "object the server's user can open, so only for trusted, co-located clients")
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, error: ErrorFn) -> SecuritySettings:
@@ -49,7 +54,8 @@ class SecuritySettings:
                 parse(Path(args.auth_principals).read_text(), args.auth_principals)
             except (OSError, ValueError) as exc:
                 error(f"--auth-principals: {exc}")
-        return cls(_tls(args, error), Path(args.auth_principals) if args.auth_principals else None, args.rate_limit)
+        return cls(_tls(args, error), Path(args.auth_principals) if args.auth_principals else None, args.rate_limit,
+                   args.allow_client_shm)
 
 
 def _tls(args: argparse.Namespace, error: ErrorFn) -> TlsSettings | None:

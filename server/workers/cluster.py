@@ -30,7 +30,7 @@ from google.protobuf import message_factory
 
 from skewless.protos import grpc_service_pb2 as pb
 
-from ..dataplane import LOAD_KEY, UNLOAD_KEY
+from ..dataplane import LOAD_KEY, SHM_KEYS, UNLOAD_KEY
 from ..errors import SkewlessError
 from ..peers import PeerFailure
 from .merge import merge_prometheus, sum_statistics
@@ -242,6 +242,11 @@ class Cluster:
                 return (await local(request_class.FromString(body))).SerializeToString()
 
             self._handlers[key] = run
+        for key, method, request_class in SHM_KEYS:  # shared-memory registrations (shm/)
+            async def run_shm(body: bytes, method=method, request_class=request_class) -> bytes:
+                return getattr(dataplane.shm, method)(request_class.FromString(body)).SerializeToString()
+
+            self._handlers[key] = run_shm
         self._local_load = self._handlers[LOAD_KEY]
         self._local_unload = self._handlers[UNLOAD_KEY]
 
