@@ -70,30 +70,27 @@ def server(make_repo, tmp_path_factory) -> Iterator[tuple[ServerProcess, Path, P
     proc.assert_clean_exit()
 
 
-pytestmark = pytest.mark.slow  # real servers with the prediction log and the audit log
-
-
 def test_route_lists_each_enabled_module_and_refuses_unknown(server):
     proc, logdir, auditdir = server
-    code, doc = get(f"http://{proc.http_url}/v2/status")
+    code, doc = get(f"{proc.http_url}/v2/status")
     assert code == 200 and doc["worker"] is None
     assert set(doc["modules"]) == {"lineage", "alerts", "audit", "fallback", "traffic", "drift"}
     assert doc["modules"]["alerts"]["hooks"] == [{"name": "noop", "type": "command", "calls": {}}]
     assert doc["modules"]["fallback"]["models"]["mlp"]["1"]["policy"] == "constant"
     assert doc["modules"]["lineage"]["prediction_log"]["directory"] == str(logdir)
     # the audit head is the last record written: the start-up load
-    code, audit = get(f"http://{proc.http_url}/v2/status/audit")
+    code, audit = get(f"{proc.http_url}/v2/status/audit")
     assert code == 200 and audit["module"] == "audit"
     records = [json.loads(line) for f in sorted(auditdir.glob("audit-*.jsonl")) for line in f.read_text().splitlines()]
     assert audit["status"]["records"] == records[-1]["seq"] >= 1
     assert audit["status"]["head_hash"] == records[-1]["hash"]
-    code, err = get(f"http://{proc.http_url}/v2/status/nope")
+    code, err = get(f"{proc.http_url}/v2/status/nope")
     assert code == 404 and "no status for module 'nope'" in err["error"] and "lineage" in err["error"]
 
 
 def test_prediction_log_and_labels_move_with_traffic(server):
     proc, _, _ = server
-    base = f"http://{proc.http_url}/v2/status/lineage"
+    base = f"{proc.http_url}/v2/status/lineage"
     before = get(base)[1]["status"]
     x = np.random.default_rng(3).random((4, 32), dtype=np.float32)
     with grpcclient.InferenceServerClient(proc.grpc_url) as client:
@@ -120,7 +117,7 @@ def test_prediction_log_and_labels_move_with_traffic(server):
 
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        assert main(["status", "lineage", "--url", f"http://{proc.http_url}"]) == 0
+        assert main(["status", "lineage", "--url", f"{proc.http_url}"]) == 0
     assert json.loads(out.getvalue())["status"]["labels"]["joined"] == after["joined"]
 
 
@@ -135,7 +132,7 @@ def test_route_needs_an_admin_principal(make_repo, tmp_path):
     principals.write_text(PRINCIPALS)
     proc = ServerProcess(make_repo("mlp"), "--auth-principals", str(principals)).start()
     try:
-        url = f"http://{proc.http_url}/v2/status"
+        url = f"{proc.http_url}/v2/status"
         assert get(url)[0] == 401
         assert get(url, "dash-secret")[0] == 403
         code, doc = get(url, "op-secret")
@@ -144,3 +141,10 @@ def test_route_needs_an_admin_principal(make_repo, tmp_path):
         assert get(url + "/fallback")[0] == 401
     finally:
         proc.assert_clean_exit()
+
+
+def test_cli_says_when_the_server_cannot_be_reached(capsys):
+    from skewless.server.frontend.cli import main
+
+    assert main(["status", "--url", "http://127.0.0.1:9", "--timeout", "2"]) == 2
+    assert "cannot reach http://127.0.0.1:9/v2/status" in capsys.readouterr().err
