@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import socket
 import sys
 import urllib.error
 import urllib.request
@@ -146,5 +147,23 @@ def test_route_needs_an_admin_principal(make_repo, tmp_path):
 def test_cli_says_when_the_server_cannot_be_reached(capsys):
     from skewless.server.frontend.cli import main
 
-    assert main(["status", "--url", "http://127.0.0.1:9", "--timeout", "2"]) == 2
-    assert "cannot reach http://127.0.0.1:9/v2/status" in capsys.readouterr().err
+    with socket.socket() as sock:  # a free port with no listener once closed
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    assert main(["status", "--url", f"http://127.0.0.1:{port}", "--timeout", "2"]) == 2
+    assert f"cannot reach http://127.0.0.1:{port}/v2/status" in capsys.readouterr().err
+
+
+def test_registry_status_follows_polls(make_repo, tmp_path):
+    repo = make_repo("mlp")
+    proc = ServerProcess(Path("unused"), "--model-repository", f"file://{repo}", "--model-control-mode", "poll",
+                         "--repository-poll-secs", "0.2", "--registry-cache", str(tmp_path / "cache")).start()
+    try:
+        url = f"{proc.http_url}/v2/status/registry"
+        wait_until(lambda: get(url)[1]["status"]["last_poll_ok"] is True, 20, "a registry poll")
+        st = get(url)[1]["status"]
+        assert st["source"].startswith("file://") and st["reachable"] and st["failures"] == 0
+        assert st["models"]["mlp"]["serving"] == [1] and st["models"]["mlp"]["pinned"] is False
+        assert st["cache_bytes"] > 0
+    finally:
+        proc.assert_clean_exit()
