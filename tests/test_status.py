@@ -167,3 +167,19 @@ def test_registry_status_follows_polls(make_repo, tmp_path):
         assert st["cache_bytes"] > 0
     finally:
         proc.assert_clean_exit()
+
+
+@pytest.mark.slow  # two worker processes
+def test_each_worker_answers_for_itself(make_repo):
+    proc = ServerProcess(make_repo("mlp"), "--workers", "2", start_timeout=60).start()
+    try:
+        seen = set()
+        for _ in range(40):
+            code, doc = get(f"{proc.http_url}/v2/status")
+            assert code == 200 and "fallback" in doc["modules"]
+            seen.add(doc["worker"])
+            if seen == {0, 1}:
+                break
+        assert seen <= {0, 1} and seen  # the kernel picks the worker: at least one answered, named by index
+    finally:
+        proc.assert_clean_exit()
