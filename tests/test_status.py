@@ -183,3 +183,23 @@ def test_each_worker_answers_for_itself(make_repo):
         assert seen <= {0, 1} and seen  # the kernel picks the worker: at least one answered, named by index
     finally:
         proc.assert_clean_exit()
+
+
+def test_drift_status_names_the_alarms(tmp_path_factory, tmp_path):
+    # the drift suite's own fixtures and helpers: a real churn model with its feature spec
+    from test_drift import FAST, WINDOW, load, monitor_for, raw, serve, shift, write_churn_model
+
+    churn_dir = tmp_path_factory.mktemp("churn_status")
+    write_churn_model(churn_dir)
+    mv = load(churn_dir / "churn", tmp_path, FAST)
+    monitor = monitor_for(mv)
+    quiet = monitor.status()
+    assert quiet["feature_psi"] == {} and quiet["alarms"] == [] and quiet["window_rows"] == WINDOW
+    serve(mv, shift(raw(WINDOW, seed=11), {"monthly_charges"}))
+    assert monitor.flush()
+    st = monitor.status()
+    json.dumps(st)  # JSON-able as the route sends it
+    assert st["feature_psi"]["monthly_charges"] >= 0.25
+    assert {"kind": "feature", "name": "monthly_charges", "level": "alert"} in st["alarms"]
+    assert st["sampled_rows"] == WINDOW
+    monitor.close()
