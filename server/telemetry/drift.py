@@ -304,7 +304,7 @@ class DriftMonitor:
         """The window, where the references come from, the last PSI per feature and output, and the names
         whose level is warn or alert (any thread; the PSI is as of the last recompute)."""
         levels = dict(self._levels)
-        return {"window_rows": self.settings.window_rows, "feature_reference": "feature spec",
+        return {"window_rows": self.settings.window_rows, "feature_reference": "feature spec" if self._features else None,
                 "prediction_reference": self.settings.prediction, "feature_psi": self.feature_psi(),
                 "prediction_psi": self.prediction_psi(),
                 "alarms": [{"kind": k, "name": n, "level": lv} for (k, n), lv in sorted(levels.items()) if lv != "ok"],
