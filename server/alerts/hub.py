@@ -153,6 +153,18 @@ class AlertHub:
             return False
         return True
 
+    def status(self) -> dict[str, Any]:
+        """Hooks, the queue, calls per hook by outcome, and the episodes open now (any thread)."""
+        with self._lock:
+            per_hook: dict[str, dict[str, int]] = {}
+            for (hook, _kind, outcome), n in self.counts.items():
+                per_hook.setdefault(hook, {})[outcome] = per_hook.setdefault(hook, {}).get(outcome, 0) + n
+            episodes = [{"kind": k, "subject": s} for (k, s) in self._episodes]
+            dropped = self.dropped
+        hooks = [{"name": h.name, "type": "webhook" if isinstance(h, Webhook) else "command",
+                  "calls": per_hook.get(h.name, {})} for h in [*self.settings.webhooks, *self.settings.commands]]
+        return {"hooks": hooks, "queued": len(self._writer), "dropped": dropped, "open_episodes": episodes}
+
     def _deliver(self, alerts: list[dict[str, Any]]) -> None:
         for alert in alerts:
             for hook in [*self.settings.webhooks, *self.settings.commands]:

@@ -99,6 +99,12 @@ class AuditLog:
             self.seq, self.last_hash = rec["seq"], rec["hash"]
         return rec
 
+    def status(self) -> dict[str, Any]:
+        """Where the log is and the chain's head (any thread)."""
+        with self._lock:
+            return {"directory": str(self.dir), "records": self.seq, "current_file": str(self.path),
+                    "head_hash": self.last_hash}
+
     def close(self) -> None:
         with self._lock:
             os.close(self._fd)

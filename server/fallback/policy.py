@@ -137,6 +137,16 @@ class Fallback:
         full = (rows, *dims) if self.batched else dims
         return np.broadcast_to(value, full)
 
+    def status(self) -> dict[str, Any]:
+        """Its kind (model, rule, constant), the failures it covers and its answers by reason (any thread)."""
+        if self.model is not None:
+            kind = "model " + ":".join(p for p in self.model if p)
+        else:
+            kind = "rule" if any(isinstance(v, Rule) for v in self._values.values()) else "constant"
+        with self._lock:
+            answers = dict(self.counts)
+        return {"policy": kind, "on": sorted(self.on), "answers": answers, "in_episode": self._episode}
+
     def reason_for(self, exc: BaseException | None) -> str | None:
         reason = classify(exc)
         return reason if reason in self.on else None

@@ -28,6 +28,7 @@ from ..audit.log import as_server
 from ..dataplane import DataPlane
 from ..fallback import FallbackHook
 from ..fallback.metrics import register_metrics as register_fallback_metrics
+from ..fallback.status import snapshot as fallback_snapshot
 from ..lineage.metrics import register_metrics as register_lineage_metrics
 from ..models import runtime
 from ..models.repository import ModelRepository
@@ -43,7 +44,9 @@ from ..security.guard import Guard, is_loopback
 from ..security.principals import Principals
 from ..security.tls import CertFiles, grpc_credentials, ssl_context
 from ..shadow.traffic import TrafficManager
+from ..status import StatusBoard
 from ..telemetry import prometheus_text
+from ..telemetry.drift import DriftMonitor
 from ..telemetry.log_settings import LogSettings
 from ..telemetry.metrics import ServerMetrics
 from ..telemetry.trace_settings import TraceSettings
@@ -55,6 +58,7 @@ from .grpc_servicer import InferenceServicer, add_inference_service, status_of
 from .http_rest import RestFrontend
 from .options import ServerOptions
 from .probes_http import HttpEndpoint
+from .status_route import StatusRoute
 from .traffic_servicer import TRAFFIC_SERVICE, TrafficServicer, add_traffic_service
 
 log = logging.getLogger("skewless")
@@ -203,7 +207,11 @@ class Server:
                 register_alert_metrics(meter, self.alerts)
             if self.lineage is not None:
                 register_lineage_metrics(meter, self.lineage)
-        self._http = HttpEndpoint(routes, self._guard, self.ssl_context)
+        # Each side module's status snapshot, read by GET /v2/status[/MODULE] on the metrics port.
+        self.status = self._status_board()
+        status = StatusRoute(self.status, opts.worker.index if opts.worker is not None else None)
+        routes[status.PATH] = status.all
+        self._http = HttpEndpoint(routes, self._guard, self.ssl_context, {status.PATH + "/": status.one})
         # Traces only when OTEL_TRACES_EXPORTER asks (None otherwise: the request path then reads no headers).
         self.tracer = RequestTracer.from_env()
         if self.metrics is not None and self.tracer is not None:
@@ -218,6 +226,39 @@ class Server:
         self.dataplane.extensions.append("logging")
         if self.tracer is not None:  # without an exporter, trace settings can be read but not changed
             self.dataplane.extensions.append("trace")
+
+    def _status_board(self) -> StatusBoard:
+        """The status providers of the side modules this server runs (fallback, shadow/canary and drift are
+        always listed: any model may configure them)."""
+        board = StatusBoard()
+        models = self.repository.models
+
+        def serving():
+            return [(name, dict(m.serving)) for name, m in list(models.items())]
+
+        if self.lineage is not None:
+            board.register("lineage", self.lineage.status)
+        if isinstance(self.repository, RegistryRepository):
+            board.register("registry", self.repository.status)
+        if self.alerts is not None:
+            board.register("alerts", self.alerts.status)
+        if self.audit is not None:
+            board.register("audit", self.audit.status)
+        board.register("fallback", lambda: fallback_snapshot(serving()))
+        board.register("traffic", lambda: {"models": {name: st for name in list(self.traffic.models)
+                                                      if (st := self.traffic.status(name))}})
+
+        def drift() -> dict:
+            out: dict = {}
+            for name, versions in serving():
+                for v, mv in sorted(versions.items()):
+                    if isinstance(mv.batch_observer, DriftMonitor):
+                        out.setdefault(name, {})[str(v)] = mv.batch_observer.status()
+            return {"models": out}
+
+        if self.metrics is not None:  # drift monitors are attached with the metrics
+            board.register("drift", drift)
+        return board
 
     def _share_in_flight(self, mv: ModelVersion) -> None:
         mv.total = self.in_flight

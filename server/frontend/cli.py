@@ -101,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     shadow_cli.register(sub)
     audit_cli.register(sub)
     quality_report.register(sub)
+    from . import status_cli
+
+    status_cli.register(sub)
     return p
 
 

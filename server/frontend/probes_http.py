@@ -1,4 +1,5 @@
-"""Plain HTTP on the metrics port: Kubernetes liveness/readiness probes and the Prometheus /metrics page.
+"""Plain HTTP on the metrics port: Kubernetes liveness/readiness probes, the Prometheus /metrics page and the
+side modules' status snapshots (/v2/status).
 
 A few fixed GET routes need no web framework; asyncio streams keep it on the server's event loop.
 """
@@ -6,6 +7,7 @@ A few fixed GET routes need no web framework; asyncio streams keep it on the ser
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import logging
 import ssl
@@ -18,16 +20,20 @@ from ..security.http_guard import check_http
 log = logging.getLogger(__name__)
 
 Route = Callable[[], tuple[int, str, bytes] | Awaitable[tuple[int, str, bytes]]]
+# A route under a prefix: called with the rest of the path (e.g. "/v2/status/" + "lineage")
+PrefixRoute = Callable[[str], tuple[int, str, bytes] | Awaitable[tuple[int, str, bytes]]]
 
 _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
-            405: "Method Not Allowed", 429: "Too Many Requests", 503: "Service Unavailable"}
+            405: "Method Not Allowed", 429: "Too Many Requests", 500: "Internal Server Error",
+            503: "Service Unavailable"}
 _REFUSED = {"UNAUTHENTICATED": 401, "PERMISSION_DENIED": 403, "RESOURCE_EXHAUSTED": 429}
 
 
 class HttpEndpoint:
     def __init__(self, routes: dict[str, Route], guard: Guard | None = None,
-                 ssl_context: ssl.SSLContext | None = None):
+                 ssl_context: ssl.SSLContext | None = None, prefixes: dict[str, PrefixRoute] | None = None):
         self.routes = routes
+        self.prefixes = prefixes or {}
         self.guard = guard  # health routes stay open; /metrics names models, so it is checked
         self.ssl_context = ssl_context
         self._server: asyncio.base_events.Server | None = None
@@ -48,6 +54,11 @@ class HttpEndpoint:
             method, target, _ = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ", 2)
             path = target.split("?", 1)[0]
             route = self.routes.get(path)
+            if route is None:
+                for prefix, handler in self.prefixes.items():
+                    if path.startswith(prefix) and len(path) > len(prefix):
+                        route = functools.partial(handler, path[len(prefix):])
+                        break
             refused = self._refused(head, method, path, writer) if self.guard is not None else None
             if refused is not None:
                 status, ctype, body = refused

@@ -30,6 +30,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..errors import InvalidArgument
 from ..hooks import ALL_ROWS
@@ -269,6 +270,13 @@ class LabelJoin:
         """``n`` labels refused (any thread)."""
         with self._lock:
             self.outcomes["refused"] += n
+
+    def status(self) -> dict[str, Any]:
+        """The join's counts (any thread): pending labels, outcomes, rows indexed per model's open file."""
+        with self._lock:
+            index_rows = {m: sum(len(v) for v in idx.values()) for m, idx in self._open.items()}
+            return {"pending": len(self._pending), "joined": self.joined, "expired": self.expired,
+                    "overflow": self.overflow, "outcomes": dict(self.outcomes), "index_rows": index_rows}
 
     @property
     def pending_count(self) -> int:

@@ -35,7 +35,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -140,6 +140,7 @@ class PredictionLog:
             label="prediction log")
         self.offer = self._writer.offer  # request side (event loop): one call, no wrapper
         self.written_rows = 0
+        self.rows_by_model: dict[str, int] = {}  # model -> rows written (the status snapshot)
         self.files_written = 0
         self._last_tick = time.monotonic()
         self._files: dict[str, tuple] = {}  # model -> (writer, tmp, final, opened monotonic, schema)
@@ -172,6 +173,14 @@ class PredictionLog:
         if not self._writer.close(30):
             log.error("prediction log: the writer did not stop within 30 s; %d queued records lost",
                       len(self._writer))
+
+    def status(self) -> dict[str, Any]:
+        """Queue, drops, files written and, per model, rows written and the file now open (any thread)."""
+        open_files = {m: str(f[1]) for m, f in list(self._files.items())}
+        models = {m: {"rows_written": n, "current_file": open_files.get(m)}
+                  for m, n in list(self.rows_by_model.items())}
+        return {"directory": str(self.settings.directory), "queued": len(self.queue), "dropped": self.dropped,
+                "rows_written": self.written_rows, "files_written": self.files_written, "models": models}
 
     def flush(self) -> None:
         """Rotate every open file now (tests, and before reading the directory)."""
@@ -217,6 +226,7 @@ class PredictionLog:
                 f = self._files[model] = self._open(model, "predictions", batch.schema)
             f[0].write_batch(batch)
             self.written_rows += batch.num_rows
+            self.rows_by_model[model] = self.rows_by_model.get(model, 0) + batch.num_rows
             if self.join is not None:
                 col = batch.column
                 self.join.logged(model, col(0).to_pylist(), col(1).to_pylist(), col(4).to_pylist(),

@@ -14,6 +14,7 @@ import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from ..errors import InvalidArgument, ModelLoadError, NotFound
 from ..hooks import ALL_ROWS
@@ -49,6 +50,10 @@ class Lineage:
         if task is None:
             return
         self.quality.configure(mv.name, task, _thresholds(mv, task))
+
+    def status(self) -> dict[str, Any]:
+        """The prediction log and the label join, as ``GET /v2/status/lineage`` shows them."""
+        return {"prediction_log": self.log.status(), "labels": self.join.status()}
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._check_loop())

@@ -63,6 +63,8 @@ class RegistryHealth:
     failures: int = 0
     last_error: str = ""
     down_since: float = 0.0
+    last_poll: float | None = None  # wall time of the last poll's end (None: none yet)
+    last_poll_ok: bool | None = None
 
 
 @dataclass
@@ -313,6 +315,22 @@ class RegistryRepository(ModelRepository):
         st = self.sync_state.get(name)
         return st is not None and st.pinned is not None
 
+    def status(self) -> dict[str, Any]:
+        """Source health, the last poll and, per model, what serves and whether a rollback pins it (reads
+        the cache directory: call it off the event loop)."""
+        h = self.health
+        models = {}
+        for name, st in list(self.sync_state.items()):
+            model = self.models.get(name)
+            models[name] = {"serving": sorted(model.serving) if model is not None else [],
+                            "pinned": st.pinned is not None,
+                            "pinned_versions": sorted(st.pinned.staged) if st.pinned is not None else [],
+                            "rejected_pending_change": st.failed_key is not None,
+                            "aliases": dict(st.aliases)}
+        return {"source": self.source.describe(), "reachable": h.reachable, "failures": h.failures,
+                "last_error": h.last_error, "last_poll": h.last_poll, "last_poll_ok": h.last_poll_ok,
+                "cache_bytes": self.cache.disk_bytes(), "models": models}
+
     # -- polling, backoff, store health -----------------------------------------------------------------
     async def poll_once(self) -> bool:
         """Sync every model once; False when the store failed (the caller backs off)."""
@@ -324,8 +342,10 @@ class RegistryRepository(ModelRepository):
                 await self._sync(name)
         except RegistryUnavailable as exc:
             self._source_failed(exc)
+            self.health.last_poll, self.health.last_poll_ok = time.time(), False
             return False
         self._source_ok()
+        self.health.last_poll, self.health.last_poll_ok = time.time(), True
         return True
 
     async def _poll_loop(self) -> None:

@@ -55,6 +55,8 @@ def http_group(method: str, path: str) -> str:
     parts = [p for p in path.split("/") if p]
     if parts[:2] == ["v2", "health"]:
         return HEALTH
+    if parts[:2] == ["v2", "status"]:  # the side modules' status: log paths, registry source, hooks
+        return ADMIN
     if parts[:2] == ["v2", "repository"]:
         return METADATA if parts[-1] == "index" else ADMIN
     if parts and parts[-1] in ("infer", "generate") and method == "POST":

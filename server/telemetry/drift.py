@@ -300,6 +300,16 @@ class DriftMonitor:
         return {"sampled_batches": self.sampled_batches, "sampled_rows": self.sampled_rows,
                 "dropped_batches": self.dropped_batches, "errors": self.errors}
 
+    def status(self) -> dict[str, Any]:
+        """The window, where the references come from, the last PSI per feature and output, and the names
+        whose level is warn or alert (any thread; the PSI is as of the last recompute)."""
+        levels = dict(self._levels)
+        return {"window_rows": self.settings.window_rows, "feature_reference": "feature spec" if self._features else None,
+                "prediction_reference": self.settings.prediction, "feature_psi": self.feature_psi(),
+                "prediction_psi": self.prediction_psi(),
+                "alarms": [{"kind": k, "name": n, "level": lv} for (k, n), lv in sorted(levels.items()) if lv != "ok"],
+                "skipped": dict(self.skipped), **self.counters()}
+
     def learnt_prediction_reference(self) -> dict[str, Any] | None:
         """The reference learnt from the first outputs, as a prediction reference file (None if not learnt):
         save it beside the model to keep comparing with the same reference after a reload."""
