@@ -78,9 +78,19 @@ def fetch_model(target: str, model: str, version: str = "", timeout: float = 10.
         call = ch.unary_unary(SERVICE + "ModelMetadata", request_serializer=pb.ModelMetadataRequest.SerializeToString,
                               response_deserializer=pb.ModelMetadataResponse.FromString)
         md = call(pb.ModelMetadataRequest(name=model, version=version), timeout=timeout)
+        config = ch.unary_unary(SERVICE + "ModelConfig", request_serializer=pb.ModelConfigRequest.SerializeToString,
+                                response_deserializer=pb.ModelConfigResponse.FromString)
+        # Optional inputs (a feature model's NAME__missing companions) are left out: the workload sends what
+        # every request must carry, so its figures stay comparable with servers that have no such inputs. A
+        # server without ModelConfig (the echo, the naive server) has none.
+        try:
+            cfg = config(pb.ModelConfigRequest(name=model, version=version), timeout=timeout).config
+            optional = {t.name for t in cfg.input if t.optional}
+        except grpc.RpcError:
+            optional = set()
 
     def tensors(items) -> list[Tensor]:
-        return [Tensor(t.name, t.datatype, tuple(int(d) for d in t.shape)) for t in items]
+        return [Tensor(t.name, t.datatype, tuple(int(d) for d in t.shape)) for t in items if t.name not in optional]
 
     return ModelInfo(md.name or model, version or (md.versions[-1] if md.versions else ""), md.platform,
                      tensors(md.inputs), tensors(md.outputs))
