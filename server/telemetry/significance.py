@@ -1,0 +1,146 @@
+"""Tests with a known false-positive rate, which the canary and drift guardrails gate on.
+
+PSI has no usable null distribution at small samples: over 10 decile bins from 20 requests per arm its
+expected value under *no* change is near 1 (an empty bin alone adds ~0.69), so a PSI limit rolls back
+identical models. A guardrail here alarms only when a test rejects "both samples come from the same
+distribution" at a stated alpha:
+
+* ``homogeneity``: the G-test (likelihood-ratio chi-square) of a 2 x B table of counts, after merging
+  adjacent bins until every cell's expected count is at least ``MIN_EXPECTED`` (Cochran's rule, under which
+  the chi-square approximation holds). Too few samples for two such bins: no test at all (None).
+* ``two_sample``: the same test on raw values binned at pooled quantiles (so each bin holds about the same
+  share of both arms), at most ``max_bins`` bins.
+* ``proportion_increase``: a one-sided two-proportion z-test (error rates).
+* ``look_alpha``: alpha spent on the k-th look of a sequence, ``alpha * 6 / (pi^2 k^2)``: the shares sum to
+  ``alpha`` over any number of looks, so repeated checks of a running canary keep the overall
+  false-alarm rate at or below ``alpha`` whatever the correlation between looks (a union bound).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+MIN_EXPECTED = 5.0
+_EPS = 1e-15
+_TINY = 1e-300
+
+
+@dataclass(frozen=True)
+class TestResult:
+    statistic: float
+    dof: int
+    p_value: float
+    bins: int  # bins after merging
+    psi: float  # the PSI of the second row against the first over the same bins (an effect size, reported)
+
+
+def chi2_sf(x: float, dof: int) -> float:
+    """P(X >= x) for X chi-square with ``dof`` degrees of freedom (the regularized upper gamma Q(dof/2, x/2))."""
+    if x <= 0:
+        return 1.0
+    a, z = dof / 2.0, x / 2.0
+    log_front = -z + a * math.log(z) - math.lgamma(a)
+    if z < a + 1.0:  # the series of the lower function converges fast here
+        term = total = 1.0 / a
+        n = 0
+        while abs(term) > abs(total) * _EPS and n < 10_000:
+            n += 1
+            term *= z / (a + n)
+            total += term
+        return max(0.0, 1.0 - total * math.exp(log_front))
+    # the continued fraction of the upper function, evaluated by Lentz's method
+    b = z + 1.0 - a
+    c = 1.0 / _TINY
+    d = 1.0 / b
+    h = d
+    for i in range(1, 10_000):
+        an = -i * (i - a)
+        b += 2.0
+        d = an * d + b
+        d = _TINY if abs(d) < _TINY else d
+        c = b + an / c
+        c = _TINY if abs(c) < _TINY else c
+        d = 1.0 / d
+        step = d * c
+        h *= step
+        if abs(step - 1.0) < _EPS:
+            break
+    return min(1.0, math.exp(log_front) * h)
+
+
+def look_alpha(alpha: float, look: int) -> float:
+    """The share of ``alpha`` spent on look number ``look`` (1, 2, ...): the shares sum to ``alpha``."""
+    return alpha * 6.0 / (math.pi ** 2 * look ** 2)
+
+
+def merge_bins(table: np.ndarray, min_expected: float = MIN_EXPECTED) -> np.ndarray:
+    """Adjacent columns of a 2 x B count table summed until each cell's expected count is >= ``min_expected``
+    (a short last group joins the one before it). Bins empty on both sides are dropped."""
+    table = table[:, table.sum(axis=0) > 0]
+    rows = table.sum(axis=1)
+    total = rows.sum()
+    if total <= 0 or rows.min() <= 0:
+        return table[:, :0]
+    need = min_expected * total / rows.min()  # column total that gives the smaller row its expected count
+    groups: list[np.ndarray] = []
+    acc = np.zeros(2)
+    for col in table.T:
+        acc = acc + col
+        if acc.sum() >= need:
+            groups.append(acc)
+            acc = np.zeros(2)
+    if acc.sum() > 0:
+        if groups:
+            groups[-1] = groups[-1] + acc
+        else:
+            groups.append(acc)
+    return np.array(groups, dtype=np.float64).T
+
+
+def homogeneity(first: np.ndarray, second: np.ndarray, min_expected: float = MIN_EXPECTED) -> TestResult | None:
+    """G-test that two count vectors over the same bins come from one distribution; None when the samples
+    are too small for two bins with ``min_expected`` expected counts per cell (no verdict either way)."""
+    table = merge_bins(np.vstack([np.asarray(first, np.float64), np.asarray(second, np.float64)]), min_expected)
+    if table.shape[1] < 2:
+        return None
+    rows = table.sum(axis=1, keepdims=True)
+    cols = table.sum(axis=0, keepdims=True)
+    expected = rows * cols / rows.sum()
+    observed = table[table > 0]
+    g = 2.0 * float(np.sum(observed * np.log(observed / expected[table > 0])))
+    dof = table.shape[1] - 1
+    shares = table / rows
+    r, s = np.maximum(shares[0], 1e-4), np.maximum(shares[1], 1e-4)
+    return TestResult(g, dof, chi2_sf(g, dof), table.shape[1], float(np.sum((s - r) * np.log(s / r))))
+
+
+def two_sample(first: np.ndarray, second: np.ndarray, max_bins: int = 10,
+               min_expected: float = MIN_EXPECTED) -> TestResult | None:
+    """``homogeneity`` of two samples of values, binned at quantiles of both together (ties share a bin)."""
+    first = np.asarray(first, np.float64)
+    second = np.asarray(second, np.float64)
+    first, second = first[np.isfinite(first)], second[np.isfinite(second)]
+    if min(len(first), len(second)) < 2 * min_expected:
+        return None
+    pooled = np.concatenate([first, second])
+    edges = np.unique(np.quantile(pooled, np.linspace(0, 1, max_bins + 1)[1:-1]))
+    n = len(edges) + 1
+    a = np.bincount(np.searchsorted(edges, first, side="right"), minlength=n)
+    b = np.bincount(np.searchsorted(edges, second, side="right"), minlength=n)
+    return homogeneity(a, b, min_expected)
+
+
+def proportion_increase(k1: int, n1: int, k2: int, n2: int) -> float:
+    """One-sided p-value that the second rate (k2 of n2) is above the first (k1 of n1): pooled z-test.
+    1.0 when it is not above or there is no variance to test against."""
+    if n1 <= 0 or n2 <= 0:
+        return 1.0
+    p1, p2 = k1 / n1, k2 / n2
+    pooled = (k1 + k2) / (n1 + n2)
+    var = pooled * (1.0 - pooled) * (1.0 / n1 + 1.0 / n2)
+    if p2 <= p1 or var <= 0:
+        return 1.0
+    return 0.5 * math.erfc((p2 - p1) / math.sqrt(var) / math.sqrt(2.0))
