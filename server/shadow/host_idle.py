@@ -72,7 +72,7 @@ class BusyHostGate:
         self.admitted = 0
 
     def admit(self) -> bool:
-        if self.host.idle() >= self.min_idle:
+        if self.min_idle <= 0 or self.host.idle() >= self.min_idle:
             self.busy = False
             return True
         if not self.busy:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from .. import alerts, audit
 from ..errors import FailedPrecondition, InvalidArgument, ModelLoadError, NotFound, SkewlessError
 from .canary import Canary, first_value
+from .host_idle import MIN_IDLE, BusyHostGate
 from .keys import key_of, sampled
 from .mirror import Mirrored, Shadow, ShadowWorker
 from .settings import CanarySettings, ShadowSettings, from_config
@@ -138,9 +139,9 @@ def _mirror(worker: ShadowWorker, shadow: Shadow, mv: ModelVersion, feeds: dict,
 class TrafficManager:
     """Every model's traffic control, from config parameters and the admin RPC (which wins once used)."""
 
-    def __init__(self, repository: ModelRepository):
+    def __init__(self, repository: ModelRepository, busy_host_idle: float = MIN_IDLE):
         self.repository = repository
-        self.worker = ShadowWorker()
+        self.worker = ShadowWorker(gate=BusyHostGate(min_idle=busy_host_idle))
         self.models: dict[str, ModelTraffic] = {}
         self.resolve_challenger: ChallengerResolver = self._from_repository
         # (model, since time.time()) -> metrics per canary arm from joined labels (lineage/), when on.
