@@ -77,14 +77,14 @@ class CanaryGuardrails:
     max_error_rate_increase: float = 0.05  # candidate error rate minus the stable arm's
     max_p99_ratio: float = 2.0  # candidate p99 latency over the stable arm's
     max_psi: float = 0.25  # prediction drift of the candidate's outputs against the stable arm's
-    # The chance that an identical candidate is rolled back by the error-rate and drift tests, over all looks
-    # (canary.py); benchmarks/guardrail_power.py measures it and the detection power.
-    alpha: float = 0.01
     promote_after_s: float = 0.0  # >0: promote to 100% after this long clean (an explicit policy)
     # Used when delayed labels exist (lineage/): the candidate's accuracy may fall this much below the stable
     # arm's (regression: its MAE rise this share above), once each arm has min_labels joined labels.
     max_quality_drop: float = 0.05
     min_labels: int = 50
+    # The chance that an identical candidate is rolled back by the error-rate and drift tests, over all looks
+    # (canary.py); benchmarks/guardrail_power.py measures it and the detection power.
+    alpha: float = 0.01
 
     def __post_init__(self) -> None:
         if not self.window_s > 0 or self.min_requests < 1:
