@@ -207,7 +207,7 @@ declare(
     Parameter("skewless.drift_interval_s", "float", 5.0, "PSI recomputed at most this often (seconds)", _DRIFT,
               lo=0.0),
     Parameter("skewless.drift_alpha", "float", 0.001,
-              "a warn or alert level also needs the G-test against the reference to reject at this level (a "
+              "a warn or alert level also needs the chi-square test against the reference to reject at this level (a "
               "window too small for the bins never alarms)", _DRIFT, lo=0.0, hi=1.0, lo_open=True, hi_open=True),
     Parameter("skewless.drift_queue", "int", 256,
               "sampled batches waiting for the drift worker; more are dropped and counted", _DRIFT, lo=1),
@@ -295,7 +295,7 @@ declare(
               "guardrail: candidate p99 latency over the stable arm's", _TRAFFIC, lo=1.0, lo_open=True),
     Parameter("skewless.canary_max_psi", "float", 0.25,
               "guardrail: PSI of the candidate's outputs against the stable arm's (breaches only when the "
-              "G-test also rejects at the canary's alpha)", _TRAFFIC, lo=0.0, lo_open=True),
+              "chi-square test also rejects at the canary's alpha)", _TRAFFIC, lo=0.0, lo_open=True),
     Parameter("skewless.canary_alpha", "float", 0.01,
               "chance that an identical candidate is rolled back by the error-rate and drift tests, over all "
               "looks", _TRAFFIC, lo=0.0, hi=1.0, lo_open=True, hi_open=True),

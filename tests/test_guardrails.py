@@ -40,7 +40,7 @@ def test_too_few_samples_give_no_verdict():
 
 def test_identical_small_arms_are_not_significant_where_psi_alarms():
     """The issue's case: 20 requests per arm of the same model. PSI over deciles is mostly noise (often
-    > 0.25); the G-test on merged bins rejects at 5% in about 5% of draws."""
+    > 0.25); the chi-square test on merged bins rejects at 5% in about 5% of draws."""
     rng = np.random.default_rng(7)
     psis, rejects = [], 0
     for _ in range(400):
@@ -63,7 +63,7 @@ def test_canary_decides_only_on_new_samples_and_names_the_test():
     canary.arms["stable"].record(True, 0.001, 0.0, 1, now=19.0)
     canary.arms["candidate"].record(True, 0.001, 5.0, 2, now=19.0)
     reason = canary.check(20.0)
-    assert reason is not None and "G-test" in reason and "look 1" in reason
+    assert reason is not None and "chi-square test" in reason and "look 1" in reason
     assert canary.arms["stable"].version == 1
 
 

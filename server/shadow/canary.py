@@ -7,7 +7,7 @@ does; the manager then sets the candidate's weight to 0. Nothing promotes silent
 or the ``promote_after_s`` policy when set.
 
 The error-rate and prediction-drift guardrails breach only when a test rejects "the arms are the same" at
-the alpha this look may spend (telemetry/significance.py: a one-sided two-proportion test, and a G-test on
+the alpha this look may spend (telemetry/significance.py: a one-sided two-proportion test, and a chi-square test on
 output values binned at pooled quantiles with >= 5 expected per cell) *and* the effect exceeds its limit.
 A look is taken once the candidate has ``min_requests`` new requests since the last one, and look k spends
 ``alpha * 6 / (pi^2 k^2)``, shared between the two tests: an identical candidate is rolled back by them in at
@@ -123,7 +123,7 @@ class Canary:
         test = drift_test(s, c)
         if test is not None and test.p_value < alpha and test.psi > g.max_psi:
             return (f"prediction drift PSI {test.psi:.3f} of the candidate against the stable arm (limit "
-                    f"{g.max_psi:g}); G-test p={test.p_value:.2g} < {alpha:.2g} at look {self.looks} over "
+                    f"{g.max_psi:g}); chi-square test p={test.p_value:.2g} < {alpha:.2g} at look {self.looks} over "
                     f"{test.bins} bins of {len(c)}/{len(s)} requests")
         return self.check_quality()
 
@@ -168,7 +168,7 @@ def _p99(values: list[float]) -> float:
 
 
 def drift_test(stable: deque, candidate: deque) -> TestResult | None:
-    """The G-test of the candidate's output values against the stable arm's (None: too few to test)."""
+    """The chi-square test of the candidate's output values against the stable arm's (None: too few to test)."""
     ref = np.fromiter((r[3] for r in stable if r[1] and r[3] is not None), np.float64)
     cur = np.fromiter((r[3] for r in candidate if r[1] and r[3] is not None), np.float64)
     return two_sample(ref, cur, DRIFT_BINS)

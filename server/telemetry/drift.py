@@ -20,7 +20,7 @@ Config parameters (``config.pbtxt``, string values; a bad value fails the load w
   take ~15% of the server's CPU (telemetry report, example MLP at 64 clients); at 20 batches/s a window fills
   in seconds under load, in minutes for a lone 1-row client;
 * ``skewless.drift_interval_s`` (5): PSI recomputed at most this often;
-* ``skewless.drift_alpha`` (0.001): a warn or alert level also needs a G-test of the window's counts against
+* ``skewless.drift_alpha`` (0.001): a warn or alert level also needs a chi-square test of the window's counts against
   the reference's to reject "same distribution" at this level, on bins merged until each cell expects >= 5
   rows: PSI alone on a small window is noise (an empty bin adds ~0.7), so a window too small for the bins
   never alarms, whatever its PSI;
@@ -102,7 +102,7 @@ class DriftSettings:
     interval_s: float = 5.0
     queue_size: int = 256
     prediction: str = DEFAULT_PREDICTION  # 'auto', 'learn:N', a file name, or 'off'
-    alpha: float = 0.001  # a level above ok also needs the G-test against the reference to reject at this
+    alpha: float = 0.001  # a level above ok also needs the chi-square test against the reference to reject at this
 
     @property
     def min_rows(self) -> int:
@@ -454,7 +454,7 @@ class DriftMonitor:
 
 
 def significant(reference: np.ndarray, served: np.ndarray, alpha: float) -> bool:
-    """Whether the served counts differ from the reference's by a G-test at ``alpha`` (bins merged to >= 5
+    """Whether the served counts differ from the reference's by a chi-square test at ``alpha`` (bins merged to >= 5
     expected per cell; a window too small for two such bins is never significant)."""
     test = homogeneity(reference, served)
     return test is not None and test.p_value < alpha
