@@ -249,12 +249,16 @@ _ONNX_CONFIG_TYPES = {1: "TYPE_FP32", 11: "TYPE_FP64", 7: "TYPE_INT64", 6: "TYPE
 
 def _save_drift_reference(outputs: Mapping[str, np.ndarray], version_dir: Path) -> None:
     """The held-out outputs' distribution as the version's prediction-drift reference (the server reads it
-    under ``skewless.prediction_reference: auto`` instead of learning one from the first requests served)."""
+    under ``skewless.prediction_reference: auto`` instead of learning one from the first requests served).
+    String outputs (class names) have no drift domain and are left out; none numeric: no file."""
     import json
 
     from skewless.server.telemetry.reference import prediction_reference_document
 
-    (version_dir / "drift_reference.json").write_text(json.dumps(prediction_reference_document(outputs)) + "\n")
+    numeric = {n: a for n, a in outputs.items() if np.asarray(a).dtype.kind in "fiub"}
+    if numeric:
+        doc = prediction_reference_document(numeric)
+        (version_dir / "drift_reference.json").write_text(json.dumps(doc) + "\n")
 
 
 def config_text(name: str, spec: FeatureSpec, model: Any, max_batch_size: int) -> str:
