@@ -107,7 +107,7 @@ def test_host_gate_from_injected_readings():
         readings.append((idle + 100 * idle_share, total + 100))
         return sum(gate.admit() for _ in range(n))
 
-    assert step(0.5, 1) == 1  # first reading: nothing measured yet, open
+    assert step(0.5, 1) == 1  # the first window (from construction) has passed: 50% idle, open
     assert step(0.5, 200) == 200 and host.share == pytest.approx(0.5)
     assert step(0.05, 1000) <= 50 and host.share == pytest.approx(0.05) and gate.busy
     assert step(0.09, 1000) <= 50

@@ -36,7 +36,9 @@ def read_proc_stat(path: str = "/proc/stat") -> Reading:
 
 
 class HostIdle:
-    """The host's idle share over the last complete window (1.0 until the first window has passed)."""
+    """The host's idle share over the last complete window (1.0 until the first window has passed). The
+    traffic manager's guard task calls ``idle`` every quarter second, so the reading stays current while no
+    request asks; the mirror hook's call then only compares the clock."""
 
     def __init__(self, read: Callable[[], Reading] = read_proc_stat, window_s: float = WINDOW_S,
                  clock: Callable[[], float] = time.monotonic):
@@ -45,6 +47,7 @@ class HostIdle:
         self.clock = clock
         self.share = 1.0
         self._mark: tuple[float, Reading] | None = None
+        self.idle()  # the first window starts now: a reading is ready one window after the server starts
 
     def idle(self) -> float:
         now = self.clock()
