@@ -9,6 +9,10 @@ canary counts as rolled back when ``check`` returns a reason. Shift 0 is the ide
 is the false-rollback rate (target <= 1% with the default alpha 0.01). A second identical case draws outputs
 from 3 classes (ties: the binning must merge them, not alarm on them).
 
+The drift alarm (``server/telemetry/drift.py``'s ``alarm_level``, on the server's own bins learnt from
+1000 reference rows of one float output) is replayed the same way on windows of N(shift, 1) rows: the share of
+windows at warn or above, next to the share a PSI threshold alone would have put there.
+
 Writes guardrail_power.json and guardrail_power.png into --out and prints the table.
 
     python -m skewless.benchmarks.guardrail_power                       # 200 canaries per shift
@@ -29,10 +33,16 @@ import numpy as np
 from skewless.server.shadow.canary import Canary
 from skewless.server.shadow.settings import CanaryGuardrails, CanarySettings
 from skewless.server.shadow.traffic import CHECK_INTERVAL_S
+from skewless.server.telemetry.drift import DriftSettings, alarm_level
+from skewless.server.telemetry.psi import psi
+from skewless.server.telemetry.reference import learn_prediction, prediction_bins, prediction_domain
 
 from .loadgen import RESULTS_DIR
 
 DEFAULT_SHIFTS = (0.0, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
+DRIFT_WINDOWS = (20, 50, 200, 1000)
+DRIFT_SHIFTS = (0.0, 0.5, 1.0)
+DRIFT_REFERENCE_ROWS = 1000
 TARGET_FALSE_ROLLBACK = 0.01
 
 
@@ -60,6 +70,21 @@ def simulate(shift: float, rng: np.random.Generator, rate: float, weight: float,
     return None, duration
 
 
+def drift_alarms(window: int, shift: float, trials: int, rng: np.random.Generator) -> dict[str, Any]:
+    """Share of windows the drift monitor's level puts at warn or above, and the share PSI alone would."""
+    settings = DriftSettings()
+    domain = prediction_domain("y", "FP32", [1])
+    bins = prediction_bins(domain, learn_prediction(domain, rng.normal(size=(DRIFT_REFERENCE_ROWS, 1))))
+    gated = alone = 0
+    for _ in range(trials):
+        served = bins.count(rng.normal(shift, 1.0, (window, 1)))
+        _value, level = alarm_level(bins.reference, served, settings)
+        gated += level != "ok"
+        alone += settings.thresholds.level(psi(bins.reference, served)) != "ok"
+    return {"window_rows": window, "shift_sd": shift, "windows": trials, "alarm_rate": gated / trials,
+            "psi_alone_rate": alone / trials}
+
+
 def run(shifts: list[float], canaries: int, rate: float, weight: float, duration: float, seed: int,
         guardrails: CanaryGuardrails) -> dict[str, Any]:
     rng = np.random.default_rng(seed)
@@ -73,6 +98,7 @@ def run(shifts: list[float], canaries: int, rate: float, weight: float, duration
                      "median_s_to_rollback": float(np.median(rolled)) if rolled else None,
                      "example_reason": next((r for r, _ in outcomes if r is not None), None)})
     identical = [r for r in rows if r["shift_sd"] == 0.0]
+    drift = [drift_alarms(w, sh, canaries, rng) for w in DRIFT_WINDOWS for sh in DRIFT_SHIFTS]
     return {
         "benchmark": "guardrail_power", "time": datetime.now().isoformat(timespec="seconds"),
         "setup": {"rate_rps": rate, "weight": weight, "duration_s": duration, "canaries_per_case": canaries,
@@ -82,6 +108,8 @@ def run(shifts: list[float], canaries: int, rate: float, weight: float, duration
         "false_rollback_rate": max(r["rate"] for r in identical),
         "target_false_rollback_rate": TARGET_FALSE_ROLLBACK,
         "cases": rows,
+        "drift": drift,
+        "drift_false_alarm_rate": max(d["alarm_rate"] for d in drift if d["shift_sd"] == 0.0),
     }
 
 
@@ -95,6 +123,10 @@ def format_table(result: dict[str, Any]) -> str:
         lines.append(f"{r['case']:<24}{r['rolled_back']:>12}{r['rate']:>8.1%}{t:>10}")
     lines.append(f"false-rollback rate (identical models): {result['false_rollback_rate']:.1%} "
                  f"(target <= {result['target_false_rollback_rate']:.0%})")
+    lines += ["", f"drift alarms (warn or above) per window, reference {DRIFT_REFERENCE_ROWS} rows:",
+              f"{'window rows':>12}{'shift sd':>10}{'alarm':>8}{'PSI alone':>11}"]
+    for d in result["drift"]:
+        lines.append(f"{d['window_rows']:>12}{d['shift_sd']:>10g}{d['alarm_rate']:>8.1%}{d['psi_alone_rate']:>11.1%}")
     return "\n".join(lines)
 
 
@@ -108,15 +140,27 @@ def plot(result: dict[str, Any], path: Path) -> Path | None:
         print("no PNG: matplotlib is missing (pip install 'skewless[report]')", file=sys.stderr)
         return None
     rows = [r for r in result["cases"] if not r["discrete"]]
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4))
     ax.plot([r["shift_sd"] for r in rows], [r["rate"] for r in rows], marker="o", label="rolled back")
     ax.axhline(result["target_false_rollback_rate"], color="red", linestyle="--", label="false-rollback target")
     ax.set_xlabel("candidate output shift (standard deviations)")
     ax.set_ylabel("share of canaries rolled back")
     s = result["setup"]
-    ax.set_title(f"canary guardrails: {s['canaries_per_case']} canaries per point, {s['duration_s']:g} s each")
+    ax.set_title(f"canary: {s['canaries_per_case']} canaries per point, {s['duration_s']:g} s each", fontsize=10)
     ax.set_ylim(-0.02, 1.02)
-    ax.legend()
+    ax.legend(fontsize=8)
+    for shift in sorted({d["shift_sd"] for d in result["drift"]}):
+        pts = [d for d in result["drift"] if d["shift_sd"] == shift]
+        line, = bx.plot([d["window_rows"] for d in pts], [d["alarm_rate"] for d in pts], marker="o",
+                        label=f"shift {shift:g} sd")
+        bx.plot([d["window_rows"] for d in pts], [d["psi_alone_rate"] for d in pts], linestyle=":",
+                color=line.get_color())
+    bx.set_xscale("log")
+    bx.set_xlabel("drift window rows")
+    bx.set_ylabel("share of windows alarming (dotted: PSI alone)")
+    bx.set_title("drift alarms against a 1000-row reference", fontsize=10)
+    bx.set_ylim(-0.02, 1.02)
+    bx.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -76,6 +76,10 @@ def test_guardrail_power_replays_canary_code(tmp_path):
     rates = {r["case"]: r["rate"] for r in result["cases"]}
     assert rates["shift 0 sd"] <= 0.05 and rates["identical (3 classes)"] <= 0.05
     assert rates["shift 1 sd"] >= 0.9
+    drift = {(d["window_rows"], d["shift_sd"]): d for d in result["drift"]}
+    assert result["drift_false_alarm_rate"] <= 0.05
+    assert drift[(20, 0.0)]["psi_alone_rate"] > 0.5  # what PSI alone does on a small window
+    assert drift[(1000, 1.0)]["alarm_rate"] == 1.0
     assert (out / "guardrail_power.png").stat().st_size > 0
 
 

@@ -419,11 +419,8 @@ class DriftMonitor:
                 values: dict[str, float] = {}
                 for i, b in enumerate(series.bins):
                     served = totals[series.bounds[i]:series.bounds[i + 1]]
-                    value = psi(b.reference, served)
+                    value, level = alarm_level(b.reference, served, self.settings)
                     values[b.name] = value
-                    level = self.settings.thresholds.level(value)
-                    if level != "ok" and not significant(b.reference, served, self.settings.alpha):
-                        level = "ok"  # a PSI this window's size cannot tell from sampling noise
                     key = (series.kind, b.name)
                     previous = self._levels.get(key, "ok")
                     if level != previous:
@@ -451,6 +448,16 @@ class DriftMonitor:
         else:
             log.info("%s: %s '%s' drift now %s (PSI %.3f, was %s)", self.where, ev.kind, ev.name, ev.level,
                      ev.psi, ev.previous)
+
+
+def alarm_level(reference: np.ndarray, served: np.ndarray, settings: DriftSettings) -> tuple[float, str]:
+    """(PSI, level) of served counts against the reference: the PSI's level, but 'ok' where the chi-square test
+    does not reject at ``settings.alpha`` (a PSI this window's size cannot tell from sampling noise)."""
+    value = psi(reference, served)
+    level = settings.thresholds.level(value)
+    if level != "ok" and not significant(reference, served, settings.alpha):
+        level = "ok"
+    return value, level
 
 
 def significant(reference: np.ndarray, served: np.ndarray, alpha: float) -> bool:
