@@ -6,8 +6,9 @@ second, a ``--weight`` share goes to the candidate, each request's output value 
 stable arm and N(shift, 1) on the candidate (``shift`` in standard deviations of the output), and ``check`` runs
 every ``CHECK_INTERVAL_S`` of simulated time, as the traffic manager runs it, for ``--duration`` seconds. A
 canary counts as rolled back when ``check`` returns a reason. Shift 0 is the identical model: its rollback share
-is the false-rollback rate (target <= 1% with the default alpha 0.01). A second identical case draws outputs
-from 3 classes (ties: the binning must merge them, not alarm on them).
+is the false-rollback rate (target <= 1% with the default alpha 0.01). Two more identical cases: outputs
+from 3 classes (ties: the binning must merge them, not alarm on them), and 10% failed requests on both arms
+(the error-rate test's own false rollbacks).
 
 The drift alarm (``server/telemetry/drift.py``'s ``alarm_level``, on the server's own bins learnt from
 1000 reference rows of one float output) is replayed the same way on windows of N(shift, 1) rows: the share of
@@ -47,7 +48,7 @@ TARGET_FALSE_ROLLBACK = 0.01
 
 
 def simulate(shift: float, rng: np.random.Generator, rate: float, weight: float, duration: float,
-             guardrails: CanaryGuardrails, discrete: bool = False) -> tuple[str | None, float]:
+             guardrails: CanaryGuardrails, discrete: bool = False, errors: float = 0.0) -> tuple[str | None, float]:
     """One canary: the reason it was rolled back (None: it ran clean) and the simulated seconds it took."""
     canary = Canary("sim", CanarySettings(2, weight, guardrails), stable=1)
     stable, candidate = canary.arms["stable"], canary.arms["candidate"]
@@ -60,9 +61,10 @@ def simulate(shift: float, rng: np.random.Generator, rate: float, weight: float,
         if discrete:
             values = np.digitize(values, [-0.5, 0.5]).astype(np.float64)
         latency = rng.uniform(0.001, 0.002, n)  # the same for both arms: only outputs differ
-        for at, cand, value, lat in zip(times.tolist(), to_candidate.tolist(), values.tolist(), latency.tolist(),
-                                        strict=True):
-            (candidate if cand else stable).record(True, lat, value, 2 if cand else 1, now=at)
+        ok = rng.random(n) >= errors  # the same error rate on both arms
+        for at, cand, value, lat, good in zip(times.tolist(), to_candidate.tolist(), values.tolist(),
+                                              latency.tolist(), ok.tolist(), strict=True):
+            (candidate if cand else stable).record(good, lat, value if good else None, 2 if cand else 1, now=at)
         t += CHECK_INTERVAL_S
         reason = canary.check(t)
         if reason is not None:
@@ -88,12 +90,14 @@ def drift_alarms(window: int, shift: float, trials: int, rng: np.random.Generato
 def run(shifts: list[float], canaries: int, rate: float, weight: float, duration: float, seed: int,
         guardrails: CanaryGuardrails) -> dict[str, Any]:
     rng = np.random.default_rng(seed)
-    cases = [("identical (3 classes)", 0.0, True)] + [(f"shift {s:g} sd", s, False) for s in shifts]
+    cases = [("identical (3 classes)", 0.0, True, 0.0), ("identical (10% errors)", 0.0, False, 0.1)]
+    cases += [(f"shift {s:g} sd", s, False, 0.0) for s in shifts]
     rows = []
-    for label, shift, discrete in cases:
-        outcomes = [simulate(shift, rng, rate, weight, duration, guardrails, discrete) for _ in range(canaries)]
+    for label, shift, discrete, errors in cases:
+        outcomes = [simulate(shift, rng, rate, weight, duration, guardrails, discrete, errors)
+                    for _ in range(canaries)]
         rolled = [t for reason, t in outcomes if reason is not None]
-        rows.append({"case": label, "shift_sd": shift, "discrete": discrete, "canaries": canaries,
+        rows.append({"case": label, "shift_sd": shift, "discrete": discrete, "errors": errors, "canaries": canaries,
                      "rolled_back": len(rolled), "rate": len(rolled) / canaries,
                      "median_s_to_rollback": float(np.median(rolled)) if rolled else None,
                      "example_reason": next((r for r, _ in outcomes if r is not None), None)})
@@ -139,7 +143,7 @@ def plot(result: dict[str, Any], path: Path) -> Path | None:
     except ImportError:
         print("no PNG: matplotlib is missing (pip install 'skewless[report]')", file=sys.stderr)
         return None
-    rows = [r for r in result["cases"] if not r["discrete"]]
+    rows = [r for r in result["cases"] if not r["discrete"] and not r["errors"]]
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4))
     ax.plot([r["shift_sd"] for r in rows], [r["rate"] for r in rows], marker="o", label="rolled back")
     ax.axhline(result["target_false_rollback_rate"], color="red", linestyle="--", label="false-rollback target")

@@ -74,7 +74,7 @@ def test_guardrail_power_replays_canary_code(tmp_path):
     assert guardrail_power.main(["--canaries", "40", "--duration", "40", "--shifts", "0,1", "--out", str(out)]) == 0
     result = json.loads((out / "guardrail_power.json").read_text())
     rates = {r["case"]: r["rate"] for r in result["cases"]}
-    assert rates["shift 0 sd"] <= 0.05 and rates["identical (3 classes)"] <= 0.05
+    assert max(rates["shift 0 sd"], rates["identical (3 classes)"], rates["identical (10% errors)"]) <= 0.05
     assert rates["shift 1 sd"] >= 0.9
     drift = {(d["window_rows"], d["shift_sd"]): d for d in result["drift"]}
     assert result["drift_false_alarm_rate"] <= 0.05
