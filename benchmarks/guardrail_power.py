@@ -8,7 +8,8 @@ every ``CHECK_INTERVAL_S`` of simulated time, as the traffic manager runs it, fo
 canary counts as rolled back when ``check`` returns a reason. Shift 0 is the identical model: its rollback share
 is the false-rollback rate (target <= 1% with the default alpha 0.01). Two more identical cases: outputs
 from 3 classes (ties: the binning must merge them, not alarm on them), and 10% failed requests on both arms
-(the error-rate test's own false rollbacks).
+(the error-rate test's own false rollbacks). Latencies are heavy-tailed on both arms; a "3x slower" case
+measures the latency guardrail's detection.
 
 The drift alarm (``server/telemetry/drift.py``'s ``alarm_level``, on the server's own bins learnt from
 1000 reference rows of one float output) is replayed the same way on windows of N(shift, 1) rows: the share of
@@ -48,7 +49,8 @@ TARGET_FALSE_ROLLBACK = 0.01
 
 
 def simulate(shift: float, rng: np.random.Generator, rate: float, weight: float, duration: float,
-             guardrails: CanaryGuardrails, discrete: bool = False, errors: float = 0.0) -> tuple[str | None, float]:
+             guardrails: CanaryGuardrails, discrete: bool = False, errors: float = 0.0,
+             slower: float = 1.0) -> tuple[str | None, float]:
     """One canary: the reason it was rolled back (None: it ran clean) and the simulated seconds it took."""
     canary = Canary("sim", CanarySettings(2, weight, guardrails), stable=1)
     stable, candidate = canary.arms["stable"], canary.arms["candidate"]
@@ -60,7 +62,9 @@ def simulate(shift: float, rng: np.random.Generator, rate: float, weight: float,
         values = rng.normal(0.0, 1.0, n) + np.where(to_candidate, shift, 0.0)
         if discrete:
             values = np.digitize(values, [-0.5, 0.5]).astype(np.float64)
-        latency = rng.uniform(0.001, 0.002, n)  # the same for both arms: only outputs differ
+        # heavy-tailed (lognormal, sigma 1: the p99 of 20 requests is often twice that of 80), the candidate's
+        # ``slower`` times the stable arm's
+        latency = 0.002 * rng.lognormal(0.0, 1.0, n) * np.where(to_candidate, slower, 1.0)
         ok = rng.random(n) >= errors  # the same error rate on both arms
         for at, cand, value, lat, good in zip(times.tolist(), to_candidate.tolist(), values.tolist(),
                                               latency.tolist(), ok.tolist(), strict=True):
@@ -90,18 +94,20 @@ def drift_alarms(window: int, shift: float, trials: int, rng: np.random.Generato
 def run(shifts: list[float], canaries: int, rate: float, weight: float, duration: float, seed: int,
         guardrails: CanaryGuardrails) -> dict[str, Any]:
     rng = np.random.default_rng(seed)
-    cases = [("identical (3 classes)", 0.0, True, 0.0), ("identical (10% errors)", 0.0, False, 0.1)]
-    cases += [(f"shift {s:g} sd", s, False, 0.0) for s in shifts]
+    cases = [("identical (3 classes)", 0.0, True, 0.0, 1.0), ("identical (10% errors)", 0.0, False, 0.1, 1.0),
+             ("3x slower", 0.0, False, 0.0, 3.0)]
+    cases += [(f"shift {s:g} sd", s, False, 0.0, 1.0) for s in shifts]
     rows = []
-    for label, shift, discrete, errors in cases:
-        outcomes = [simulate(shift, rng, rate, weight, duration, guardrails, discrete, errors)
+    for label, shift, discrete, errors, slower in cases:
+        outcomes = [simulate(shift, rng, rate, weight, duration, guardrails, discrete, errors, slower)
                     for _ in range(canaries)]
         rolled = [t for reason, t in outcomes if reason is not None]
-        rows.append({"case": label, "shift_sd": shift, "discrete": discrete, "errors": errors, "canaries": canaries,
+        rows.append({"case": label, "shift_sd": shift, "discrete": discrete, "errors": errors, "slower": slower,
+                     "canaries": canaries,
                      "rolled_back": len(rolled), "rate": len(rolled) / canaries,
                      "median_s_to_rollback": float(np.median(rolled)) if rolled else None,
                      "example_reason": next((r for r, _ in outcomes if r is not None), None)})
-    identical = [r for r in rows if r["shift_sd"] == 0.0]
+    identical = [r for r in rows if r["shift_sd"] == 0.0 and r["slower"] == 1.0]
     drift = [drift_alarms(w, sh, canaries, rng) for w in DRIFT_WINDOWS for sh in DRIFT_SHIFTS]
     return {
         "benchmark": "guardrail_power", "time": datetime.now().isoformat(timespec="seconds"),
@@ -143,7 +149,7 @@ def plot(result: dict[str, Any], path: Path) -> Path | None:
     except ImportError:
         print("no PNG: matplotlib is missing (pip install 'skewless[report]')", file=sys.stderr)
         return None
-    rows = [r for r in result["cases"] if not r["discrete"] and not r["errors"]]
+    rows = [r for r in result["cases"] if not r["discrete"] and not r["errors"] and r["slower"] == 1.0]
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4))
     ax.plot([r["shift_sd"] for r in rows], [r["rate"] for r in rows], marker="o", label="rolled back")
     ax.axhline(result["target_false_rollback_rate"], color="red", linestyle="--", label="false-rollback target")

@@ -16,13 +16,30 @@ from skewless.server.shadow.host_idle import BusyHostGate, HostIdle, read_proc_s
 from skewless.server.shadow.settings import CanaryGuardrails, CanarySettings
 from skewless.server.telemetry.drift import significant
 from skewless.server.telemetry.psi import psi
-from skewless.server.telemetry.significance import chi2_sf, homogeneity, look_alpha, two_sample
+from skewless.server.telemetry.significance import (
+    chi2_sf,
+    homogeneity,
+    hypergeom_upper,
+    look_alpha,
+    tail_increase,
+    two_sample,
+)
 
 
 @pytest.mark.parametrize("x,dof,p", [(3.841459, 1, 0.05), (6.634897, 1, 0.01), (18.307038, 10, 0.05),
                                      (21.665994, 9, 0.01), (0.0158, 1, 0.9), (2.087901, 9, 0.99)])
 def test_chi2_sf_matches_tables(x, dof, p):
     assert chi2_sf(x, dof) == pytest.approx(p, rel=2e-3)
+
+
+def test_exact_tails():
+    """Fisher's one-sided tail by hand: both marked items among 10 drawn of 20 is C(18,8)/C(20,10)."""
+    assert hypergeom_upper(2, 20, 2, 10) == pytest.approx(43758 / 184756)
+    assert hypergeom_upper(0, 10, 3, 4) == 1.0 and hypergeom_upper(4, 10, 3, 4) == 0.0
+    rng = np.random.default_rng(3)
+    same = [tail_increase(rng.lognormal(size=80), rng.lognormal(size=20)) < 0.05 for _ in range(2000)]
+    assert np.mean(same) < 0.06
+    assert tail_increase(rng.lognormal(size=400), 3 * rng.lognormal(size=200)) < 1e-6
 
 
 def test_look_alpha_sums_to_alpha():
@@ -75,7 +92,7 @@ def test_guardrail_power_replays_canary_code(tmp_path):
     result = json.loads((out / "guardrail_power.json").read_text())
     rates = {r["case"]: r["rate"] for r in result["cases"]}
     assert max(rates["shift 0 sd"], rates["identical (3 classes)"], rates["identical (10% errors)"]) <= 0.05
-    assert rates["shift 1 sd"] >= 0.9
+    assert rates["shift 1 sd"] >= 0.9 and rates["3x slower"] >= 0.9
     drift = {(d["window_rows"], d["shift_sd"]): d for d in result["drift"]}
     assert result["drift_false_alarm_rate"] <= 0.05
     assert drift[(20, 0.0)]["psi_alone_rate"] > 0.5  # what PSI alone does on a small window

@@ -6,14 +6,16 @@ loop: windows are small) compares the candidate with the stable arm and returns 
 does; the manager then sets the candidate's weight to 0. Nothing promotes silently: ``promote`` is a command,
 or the ``promote_after_s`` policy when set.
 
-The error-rate and prediction-drift guardrails breach only when a test rejects "the arms are the same" at
-the alpha this look may spend (telemetry/significance.py: a one-sided two-proportion test, and a chi-square test on
-output values binned at pooled quantiles with >= 5 expected per cell) *and* the effect exceeds its limit.
+The error-rate, latency and prediction-drift guardrails breach only when a test rejects "the arms are the same"
+at the alpha this look may spend (telemetry/significance.py: Fisher's exact test, one-sided; an exact test of
+the candidate's share of the latencies above the pooled p90; a chi-square test on output values binned at
+pooled quantiles with >= 5 expected per cell) *and* the effect exceeds its limit (error-rate increase, p99
+ratio, PSI).
 A look is taken once the candidate has ``min_requests`` new requests since the last one, and look k spends
-``alpha * 6 / (pi^2 k^2)``, shared between the two tests: an identical candidate is rolled back by them in at
+``alpha * 6 / (pi^2 k^2)``, shared between the three tests: an identical candidate is rolled back by them in at
 most ``alpha`` of canaries however long it runs (benchmarks/guardrail_power.py measures it by replaying
 this code). One value per request (the first of the first output): values of one request are not
-independent samples. The p99 ratio is a plain limit (no test).
+independent samples.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..telemetry.significance import TestResult, look_alpha, proportion_increase, two_sample
+from ..telemetry.significance import TestResult, hypergeom_upper, look_alpha, tail_increase, two_sample
 from .keys import sampled
 from .settings import CanarySettings
 
@@ -106,20 +108,24 @@ class Canary:
             return None  # no look before min_requests new candidate requests: looks would only spend alpha
         self._looked_at = served
         self.looks += 1
-        alpha = look_alpha(g.alpha, self.looks) / 2  # shared by the error-rate and the drift test
+        alpha = look_alpha(g.alpha, self.looks) / 3  # shared by the error-rate, latency and drift tests
         s_bad, c_bad = sum(not r[1] for r in s), sum(not r[1] for r in c)
         s_err, c_err = s_bad / len(s), c_bad / len(c)
         if c_err - s_err > g.max_error_rate_increase:
-            p = proportion_increase(s_bad, len(s), c_bad, len(c))
+            p = hypergeom_upper(c_bad, len(s) + len(c), s_bad + c_bad, len(c))  # Fisher's exact, one-sided
             if p < alpha:
                 return (f"error rate {c_err:.1%} on the candidate against {s_err:.1%} on the stable arm "
                         f"(limit +{g.max_error_rate_increase:.1%}; p={p:.2g} < {alpha:.2g} at look {self.looks}) "
                         f"over {len(c)}/{len(s)} requests")
-        s_p99 = _p99([r[2] for r in s if r[1]])
-        c_p99 = _p99([r[2] for r in c if r[1]])
+        s_lat = np.fromiter((r[2] for r in s if r[1]), np.float64)
+        c_lat = np.fromiter((r[2] for r in c if r[1]), np.float64)
+        s_p99, c_p99 = _p99(s_lat), _p99(c_lat)
         if s_p99 > 0 and c_p99 / s_p99 > g.max_p99_ratio:
-            return (f"p99 latency {c_p99 * 1e3:.2f} ms on the candidate against {s_p99 * 1e3:.2f} ms on the "
-                    f"stable arm (limit {g.max_p99_ratio:g}x)")
+            p = tail_increase(s_lat, c_lat)
+            if p < alpha:
+                return (f"p99 latency {c_p99 * 1e3:.2f} ms on the candidate against {s_p99 * 1e3:.2f} ms on the "
+                        f"stable arm (limit {g.max_p99_ratio:g}x; tail test p={p:.2g} < {alpha:.2g} at look "
+                        f"{self.looks})")
         test = drift_test(s, c)
         if test is not None and test.p_value < alpha and test.psi > g.max_psi:
             return (f"prediction drift PSI {test.psi:.3f} of the candidate against the stable arm (limit "
@@ -163,8 +169,8 @@ class Canary:
         self.events.append(Event(time.time(), "promoted", reason))
 
 
-def _p99(values: list[float]) -> float:
-    return float(np.quantile(values, 0.99)) if values else 0.0
+def _p99(values: np.ndarray) -> float:
+    return float(np.quantile(values, 0.99)) if len(values) else 0.0
 
 
 def drift_test(stable: deque, candidate: deque) -> TestResult | None:
