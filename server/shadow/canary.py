@@ -8,7 +8,7 @@ or the ``promote_after_s`` policy when set.
 
 The error-rate, latency and prediction-drift guardrails breach only when a test rejects "the arms are the same"
 at the alpha this look may spend (telemetry/significance.py: Fisher's exact test, one-sided; an exact test of
-the candidate's share of the latencies above the pooled p90; a chi-square test on output values binned at
+the candidate's share of the latencies above the pooled p50 and p90; a chi-square test on output values binned at
 pooled quantiles with >= 5 expected per cell) *and* the effect exceeds its limit (error-rate increase, p99
 ratio, PSI).
 A look is taken once the candidate has ``min_requests`` new requests since the last one, and look k spends
