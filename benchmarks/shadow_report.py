@@ -15,6 +15,12 @@ shadow.json, shadow.png and shadow.txt into --out and prints the table.
 
     python -m skewless.benchmarks.shadow_report            # 5 rounds of 4 points, 0.5+3 s each: ~75 s
     python -m skewless.benchmarks.shadow_report --quick    # 1 round, 0.5+1.5 s points
+    python -m skewless.benchmarks.shadow_report --burn 0   # on a loaded machine: one CPU burner per core
+
+``--burn N`` runs N busy-looping processes beside the server for the whole run (0: one per CPU), so the host
+has next to no idle CPU: the shadow's host gate (server/shadow/host_idle.py) must then mirror at most 5% of
+the sampled requests (the table's ``mirrored %`` column: mirrored / (mirrored + shed)) and keep the
+saturation throughput ratio at >= 0.95.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import os
 import platform
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -88,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=float, help="warm-up seconds per point (default 0.5)")
     p.add_argument("--rounds", type=int, help="alternating rounds (default 5; 1 with --quick)")
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--burn", type=int, metavar="N",
+                   help="load the host with N CPU burner processes during the run (0: one per CPU)")
     p.add_argument("--out", help="output directory (default benchmarks/results/shadow-<timestamp>)")
     args = p.parse_args(argv)
     args.duration = args.duration or (1.5 if args.quick else 3.0)
@@ -95,8 +104,21 @@ def main(argv: list[str] | None = None) -> int:
     args.rounds = max(1, args.rounds or (1 if args.quick else 5))
     out = Path(args.out or RESULTS_DIR / f"shadow-{datetime.now():%Y%m%d-%H%M%S}")
     out.mkdir(parents=True, exist_ok=True)
-    with report.sigterm_as_interrupt(), tempfile.TemporaryDirectory(prefix="shadow-report-") as tmp:
-        return _run(args, out, make_repository(Path(tmp)))
+    burners = start_burners(args.burn) if args.burn is not None else []
+    try:
+        with report.sigterm_as_interrupt(), tempfile.TemporaryDirectory(prefix="shadow-report-") as tmp:
+            return _run(args, out, make_repository(Path(tmp)))
+    finally:
+        for proc in burners:
+            proc.kill()
+            proc.wait()
+
+
+def start_burners(n: int) -> list[subprocess.Popen]:
+    """``n`` processes (0: one per CPU) that spin on a core each until killed: a loaded machine."""
+    n = n or os.cpu_count() or 1
+    log(f"loading the host with {n} CPU burner process(es)")
+    return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
 
 
 def _point(srv, args, out: Path, key: str, wl, **load) -> dict[str, Any]:
@@ -147,7 +169,7 @@ def _run(args: argparse.Namespace, out: Path, repo: Path) -> int:
     table = format_table(summary)
     result = {"tool": "skewless shadow_report", "format": 1, "summary": summary, "runs": runs, "wall_s": wall,
               "config": {"duration": args.duration, "warmup": args.warmup, "rounds": args.rounds, "clients": CLIENTS,
-                         "load": LOAD, "argv": sys.argv}}
+                         "load": LOAD, "burners": args.burn, "argv": sys.argv}}
     (out / "shadow.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
     (out / "shadow.txt").write_text(table + "\n")
     plot(summary, out / "shadow.png")
@@ -164,9 +186,10 @@ def summarise(rows: list[dict[str, Any]], args: argparse.Namespace, wall: float)
     rps_ratios = [get(i, "saturation", "shadow")["rps"] / get(i, "saturation", "off")["rps"] for i in rounds]
     p99_ratios = [get(i, "half_load", "shadow")["p99_ms"] / get(i, "half_load", "off")["p99_ms"] for i in rounds]
     rps_ratio, p99_ratio = statistics.median(rps_ratios), statistics.median(p99_ratios)
+    loaded = f", host loaded by CPU burners ({args.burn or os.cpu_count()})" if args.burn is not None else ""
     return {
         "title": (f"Shadow cost: example MLP mirrored 100% to an identical twin, one run "
-                  f"{datetime.now():%Y-%m-%d %H:%M} on {platform.node()} ({os.cpu_count()} CPUs)"),
+                  f"{datetime.now():%Y-%m-%d %H:%M} on {platform.node()} ({os.cpu_count()} CPUs){loaded}"),
         "rows": rows, "rps_ratios": rps_ratios, "p99_ratios": p99_ratios,
         "rps_ratio": rps_ratio, "p99_ratio": p99_ratio,
         "verdict": {"throughput": rps_ratio >= TARGET_RPS, "p99": p99_ratio <= TARGET_P99},
@@ -181,12 +204,14 @@ def summarise(rows: list[dict[str, Any]], args: argparse.Namespace, wall: float)
 def format_table(s: dict[str, Any]) -> str:
     lines = [s["title"], "",
              f"{'round':>5} {'phase':<11} {'variant':<7} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'srv us/req':>10} "
-             f"{'mirrored':>9} {'shed':>8} {'errors':>6}"]
+             f"{'mirrored':>9} {'shed':>8} {'mirrored %':>10} {'errors':>6}"]
     for r in s["rows"]:
         cpu = r["cpu_us_per_request"]
+        sampled = r["shadow_mirrored"] + r["shadow_shed"]
+        share = f"{r['shadow_mirrored'] / sampled:.1%}" if sampled else "-"
         lines.append(f"{r['round']:>5} {r['phase']:<11} {r['variant']:<7} {r['rps']:>9.0f} {r['p50_ms']:>8.2f} "
                      f"{r['p99_ms']:>8.2f} {cpu if cpu is None else f'{cpu:.0f}':>10} {r['shadow_mirrored']:>9} "
-                     f"{r['shadow_shed']:>8} {r['errors']:>6}")
+                     f"{r['shadow_shed']:>8} {share:>10} {r['errors']:>6}")
     v = s["verdict"]
     lines += ["",
               f"throughput at saturation, shadow / off: {s['rps_ratio']:.3f} (rounds: "

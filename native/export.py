@@ -4,6 +4,7 @@
     OUT/<version>/model.onnx    the estimator converted to ONNX; its input is the spec's output tensor
     OUT/<version>/features.json the spec, so the server computes that tensor with the training kernel
     OUT/<version>/validation.json  held-out raw rows and the outputs onnxruntime gives for them offline
+    OUT/<version>/drift_reference.json  those outputs' distribution: the server's prediction-drift reference
 
 A one-input estimator (every scikit-learn model, XGBoost, LightGBM) takes one matrix, so the spec must have
 exactly one output tensor (fit it with ``outputs: {dense: float32}``). Classifiers are converted without
@@ -246,6 +247,20 @@ _ONNX_CONFIG_TYPES = {1: "TYPE_FP32", 11: "TYPE_FP64", 7: "TYPE_INT64", 6: "TYPE
                       9: "TYPE_BOOL"}
 
 
+def _save_drift_reference(outputs: Mapping[str, np.ndarray], version_dir: Path) -> None:
+    """The held-out outputs' distribution as the version's prediction-drift reference (the server reads it
+    under ``skewless.prediction_reference: auto`` instead of learning one from the first requests served).
+    String outputs (class names) have no drift domain and are left out; none numeric: no file."""
+    import json
+
+    from skewless.server.telemetry.reference import prediction_reference_document
+
+    numeric = {n: a for n, a in outputs.items() if np.asarray(a).dtype.kind in "fiub"}
+    if numeric:
+        doc = prediction_reference_document(numeric)
+        (version_dir / "drift_reference.json").write_text(json.dumps(doc) + "\n")
+
+
 def config_text(name: str, spec: FeatureSpec, model: Any, max_batch_size: int) -> str:
     """config.pbtxt: the raw inputs clients send, the model's outputs, dynamic batching."""
     from google.protobuf import text_format
@@ -313,6 +328,7 @@ def export(estimator: Any, spec: FeatureSpec, data: Any, out_dir: str | Path, *,
     (version_dir / "model.onnx").write_bytes(model_bytes)
     spec.save(version_dir / "features.json")
     validation.save(doc, version_dir / validation.VALIDATION_FILE)
+    _save_drift_reference(outputs, version_dir)
     (out_dir / "config.pbtxt").write_text(config_text(name, spec, model, max_batch_size))
     return ExportResult(out_dir, version_dir, list(spec.input_names), list(outputs), table.num_rows,
                         len(validation.complete_rows(doc)), diff)

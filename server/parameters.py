@@ -185,7 +185,7 @@ def _prediction_reference(value: str) -> str | None:
             n = int(value[6:])
         except ValueError:
             n = 0
-        return None if n >= 1 else "must be 'learn:N' with N >= 1, a file name or 'off'"
+        return None if n >= 1 else "must be 'auto', 'learn:N' with N >= 1, a file name or 'off'"
     return None if value else "is empty"
 
 
@@ -206,11 +206,15 @@ declare(
               lo=0.0, lo_open=True),
     Parameter("skewless.drift_interval_s", "float", 5.0, "PSI recomputed at most this often (seconds)", _DRIFT,
               lo=0.0),
+    Parameter("skewless.drift_alpha", "float", 0.001,
+              "a warn or alert level also needs the chi-square test against the reference to reject at this level (a "
+              "window too small for the bins never alarms)", _DRIFT, lo=0.0, hi=1.0, lo_open=True, hi_open=True),
     Parameter("skewless.drift_queue", "int", 256,
               "sampled batches waiting for the drift worker; more are dropped and counted", _DRIFT, lo=1),
-    Parameter("skewless.prediction_reference", "str", "learn:1000",
-              "reference of the prediction PSI: 'learn:N' (the first N sampled output rows after load), a JSON "
-              "file in the version folder, or 'off'", _DRIFT, check=_prediction_reference),
+    Parameter("skewless.prediction_reference", "str", "auto",
+              "reference of the prediction PSI: 'auto' (the version's drift_reference.json if shipped, else "
+              "learn:1000), 'learn:N' (the first N sampled output rows after load), a JSON file in the version "
+              "folder, or 'off'", _DRIFT, check=_prediction_reference),
 )
 
 _FEATURE_LOG = "Served-feature log (features/served_log.py)"
@@ -290,7 +294,11 @@ declare(
     Parameter("skewless.canary_max_p99_ratio", "float", 2.0,
               "guardrail: candidate p99 latency over the stable arm's", _TRAFFIC, lo=1.0, lo_open=True),
     Parameter("skewless.canary_max_psi", "float", 0.25,
-              "guardrail: PSI of the candidate's outputs against the stable arm's", _TRAFFIC, lo=0.0, lo_open=True),
+              "guardrail: PSI of the candidate's outputs against the stable arm's (breaches only when the "
+              "chi-square test also rejects at the canary's alpha)", _TRAFFIC, lo=0.0, lo_open=True),
+    Parameter("skewless.canary_alpha", "float", 0.01,
+              "chance that an identical candidate is rolled back by the error-rate and drift tests, over all "
+              "looks", _TRAFFIC, lo=0.0, hi=1.0, lo_open=True, hi_open=True),
 )
 
 _LINEAGE = "Prediction log and live quality (lineage/)"

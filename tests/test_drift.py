@@ -277,7 +277,7 @@ def test_batches_per_second_cap(churn_dir, spec, tmp_path):
     ({"skewless.drift_warn": "0.3", "skewless.drift_alert": "0.2"}, "must be below 'skewless.drift_alert'"),
     ({"skewless.drift_window_rows": "0"}, "'skewless.drift_window_rows' must be a int in [1, inf]"),
     ({"skewless.drift_sample_rate": "1.5"}, "'skewless.drift_sample_rate' must be a float in (0, 1]"),
-    ({"skewless.prediction_reference": "learn:0"}, "must be 'learn:N' with N >= 1"),
+    ({"skewless.prediction_reference": "learn:0"}, "must be 'auto', 'learn:N' with N >= 1"),
     ({"skewless.prediction_reference": "nope.json"}, "cannot use the prediction reference"),
     ({"skewless.drift": "yes"}, "'skewless.drift' must be 0 or 1"),
 ])

@@ -9,6 +9,7 @@ validation.json offline through transform + onnxruntime.
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from skewless.native.fit import fit
 from skewless.native.spec import FeatureSpec
 from skewless.protos import model_config_pb2 as mc
 from skewless.server.models.config import parse_config
+from skewless.server.telemetry.reference import read_prediction_reference
 
 CONFIG = {
     "outputs": {"dense": "float32"},
@@ -114,7 +116,13 @@ def _bits(a: np.ndarray) -> np.ndarray:
 
 def test_folder_is_what_the_server_loads(exported):
     _, folder, spec, _ = exported
-    assert sorted(p.name for p in (folder / "1").iterdir()) == ["features.json", "model.onnx", "validation.json"]
+    assert sorted(p.name for p in (folder / "1").iterdir()) == [
+        "drift_reference.json", "features.json", "model.onnx", "validation.json"]
+    # the held-out outputs' distribution: the server's prediction-drift reference (skewless.prediction_reference auto)
+    drift = read_prediction_reference(json.loads((folder / "1" / "drift_reference.json").read_text()))
+    assert set(drift) == {"label", "probabilities"}
+    held_out = validation.load(folder / "1" / "validation.json")["outputs"]["probabilities"]["shape"][0]
+    assert drift["probabilities"]["rows"] == held_out
     assert FeatureSpec.load(folder / "1" / "features.json").sha256 == spec.sha256
     cfg = parse_config((folder / "config.pbtxt").read_text(), "config.pbtxt")
     assert cfg.name == "fraud" and cfg.platform == "onnxruntime_onnx" and cfg.max_batch_size == 64

@@ -111,7 +111,7 @@ def test_read_from_a_model_config():
     assert read(cfg, "skewless.drift") is False
     assert read(cfg, "skewless.drift_warn") == 0.1  # absent: the default
     assert read(cfg, "skewless.canary_version") is None
-    with pytest.raises(ModelLoadError, match="'skewless.prediction_reference' must be 'learn:N' with N >= 1"):
+    with pytest.raises(ModelLoadError, match="'skewless.prediction_reference' must be 'auto', 'learn:N' with N >= 1"):
         read(_cfg(**{"skewless.prediction_reference": "learn:0"}), "skewless.prediction_reference")
     with pytest.raises(ModelLoadError, match="'skewless.prediction_reference' is empty"):
         read(_cfg(**{"skewless.prediction_reference": " "}), "skewless.prediction_reference")

@@ -161,7 +161,7 @@ class Server:
         self.in_flight = InFlightTotal(opts.connections.max_inflight)
         self.repository.version_hooks.append(self._share_in_flight)
         # Shadow traffic and canary splits hang off each version's `traffic` hook (None unless configured).
-        self.traffic = TrafficManager(self.repository)
+        self.traffic = TrafficManager(self.repository, opts.traffic.busy_host_idle)
         self.repository.version_hooks.append(self.traffic.attach)
         # Prediction log, label join and live quality hang off each version's `lineage` hook (None unless on).
         self.lineage = make_lineage(self.repository, opts)

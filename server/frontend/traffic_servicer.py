@@ -32,10 +32,10 @@ def _model(request) -> str:
 
 def _guardrails(g: pb.CanaryGuardrails) -> CanaryGuardrails:
     d = CanaryGuardrails()
-    return CanaryGuardrails(g.window_s or d.window_s, g.min_requests or d.min_requests,
-                            g.max_error_rate_increase or d.max_error_rate_increase,
-                            g.max_p99_ratio or d.max_p99_ratio, g.max_psi or d.max_psi,
-                            g.promote_after_s or d.promote_after_s)
+    return CanaryGuardrails(window_s=g.window_s or d.window_s, min_requests=g.min_requests or d.min_requests,
+                            max_error_rate_increase=g.max_error_rate_increase or d.max_error_rate_increase,
+                            max_p99_ratio=g.max_p99_ratio or d.max_p99_ratio, max_psi=g.max_psi or d.max_psi,
+                            promote_after_s=g.promote_after_s or d.promote_after_s)
 
 
 def status(name: str, manager: TrafficManager) -> pb.TrafficStatus:

@@ -52,6 +52,8 @@ class ManagedModel:
     wanted: bool = False  # should be serving: a load was asked for and no unload since
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     loaded_signature: tuple | None = None
+    # The versions the load under way will serve together (what version hooks check a version set against).
+    loading: tuple[int, ...] = ()
 
     def latest_ready(self) -> ModelVersion | None:
         return self.serving[max(self.serving)] if self.serving else None
@@ -262,6 +264,7 @@ class ModelRepository:
             if v not in model.serving:
                 model.status[v] = VersionStatus("LOADING")
         built: dict[int, ModelVersion] = {}
+        model.loading = tuple(wanted)
         try:
             for v in wanted:
                 started = time.perf_counter()

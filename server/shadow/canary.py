@@ -1,15 +1,25 @@
 """A weighted, sticky split between a model's stable and candidate versions, guarded arm against arm.
 
-Each arm keeps a sliding window of (time, ok, latency, a few output values) per request, recorded after the
+Each arm keeps a sliding window of (time, ok, latency, one output value) per request, recorded after the
 reply has been handed over. ``check`` (run every ``CHECK_INTERVAL_S`` by the traffic manager, on the event
 loop: windows are small) compares the candidate with the stable arm and returns why it breaches, if it
 does; the manager then sets the candidate's weight to 0. Nothing promotes silently: ``promote`` is a command,
 or the ``promote_after_s`` policy when set.
+
+The error-rate, latency and prediction-drift guardrails breach only when a test rejects "the arms are the same"
+at the alpha this look may spend (telemetry/significance.py: Fisher's exact test, one-sided; an exact test of
+the candidate's share of the latencies above the pooled p50 and p90; a chi-square test on output values binned at
+pooled quantiles with >= 5 expected per cell) *and* the effect exceeds its limit (error-rate increase, p99
+ratio, PSI).
+A look is taken once the candidate has ``min_requests`` new requests since the last one, and look k spends
+``alpha * 6 / (pi^2 k^2)``, shared between the three tests: an identical candidate is rolled back by them in at
+most ``alpha`` of canaries however long it runs (benchmarks/guardrail_power.py measures it by replaying
+this code). One value per request (the first of the first output): values of one request are not
+independent samples.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -17,27 +27,30 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..telemetry.psi import psi
+from ..telemetry.significance import TestResult, hypergeom_upper, look_alpha, tail_increase, two_sample
 from .keys import sampled
 from .settings import CanarySettings
 
 SALT = b"skewless-canary"
 ARMS = ("stable", "candidate")
-VALUES_PER_REQUEST = 8  # output values kept per request for the drift comparison
 WINDOW_CAP = 20_000
-PSI_BINS = 10
+DRIFT_BINS = 10  # at most; fewer when the arms are too small for 5 expected per cell
 
 
 @dataclass
 class Arm:
     served: int = 0
     failed: int = 0
-    window: deque = field(default_factory=lambda: deque(maxlen=WINDOW_CAP))  # (t, ok, latency_s, values)
+    version: int = 0  # the version that served this arm last (0: none yet)
+    window: deque = field(default_factory=lambda: deque(maxlen=WINDOW_CAP))  # (t, ok, latency_s, value)
 
-    def record(self, ok: bool, latency_s: float, values: np.ndarray | None) -> None:
+    def record(self, ok: bool, latency_s: float, value: float | None, version: int = 0,
+               now: float | None = None) -> None:
         self.served += 1
         self.failed += not ok
-        self.window.append((time.monotonic(), ok, latency_s, values))
+        if version:
+            self.version = version
+        self.window.append((time.monotonic() if now is None else now, ok, latency_s, value))
 
     def prune(self, since: float) -> None:
         w = self.window
@@ -70,6 +83,8 @@ class Canary:
         # server joins delayed labels; None: no quality guardrail.
         self.quality: Callable[[float], dict[str, dict[str, float]]] | None = None
         self.started_wall = time.time()
+        self.looks = 0  # statistical looks taken so far (each spends its share of alpha)
+        self._looked_at = 0  # candidate requests served at the last look
 
     def wants_candidate(self, key: str) -> bool:
         return sampled(key, self.weight, SALT)
@@ -88,19 +103,34 @@ class Canary:
         s, c = self.arms["stable"].window, self.arms["candidate"].window
         if len(c) < g.min_requests or len(s) < g.min_requests:
             return None
-        s_err = sum(not r[1] for r in s) / len(s)
-        c_err = sum(not r[1] for r in c) / len(c)
+        served = self.arms["candidate"].served
+        if served - self._looked_at < g.min_requests:
+            return None  # no look before min_requests new candidate requests: looks would only spend alpha
+        self._looked_at = served
+        self.looks += 1
+        alpha = look_alpha(g.alpha, self.looks) / 3  # shared by the error-rate, latency and drift tests
+        s_bad, c_bad = sum(not r[1] for r in s), sum(not r[1] for r in c)
+        s_err, c_err = s_bad / len(s), c_bad / len(c)
         if c_err - s_err > g.max_error_rate_increase:
-            return (f"error rate {c_err:.1%} on the candidate against {s_err:.1%} on the stable arm "
-                    f"(limit +{g.max_error_rate_increase:.1%}) over {len(c)}/{len(s)} requests")
-        s_p99 = _p99([r[2] for r in s if r[1]])
-        c_p99 = _p99([r[2] for r in c if r[1]])
+            p = hypergeom_upper(c_bad, len(s) + len(c), s_bad + c_bad, len(c))  # Fisher's exact, one-sided
+            if p < alpha:
+                return (f"error rate {c_err:.1%} on the candidate against {s_err:.1%} on the stable arm "
+                        f"(limit +{g.max_error_rate_increase:.1%}; p={p:.2g} < {alpha:.2g} at look {self.looks}) "
+                        f"over {len(c)}/{len(s)} requests")
+        s_lat = np.fromiter((r[2] for r in s if r[1]), np.float64)
+        c_lat = np.fromiter((r[2] for r in c if r[1]), np.float64)
+        s_p99, c_p99 = _p99(s_lat), _p99(c_lat)
         if s_p99 > 0 and c_p99 / s_p99 > g.max_p99_ratio:
-            return (f"p99 latency {c_p99 * 1e3:.2f} ms on the candidate against {s_p99 * 1e3:.2f} ms on the "
-                    f"stable arm (limit {g.max_p99_ratio:g}x)")
-        value = drift(s, c)
-        if value > g.max_psi:
-            return f"prediction drift PSI {value:.3f} of the candidate against the stable arm (limit {g.max_psi:g})"
+            p = tail_increase(s_lat, c_lat)
+            if p < alpha:
+                return (f"p99 latency {c_p99 * 1e3:.2f} ms on the candidate against {s_p99 * 1e3:.2f} ms on the "
+                        f"stable arm (limit {g.max_p99_ratio:g}x; tail test p={p:.2g} < {alpha:.2g} at look "
+                        f"{self.looks})")
+        test = drift_test(s, c)
+        if test is not None and test.p_value < alpha and test.psi > g.max_psi:
+            return (f"prediction drift PSI {test.psi:.3f} of the candidate against the stable arm (limit "
+                    f"{g.max_psi:g}); chi-square test p={test.p_value:.2g} < {alpha:.2g} at look {self.looks} over "
+                    f"{test.bins} bins of {len(c)}/{len(s)} requests")
         return self.check_quality()
 
     def check_quality(self) -> str | None:
@@ -139,27 +169,19 @@ class Canary:
         self.events.append(Event(time.time(), "promoted", reason))
 
 
-def _p99(values: list[float]) -> float:
-    return float(np.quantile(values, 0.99)) if values else 0.0
+def _p99(values: np.ndarray) -> float:
+    return float(np.quantile(values, 0.99)) if len(values) else 0.0
 
 
-def drift(stable: deque, candidate: deque) -> float:
-    """PSI of the candidate's output values against the stable arm's, on deciles of the stable arm."""
-    ref = [r[3] for r in stable if r[1] and r[3] is not None]
-    cur = [r[3] for r in candidate if r[1] and r[3] is not None]
-    if not ref or not cur:
-        return 0.0
-    ref_v = np.concatenate(ref)
-    cur_v = np.concatenate(cur)
-    edges = np.unique(np.quantile(ref_v, np.linspace(0, 1, PSI_BINS + 1)[1:-1]))
-    ref_counts = np.bincount(np.searchsorted(edges, ref_v, side="right"), minlength=len(edges) + 1)
-    cur_counts = np.bincount(np.searchsorted(edges, cur_v, side="right"), minlength=len(edges) + 1)
-    value = psi(ref_counts, cur_counts)
-    return 0.0 if math.isnan(value) else value
+def drift_test(stable: deque, candidate: deque) -> TestResult | None:
+    """The chi-square test of the candidate's output values against the stable arm's (None: too few to test)."""
+    ref = np.fromiter((r[3] for r in stable if r[1] and r[3] is not None), np.float64)
+    cur = np.fromiter((r[3] for r in candidate if r[1] and r[3] is not None), np.float64)
+    return two_sample(ref, cur, DRIFT_BINS)
 
 
-def sample_values(outputs: list[np.ndarray]) -> np.ndarray | None:
-    """A few values of the first numeric output, copied (for the drift comparison)."""
-    if not outputs or outputs[0].dtype.kind not in "fiub":
+def first_value(outputs: list[np.ndarray]) -> float | None:
+    """The first value of the first numeric output (one per request, for the drift comparison)."""
+    if not outputs or outputs[0].dtype.kind not in "fiub" or outputs[0].size == 0:
         return None
-    return np.array(outputs[0].ravel()[:VALUES_PER_REQUEST], dtype=np.float64)
+    return float(outputs[0].flat[0])

@@ -102,9 +102,13 @@ def register_metrics(meter: Any, manager: Any) -> None:
                 yield traffic.canary
 
     def arms(_options: CallbackOptions) -> Iterator[Observation]:
-        for c in canaries():
+        for traffic in list(manager.models.values()):
+            c = traffic.canary
+            if c is None:
+                continue
             for arm_name, arm in c.arms.items():
-                version = c.candidate if arm_name == "candidate" else c.stable
+                # the version that served the arm (the stable one may be "the highest other", never "0")
+                version = c.candidate if arm_name == "candidate" else (arm.version or traffic.stable_version())
                 attrs = {"model": c.model, "arm": arm_name, "version": str(version)}
                 yield Observation(arm.served - arm.failed, {**attrs, "outcome": "success"})
                 yield Observation(arm.failed, {**attrs, "outcome": "failure"})

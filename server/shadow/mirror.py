@@ -9,7 +9,9 @@ primaries neither wait for it in any queue nor share its threads. On CPU the cha
 in a one-thread session of its own on a thread niced to 19 (``ModelRuntime.run_background``); the shadow
 thread itself keeps normal priority because its Python work holds the GIL, and a niced GIL holder that the
 kernel preempts would stall the event loop. That Python work (merge, compare) is held to ``cpu_share`` of wall
-time over the last second: beyond that share mirrored requests wait, then shed.
+time over the last second: beyond that share mirrored requests wait, then shed. All of these judge this process
+only; ``gate`` (host_idle.py) judges the host: while its idle CPU is under 10%, at most 5% of the sampled
+requests are admitted at all (the rest shed before anything is built).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import numpy as np
 
 from .compare import PairStats, compare_batch
 from .divergence_log import Divergence, DivergenceLog
+from .host_idle import BusyHostGate
 
 if TYPE_CHECKING:
     from ..models.version import InFlightTotal, ModelVersion
@@ -99,8 +102,9 @@ class ShadowWorker:
     """The bounded queue, the dispatcher task and the low-priority thread every shadow shares."""
 
     def __init__(self, capacity: int = QUEUE, max_age_s: float = MAX_AGE_S, cpu_share: float = CPU_SHARE,
-                 loop_busy_max: float = LOOP_BUSY_MAX):
+                 loop_busy_max: float = LOOP_BUSY_MAX, gate: BusyHostGate | None = None):
         self.capacity = capacity
+        self.gate = gate if gate is not None else BusyHostGate()
         self.max_age_s = max_age_s
         self.cpu_share = cpu_share
         self.loop_busy_max = loop_busy_max
@@ -118,8 +122,8 @@ class ShadowWorker:
     @property
     def full(self) -> bool:
         """Whether a newcomer is to be shed: checked before a mirrored request is built, which under load (most
-        of them shed) saves building it."""
-        return len(self.queue) >= self.capacity
+        of them shed) saves building it. A busy host sheds all but ``gate.share`` of them."""
+        return len(self.queue) >= self.capacity or not self.gate.admit()
 
     def offer(self, item: Mirrored) -> None:
         """On the event loop, after the primary's reply is handed over (and ``full`` checked): queue it."""

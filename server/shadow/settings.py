@@ -8,7 +8,8 @@ Config parameters (Triton's ``parameters`` map, string values), all optional but
     skewless.shadow_log_dir    where divergent samples go as Parquet (default: not logged)
     skewless.traffic_key       request parameter hashed for sampling and canary arms (default: the request id)
     skewless.canary_version    the candidate version; skewless.canary_weight its share (default 0.05)
-    skewless.canary_window_s, skewless.canary_max_p99_ratio, skewless.canary_max_psi   guardrails
+    skewless.canary_window_s, skewless.canary_max_p99_ratio, skewless.canary_max_psi, skewless.canary_alpha
+                               guardrails
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ P_CANARY_WEIGHT = "skewless.canary_weight"
 P_CANARY_WINDOW = "skewless.canary_window_s"
 P_CANARY_P99 = "skewless.canary_max_p99_ratio"
 P_CANARY_PSI = "skewless.canary_max_psi"
+P_CANARY_ALPHA = "skewless.canary_alpha"
 DEFAULT_TOLERANCE = 1e-6
 
 
@@ -80,10 +82,15 @@ class CanaryGuardrails:
     # arm's (regression: its MAE rise this share above), once each arm has min_labels joined labels.
     max_quality_drop: float = 0.05
     min_labels: int = 50
+    # The chance that an identical candidate is rolled back by the error-rate and drift tests, over all looks
+    # (canary.py); benchmarks/guardrail_power.py measures it and the detection power.
+    alpha: float = 0.01
 
     def __post_init__(self) -> None:
         if not self.window_s > 0 or self.min_requests < 1:
             raise InvalidArgument("canary window must be > 0 s and min_requests >= 1")
+        if not 0 < self.alpha < 1:
+            raise InvalidArgument(f"canary alpha must be between 0 and 1, got {self.alpha}")
         if self.max_p99_ratio <= 1 or self.max_psi <= 0 or self.max_error_rate_increase < 0:
             raise InvalidArgument("canary guardrails: max_p99_ratio must be > 1, max_psi > 0, "
                                   "max_error_rate_increase >= 0")
@@ -117,6 +124,6 @@ def from_config(cfg: mc.ModelConfig) -> tuple[ShadowSettings | None, CanarySetti
     version = read(cfg, P_CANARY_VERSION)
     if version is not None:
         guardrails = CanaryGuardrails(window_s=read(cfg, P_CANARY_WINDOW), max_p99_ratio=read(cfg, P_CANARY_P99),
-                                      max_psi=read(cfg, P_CANARY_PSI))
+                                      max_psi=read(cfg, P_CANARY_PSI), alpha=read(cfg, P_CANARY_ALPHA))
         canary = CanarySettings(version, read(cfg, P_CANARY_WEIGHT), guardrails)
     return shadow, canary, read(cfg, P_KEY)

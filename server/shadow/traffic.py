@@ -11,12 +11,13 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .. import alerts, audit
 from ..errors import FailedPrecondition, InvalidArgument, ModelLoadError, NotFound, SkewlessError
-from .canary import Canary, sample_values
+from .canary import Canary, first_value
+from .host_idle import MIN_IDLE, BusyHostGate
 from .keys import key_of, sampled
 from .mirror import Mirrored, Shadow, ShadowWorker
 from .settings import CanarySettings, ShadowSettings, from_config
@@ -63,9 +64,18 @@ class ModelTraffic:
         if canary.wants_candidate(key):
             chosen = served.get(canary.candidate)
         else:
-            stable = canary.stable or max((v for v in served if v != canary.candidate), default=0)
-            chosen = served.get(stable)
+            chosen = served.get(self.stable_version(served))
         return chosen if chosen is not None else mv
+
+    def stable_version(self, served: Mapping[int, ModelVersion] | None = None) -> int:
+        """The canary's stable version now: the one it names, else the highest other serving one (0: none)."""
+        canary = self.canary
+        if canary is None:
+            return 0
+        if canary.stable:
+            return canary.stable
+        served = self.serving() if served is None else served
+        return max((v for v in served if v != canary.candidate), default=0)
 
     def status(self) -> dict[str, Any]:
         """A snapshot of this model's shadow and canary (the TrafficAdmin status fields, by name)."""
@@ -81,7 +91,8 @@ class ModelTraffic:
         if canary is not None:
             out.update(canary_candidate=canary.candidate, canary_weight=canary.weight,
                        canary_state=canary.state, canary_reason=canary.reason)
-            out["arms"] = [{"arm": arm_name, "version": canary.candidate if arm_name == "candidate" else canary.stable,
+            stable = self.stable_version()
+            out["arms"] = [{"arm": arm_name, "version": canary.candidate if arm_name == "candidate" else stable,
                             "served": arm.served, "failed": arm.failed} for arm_name, arm in canary.arms.items()]
         return out
 
@@ -98,7 +109,7 @@ class ModelTraffic:
         if canary is not None:
             arm = canary.arm_of(mv.version)
             if arm is not None:
-                complete = functools.partial(_count_arm, canary.arms[arm], received_ns, complete)
+                complete = functools.partial(_count_arm, canary.arms[arm], mv.version, received_ns, complete)
         shadow = self.shadow
         key = header_key if header_key is not None else key_of(params, request_id, self.key_param)
         if shadow is not None and sampled(key, shadow.settings.rate, SHADOW_SALT):
@@ -106,12 +117,12 @@ class ModelTraffic:
         return complete
 
 
-def _count_arm(arm, received_ns: int, complete: Complete, outcome, exc: BaseException | None,
+def _count_arm(arm, mv_version: int, received_ns: int, complete: Complete, outcome, exc: BaseException | None,
                cancelled: bool) -> None:
     complete(outcome, exc, cancelled)
     if not cancelled:
         arm.record(exc is None, (time.perf_counter_ns() - received_ns) / 1e9,
-                   sample_values(outcome[0]) if exc is None else None)
+                   first_value(outcome[0]) if exc is None else None, mv_version)
 
 
 def _mirror(worker: ShadowWorker, shadow: Shadow, mv: ModelVersion, feeds: dict, rows: int, names: list[str],
@@ -128,9 +139,9 @@ def _mirror(worker: ShadowWorker, shadow: Shadow, mv: ModelVersion, feeds: dict,
 class TrafficManager:
     """Every model's traffic control, from config parameters and the admin RPC (which wins once used)."""
 
-    def __init__(self, repository: ModelRepository):
+    def __init__(self, repository: ModelRepository, busy_host_idle: float = MIN_IDLE):
         self.repository = repository
-        self.worker = ShadowWorker()
+        self.worker = ShadowWorker(gate=BusyHostGate(min_idle=busy_host_idle))
         self.models: dict[str, ModelTraffic] = {}
         self.resolve_challenger: ChallengerResolver = self._from_repository
         # (model, since time.time()) -> metrics per canary arm from joined labels (lineage/), when on.
@@ -144,6 +155,10 @@ class TrafficManager:
         if traffic is None:
             try:
                 shadow, canary, key = from_config(mv.config)
+                if canary is not None:
+                    model = self.repository.models.get(mv.name)
+                    versions = model.loading if model is not None and model.loading else (mv.version,)
+                    check_canary_versions(mv.name, canary.candidate, 0, versions)
             except SkewlessError as exc:
                 raise ModelLoadError(f"model '{mv.name}': {exc}") from None
             traffic = self.models[mv.name] = ModelTraffic(mv.name, self.worker, self._serving(mv.name), key)
@@ -224,14 +239,8 @@ class TrafficManager:
         traffic = self._traffic(name)
         if settings is not None:
             served = self.repository.models[name].serving
-            if settings.candidate not in served:
-                raise NotFound(f"canary candidate '{name}' version {settings.candidate} is not serving")
-            if stable and stable not in served:
-                raise NotFound(f"stable version {stable} of '{name}' is not serving")
-            others = [v for v in served if v != settings.candidate]
-            if not stable and not others:
-                raise FailedPrecondition(f"'{name}' serves no version besides the candidate to compare against")
-            _check_same_inputs(served[stable or max(others)], served[settings.candidate], "canary candidate")
+            against = check_canary_versions(name, settings.candidate, stable, served)
+            _check_same_inputs(served[against], served[settings.candidate], "canary candidate")
         old = traffic.canary
         audit.record("canary", name, _canary_doc(old) if old is not None else None,
                      {"candidate": settings.candidate, "weight": settings.weight, "stable": stable}
@@ -289,6 +298,7 @@ class TrafficManager:
     async def _guard(self) -> None:
         while True:
             await asyncio.sleep(CHECK_INTERVAL_S)
+            self.worker.gate.host.idle()  # keeps the host reading current (one /proc/stat read a second)
             now = time.monotonic()
             for traffic in list(self.models.values()):
                 canary = traffic.canary
@@ -318,6 +328,24 @@ class TrafficManager:
         for traffic in self.models.values():
             if traffic.shadow is not None:
                 await loop.run_in_executor(None, traffic.shadow.close)
+
+
+def check_canary_versions(name: str, candidate: int, stable: int, versions: Collection[int]) -> int:
+    """The stable version a canary of ``candidate`` compares against (``stable``, 0: the highest other one),
+    when both are among the ``versions`` served; else raises with the reason. The one check for a canary
+    declared in config.pbtxt (against the versions its version_policy loads) and one set by the admin RPC."""
+    served = sorted(versions)
+    fix = "(a canary needs both versions served: version_policy { all { } } or { specific { versions: [...] } })"
+    if candidate not in served:
+        raise NotFound(f"canary candidate '{name}' version {candidate} is not serving: versions served {served} "
+                       f"{fix}")
+    if stable and stable not in served:
+        raise NotFound(f"stable version {stable} of '{name}' is not serving: versions served {served} {fix}")
+    others = [v for v in served if v != candidate]
+    if not stable and not others:
+        raise FailedPrecondition(f"'{name}' serves no version besides the canary candidate {candidate} to compare "
+                                 f"against: versions served {served} {fix}")
+    return stable or max(others)
 
 
 def _shadow_doc(settings: ShadowSettings) -> dict:

@@ -20,9 +20,17 @@ Config parameters (``config.pbtxt``, string values; a bad value fails the load w
   take ~15% of the server's CPU (telemetry report, example MLP at 64 clients); at 20 batches/s a window fills
   in seconds under load, in minutes for a lone 1-row client;
 * ``skewless.drift_interval_s`` (5): PSI recomputed at most this often;
+* ``skewless.drift_alpha`` (0.001): a warn or alert level also needs a chi-square test of the window's counts against
+  the reference's to reject "same distribution" at this level, on bins merged until each cell expects >= 5
+  rows: PSI alone on a small window is noise (an empty bin adds ~0.7), so a window too small for the bins
+  never alarms, whatever its PSI;
 * ``skewless.drift_queue`` (256): sampled batches waiting for the worker; more are dropped and counted;
-* ``skewless.prediction_reference`` (``learn:1000``): ``learn:N`` (the first N sampled output rows after
-  load), a JSON file in the version folder (format: ``reference.prediction_reference_document``), or ``off``.
+* ``skewless.prediction_reference`` (``auto``): ``auto`` is the version's own ``drift_reference.json``
+  (``REFERENCE_FILE``, written by ``skewless export`` from the held-out rows) when it ships one, else
+  ``learn:1000``; ``learn:N`` learns it from the first N sampled output rows after load, a log line stating
+  the window (rows, requests' time span) once learnt; a file name is a JSON file in the version folder
+  (format: ``reference.prediction_reference_document``); ``off`` switches prediction drift off. Which one is
+  in use, and from how many rows, is the ``skewless_drift_reference_rows{source="file|learnt"}`` gauge.
 
 Why 2000 rows/s: a PSI over ~10 bins from a few thousand rows has sampling noise near 0.01 (its expected
 value under no drift is about bins * (1/window + 1/reference rows)), far below the 0.1 threshold, so more
@@ -38,7 +46,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -57,6 +65,7 @@ from .reference import (
     prediction_domain,
     read_prediction_reference,
 )
+from .significance import homogeneity
 from .window import SlidingCounts
 
 if TYPE_CHECKING:
@@ -76,7 +85,10 @@ PARAM_MAX_BATCHES = "skewless.drift_max_batches_per_s"
 PARAM_INTERVAL = "skewless.drift_interval_s"
 PARAM_QUEUE = "skewless.drift_queue"
 PARAM_PREDICTION = "skewless.prediction_reference"
-DEFAULT_PREDICTION = "learn:1000"
+PARAM_ALPHA = "skewless.drift_alpha"
+DEFAULT_PREDICTION = "auto"
+REFERENCE_FILE = "drift_reference.json"  # the prediction reference a version ships (``auto``)
+LEARN_ROWS = 1000  # rows learnt from under ``auto`` when the version ships no reference
 TOP_BINS = 3
 
 
@@ -89,7 +101,8 @@ class DriftSettings:
     max_batches_per_s: float = 20.0
     interval_s: float = 5.0
     queue_size: int = 256
-    prediction: str = DEFAULT_PREDICTION  # 'learn:N', a file name, or 'off'
+    prediction: str = DEFAULT_PREDICTION  # 'auto', 'learn:N', a file name, or 'off'
+    alpha: float = 0.001  # a level above ok also needs the chi-square test against the reference to reject at this
 
     @property
     def min_rows(self) -> int:
@@ -98,6 +111,8 @@ class DriftSettings:
 
     @property
     def learn_rows(self) -> int | None:
+        if self.prediction == "auto":
+            return LEARN_ROWS
         return int(self.prediction[6:]) if self.prediction.startswith("learn:") else None
 
 
@@ -119,6 +134,7 @@ def drift_settings(cfg: mc.ModelConfig, where: str) -> DriftSettings | None:
         interval_s=read(cfg, PARAM_INTERVAL, where),
         queue_size=read(cfg, PARAM_QUEUE, where),
         prediction=prediction,
+        alpha=read(cfg, PARAM_ALPHA, where),
     )
 
 
@@ -170,8 +186,12 @@ class DriftMonitor:
         self._predictions: _Series | None = None
         self._learnt: dict[str, Any] | None = None
         self._learning: dict[str, list[np.ndarray]] = {d.output: [] for d in domains}
+        self._learning_since: float | None = None  # time.time() of the first row learnt from
+        # (source, rows) of the prediction reference in use: 'file' or 'learnt' (None: none yet)
+        self.reference_source: tuple[str, int] | None = None
         if prediction_reference is not None:
             self._install_predictions(list(prediction_reference.values()))
+            self.reference_source = ("file", max(int(b.reference.sum()) for b in prediction_reference.values()))
         self._feature_tensors = self._features.tensors if self._features else []
         self._lock = threading.Lock()
         self._subscribers: list[DriftSubscriber] = []
@@ -220,6 +240,8 @@ class DriftMonitor:
                     skipped[name] = domain
                 else:
                     domains.append(domain)
+            if domains and settings.prediction == "auto" and (mv.path.parent / REFERENCE_FILE).is_file():
+                settings = replace(settings, prediction=REFERENCE_FILE)
             if domains and settings.learn_rows is None:
                 reference = _read_reference_file(mv, settings.prediction, domains, where)
                 domains = [d for d in domains if d.output in reference]
@@ -231,7 +253,10 @@ class DriftMonitor:
         if not domains:
             source = "no prediction drift"
         elif reference is None:
-            source = f"prediction reference learnt from the first {settings.learn_rows} sampled outputs"
+            source = (f"no {REFERENCE_FILE} shipped with the version: its prediction reference will be learnt from "
+                      f"the first {settings.learn_rows} sampled output rows served (a window stated once learnt)"
+                      if settings.prediction == "auto" else
+                      f"prediction reference learnt from the first {settings.learn_rows} sampled outputs")
         else:
             source = f"prediction reference {settings.prediction}"
         log.info("%s: drift monitoring %d features and %d outputs, %s", where, len(features), len(domains),
@@ -369,6 +394,8 @@ class DriftMonitor:
                 if all(name in preds for name in self._predictions.tensors):
                     self._predictions.add(preds, rows)
                 return
+            if self._learning_since is None:
+                self._learning_since = time.time()
             for name, block in preds.items():  # still learning the reference
                 self._learning[name].append(block)
             need = self.settings.learn_rows or 0
@@ -383,7 +410,11 @@ class DriftMonitor:
         self._learnt = {"format": "skewless.prediction_reference", "format_version": 1, "outputs": entries}
         self._learning = {}
         self._install_predictions([prediction_bins(self._domains[n], e) for n, e in entries.items()])
-        log.info("%s: prediction reference learnt from the first %d sampled outputs", self.where, rows)
+        self.reference_source = ("learnt", rows)
+        since = time.strftime("%H:%M:%S", time.localtime(self._learning_since or time.time()))
+        log.warning("%s: prediction reference learnt from the first %d sampled output rows, served from %s to %s "
+                    "(ship %s with the version to compare with held-out outputs instead)", self.where, rows,
+                    since, time.strftime("%H:%M:%S"), REFERENCE_FILE)
 
     def _install_predictions(self, bins: list[Bins]) -> None:
         self._predictions = _Series("prediction", bins, self.settings.window_rows)
@@ -398,9 +429,8 @@ class DriftMonitor:
                 values: dict[str, float] = {}
                 for i, b in enumerate(series.bins):
                     served = totals[series.bounds[i]:series.bounds[i + 1]]
-                    value = psi(b.reference, served)
+                    value, level = alarm_level(b.reference, served, self.settings)
                     values[b.name] = value
-                    level = self.settings.thresholds.level(value)
                     key = (series.kind, b.name)
                     previous = self._levels.get(key, "ok")
                     if level != previous:
@@ -428,6 +458,23 @@ class DriftMonitor:
         else:
             log.info("%s: %s '%s' drift now %s (PSI %.3f, was %s)", self.where, ev.kind, ev.name, ev.level,
                      ev.psi, ev.previous)
+
+
+def alarm_level(reference: np.ndarray, served: np.ndarray, settings: DriftSettings) -> tuple[float, str]:
+    """(PSI, level) of served counts against the reference: the PSI's level, but 'ok' where the chi-square test
+    does not reject at ``settings.alpha`` (a PSI this window's size cannot tell from sampling noise)."""
+    value = psi(reference, served)
+    level = settings.thresholds.level(value)
+    if level != "ok" and not significant(reference, served, settings.alpha):
+        level = "ok"
+    return value, level
+
+
+def significant(reference: np.ndarray, served: np.ndarray, alpha: float) -> bool:
+    """Whether the served counts differ from the reference's by a chi-square test at ``alpha`` (bins merged to >= 5
+    expected per cell; a window too small for two such bins is never significant)."""
+    test = homogeneity(reference, served)
+    return test is not None and test.p_value < alpha
 
 
 def _read_reference_file(mv: ModelVersion, name: str, domains: list[PredictionDomain],

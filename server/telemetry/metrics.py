@@ -104,6 +104,10 @@ METRICS = (
                "0.25 alert by default)", (*VERSION, "feature")),
     MetricSpec("skewless_prediction_drift_psi", "gauge", "PSI of an output against its reference distribution",
                (*VERSION, "output")),
+    MetricSpec("skewless_drift_reference_rows", "gauge",
+               "Rows the prediction-drift reference holds, by source: file (shipped with the version, e.g. "
+               "drift_reference.json) or learnt (the first sampled outputs served; the log states the window)",
+               (*VERSION, "source")),
     MetricSpec("skewless_drift_dropped_batches", "counter",
                "Sampled batches the drift monitor dropped (its queue full)", VERSION),
     MetricSpec("skewless_trace_spans", "counter",
@@ -213,6 +217,14 @@ class ServerMetrics:
         SPEC["skewless_feature_drift_psi"].observe(meter, psi("feature", "feature"))
         SPEC["skewless_prediction_drift_psi"].observe(meter, psi("prediction", "output"))
         SPEC["skewless_drift_dropped_batches"].observe(meter, [dropped])
+
+        def reference_rows(_options: CallbackOptions) -> Iterator[Observation]:
+            for attrs, monitor in monitors():
+                if monitor.reference_source is not None:
+                    source, rows = monitor.reference_source
+                    yield Observation(rows, {**attrs, "source": source})
+
+        SPEC["skewless_drift_reference_rows"].observe(meter, [reference_rows])
 
     # -- histograms from the stats' bucket counts -----------------------------------------------------------
     def _histograms(self, now: int) -> Iterator[Metric]:
