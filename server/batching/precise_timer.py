@@ -8,6 +8,7 @@ posts the callback back to its loop with ``call_soon_threadsafe``, only when the
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import threading
@@ -80,10 +81,8 @@ class PreciseTimer:
                     self._cond.wait(left)
                     continue
                 handle = heapq.heappop(heap)
-                try:
+                with contextlib.suppress(RuntimeError):  # its loop is closed: nobody is waiting any more
                     handle.loop.call_soon_threadsafe(handle._fire)
-                except RuntimeError:  # its loop is closed: nobody is waiting any more
-                    pass
 
 
 _TIMER = PreciseTimer()
