@@ -2,7 +2,9 @@
 
 A batch is formed only when an instance is free, so under load requests pile up while instances compute
 and the next batch is as large as the queue allows without any added delay; ``max_queue_delay`` only
-waits for a fuller batch when an instance is idle (the adaptive mode's wait is in adaptive.py). The
+waits for a fuller batch when an instance is idle (the adaptive mode's wait is in adaptive.py); a
+sub-millisecond delay is not waited out by a request that nobody could join (see ``skips_delay``), and
+short waits are timed by precise_timer.py, not the loop's millisecond timers. The
 scheduling runs on the event loop; a batch (merge, model run, split) runs in the model's worker thread,
 or inline on the loop when it has measured cheaper than the hand-off (runner.py, cost.py). The batcher only
 knows the work it is given to run (a BatchRunner) and the model's name: never the model's internals.
