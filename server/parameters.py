@@ -274,6 +274,13 @@ declare(
               _BATCHING, lo=0.0, hi=100.0, lo_open=True, hi_open=True),
 )
 
+_DELAY = "Queue delay (batching/batcher.py)"
+declare(
+    Parameter("skewless.skip_idle_delay", "bool", True,
+              "a max_queue_delay_microseconds under 1 ms is not waited out by a request arriving to an idle "
+              "batcher when no other request was seen for 250 ms (0: always wait, as Triton does)", _DELAY),
+)
+
 _TRAFFIC = "Shadow traffic and canary (shadow/settings.py)"
 declare(
     Parameter("skewless.shadow_model", "str", None,

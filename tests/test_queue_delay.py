@@ -89,6 +89,18 @@ def test_a_delay_of_milliseconds_is_waited_for_as_triton_does(tmp_path, add_sub)
     asyncio.run(main())
 
 
+def test_skip_idle_delay_off_waits_as_triton_does(tmp_path, add_sub):
+    async def main():
+        mv = version(tmp_path, add_sub, ADD_SUB + """
+            parameters { key: "skewless.skip_idle_delay" value { string_value: "0" } }
+            dynamic_batching { max_queue_delay_microseconds: 200 }""")
+        np.testing.assert_allclose(await one(mv), 2.0)
+        assert not mv.scheduler.batcher.skips_delay(time.perf_counter())
+        await mv.drain_and_close()
+
+    asyncio.run(main())
+
+
 def test_concurrent_requests_still_batch_within_a_sub_ms_delay(tmp_path, add_sub):
     async def main():
         # Every batch runs in the worker thread (none inline), so the first is still running as the others arrive.

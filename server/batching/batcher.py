@@ -111,7 +111,7 @@ def compatibility_key(feeds: dict[str, np.ndarray]) -> tuple:
 class DynamicBatcher:
     def __init__(self, runner: BatchRunner, name: str, label: str, batching: mc.ModelDynamicBatching,
                  max_batch_size: int, instances: int, adaptive: AdaptiveController | None = None,
-                 fixed_shapes: bool = False):
+                 fixed_shapes: bool = False, skip_idle_delay: bool = True):
         self.runner = runner
         self.name = name  # the model's name and label (name and version), for messages
         self.label = label
@@ -122,6 +122,7 @@ class DynamicBatcher:
         self.max_batch_size = max_batch_size
         self.preferred = sorted({int(s) for s in batching.preferred_batch_size if 0 < s <= max_batch_size})
         self.delay_s = batching.max_queue_delay_microseconds / 1e6
+        self.skip_idle_delay = skip_idle_delay and 0 < self.delay_s < SKIP_DELAY_BELOW_S
         self._last_arrival = -math.inf  # time.perf_counter() of the latest arrival
         self._company_at = -math.inf  # when an arrival last found company: others queued, running or just arrived
         self.timers_armed = 0  # waits for a fuller batch that needed a timer (tests count them)
@@ -424,7 +425,7 @@ class DynamicBatcher:
         company, and (with preserve_ordering) nothing is still running."""
         adaptive = self.adaptive
         company = adaptive is not None and adaptive.on_arrival(now, self._queued_rows > 0 or self._running > 0)
-        if adaptive is None and self.delay_s:
+        if adaptive is None and self.skip_idle_delay:
             # Company: others queued or running, or an arrival within the delay of the previous one (so the
             # previous request, had it waited, would have shared its batch).
             if self._queued_rows or self._running or now - self._last_arrival < self.delay_s:
@@ -442,8 +443,9 @@ class DynamicBatcher:
 
     def skips_delay(self, now: float) -> bool:
         """Whether a request arriving to an idle batcher at ``now`` (time.perf_counter()) runs without
-        waiting out the queue delay: the delay is sub-millisecond and no company was seen lately."""
-        return self.delay_s < SKIP_DELAY_BELOW_S and now - self._company_at > COMPANY_MEMORY_S
+        waiting out the queue delay: the delay is sub-millisecond, skewless.skip_idle_delay is on (the
+        default) and no company was seen lately."""
+        return self.skip_idle_delay and now - self._company_at > COMPANY_MEMORY_S
 
     def run_alone(self, feeds: dict[str, np.ndarray], rows: int, outputs: Sequence[str]) -> asyncio.Future:
         """A batch of one, started at once: no queue entry, no batcher wake-up; and no task at all when the
