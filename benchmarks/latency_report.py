@@ -7,6 +7,11 @@ echo server at the same points as the transport ceiling. Writes latency.json, la
 
     python -m skewless.benchmarks.latency_report            # ~10 s per point, about 1.5 minutes
     python -m skewless.benchmarks.latency_report --quick    # ~2 s per point
+    python -m skewless.benchmarks.latency_report --delay-spinning   # issue 28's delay and spinning figures
+
+``--delay-spinning`` measures instead, at one client: ``mlp_small`` with a 200 µs queue delay vs
+``dynamic_batching { }`` (p50, CPU per request) and the heavy MLP against the naive server (p50); see
+delay_spinning.py.
 """
 
 from __future__ import annotations
@@ -117,11 +122,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stream", action="store_true", help="also measure 64 in flight over ModelStreamInfer")
     p.add_argument("--model-repository", default=str(EXAMPLE_MODELS))
     p.add_argument("--out", help="output directory (default benchmarks/results/latency-<timestamp>)")
+    p.add_argument("--delay-spinning", action="store_true",
+                   help="only the 1-client queue-delay (mlp_small, 200 us vs none) and heavy-MLP (vs the naive "
+                        "server) figures")
     args = p.parse_args(argv)
     duration = args.duration or (2.0 if args.quick else 10.0)
     warmup = args.warmup if args.warmup is not None else (0.5 if args.quick else 2.0)
     out = Path(args.out or RESULTS_DIR / f"latency-{datetime.now():%Y%m%d-%H%M%S}")
     out.mkdir(parents=True, exist_ok=True)
+    if args.delay_spinning:
+        from .delay_spinning import run as run_delay_spinning
+
+        result, table = run_delay_spinning(out, duration, warmup)
+        print(table)
+        print(f"wrote {out / 'delay_spinning.json'}, {out / 'delay_spinning.txt'}")
+        return 1 if any(r["errors"] for r in result["rows"]) else 0
     onnx_path = Path(args.model_repository) / MODEL / "1" / "model.onnx"
 
     def bench(target: str, pid: int, sub: str, concurrency: list[int], stream: bool = False,

@@ -247,9 +247,13 @@ declare(
 
 _ORT = "onnxruntime session (Triton's onnxruntime backend names; models/runtime.py)"
 declare(
-    Parameter("intra_op_allow_spinning", "bool", False,
-              "let onnxruntime's pool threads spin after each run (off: they burn cores the transport needs)",
-              _ORT),
+    Parameter("intra_op_allow_spinning", "bool", None,
+              "1: onnxruntime's pool threads spin, after each run too (burns cores the transport needs); "
+              "0: they sleep between operators. Unset: skewless.intra_op_spinning decides", _ORT),
+    Parameter("skewless.intra_op_spinning", "enum", "auto",
+              "'during_run': pool threads spin between a run's operators and sleep once it returns; 'always'; "
+              "'never'; 'auto': during_run when the session has more than one intra-op thread", _ORT,
+              choices=("auto", "during_run", "always", "never")),
     Parameter("intra_op_thread_count", "int", None,
               "intra-op threads per session (default: onnxruntime's, or cores / --workers)", _ORT),
     Parameter("inter_op_thread_count", "int", None, "inter-op threads; setting it runs operators in parallel",
@@ -272,6 +276,13 @@ declare(
               lo=0.0, lo_open=True),
     Parameter("skewless.latency_slo_percentile", "float", 99.0, "percentile the objective applies to",
               _BATCHING, lo=0.0, hi=100.0, lo_open=True, hi_open=True),
+)
+
+_DELAY = "Queue delay (batching/batcher.py)"
+declare(
+    Parameter("skewless.skip_idle_delay", "bool", True,
+              "a max_queue_delay_microseconds under 1 ms is not waited out by a request arriving to an idle "
+              "batcher when no other request was seen for 250 ms (0: always wait, as Triton does)", _DELAY),
 )
 
 _TRAFFIC = "Shadow traffic and canary (shadow/settings.py)"

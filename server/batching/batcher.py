@@ -2,7 +2,9 @@
 
 A batch is formed only when an instance is free, so under load requests pile up while instances compute
 and the next batch is as large as the queue allows without any added delay; ``max_queue_delay`` only
-waits for a fuller batch when an instance is idle (the adaptive mode's wait is in adaptive.py). The
+waits for a fuller batch when an instance is idle (the adaptive mode's wait is in adaptive.py); a
+sub-millisecond delay is not waited out by a request that nobody could join (see ``skips_delay``), and
+short waits are timed by precise_timer.py, not the loop's millisecond timers. The
 scheduling runs on the event loop; a batch (merge, model run, split) runs in the model's worker thread,
 or inline on the loop when it has measured cheaper than the hand-off (runner.py, cost.py). The batcher only
 knows the work it is given to run (a BatchRunner) and the model's name: never the model's internals.
@@ -34,12 +36,19 @@ from ..errors import (
     Unavailable,
 )
 from .adaptive import AdaptiveController
+from .precise_timer import PRECISE_BELOW_S, precise_timer
 from .runner import BatchRunner
 
 log = logging.getLogger(__name__)
 
 REJECT = mc.ModelQueuePolicy.REJECT
 DELAY = mc.ModelQueuePolicy.DELAY
+# A queue delay shorter than this is skipped by a request that arrives to an idle batcher while no company
+# has been seen for COMPANY_MEMORY_S: waiting could only gather a request that nobody is sending (one
+# closed-loop client), and a sub-millisecond wait costs a wake-up more than it can save. Longer delays are
+# always waited for, as Triton does.
+SKIP_DELAY_BELOW_S = 0.001
+COMPANY_MEMORY_S = 0.25
 
 
 @dataclass(frozen=True)
@@ -102,7 +111,7 @@ def compatibility_key(feeds: dict[str, np.ndarray]) -> tuple:
 class DynamicBatcher:
     def __init__(self, runner: BatchRunner, name: str, label: str, batching: mc.ModelDynamicBatching,
                  max_batch_size: int, instances: int, adaptive: AdaptiveController | None = None,
-                 fixed_shapes: bool = False):
+                 fixed_shapes: bool = False, skip_idle_delay: bool = True):
         self.runner = runner
         self.name = name  # the model's name and label (name and version), for messages
         self.label = label
@@ -113,6 +122,10 @@ class DynamicBatcher:
         self.max_batch_size = max_batch_size
         self.preferred = sorted({int(s) for s in batching.preferred_batch_size if 0 < s <= max_batch_size})
         self.delay_s = batching.max_queue_delay_microseconds / 1e6
+        self.skip_idle_delay = skip_idle_delay and 0 < self.delay_s < SKIP_DELAY_BELOW_S
+        self._last_arrival = -math.inf  # time.perf_counter() of the latest arrival
+        self._company_at = -math.inf  # when an arrival last found company: others queued, running or just arrived
+        self.timers_armed = 0  # waits for a fuller batch that needed a timer (tests count them)
         self.preserve_ordering = batching.preserve_ordering
         self.levels = max(1, batching.priority_levels)
         self.default_level = batching.default_priority_level or (self.levels if batching.priority_levels else 1)
@@ -308,7 +321,8 @@ class DynamicBatcher:
             target = min(self.preferred[-1], self.cap) if self.preferred else self.cap
             head = batch[0]
             if adaptive is None:
-                wait_until = head.enqueued + self.delay_s
+                # The request's own perf_counter stamp: the loop clock has millisecond resolution under uvloop.
+                wait_until = now + (head.enqueued_ns / 1e9 + self.delay_s - time.perf_counter())
                 go = rows >= target or now >= wait_until
                 wake_rows = target
             else:
@@ -338,12 +352,19 @@ class DynamicBatcher:
                 self._wake_at = math.inf
 
     async def _wait(self, until: float) -> None:
-        """Sleep until ``until`` (loop clock) or an arrival wakes the scheduler, whichever is first."""
+        """Sleep until ``until`` (loop clock) or an arrival wakes the scheduler, whichever is first.
+
+        A short wait is kept by the precise timer thread: the loop's own timers would round it up to a
+        millisecond."""
         loop = asyncio.get_running_loop()
         timeout = until - loop.time()
         if timeout <= 0:
             return
-        timer = loop.call_later(timeout, self._arrived.set)  # cheaper than asyncio.wait_for's extra task
+        self.timers_armed += 1
+        if timeout < PRECISE_BELOW_S:
+            timer = precise_timer().call_later(timeout, loop, self._arrived.set)
+        else:
+            timer = loop.call_later(timeout, self._arrived.set)  # cheaper than asyncio.wait_for's extra task
         try:
             await self._arrived.wait()
         finally:
@@ -404,6 +425,12 @@ class DynamicBatcher:
         company, and (with preserve_ordering) nothing is still running."""
         adaptive = self.adaptive
         company = adaptive is not None and adaptive.on_arrival(now, self._queued_rows > 0 or self._running > 0)
+        if adaptive is None and self.skip_idle_delay:
+            # Company: others queued or running, or an arrival within the delay of the previous one (so the
+            # previous request, had it waited, would have shared its batch).
+            if self._queued_rows or self._running or now - self._last_arrival < self.delay_s:
+                self._company_at = now
+            self._last_arrival = now
         if self._closed or self._queued_rows or not self._free:
             return False
         if self.preserve_ordering and self._inflight:
@@ -412,7 +439,13 @@ class DynamicBatcher:
             # Run at once unless other clients have lately been seen sending concurrently: then queue, so
             # that requests arriving in the same event-loop turn, or within the wait budget, share a batch.
             return not company
-        return self.delay_s <= 0
+        return self.delay_s <= 0 or self.skips_delay(now)
+
+    def skips_delay(self, now: float) -> bool:
+        """Whether a request arriving to an idle batcher at ``now`` (time.perf_counter()) runs without
+        waiting out the queue delay: the delay is sub-millisecond, skewless.skip_idle_delay is on (the
+        default) and no company was seen lately."""
+        return self.skip_idle_delay and now - self._company_at > COMPANY_MEMORY_S
 
     def run_alone(self, feeds: dict[str, np.ndarray], rows: int, outputs: Sequence[str]) -> asyncio.Future:
         """A batch of one, started at once: no queue entry, no batcher wake-up; and no task at all when the

@@ -15,6 +15,7 @@ import numpy as np
 
 from skewless.protos import model_config_pb2 as mc
 
+from ..parameters import read
 from .adaptive import AdaptiveController
 from .batcher import DynamicBatcher
 from .runner import BatchInfo, BatchRunner, Feeds
@@ -41,6 +42,7 @@ class Scheduler:
         self.batching_config = config.dynamic_batching
         self.batching = self.max_batch_size > 0 and config.HasField("dynamic_batching")
         self.adaptive = AdaptiveController.from_config(config) if self.batching else None
+        self.skip_idle_delay = read(config, "skewless.skip_idle_delay")
         self.instances = instances
         self.fixed_shapes = fixed_shapes
         self.batcher: DynamicBatcher | None = None  # made on first use: it needs the running loop
@@ -70,7 +72,7 @@ class Scheduler:
             if batcher is None:
                 batcher = self.batcher = DynamicBatcher(
                     self.runner, self.name, self.label, self.batching_config, self.max_batch_size,
-                    self.instances, self.adaptive, self.fixed_shapes)
+                    self.instances, self.adaptive, self.fixed_shapes, self.skip_idle_delay)
             if not batcher.arrive(time.perf_counter()) or priority:
                 return batcher.submit(feeds, rows, output_names, priority, timeout_us, deadline, hook, watch)
             future = batcher.run_alone(feeds, rows, output_names)

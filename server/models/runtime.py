@@ -122,11 +122,6 @@ def session_options(cfg: mc.ModelConfig, intra_op_threads: int | None = None):
     """``intra_op_threads`` overrides the config's (the background instance runs on its caller's thread)."""
     rt = require_onnxruntime()
     so = rt.SessionOptions()
-    # onnxruntime's pool threads spin after each run by default: on a server they burn the cores the gRPC
-    # transport needs (measured on the example MLP: ~30% more server CPU per request with spinning on).
-    spin = "1" if read(cfg, "intra_op_allow_spinning") else "0"
-    so.add_session_config_entry("session.intra_op.allow_spinning", spin)
-    so.add_session_config_entry("session.inter_op.allow_spinning", spin)
     intra = read(cfg, "intra_op_thread_count")
     inter = read(cfg, "inter_op_thread_count")
     if intra is None:
@@ -135,6 +130,8 @@ def session_options(cfg: mc.ModelConfig, intra_op_threads: int | None = None):
         intra = intra_op_threads
     if intra is not None:
         so.intra_op_num_threads = intra
+    for key, value in spinning_entries(spinning_mode(cfg, intra)).items():
+        so.add_session_config_entry(key, value)
     if inter is not None:
         so.inter_op_num_threads = inter
         so.execution_mode = rt.ExecutionMode.ORT_PARALLEL
@@ -147,6 +144,33 @@ def session_options(cfg: mc.ModelConfig, intra_op_threads: int | None = None):
         name = "basic" if g == -1 else "extended" if g == 1 else "all"
         so.graph_optimization_level = getattr(rt.GraphOptimizationLevel, _OPT_LEVELS[name])
     return so
+
+
+def spinning_mode(cfg: mc.ModelConfig, intra_op_threads: int | None) -> str:
+    """How the session's pool threads wait for work: 'always' (spin after each run too), 'during_run' (spin
+    between a run's operators, sleep once the run returns) or 'never' (sleep, woken per operator).
+
+    Triton's ``intra_op_allow_spinning`` decides when set (1: always, 0: never). Otherwise
+    ``skewless.intra_op_spinning``, whose 'auto' spins during runs when the session has a pool (more than one
+    intra-op thread): a model whose operators are split across threads then pays no wake-up per operator,
+    and no core spins while the model is idle."""
+    allow = read(cfg, "intra_op_allow_spinning")
+    if allow is not None:
+        return "always" if allow else "never"
+    mode = read(cfg, "skewless.intra_op_spinning")
+    if mode != "auto":
+        return mode
+    threads = intra_op_threads if intra_op_threads is not None else (os.cpu_count() or 1)
+    return "during_run" if threads > 1 else "never"
+
+
+def spinning_entries(mode: str) -> dict[str, str]:
+    """onnxruntime session config entries for a spinning mode (see spinning_mode). Spinning after each run
+    burns the cores the transport needs (measured on the example MLP: ~30% more server CPU per request);
+    ``session.force_spinning_stop`` stops the pool spinning as each run returns."""
+    spin = "0" if mode == "never" else "1"
+    return {"session.intra_op.allow_spinning": spin, "session.inter_op.allow_spinning": spin,
+            "session.force_spinning_stop": "1" if mode == "during_run" else "0"}
 
 
 def cuda_provider_options(cfg: mc.ModelConfig, device_id: int) -> dict[str, str]:
