@@ -298,7 +298,7 @@ class TrafficManager:
     async def _guard(self) -> None:
         while True:
             await asyncio.sleep(CHECK_INTERVAL_S)
-            self.worker.gate.host.idle()  # keeps the host reading current (one /proc/stat read a second)
+            self.worker.gate.host.idle()  # keeps the host reading current (one /proc/stat read per window)
             now = time.monotonic()
             for traffic in list(self.models.values()):
                 canary = traffic.canary
