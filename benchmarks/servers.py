@@ -91,10 +91,12 @@ class ServerProcess:
 
 
 def start_skewless(model_repository: Path | str | None = EXAMPLE_MODELS, log_path: Path | None = None,
-                   extra: list[str] | None = None, env: Mapping[str, str | None] | None = None) -> ServerProcess:
-    """``skewless serve``; ``model_repository`` None when ``extra`` names another source (``--registry``)."""
+                   extra: list[str] | None = None, env: Mapping[str, str | None] | None = None,
+                   python: str | None = None) -> ServerProcess:
+    """``skewless serve``; ``model_repository`` None when ``extra`` names another source (``--registry``);
+    ``python``: another interpreter (another install of skewless, e.g. a checkout's venv) instead of this one."""
     repo = ["--model-repository", str(model_repository)] if model_repository is not None else []
-    argv = [sys.executable, "-m", "skewless.server.frontend.cli", "serve", *repo,
+    argv = [python or sys.executable, "-m", "skewless.server.frontend.cli", "serve", *repo,
             "--host", "127.0.0.1", "--grpc-port", "0", "--metrics-port", "0", "--http-port", "0",
             "--log-level", "warning",
             *(extra or [])]
