@@ -51,7 +51,9 @@ def test_every_column_type_with_nulls_scores_bit_equal_over_grpc_and_http(tmp_pa
     assert summary["holdout_rows_with_nulls"] > 0
     folder = tmp_path / "work" / "models" / "fraud"
     assert (folder / "config.pbtxt").is_file()
-    assert {p.name for p in (folder / "1").iterdir()} == {"model.onnx", "features.json", "validation.json"}
+    # the spec, the model, held-out rows with their expected outputs, and the prediction-drift reference
+    assert {p.name for p in (folder / "1").iterdir()} == {"model.onnx", "features.json", "validation.json",
+                                                          "drift_reference.json"}
 
 
 def test_float_gaps_only_score_bit_equal_on_any_server(tmp_path):
