@@ -45,7 +45,7 @@ import numpy as np
 
 from . import report
 from .loadgen import RESULTS_DIR, BenchConfig, run_bench
-from .servers import EXAMPLE_MODELS, start_echo, start_skewless
+from .servers import EXAMPLE_MODELS, exit_on_interrupt, start_echo, start_skewless
 
 MODEL = "mlp"
 CLIENTS = 64
@@ -701,16 +701,4 @@ def _run(args: argparse.Namespace, duration: float, warmup: float, out: Path, tm
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        # The servers are stopped by now. Exit without unwinding further: a blocking gRPC call interrupted
-        # mid-flight (e.g. a probe) can wait forever in its __del__ once its channel is closed.
-        import multiprocessing
-
-        for child in multiprocessing.active_children():
-            child.terminate()
-            child.join(2)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(130)
+    exit_on_interrupt(main)

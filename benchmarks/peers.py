@@ -46,7 +46,7 @@ from . import report
 from .batching_report import build_heavy_onnx, make_repository
 from .http_client import HttpOptions, http_worker_main
 from .loadgen import RESULTS_DIR, BenchConfig, run_bench
-from .servers import ServerProcess, start_echo, start_skewless
+from .servers import ServerProcess, exit_on_interrupt, start_echo, start_skewless
 from .workload import ModelInfo, Tensor, build_workload
 
 PEER_SERVERS = Path(__file__).resolve().with_name("peer_servers.py")
@@ -470,14 +470,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        import multiprocessing
-
-        for child in multiprocessing.active_children():
-            child.terminate()
-            child.join(2)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(130)
+    exit_on_interrupt(main)

@@ -14,9 +14,10 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
+from typing import NoReturn
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_MODELS = REPO_ROOT / "examples" / "models"
@@ -107,3 +108,20 @@ def start_echo(log_path: Path | None = None, model: str = "mlp", extra: list[str
     argv = [sys.executable, "-m", "skewless.benchmarks.echo_server", "--host", "127.0.0.1", "--port", "0",
             "--model", model, *(extra or [])]
     return ServerProcess(argv, re.compile(r"ECHO_READY (?P<port>\d+)"), log_path)
+
+
+def exit_on_interrupt(main: Callable[[], int]) -> NoReturn:
+    """Run a report's ``main`` and exit with its status; on Ctrl-C (its servers are stopped by then) stop the
+    client processes and exit 130 without unwinding further: a blocking gRPC call interrupted mid-flight (a
+    probe, say) can wait forever in its ``__del__`` once its channel is closed."""
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        import multiprocessing
+
+        for child in multiprocessing.active_children():
+            child.terminate()
+            child.join(2)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
