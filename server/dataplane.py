@@ -30,12 +30,13 @@ from .decode import (
     TensorHeader,
     check_classification,
     check_output_parameters,
+    events_feeds,
     parse_message,
     request_feeds,
     scheduling_parameters,
 )
 from .encode import STREAM_TAG, encode_response, stats_message
-from .errors import InvalidArgument, Overloaded
+from .errors import InvalidArgument, Overloaded, Unavailable
 from .hooks import Complete, Trace
 from .models.repository import ModelRepository
 from .models.stats import failure_reason
@@ -267,6 +268,26 @@ class DataPlane:
                 request.trace.finish(mv, request.id, request.received_ns, 0, time.perf_counter_ns(), exc)
             raise
         return running if result is None else result
+
+    # -- events for windowed aggregates (issue 29): recorded in the model's state, never scored -----------
+    async def ingest_events(self, model_name: str, model_version: str, tensors, raw):
+        """Decode an events request (any subset of the raw inputs) as an inference request is decoded, then
+        record it in the model's aggregate state on an executor thread. Returns the feature stage's
+        IngestCounts (recorded, late, skipped)."""
+        if not self.accepting:
+            raise Unavailable("the server is shutting down and takes no more events")
+        mv = self.repository.get(model_name, model_version)
+        if mv.features is None or not mv.features.has_aggregates:
+            raise InvalidArgument(f"model '{mv.name}' has no windowed aggregates in its feature spec: it takes no "
+                                  "events (send them to a model whose features.json lists aggregates)")
+        if uses_shared_memory(tensors):
+            raw = input_buffers(self.shm.table, tensors, raw, mv.name)
+        feeds = events_feeds(mv, tensors, raw)
+        mv.enter()  # the version closes (and saves its state) only after this call is done
+        try:
+            return await asyncio.get_running_loop().run_in_executor(None, mv.features.ingest, feeds)
+        finally:
+            mv.leave()
 
     # -- shared memory (Triton's system and CUDA shared-memory extensions; shm/) ------------------------
     async def shm_register(self, method: str, req) -> Any:

@@ -85,7 +85,14 @@ def typed_contents(tensor):
     return tensor.contents if tensor.contents.ListFields() else None
 
 
-def decode_inputs(tensors, raw, mv: ModelVersion) -> tuple[dict[str, np.ndarray], int]:
+def events_feeds(mv: ModelVersion, tensors, raw) -> dict[str, np.ndarray]:
+    """An ingest request's events (issue 29): any subset of a feature spec's raw inputs, checked and decoded as
+    an inference request's are, with no bound on the rows (events are recorded, not run through the model)."""
+    feeds, _ = decode_inputs(tensors, raw, mv, events=True)
+    return feeds
+
+
+def decode_inputs(tensors, raw, mv: ModelVersion, events: bool = False) -> tuple[dict[str, np.ndarray], int]:
     """Validate every input against the model and decode it; returns the feeds and the batch size.
 
     ``tensors`` are protobuf InferInputTensor messages, native InputTensor views or TensorHeaders (name,
@@ -119,7 +126,7 @@ def decode_inputs(tensors, raw, mv: ModelVersion) -> tuple[dict[str, np.ndarray]
             raise InvalidArgument(f"input '{name}' has a negative dimension in shape {format_shape(shape)}")
         check_shape(name, spec, shape, mv)
         if batching:
-            if not 1 <= shape[0] <= mv.max_batch_size:
+            if not 1 <= shape[0] <= (mv.max_batch_size if not events else shape[0]):
                 raise InvalidArgument(
                     f"inference request batch-size must be <= {mv.max_batch_size} for '{mv.name}' and >= 1, "
                     f"got {shape[0]} for input '{name}'")
@@ -146,6 +153,11 @@ def decode_inputs(tensors, raw, mv: ModelVersion) -> tuple[dict[str, np.ndarray]
         if spec.reshape is not None:
             arr = apply_reshape(arr, spec.reshape, batching, f"input '{name}'")
         feeds[name] = arr
+    if events and not feeds:
+        raise InvalidArgument(f"an events request for model '{mv.name}' needs inputs: the raw inputs of its "
+                              f"aggregates' keys and times (and values), of {list(mv.inputs)}")
+    if events:
+        return feeds, batch if batch is not None else 1
     if len(feeds) != len(mv.inputs) and (mv.features is None or not feeds.keys() >= mv.features.raw_names):
         names = [t.name for t in tensors]
         missing = [n for n in mv.inputs if n not in feeds]

@@ -22,7 +22,8 @@ written as one row group) while the server runs.
 
 The layout is the one ``skewless.native.skew`` reads: one column per raw input (float64, int64, bool,
 large_binary with the exact bytes received), one ``fixed_size_list`` column per output tensor holding the
-served bytes, plus ``time`` (timestamp[ns, UTC], when the request was decoded), ``model_name``,
+served bytes, one float64 column per windowed aggregate of the spec (issue 29: the value the kernel read
+for the row, which ``skew-check`` replays instead of recomputing the window), plus ``time`` (timestamp[ns, UTC], when the request was decoded), ``model_name``,
 ``model_version``, ``request_id`` and ``row`` (the row's index within its request); the schema metadata
 carries the spec's SHA-256 under ``skewless.spec_sha256``.
 """
@@ -61,6 +62,11 @@ FLUSH_SECONDS = 1.0
 # File sequence numbers shared by every logger of the process: a reloaded version's new logger never reuses
 # a file name of the one it replaces, even within the same second.
 _FILE_SEQ = itertools.count(1)
+
+
+def aggregate_names(spec: FeatureSpec) -> tuple[str, ...]:
+    """The names of the spec's windowed aggregates (its derived float columns), in plan order."""
+    return tuple(a["name"] if isinstance(a, dict) else a.name for a in (getattr(spec, "aggregates", None) or ()))
 
 
 @dataclass(frozen=True)
@@ -111,6 +117,7 @@ class LogRecord:
     rows: np.ndarray | None
     tensors: dict[str, np.ndarray]
     requests: list[tuple[str, int, int]]
+    derived: dict[str, np.ndarray] | None = None  # the sampled rows' aggregate values, by aggregate name
 
 
 class FeatureLogger:
@@ -122,12 +129,13 @@ class FeatureLogger:
         self.model_name = model_name
         self.version = version
         self.directory = settings.directory / model_name / str(version)
-        clash = set(spec.input_names) & set(spec.output_names) | (
-            set(CONTEXT_COLUMNS) & (set(spec.input_names) | set(spec.output_names)))
+        self.aggregate_names = aggregate_names(spec)
+        named = [*spec.input_names, *spec.output_names, *self.aggregate_names]
+        clash = {n for n in named if named.count(n) > 1} | (set(CONTEXT_COLUMNS) & set(named))
         if clash:
             raise ModelLoadError(f"model '{model_name}' version {version}: the feature log cannot hold columns "
-                                 f"{sorted(clash)} twice (raw inputs, output tensors and {CONTEXT_COLUMNS} "
-                                 "share one table)")
+                                 f"{sorted(clash)} twice (raw inputs, aggregates, output tensors and "
+                                 f"{CONTEXT_COLUMNS} share one table)")
         self._rng = random.Random()
         self._file: _OpenFile | None = None  # the writer thread's
         self.writer: BackgroundWriter[LogRecord] = BackgroundWriter(
@@ -269,6 +277,10 @@ class FeatureLogger:
                 arr = pa.array(col)
             arrays.append(arr.take(take) if take is not None else arr)
             names.append(t.name)
+        for name in self.aggregate_names:  # already the sampled rows (copied at batch time)
+            arrays.append(pa.array(rec.derived[name]) if rec.derived is not None
+                          else pa.nulls(n, pa.float64()))
+            names.append(name)
         for t in self.spec.outputs:
             arrays.append(tensor_array(rec.tensors[t.name]))
             names.append(t.name)

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from skewless.native import columns as _columns
 from skewless.native.batch_merge import merge_column
 from skewless.native.bytes_codec import BytesFormatError, bytes_to_arrow, check_bytes, decode_bytes
 from skewless.native.feature_kernel import FeatureInputError, strings_to_buffers
@@ -44,6 +45,7 @@ from ..errors import InvalidArgument, ModelLoadError
 from ..models.config import OnnxTensor
 from ..security.paths import contained
 from . import missing
+from .aggregate_states import UNIT_NS, IngestCounts
 from .served_log import FeatureLogger, LogRecord, log_settings
 
 log = logging.getLogger(__name__)
@@ -132,6 +134,13 @@ class FeatureStage:
         self.raw_names = frozenset(spec.input_names)  # the required inputs (companions are optional)
         self._min_rows = 1
         self._local = threading.local()
+        # Windowed aggregates (issue 29): the state every batch reads and then records into. The version's own
+        # until the server's AggregateStates hands it the one its model's versions share (use_aggregates).
+        self.has_aggregates = bool(getattr(spec, "aggregates", None))
+        self.aggregates = self.new_aggregate_state() if self.has_aggregates else None
+        self.aggregate_names: tuple[str, ...] = tuple(self.aggregates.names) if self.aggregates is not None else ()
+        self._aggregate_entry = None  # the shared state's ModelAggregates, released at close
+        self._release = None
 
     # -- load time ---------------------------------------------------------------------------------------
     @classmethod
@@ -162,6 +171,16 @@ class FeatureStage:
                  FEATURES_FILE, spec.sha256[:12],
                  f"; logging {settings.rate:g} of requests to {logger.directory}" if logger else "")
         return stage
+
+    def new_aggregate_state(self, max_keys: int = 0):
+        """A new, empty state for this spec's aggregates (``skewless.native.aggregates.AggregateState``)."""
+        return self.spec.new_aggregate_state(max_keys=max_keys)
+
+    def use_aggregates(self, entry, release) -> None:
+        """Read and record into ``entry.state`` (shared by the model's versions with this plan) from now on;
+        ``release(entry)`` is called when this version closes."""
+        self._aggregate_entry, self._release = entry, release
+        self.aggregates = entry.state
 
     def check_config(self, config: mc.ModelConfig) -> None:
         """After completion: every raw input carries one value per row, so kernel columns are 1-D."""
@@ -206,12 +225,15 @@ class FeatureStage:
         return masked
 
     # -- batch time (ModelVersion.run_batch, off the event loop unless the model is cheap enough) --------
-    def transform_batch(self, feeds: Sequence[dict[str, np.ndarray]], *, log_sample: bool = True
-                        ) -> dict[str, np.ndarray]:
+    def transform_batch(self, feeds: Sequence[dict[str, np.ndarray]], *, log_sample: bool = True,
+                        record: bool = True) -> dict[str, np.ndarray]:
         """Merge the raw columns of a batch, run the kernel once into this thread's buffers, maybe log.
 
-        Returns the model's feeds: views of the first n rows of per-thread tensors, valid until this thread
-        transforms its next batch (i.e. for the onnxruntime run that follows).
+        With aggregates, the engine reads each row's windows and then records the row, in the batch's row
+        order, atomically against other batches and ingests; ``record=False`` (warmup samples, a shadow's
+        mirrored copy of requests the primary already recorded) reads a new empty state instead, so such
+        rows are never counted twice. Returns the model's feeds: views of the first n rows of per-thread
+        tensors, valid until this thread transforms its next batch (i.e. for the onnxruntime run that follows).
         """
         counts = [f.n_rows if type(f) is FeatureFeeds else _rows_of(f[self._first_raw]) for f in feeds]
         n = sum(counts)
@@ -221,14 +243,20 @@ class FeatureStage:
             columns = {name: missing.with_missing(col, missing.batch_missing(name, masks, counts))
                        for name, col in columns.items()}
         outs = self._buffers(n)
+        derived = None
         try:
-            self.spec.transform_into(columns, outs)
+            if self.has_aggregates:
+                derived = self._derived_buffers(n)
+                state = self.aggregates if record else self.new_aggregate_state()
+                self.spec.transform_into(columns, outs, aggregate_state=state, aggregates_out=derived)
+            else:
+                self.spec.transform_into(columns, outs)
         except FeatureInputError as exc:
             # admit() and the decoder catch every per-request problem; reaching here means a whole batch
             # is bad, which is still the client's input, not a server fault.
             raise InvalidArgument(f"{exc} (model '{self.model_name}')") from None
         if log_sample and self.logger is not None:
-            self._log(feeds, counts, columns, outs)
+            self._log(feeds, counts, columns, outs, derived)
         return outs
 
     def _merge(self, name: str, dtype: str, feeds: Sequence[dict[str, np.ndarray]], counts: list[int]):
@@ -258,8 +286,18 @@ class FeatureStage:
             self._local.bufs = bufs
         return {name: buf[:n] for name, buf in bufs.items()}
 
+    def _derived_buffers(self, n: int) -> dict[str, np.ndarray]:
+        """Views of ``n`` rows of this thread's aggregate columns (float64, one per aggregate), which the engine
+        fills and the feature log copies: the values the kernel read, logged beside the raw inputs."""
+        bufs: dict[str, np.ndarray] | None = getattr(self._local, "derived", None)
+        if bufs is None or next(iter(bufs.values())).shape[0] < n:
+            rows = max(n, self._min_rows)
+            bufs = {name: np.empty(rows, dtype=np.float64) for name in self.aggregate_names}
+            self._local.derived = bufs
+        return {name: buf[:n] for name, buf in bufs.items()}
+
     def _log(self, feeds: Sequence[dict[str, np.ndarray]], counts: list[int], columns: dict,
-             outs: dict[str, np.ndarray]) -> None:
+             outs: dict[str, np.ndarray], derived: dict[str, np.ndarray] | None = None) -> None:
         logger = self.logger
         chosen = logger.sample(len(feeds))
         if not chosen or not logger.has_room():
@@ -269,23 +307,106 @@ class FeatureStage:
         if len(chosen) == len(feeds):
             rows = None
             tensors = {name: arr.copy() for name, arr in outs.items()}  # the buffers are reused
+            values = {name: arr.copy() for name, arr in derived.items()} if derived else None
         else:
             starts = np.cumsum([0, *counts])
             rows = np.concatenate([np.arange(starts[i], starts[i + 1]) for i in chosen])
             tensors = {name: arr[rows] for name, arr in outs.items()}
+            values = {name: arr[rows] for name, arr in derived.items()} if derived else None
         requests = [(getattr(feeds[i], "request_id", ""), getattr(feeds[i], "time_ns", 0), counts[i])
                     for i in chosen]
-        logger.submit(LogRecord(columns, rows, tensors, requests))
+        logger.submit(LogRecord(columns, rows, tensors, requests, values))
+
+    # -- ingest (events that are never scored; off the event loop) -----------------------------------------
+    def ingest(self, feeds: dict[str, np.ndarray]) -> IngestCounts:
+        """Record decoded events (any subset of the raw inputs) in the aggregate state without reading it.
+
+        Each aggregate group whose key and time inputs are all present records the rows whose keys and time
+        are valid; absent value inputs make events without a value. One engine call, atomic against batches.
+        """
+        state = self.aggregates
+        if state is None:
+            raise InvalidArgument(f"model '{self.model_name}' has no windowed aggregates: it takes no events")
+        for comp, raw in self.companions.items():
+            if comp in feeds and raw not in feeds:
+                raise InvalidArgument(f"input '{comp}' marks the missing elements of '{raw}', which the request "
+                                      "does not send")
+        dtypes = dict(self.raw_dtypes)
+        present = [name for name in state.inputs if name in feeds]
+        groups = [g for g in self._groups() if all(c in feeds for c in (*g[0], g[1]))]
+        if not groups:
+            wanted = sorted({" + ".join((*keys, t)) for keys, t, _ in self._groups()})
+            raise InvalidArgument(f"the events for model '{self.model_name}' lack the key and time inputs of every "
+                                  f"aggregate: send at least one of {wanted} (got {sorted(feeds)})")
+        first = next(iter(feeds))
+        n = _rows_of(feeds[first])
+        for name, arr in feeds.items():
+            if name in dtypes and _rows_of(arr) != n:
+                raise InvalidArgument(f"input '{name}' has {_rows_of(arr)} rows but input '{first}' has {n}: every "
+                                      f"input of the events needs one value per row")
+        masks = missing.check_companions(feeds, {c: r for c, r in self.companions.items() if c in feeds}, _rows_of)
+        columns = {}
+        for name in present:
+            merged = self._merge(name, dtypes[name], [feeds], [n])
+            mask = masks.get(name)
+            columns[name] = _columns.column(name, missing.with_missing(merged, mask) if mask is not None else merged,
+                                            dtypes[name])
+        eligible = np.zeros(n, dtype=np.bool_)
+        newest_ns = None
+        for keys, time_name, unit in groups:
+            ok = np.ones(n, dtype=np.bool_)
+            for c in (*keys, time_name):
+                ok &= _valid(columns[c], n)
+            eligible |= ok
+            if ok.any():
+                t = int(columns[time_name][1][ok].max()) * UNIT_NS.get(unit, 1)
+                newest_ns = t if newest_ns is None else max(newest_ns, t)
+        try:
+            recorded = int(state.ingest(columns, n))
+        except FeatureInputError as exc:
+            raise InvalidArgument(f"{exc} (model '{self.model_name}')") from None
+        valid = int(eligible.sum())
+        counts = IngestCounts(recorded, max(0, valid - recorded), n - valid)
+        entry = self._aggregate_entry
+        if entry is not None:
+            entry.note_ingest(counts, newest_ns)
+        return counts
+
+    def _groups(self) -> list[tuple[tuple[str, ...], str, str]]:
+        """(key inputs, time input, time unit) of each aggregate group of the spec."""
+        seen: dict[tuple, str] = {}
+        for a in getattr(self.spec, "aggregates", None) or ():
+            a = a if isinstance(a, dict) else vars(a)
+            seen.setdefault((tuple(a["keys"]), a["time"]), a.get("time_unit", "s"))
+        return [(keys, t, unit) for (keys, t), unit in seen.items()]
 
     # -- warmup and shutdown -----------------------------------------------------------------------------
     def model_feeds(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Raw warmup samples -> the model's feeds (copied: warmup runs outside the request path)."""
-        return {k: v.copy() for k, v in self.transform_batch([feeds], log_sample=False).items()}
+        return {k: v.copy() for k, v in self.transform_batch([feeds], log_sample=False, record=False).items()}
 
     def close(self) -> None:
-        """Flush and close the feature log (blocking: call it off the event loop)."""
+        """Flush and close the feature log, release the shared aggregate state (the last version holding it
+        saves it). Blocking: call it off the event loop, after the version's last batch."""
         if self.logger is not None:
             self.logger.close()
+        entry, release = self._aggregate_entry, self._release
+        if entry is not None and release is not None:
+            self._aggregate_entry = None
+            release(entry)
+
+
+def _valid(col: tuple, n: int) -> np.ndarray:
+    """Rows of a kernel column (``native/columns.py``'s tuple) that hold a value: its byte mask, Arrow bitmap
+    and (floats) not NaN."""
+    kind, values, _, valid_bytes, valid_bits, bit_offset = col
+    ok = np.ones(n, dtype=np.bool_) if valid_bytes is None else np.asarray(valid_bytes, dtype=np.bool_).copy()
+    if valid_bits is not None:
+        bits = np.unpackbits(np.frombuffer(valid_bits, dtype=np.uint8), bitorder="little")
+        ok &= bits[bit_offset:bit_offset + n].astype(np.bool_)
+    if kind == "f64":
+        ok &= ~np.isnan(values)
+    return ok
 
 
 def _rows_of(arr: np.ndarray) -> int:

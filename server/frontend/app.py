@@ -29,6 +29,8 @@ from ..dataplane import DataPlane
 from ..fallback import FallbackHook
 from ..fallback.metrics import register_metrics as register_fallback_metrics
 from ..fallback.status import snapshot as fallback_snapshot
+from ..features.aggregate_metrics import register_metrics as register_aggregate_metrics
+from ..features.aggregate_states import AggregateStates
 from ..lineage.metrics import register_metrics as register_lineage_metrics
 from ..models import runtime
 from ..models.repository import ModelRepository
@@ -53,6 +55,7 @@ from ..telemetry.trace_settings import TraceSettings
 from ..telemetry.tracing import RequestTracer
 from ..workers.cluster import Cluster
 from .admin_servicer import ADMIN_SERVICE, AdminServicer, add_admin_service
+from .events_servicer import EVENTS_SERVICE, EventsServicer, add_events_service
 from .feedback_servicer import FEEDBACK_SERVICE, FeedbackServicer, add_feedback_service
 from .grpc_servicer import InferenceServicer, add_inference_service, status_of
 from .http_rest import RestFrontend
@@ -170,6 +173,9 @@ class Server:
             self.traffic.quality_by_arm = self.lineage.quality.by_arm
             if self.alerts is not None:
                 self.alerts.attach_quality(self.lineage.quality)
+        # Windowed aggregates: each loading version with aggregates gets its model's state (shared, persisted).
+        self.aggregates = AggregateStates(opts.aggregates, opts.worker.count if opts.worker is not None else 1)
+        self.repository.version_hooks.append(self.aggregates.attach)
         self.health = health_aio.HealthServicer()
         self.grpc_port = 0
         self.http_port = 0
@@ -207,6 +213,7 @@ class Server:
                 register_alert_metrics(meter, self.alerts)
             if self.lineage is not None:
                 register_lineage_metrics(meter, self.lineage)
+            register_aggregate_metrics(meter, self.aggregates)
         # Each side module's status snapshot, read by GET /v2/status[/MODULE] on the metrics port.
         self.status = self._status_board()
         status = StatusRoute(self.status, opts.worker.index if opts.worker is not None else None)
@@ -245,6 +252,7 @@ class Server:
         if self.audit is not None:
             board.register("audit", self.audit.status)
         board.register("fallback", lambda: fallback_snapshot(serving()))
+        board.register("aggregates", self.aggregates.status)
         board.register("traffic", lambda: {"models": {name: st for name in list(self.traffic.models)
                                                       if (st := self.traffic.status(name))}})
 
@@ -302,10 +310,11 @@ class Server:
         add_admin_service(admin, self._grpc)
         add_traffic_service(traffic, self._grpc)
         add_feedback_service(FeedbackServicer(self.lineage), self._grpc)
+        add_events_service(EventsServicer(self.dataplane), self._grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
         _add_to_reflection_pool(health_pb2.DESCRIPTOR, reflection_pb2.DESCRIPTOR)
         reflection.enable_server_reflection(
-            [INFERENCE_SERVICE, ADMIN_SERVICE, TRAFFIC_SERVICE, FEEDBACK_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            [INFERENCE_SERVICE, ADMIN_SERVICE, TRAFFIC_SERVICE, FEEDBACK_SERVICE, EVENTS_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
              reflection.SERVICE_NAME], self._grpc, pool=_pool.POOL)
         address = f"{listen.host}:{listen.grpc_port}"
         if self.cert_files is not None:
@@ -317,6 +326,8 @@ class Server:
         await self._set_health("", False)
         self.repository.listeners.append(self._on_model_change)
         await as_server(self.repository.start())  # start-up loads and polling: recorded as the server's
+        if self.aggregates.refused:  # --workers N > 1 and a model with in-process aggregate state
+            raise RuntimeError(self.aggregates.refused[0])
         self.traffic.start()
         if self.lineage is not None:
             self.lineage.start()

@@ -213,6 +213,8 @@ class RestFrontend:
             ("POST", "repository/models/{}/load", self.load),
             ("POST", "repository/models/{}/unload", self.unload),
             ("POST", "models/{}/labels", self.labels),
+            ("POST", "models/{}/events", self.events),
+            ("POST", "models/{}/versions/{}/events", self.events),
             # Triton's trace and logging extensions (runtime_settings.py)
             ("GET", "trace/setting", self.trace_setting),
             ("POST", "trace/setting", self.trace_setting),
@@ -403,6 +405,15 @@ class RestFrontend:
         c = await self.lineage.submit(name, items)
         return _json({"joined": c.joined, "pending": c.pending, "unknown": c.unknown, "duplicate": c.duplicate,
                       "corrected": c.corrected})
+
+    async def events(self, request, name, version=""):
+        """Events for a model's windowed aggregates, never scored: an infer-shaped body (JSON or binary tensors)
+        of any subset of its raw inputs -> ``{"recorded": n, "late": n, "skipped": n}`` (gRPC: Events/Ingest)."""
+        body = await self._body(request)
+        req = rest_codec.parse_infer_request(body, rest_codec.header_length(request.headers.get(HEADER_LENGTH),
+                                                                            len(body)))
+        c = await self.dp.ingest_events(name, version, req.inputs, req.raw)
+        return _json({"recorded": c.recorded, "late": c.late, "skipped": c.skipped})
 
     async def load(self, request, name):
         doc = await self._json_body(request, "load request")

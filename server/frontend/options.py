@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from ..alerts.settings import AlertHookSettings
 from ..audit.settings import AuditSettings
+from ..features.aggregate_settings import AggregateSettings
 from ..lineage.settings import LineageSettings
 from ..models.settings import RepositorySettings
 from ..registry.settings import RegistrySettings
@@ -38,6 +39,7 @@ SERVE_GROUPS = (
     ("traffic", None, (TrafficSettings,)),
     ("alerts and audit", None, (AlertHookSettings, AuditSettings)),
     ("lineage", "prediction log, delayed labels and live quality (README: Lineage)", (LineageSettings,)),
+    ("aggregates", "state of windowed aggregate features (docs: features/aggregates)", (AggregateSettings,)),
 )
 
 
@@ -62,6 +64,7 @@ class ServerOptions:
     alerts: AlertHookSettings = field(default_factory=AlertHookSettings)
     audit: AuditSettings = field(default_factory=AuditSettings)
     lineage: LineageSettings = field(default_factory=LineageSettings)
+    aggregates: AggregateSettings = field(default_factory=AggregateSettings)
     worker: WorkerPlace | None = None  # set in each process of --workers N (by its parent, in the environment)
 
     @classmethod
@@ -81,4 +84,5 @@ class ServerOptions:
             traffic=TrafficSettings.from_args(args, error),
             audit=AuditSettings.from_args(args, error),
             lineage=LineageSettings.from_args(args, error),
+            aggregates=AggregateSettings.from_args(args, error),
         )

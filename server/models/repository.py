@@ -276,7 +276,7 @@ class ModelRepository:
                     if check is not None:
                         await loop.run_in_executor(None, check, mv, dirs[v])
                 except Exception:
-                    await loop.run_in_executor(None, mv.runtime.close)
+                    await loop.run_in_executor(None, mv.discard)
                     raise
                 built[v] = mv
                 self.load_seconds.observe(time.perf_counter() - started)
@@ -286,7 +286,7 @@ class ModelRepository:
             reason = str(exc)
             failed = next((v for v in wanted if v not in built), wanted[-1])
             for mv in built.values():
-                await loop.run_in_executor(None, mv.runtime.close)
+                await loop.run_in_executor(None, mv.discard)
             for v in wanted:
                 if v not in model.serving:
                     model.status[v] = VersionStatus("UNAVAILABLE", reason if v == failed else "load aborted")

@@ -187,6 +187,13 @@ class ModelVersion:
             await asyncio.get_running_loop().run_in_executor(None, self.features.close)
         log.info("model %s: unloaded", self.label)
 
+    def discard(self) -> None:
+        """Close a version that never served (its load failed after it was built): sessions, and what its
+        hooks attached to the feature stage (the shared aggregate state's reference). Blocking."""
+        self.runtime.close()
+        if self.features is not None:
+            self.features.close()
+
     # -- execution: the work the scheduler runs, on a worker thread or inline ------------------------
     def run_batch(self, feeds: list[dict[str, np.ndarray]], rows: list[int], output_names: list[str],
                   background: bool = False) -> tuple[list[list[np.ndarray]], tuple[int, int, int]]:
@@ -195,7 +202,7 @@ class ModelVersion:
         ``background`` (a shadow challenger's run): the low-priority session, and no batch observer."""
         t0 = time.perf_counter_ns()
         if self.features is not None:  # one kernel call over the batch's raw columns (features_stage)
-            merged = self.features.transform_batch(feeds)
+            merged = self.features.transform_batch(feeds, record=not background)  # a shadow never records
         elif len(feeds) == 1:
             merged = feeds[0]
         else:

@@ -31,6 +31,9 @@ GRPC_GROUPS = {
     "/grpc.health.v1.Health/Watch": HEALTH,
     "/inference.GRPCInferenceService/ModelInfer": INFERENCE,
     "/inference.GRPCInferenceService/ModelStreamInfer": INFERENCE,
+    # Events for windowed aggregates change what later requests are served, as scoring does: the inference
+    # group's callers send them (REST: POST .../events, below), not only admins.
+    "/skewless.v1.Events/Ingest": INFERENCE,
     "/inference.GRPCInferenceService/RepositoryModelLoad": ADMIN,
     "/inference.GRPCInferenceService/RepositoryModelUnload": ADMIN,
     "/inference.GRPCInferenceService/LogSettings": ADMIN,
@@ -59,7 +62,7 @@ def http_group(method: str, path: str) -> str:
         return ADMIN
     if parts[:2] == ["v2", "repository"]:
         return METADATA if parts[-1] == "index" else ADMIN
-    if parts and parts[-1] in ("infer", "generate") and method == "POST":
+    if parts and parts[-1] in ("infer", "generate", "events") and method == "POST":
         return INFERENCE
     if parts and parts[0] in ("v2",) and len(parts) > 1 and parts[1] in ("logging", "trace", "systemsharedmemory",
                                                                           "cudasharedmemory"):

@@ -8,6 +8,7 @@ the same declaration creates its instrument.
 from __future__ import annotations
 
 from ..alerts.metrics import METRICS as ALERTS
+from ..features.aggregate_metrics import METRICS as AGGREGATES
 from ..fallback.metrics import METRICS as FALLBACK
 from ..lineage.metrics import METRICS as LINEAGE
 from ..registry.metrics import METRICS as REGISTRY
@@ -26,6 +27,8 @@ SECTIONS: tuple[tuple[str, str, tuple[MetricSpec, ...]], ...] = (
     ("Prediction log, labels and quality", "with `--prediction-log DIR`", LINEAGE),
     ("Registry", "when models are synced from a registry or a URL", REGISTRY),
     ("Alerts", "with `--alerts FILE`", ALERTS),
+    ("Windowed aggregates", "models whose features.json lists aggregates (labels `model`, `plan`: the first 12 "
+     "hex digits of the plan hash)", AGGREGATES),
 )
 
 
