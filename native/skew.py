@@ -6,6 +6,11 @@ little-endian bytes), and optional ``request_id`` / ``model_name`` / ``model_ver
 used in the examples. ``skewless transform --keep <inputs...>`` writes exactly this layout, so an offline
 file doubles as a reference log. Comparison is on bit patterns: NaN equals an identical NaN, -0.0 does
 not equal 0.0.
+
+A spec with windowed aggregates is replayed from the log's aggregate columns (one float64 column per
+aggregate, named like it: the values the server's state gave each row): the kernel recomputes the tensors from
+the raw inputs plus those values, so a mismatch is the kernel's, and no state is rebuilt. (Checking the values
+themselves against the events is the backfill's job: ``skewless transform`` over the same ordered events.)
 """
 
 from __future__ import annotations
@@ -118,6 +123,12 @@ def skew_check(spec: FeatureSpec, log: str | Path | Sequence[Path], *, max_examp
             report.warnings.append(f"{f.name} skipped: it lacks the raw input columns "
                                    f"{sorted(set(spec.input_names) - available)}")
             continue
+        aggregates = tuple(getattr(spec, "aggregate_names", ()))
+        if aggregates and available is not None and not set(aggregates) <= available:
+            report.warnings.append(f"{f.name} skipped: it lacks the aggregate columns "
+                                   f"{sorted(set(aggregates) - available)} (the values served, which a replay "
+                                   "reads)")
+            continue
         # A server prediction log (server/lineage/) holds the raw inputs but not the served tensors: its rows
         # are transformed (so bad inputs show) but have nothing to be compared with.
         outputs = [t for t in spec.outputs if available is None or t.name in available]
@@ -131,9 +142,13 @@ def skew_check(spec: FeatureSpec, log: str | Path | Sequence[Path], *, max_examp
                 report.warnings.append(f"{f.name} was served with spec {served[:12]}, checking against "
                                        f"{spec.sha256[:12]}: the log's spec hash differs from the given spec's")
         context = [c for c in CONTEXT_COLUMNS if available is not None and c in available]
-        columns = [*spec.input_names, *(t.name for t in outputs), *context]
+        columns = [*spec.input_names, *aggregates, *(t.name for t in outputs), *context]
         for batch in iter_batches([f], columns, batch_rows):
-            recomputed = spec.transform(batch, n_threads=n_threads)
+            if aggregates:
+                values = {n: batch.column(n).to_numpy(zero_copy_only=False) for n in aggregates}
+                recomputed = spec.transform(batch, n_threads=n_threads, aggregate_values=values)
+            else:
+                recomputed = spec.transform(batch, n_threads=n_threads)
             bad_rows = np.zeros(batch.num_rows, dtype=np.bool_)
             for t in outputs:
                 try:

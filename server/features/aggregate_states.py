@@ -168,10 +168,9 @@ class AggregateStates:
                 self._models.pop(entry.model, None)
         if entry.saver is not None:
             entry.saver.close(timeout=60)
-        if owns_file and entry.path is not None:
-            if entry.save():
-                log.info("aggregate state of model '%s' saved to %s (%s)", entry.model, entry.path,
-                         _summary(entry.state.stats()))
+        if owns_file and entry.path is not None and entry.save():
+            log.info("aggregate state of model '%s' saved to %s (%s)", entry.model, entry.path,
+                     _summary(entry.state.stats()))
 
     def _owns_file(self, entry: ModelAggregates) -> bool:
         plans = self._models.get(entry.model)

@@ -8,8 +8,8 @@ the same declaration creates its instrument.
 from __future__ import annotations
 
 from ..alerts.metrics import METRICS as ALERTS
-from ..features.aggregate_metrics import METRICS as AGGREGATES
 from ..fallback.metrics import METRICS as FALLBACK
+from ..features.aggregate_metrics import METRICS as AGGREGATES
 from ..lineage.metrics import METRICS as LINEAGE
 from ..registry.metrics import METRICS as REGISTRY
 from ..shadow.metrics import METRICS as SHADOW
