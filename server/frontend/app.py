@@ -29,7 +29,6 @@ from ..dataplane import DataPlane
 from ..fallback import FallbackHook
 from ..fallback.metrics import register_metrics as register_fallback_metrics
 from ..fallback.status import snapshot as fallback_snapshot
-from ..features.aggregate_metrics import register_metrics as register_aggregate_metrics
 from ..features.aggregate_states import AggregateStates
 from ..lineage.metrics import register_metrics as register_lineage_metrics
 from ..models import runtime
@@ -48,6 +47,7 @@ from ..security.tls import CertFiles, grpc_credentials, ssl_context
 from ..shadow.traffic import TrafficManager
 from ..status import StatusBoard
 from ..telemetry import prometheus_text
+from ..telemetry.aggregates import register_metrics as register_aggregate_metrics
 from ..telemetry.drift import DriftMonitor
 from ..telemetry.log_settings import LogSettings
 from ..telemetry.metrics import ServerMetrics

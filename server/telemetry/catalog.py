@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from ..alerts.metrics import METRICS as ALERTS
 from ..fallback.metrics import METRICS as FALLBACK
-from ..features.aggregate_metrics import METRICS as AGGREGATES
 from ..lineage.metrics import METRICS as LINEAGE
 from ..registry.metrics import METRICS as REGISTRY
 from ..shadow.metrics import METRICS as SHADOW
+from .aggregates import METRICS as AGGREGATES
 from .host import METRICS as HOST
 from .metrics import METRICS as CORE
 from .prometheus_text import TRITON_PREFIX

@@ -9,8 +9,8 @@ from typing import Any
 
 from opentelemetry.metrics import CallbackOptions, Observation
 
-from ..telemetry.spec import MetricSpec, by_name
-from .aggregate_states import AggregateStates, ModelAggregates
+from ..features.aggregate_states import AggregateStates, ModelAggregates
+from .spec import MetricSpec, by_name
 
 LABELS = ("model", "plan")
 METRICS = (
