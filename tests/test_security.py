@@ -132,6 +132,9 @@ def test_groups_of_rpcs_and_routes():
     assert http_group("GET", "/v2/health/ready") == HEALTH
     assert http_group("POST", "/v2/models/mlp/infer") == INFERENCE
     assert http_group("POST", "/v2/models/mlp/versions/1/infer") == INFERENCE
+    # events for windowed aggregates are sent by the same callers as scoring, on both transports
+    assert grpc_group("/skewless.v1.Events/Ingest") == INFERENCE == http_group("POST", "/v2/models/m/events")
+    assert http_group("POST", "/v2/models/m/versions/2/events") == INFERENCE
     assert http_group("GET", "/v2/models/mlp") == METADATA and http_group("GET", "/metrics") == METADATA
     assert http_group("POST", "/v2/repository/index") == METADATA
     assert http_group("POST", "/v2/repository/models/mlp/load") == ADMIN
