@@ -60,16 +60,6 @@ def _progress(total: int | None, enabled: bool, desc: str) -> Any:
                 disable=not enabled, dynamic_ncols=True)
 
 
-def _config_inputs(config: dict[str, Any]) -> list[str]:
-    names: list[str] = []
-    for f in config.get("features") or []:
-        if isinstance(f, dict):
-            for i in f["inputs"] if "inputs" in f else [f.get("input", f.get("name"))]:
-                if isinstance(i, str) and i not in names:
-                    names.append(i)
-    return names
-
-
 def _fit(args: argparse.Namespace) -> int:
     if args.print_schema:
         from .config_schema import schema_text
@@ -81,12 +71,12 @@ def _fit(args: argparse.Namespace) -> int:
         return _error("fit", ValueError(f"the following arguments are required: {', '.join(missing)}"))
     from .feature_kernel import FeatureInputError
     from .fileio import data_files, read_table
-    from .fit import ConfigError, fit, load_config, validate_config
+    from .fit import ConfigError, config_inputs, fit, load_config, validate_config
 
     try:
         config = load_config(Path(args.config))
         validate_config(config)  # before reading the data: a typo should not wait for a large file
-        table = read_table(data_files(args.data), _config_inputs(config), config.get("inputs"))
+        table = read_table(data_files(args.data), config_inputs(config), config.get("inputs"))
         spec = fit(config, table)
     except (ConfigError, FeatureInputError, FileNotFoundError, KeyError, ValueError, ImportError) as exc:
         return _error("fit", exc)
@@ -99,7 +89,15 @@ def _fit(args: argparse.Namespace) -> int:
 
 def _transform(args: argparse.Namespace) -> int:
     from .feature_kernel import FeatureInputError
-    from .fileio import NpyWriter, ParquetTensorWriter, count_rows, data_files, iter_batches, prefetch
+    from .fileio import (
+        NpyWriter,
+        ParquetTensorWriter,
+        count_rows,
+        data_files,
+        iter_batches,
+        prefetch,
+        time_sorted_batches,
+    )
     from .spec import FeatureSpec, SpecError
 
     try:
@@ -110,8 +108,13 @@ def _transform(args: argparse.Namespace) -> int:
     out = Path(args.out)
     threads = args.threads or os.cpu_count() or 1
     keep = list(args.keep)
-    columns = list(dict.fromkeys([*spec.input_names, *keep]))
+    derived_keep = [k for k in keep if k in spec.aggregate_names]
+    columns = list(dict.fromkeys([*spec.input_names, *(k for k in keep if k not in derived_keep)]))
     types = {t.name: t.dtype for t in spec.inputs}
+    # CSV: time inputs keep Arrow's own type, so that ISO timestamps parse as timestamps (converted later).
+    csv_types = {k: v for k, v in types.items() if k not in {a["time"] for a in spec.aggregates}}
+    if args.order == "time" and not spec.aggregates:
+        return _error("transform", ValueError("--order time needs a spec with aggregates"))
     if out.suffix == ".npy":
         if keep:
             return _error("transform", ValueError("--keep needs a .parquet output"))
@@ -127,15 +130,31 @@ def _transform(args: argparse.Namespace) -> int:
         return _error("transform", ValueError("--out must end in .npy or .parquet"))
     total = count_rows(files)
     rows = 0
+    # With aggregates the rows are events in arrival order: one state carries across every batch, so a
+    # streamed table gets the same values as one transform of the whole table (docs/features/aggregates.md).
+    state = spec.new_aggregate_state() if spec.aggregates else None
+    order = TimeOrderWatch(spec.aggregates) if spec.aggregates else None
     try:
+        if args.order == "time":
+            times = list(dict.fromkeys(a["time"] for a in spec.aggregates))
+            if len(times) != 1:
+                raise ValueError(f"--order time needs one event-time input; the aggregates read {times}")
+            batches = time_sorted_batches(files, columns, args.batch_rows, csv_types, times[0])
+        else:
+            batches = iter_batches(files, columns, args.batch_rows, csv_types)
         with _progress(total, not args.no_progress, "transform") as bar:
-            for batch in prefetch(iter_batches(files, columns, args.batch_rows, types)):
-                result = spec.transform(batch, n_threads=threads)
+            for batch in prefetch(batches):
+                result = spec.allocate(batch.num_rows)
+                derived = spec.transform_into(batch, result, n_threads=threads, aggregate_state=state)
+                if order is not None:
+                    warning = order.check(batch, spec)
+                    if warning:
+                        bar.write(f"skewless transform: warning: {warning}", file=sys.stderr)
                 if out.suffix == ".npy":
                     for name, w in writers.items():
                         w.write(result[name])
                 else:
-                    writer.write(batch, keep, result)
+                    writer.write(batch, keep, result, {k: derived[k] for k in derived_keep})
                 rows += batch.num_rows
                 bar.update(batch.num_rows)
     except (FeatureInputError, KeyError, ValueError) as exc:
@@ -147,8 +166,47 @@ def _transform(args: argparse.Namespace) -> int:
         else:
             writer.close()
     written = ", ".join(str(p) for p in paths.values()) if out.suffix == ".npy" else str(out)
-    print(f"transformed {rows} rows with spec {spec.sha256[:16]} -> {written}", file=sys.stderr)
+    late = "" if order is None or not order.back_rows else (
+        f"; {order.back_rows} rows went back in time by more than a bucket (use --order time)")
+    print(f"transformed {rows} rows with spec {spec.sha256[:16]} -> {written}{late}", file=sys.stderr)
     return EXIT_OK
+
+
+class TimeOrderWatch:
+    """Notices a streamed table going back in time by more than a bucket (late events get dropped)."""
+
+    def __init__(self, aggregates: list[dict[str, Any]]) -> None:
+        self.slack: dict[str, int] = {}
+        for a in aggregates:
+            self.slack[a["time"]] = min(self.slack.get(a["time"], a["bucket"]), a["bucket"])
+        self.top: dict[str, int] = {}
+        self.back_rows = 0
+        self.warned = False
+
+    def check(self, batch: Any, spec: Any) -> str | None:
+        """Count the rows earlier than the latest time seen by more than a bucket; a warning the first time."""
+        import numpy as np
+
+        from .aggregate_plan import to_time_unit
+
+        units = {a["time"]: a["time_unit"] for a in spec.aggregates}
+        for name, slack in self.slack.items():
+            col = to_time_unit(batch.column(name), units[name], name).drop_null()
+            t = col.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+            if not t.size:
+                continue
+            prev = self.top.get(name)
+            run = np.maximum.accumulate(t if prev is None else np.concatenate([[prev], t]))
+            run = run if prev is None else run[1:]
+            back = int(np.count_nonzero(run - t > slack))
+            self.top[name] = int(run[-1])
+            self.back_rows += back
+            if back and not self.warned:
+                self.warned = True
+                return (f"time input {name!r} goes back by more than a bucket ({slack} {units[name]}); events "
+                        "older than the longest window behind the newest are dropped as late. Sort the table by "
+                        "time (--order time) for a point-in-time backfill")
+        return None
 
 
 def _skew_check(args: argparse.Namespace) -> int:
@@ -217,8 +275,12 @@ def register(subparsers: Any) -> None:
                         "or out.parquet (one fixed_size_list column per tensor)")
     t.add_argument("--tensor", default=None, help="with .npy: write only this output tensor")
     t.add_argument("--keep", action="append", default=[], metavar="COLUMN",
-                   help="copy this input column into the .parquet output (repeatable), e.g. a label")
+                   help="copy this input column into the .parquet output (repeatable), e.g. a label; an "
+                        "aggregate's name keeps its computed (backfilled) values")
     t.add_argument("--batch-rows", type=int, default=1 << 16, help="rows per batch (memory bound)")
+    t.add_argument("--order", choices=("table", "time"), default="table",
+                   help="aggregates: rows are events in this order. table (default): as stored, streamed; time: "
+                        "sorted by event time first (stable; the table must fit in memory)")
     t.add_argument("--threads", type=int, default=0, help="kernel threads (default: all cores)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     t.set_defaults(func=_needs_features("transform", _transform))

@@ -109,6 +109,21 @@ def read_table(files: Sequence[Path], columns: Sequence[str] | None,
     return pa.Table.from_batches(batches)
 
 
+def time_sorted_batches(files: Sequence[Path], columns: Sequence[str] | None, batch_rows: int,
+                        column_types: dict[str, str] | None, time_column: str) -> Iterator[pa.RecordBatch]:
+    """Every row sorted by ``time_column`` (stable: ties keep their table order; nulls last), in batches.
+
+    The whole table is read first, so it must fit in memory; the rows still go through the transform in
+    batches.
+    """
+    import pyarrow.compute as pc
+
+    table = read_table(files, columns, column_types)
+    order = pc.sort_indices(table, sort_keys=[(time_column, "ascending")])  # stable; nulls at the end
+    table = table.take(order).combine_chunks()
+    yield from table.to_batches(max_chunksize=batch_rows)
+
+
 def prefetch(items: Iterable[Any], depth: int = 2) -> Iterator[Any]:
     """Produce ``items`` in a background thread so that reading overlaps the transform of the previous batch."""
     q: queue.Queue = queue.Queue(maxsize=depth)
@@ -212,10 +227,13 @@ class ParquetTensorWriter:
         self.spec = spec
         self._writer: Any = None
 
-    def write(self, batch: pa.RecordBatch | None, keep: Sequence[str], outputs: dict[str, np.ndarray]) -> None:
+    def write(self, batch: pa.RecordBatch | None, keep: Sequence[str], outputs: dict[str, np.ndarray],
+              extra: dict[str, np.ndarray] | None = None) -> None:
+        """``keep`` names columns of ``batch``, or of ``extra`` (computed columns such as aggregates)."""
         import pyarrow.parquet as pq
 
-        arrays = [batch.column(k) for k in keep] if keep else []
+        extra = extra or {}
+        arrays = [pa.array(extra[k]) if k in extra else batch.column(k) for k in keep] if keep else []
         names = list(keep)
         for t in self.spec.outputs:
             arrays.append(tensor_array(outputs[t.name]))

@@ -19,6 +19,8 @@ need the data (dtypes, row counts, which encodings a kind allows) come after. In
       - {name: user, kind: hash, buckets: 100000, seed: 7}
       - {name: country_x_device, kind: cross, inputs: [country, device], buckets: 1000}
       - {name: n_items, kind: passthrough, output: ids}
+      - {name: card_amount_1h, kind: aggregate, op: sum, keys: card, value: amount, time: ts, window: 1h,
+         log1p: true, scale: standard}         # windowed aggregate: docs/features/aggregates.md
 
 Fitted statistics ignore missing and non-finite values and are computed in a fixed order (``math.fsum``,
 exact selection for medians), so fitting the same data twice gives the same spec and the same hash; sums that
@@ -38,6 +40,15 @@ from typing import Any
 import numpy as np
 
 from . import columns as _columns
+from .aggregate_plan import (
+    DEFAULT_TIME_UNIT,
+    PlanError,
+    check_plan,
+    default_bucket,
+    parse_duration,
+    plan_inputs,
+    to_time_unit,
+)
 from .config_schema import config_errors
 from .feature_kernel import log1p as _log1p
 from .spec import (
@@ -62,6 +73,9 @@ _KEYS = {
     "passthrough": _COMMON | {"fill", "missing_indicator"},
     "missing_indicator": _COMMON,
 }
+# kind: aggregate = an aggregate (these keys) plus a numeric feature over its derived input (the rest).
+_AGGREGATE_KEYS = {"op", "keys", "value", "time", "window", "bucket", "time_unit"}
+_KEYS["aggregate"] = (_KEYS["numeric"] - {"input", "inputs"}) | _AGGREGATE_KEYS
 REFERENCE_TOP = 20
 
 
@@ -183,6 +197,60 @@ def _numeric_steps(f: Mapping[str, Any], where: str) -> list[dict[str, Any]]:
     if any(s["op"] == "impute" for s in steps[1:]):
         raise ConfigError(f"{where}: impute must be the first step")
     return steps
+
+
+def _aggregate_entry(f: Mapping[str, Any], top_unit: str) -> dict[str, Any]:
+    """A ``kind: aggregate`` config feature -> the spec's aggregate entry (durations in its time unit)."""
+    where = f"feature {f['name']!r}"
+    unknown = set(f) - _KEYS["aggregate"]
+    if unknown:
+        raise ConfigError(f"{where}: unknown keys {sorted(unknown)} for kind aggregate")
+    unit = f.get("time_unit") or top_unit
+    keys = f.get("keys")
+    try:
+        if unit not in ("s", "ms", "us", "ns"):
+            raise PlanError(f"{where}: time_unit must be s, ms, us or ns, got {unit!r}")
+        window = parse_duration(f.get("window"), unit, f"{where} window")
+        bucket = (parse_duration(f["bucket"], unit, f"{where} bucket") if f.get("bucket") is not None
+                  else default_bucket(window, where))
+    except PlanError as exc:
+        raise ConfigError(str(exc)) from None
+    return {"name": f["name"], "op": f.get("op"), "keys": [keys] if isinstance(keys, str) else list(keys or []),
+            "time": f.get("time"), "value": f.get("value"), "window": window, "bucket": bucket,
+            "time_unit": unit}
+
+
+def split_aggregates(config: Mapping[str, Any]) -> tuple[list[dict[str, Any]], list[Any]]:
+    """(aggregate entries, features): each ``kind: aggregate`` feature becomes an aggregate entry plus a
+    numeric feature of the same name over its derived input, in the same place among the features."""
+    top_unit = config.get("time_unit") or DEFAULT_TIME_UNIT
+    entries: list[dict[str, Any]] = []
+    features: list[Any] = []
+    for f in config.get("features") or []:
+        if isinstance(f, Mapping) and f.get("kind") == "aggregate" and isinstance(f.get("name"), str):
+            entries.append(_aggregate_entry(f, top_unit))
+            features.append({**{k: v for k, v in f.items() if k not in _AGGREGATE_KEYS},
+                             "kind": "numeric", "input": f["name"]})
+        else:
+            features.append(f)
+    return entries, features
+
+
+def config_inputs(config: Mapping[str, Any]) -> list[str]:
+    """The raw input columns a config reads (aggregates' keys, times and values included), in first-use
+    order; aggregate names are derived inputs, not columns of the data."""
+    entries, features = split_aggregates(config)
+    derived = {e["name"] for e in entries}
+    names: list[str] = []
+    for f in features:
+        if isinstance(f, Mapping):
+            for i in (f["inputs"] if "inputs" in f else [f.get("input", f.get("name"))]):
+                if isinstance(i, str) and i not in derived and i not in names:
+                    names.append(i)
+    for i in plan_inputs(entries):
+        if isinstance(i, str) and i not in names:
+            names.append(i)
+    return names
 
 
 def _normalize(config: Mapping[str, Any], dtypes: Mapping[str, str]) -> tuple[dict[str, str], list[dict]]:
@@ -580,32 +648,54 @@ def fit(config: str | Path | Mapping[str, Any], data: Any) -> FeatureSpec:
 
 
 def _fit(config: dict[str, Any], data: Any) -> FeatureSpec:
-    unknown = set(config) - {"version", "outputs", "inputs", "features"}
+    unknown = set(config) - {"version", "outputs", "inputs", "features", "time_unit"}
     if unknown:
         raise ConfigError(f"unknown top-level keys {sorted(unknown)}")
     if config.get("version", 1) != 1:
         raise ConfigError(f"unsupported config version {config['version']!r}")
-    wanted: list[str] = []
-    for f in config.get("features") or []:
-        if isinstance(f, Mapping):
-            for i in (f["inputs"] if "inputs" in f else [f.get("input", f.get("name"))]):
-                if i not in wanted:
-                    wanted.append(i)
+    aggregates, plain = split_aggregates(config)
+    config = {**config, "features": plain}
+    derived = [e["name"] for e in aggregates]
+    wanted = config_inputs({"features": plain})
+    wanted = [n for n in wanted if n not in derived]
+    for n in plan_inputs(aggregates):
+        if isinstance(n, str) and n not in wanted:
+            wanted.append(n)
     reserved = [n for n in wanted if isinstance(n, str) and n.endswith("__missing")]
     if reserved:  # served, NAME__missing is the companion input that marks NAME's missing values (issue 24)
         raise ConfigError(f"input(s) {reserved}: names ending with '__missing' are reserved for the inputs that "
                           "mark missing values when served; rename the column")
     source = _columns.get_columns(data, wanted)
+    shadowed = [n for n in derived if n in _columns.get_columns(data, [n])]
+    if shadowed:
+        raise ConfigError(f"aggregate {shadowed[0]!r}: the name is also a raw input (a column of the data); an "
+                          "aggregate's name is a derived input, so it must differ from every raw input")
+    time_unit = {e["time"]: e["time_unit"] for e in aggregates if isinstance(e["time"], str)}
+    if time_unit:
+        source = dict(source)
+        for t, unit in time_unit.items():
+            if t in source:
+                try:
+                    source[t] = to_time_unit(source[t], unit, t)
+                except PlanError as exc:
+                    raise ConfigError(str(exc)) from None
     overrides = dict(config.get("inputs") or {})
     dtypes: dict[str, str] = {}
     for name in wanted:
         if name not in source:
-            raise ConfigError(f"input {name!r} is not in the data")
+            users = [e["name"] for e in aggregates if name in (*e["keys"], e["time"], e["value"])]
+            raise ConfigError(f"aggregate {users[0]!r}: input {name!r} is not in the data" if users
+                              else f"input {name!r} is not in the data")
         dtypes[name] = overrides.get(name) or infer_dtype(source[name])
         if dtypes[name] not in INPUT_DTYPES:
             raise ConfigError(f"input {name!r}: dtype must be one of {INPUT_DTYPES}")
-    outputs, features = _normalize(config, dtypes)
-    used_inputs = [n for n in wanted if any(n in f["inputs"] for f in features)]
+    try:
+        aggregates = check_plan(aggregates, dtypes)
+    except PlanError as exc:
+        raise ConfigError(str(exc)) from None
+    outputs, features = _normalize(config, {**dtypes, **dict.fromkeys(derived, "float")})
+    agg_inputs = plan_inputs(aggregates)
+    used_inputs = [n for n in wanted if n in agg_inputs or any(n in f["inputs"] for f in features)]
     cols: dict[str, tuple] = {}
     n_rows = -1
     for name in used_inputs:
@@ -614,6 +704,14 @@ def _fit(config: dict[str, Any], data: Any) -> FeatureSpec:
         if n_rows >= 0 and n != n_rows:
             raise ConfigError(f"input {name!r} has {n} rows, but input {used_inputs[0]!r} has {n_rows}")
         n_rows = n
+    values: dict[str, np.ndarray] = {}
+    if aggregates:  # fit = backfill, then fit: the numeric steps see the values a server would compute
+        from .aggregates import AggregateState
+
+        state = AggregateState(aggregates, {n: dtypes[n] for n in agg_inputs})
+        values = state.score({n: cols[n] for n in agg_inputs}, n_rows)
+        for name in derived:
+            cols[name] = ("f64", values[name], None, None, None, 0)
 
     widths = dict.fromkeys(outputs, 0)
     entries = []
@@ -641,9 +739,11 @@ def _fit(config: dict[str, Any], data: Any) -> FeatureSpec:
         "outputs": [{"name": o, "dtype": d, "shape": [-1, widths[o]]} for o, d in outputs.items()],
         "features": entries, "fit": {"rows": n_rows},
     }
+    if aggregates:
+        doc["aggregates"] = aggregates
     # Reference statistics for the drift monitor come from the kernel's own output on the training data.
     draft = FeatureSpec(doc, verify_hash=False)
-    out = draft.transform({n: source[n] for n in used_inputs})
+    out = draft.transform({n: source[n] for n in used_inputs}, aggregate_values=values if aggregates else None)
     for entry in entries:
         block = out[entry["output"]]
         if entry["encode"] == "value" or entry["kind"] == "passthrough":

@@ -16,6 +16,10 @@ inf and nan included)::
      "fit": {"rows": 1000},
      "sha256": "<hex SHA-256 of the canonical JSON of everything else>"}
 
+A spec may also carry ``"aggregates"`` (windowed aggregates, ``aggregate_plan.py``): each one's name is a
+*derived input*, a float column computed per row from an aggregate state before the kernel runs and read by
+the features like a raw float input. Derived inputs are never client-facing: ``inputs`` lists raw inputs only.
+
 Index semantics shared by every categorical encoding: index 0 means missing (or, for a vocabulary without
 OOV buckets, unknown), so embedding tables can reserve row 0. Vocabulary: 1..V in vocabulary order, then
 V+1..V+oov for unseen values (MurmurHash3 of the bytes with the feature's seed, modulo oov). Hash and
@@ -39,7 +43,8 @@ from typing import Any
 import numpy as np
 
 from . import columns as _columns
-from .feature_kernel import Kernel
+from .aggregate_plan import PlanError, check_plan, is_datetime, plan_inputs, time_units, to_time_unit
+from .feature_kernel import FeatureInputError, Kernel
 
 FORMAT = "skewless.features"
 FORMAT_VERSION = 1
@@ -200,6 +205,13 @@ def _compile_feature(feat: Mapping[str, Any], input_index: Mapping[str, int], in
     return plan
 
 
+def _adapt(name: str, obj: Any, dtype: str) -> tuple:
+    """The kernel's column adapter, letting through columns that are already kernel column tuples."""
+    if type(obj) is tuple and len(obj) == 6 and isinstance(obj[0], str):
+        return obj
+    return _columns.column(name, obj, dtype)
+
+
 def _pretty(obj: Any, indent: str) -> str:
     if isinstance(obj, dict) and obj:
         inner = indent + "  "
@@ -246,8 +258,19 @@ class FeatureSpec:
             names = [t.name for t in items]
             if len(set(names)) != len(names):
                 raise SpecError(f"duplicate {kind} names")
-        input_index = {t.name: i for i, t in enumerate(self.inputs)}
-        input_dtype = {t.name: t.dtype for t in self.inputs}
+        raw_dtypes = {t.name: t.dtype for t in self.inputs}
+        try:
+            self._aggregates = check_plan(self._doc.get("aggregates", []), raw_dtypes)
+        except PlanError as exc:
+            raise SpecError(str(exc)) from None
+        self.aggregate_names = tuple(a["name"] for a in self._aggregates)
+        self._aggregate_dtypes = {n: raw_dtypes[n] for n in plan_inputs(self._aggregates)}
+        self._time_units = time_units(self._aggregates)
+        self._plan_hash: str | None = None
+        # The kernel reads the raw inputs, then the derived (aggregate) columns as float inputs.
+        kernel_inputs = [*self.inputs, *(TensorInfo(n, "float") for n in self.aggregate_names)]
+        input_index = {t.name: i for i, t in enumerate(kernel_inputs)}
+        input_dtype = {t.name: t.dtype for t in kernel_inputs}
         out_index = {t.name: i for i, t in enumerate(self.outputs)}
         out_dtype = {t.name: t.dtype for t in self.outputs}
         features = self._doc.get("features")
@@ -255,7 +278,7 @@ class FeatureSpec:
             raise SpecError("features must be a list")
         plans = [_compile_feature(f, input_index, input_dtype, out_index, out_dtype) for f in features]
         try:
-            self._kernel = Kernel([t.name for t in self.inputs], [t.dtype for t in self.inputs],
+            self._kernel = Kernel([t.name for t in kernel_inputs], [t.dtype for t in kernel_inputs],
                                   [(t.dtype, t.width) for t in self.outputs], plans)
         except (ValueError, TypeError) as exc:
             raise SpecError(str(exc)) from None
@@ -309,7 +332,26 @@ class FeatureSpec:
 
     @property
     def input_names(self) -> tuple[str, ...]:
+        """The client-facing raw inputs (aggregates' keys, times and values included; derived inputs not)."""
         return tuple(t.name for t in self.inputs)
+
+    @property
+    def aggregates(self) -> list[dict[str, Any]]:
+        """The spec's aggregate entries (copies), in plan order; [] without aggregates."""
+        return [dict(a, keys=list(a["keys"])) for a in self._aggregates]
+
+    def new_aggregate_state(self, max_keys: int = 0) -> Any:
+        """A fresh, empty aggregate state for this spec's plan (``skewless.native.aggregates.AggregateState``).
+
+        ``max_keys`` > 0 bounds the keys held (the least recently recorded are evicted first).
+        """
+        if not self._aggregates:
+            raise ValueError("this spec has no aggregates")
+        from .aggregates import AggregateState
+
+        state = AggregateState(self._aggregates, self._aggregate_dtypes, max_keys=max_keys)
+        self._plan_hash = state.plan_hash
+        return state
 
     @property
     def output_names(self) -> tuple[str, ...]:
@@ -347,35 +389,128 @@ class FeatureSpec:
         """Uninitialised output tensors for ``n_rows`` rows (the kernel writes every byte)."""
         return {t.name: np.empty((n_rows, t.width), dtype=t.dtype) for t in self.outputs}
 
-    def _bind(self, data: Any, outputs: Any) -> tuple[Any, int, list[np.ndarray]]:
+    def _source(self, data: Any) -> Mapping[str, Any]:
+        """Raw columns by name; timestamp columns of time inputs converted to int64 in the plan's unit."""
         source = data if isinstance(data, Mapping) else _columns.get_columns(data, self.input_names)
-        return self._kernel.bind_source(source, outputs, _columns.column)
+        if self._time_units and any(t in source and is_datetime(source[t]) for t in self._time_units):
+            source = dict(source)
+            for t, unit in self._time_units.items():
+                if t in source:
+                    source[t] = to_time_unit(source[t], unit, t)
+        return source
+
+    def _bind(self, data: Any, outputs: Any, aggregate_state: Any = None,
+              aggregates_out: Mapping[str, np.ndarray] | None = None,
+              aggregate_values: Mapping[str, Any] | None = None) -> tuple[Any, int, list, Any]:
+        """Bind every column; returns (batch, rows, outputs, score) where ``score()`` fills the derived
+        columns (the kernel reads them when it runs) and returns them; None without aggregates.
+
+        Everything is validated before anything is scored: a bad column never leaves half a batch
+        recorded in the state.
+        """
+        source = self._source(data)
+        if not self._aggregates:
+            batch, n_rows, outs = self._kernel.bind_source(source, outputs, _columns.column)
+            return batch, n_rows, outs, None
+        merged = dict(source)
+        if aggregate_values is not None:
+            derived = {}
+            for name in self.aggregate_names:
+                if name not in aggregate_values:
+                    raise FeatureInputError(name, "aggregate value missing")
+                derived[name] = np.ascontiguousarray(aggregate_values[name], dtype=np.float64)
+            merged.update(derived)
+            batch, n_rows, outs = self._kernel.bind_source(merged, outputs, _adapt)
+            return batch, n_rows, outs, lambda: derived
+        if aggregate_state is None:
+            raise ValueError("this spec has aggregates: pass aggregate_state=spec.new_aggregate_state() (or the "
+                             "logged aggregate_values)")
+        self._check_state(aggregate_state)
+        cols: dict[str, tuple] = {}
+        n_rows = -1
+        for name, dtype in self._aggregate_dtypes.items():
+            if name not in source:
+                raise FeatureInputError(name, "missing from the batch")
+            cols[name] = col = _adapt(name, source[name], dtype)
+            n = _columns.n_rows_of(col)
+            if n_rows >= 0 and n != n_rows:
+                raise FeatureInputError(name, f"has {n} rows, but {next(iter(cols))!r} has {n_rows}")
+            n_rows = n
+        if aggregates_out is None:
+            derived = {name: np.empty(n_rows, dtype=np.float64) for name in self.aggregate_names}
+        else:
+            derived = {}
+            for name in self.aggregate_names:
+                arr = aggregates_out.get(name)
+                if (type(arr) is not np.ndarray or arr.dtype != np.float64 or arr.shape != (n_rows,)
+                        or not arr.flags.c_contiguous or not arr.flags.writeable):
+                    raise ValueError(f"aggregates_out[{name!r}] must be a writable contiguous float64 array "
+                                     f"of {n_rows} rows")
+                derived[name] = arr
+        merged.update(cols)
+        merged.update(derived)
+        batch, n_rows, outs = self._kernel.bind_source(merged, outputs, _adapt)
+
+        def score() -> dict[str, np.ndarray]:
+            aggregate_state.score(cols, n_rows, out=derived)
+            return derived
+
+        return batch, n_rows, outs, score
+
+    def _check_state(self, state: Any) -> None:
+        if self._plan_hash is None:
+            self.new_aggregate_state()
+        if getattr(state, "plan_hash", None) != self._plan_hash:
+            raise ValueError("aggregate_state belongs to another aggregate plan (its plan_hash differs from this "
+                             "spec's): create it with spec.new_aggregate_state()")
 
     def _allocate_list(self, n_rows: int) -> list[np.ndarray]:
         return [np.empty((n_rows, t.width), dtype=t.dtype) for t in self.outputs]
 
-    def transform_into(self, data: Any, outputs: Mapping[str, np.ndarray], n_threads: int = 1) -> None:
+    def transform_into(self, data: Any, outputs: Mapping[str, np.ndarray], n_threads: int = 1,
+                       aggregate_state: Any = None, aggregates_out: Mapping[str, np.ndarray] | None = None,
+                       aggregate_values: Mapping[str, Any] | None = None) -> dict[str, np.ndarray] | None:
         """Transform ``data`` into preallocated ``outputs`` (one (rows, width) array per output name).
 
         The batcher's entry point: validation costs a few checks per column (plus one pass over string
         offsets), then the kernel runs without the GIL. ``n_threads`` > 1 splits the rows into contiguous
         chunks; the bytes written do not depend on it. Raises FeatureInputError naming a bad column.
+
+        A spec with aggregates needs ``aggregate_state`` (``new_aggregate_state()``): each row's aggregates
+        are read from it and the row is then recorded in it, in row order (after every column has been
+        validated). The derived values are returned (written into ``aggregates_out`` when given: one
+        float64 [rows] array per aggregate name) so that the caller can log them. ``aggregate_values``
+        instead supplies already-computed values (a replay of logged ones) and leaves any state alone.
+        Returns None for a spec without aggregates.
         """
         try:
             outs = [outputs[t.name] for t in self.outputs]
         except KeyError as exc:
             raise ValueError(f"missing output array {exc.args[0]!r}") from None
-        batch, n_rows, _ = self._bind(data, outs)
+        batch, n_rows, _, score = self._bind(data, outs, aggregate_state, aggregates_out, aggregate_values)
+        derived = score() if score is not None else None
         self._run(batch, n_rows, n_threads)
+        return derived
 
-    def transform(self, data: Any, n_threads: int | None = None) -> dict[str, np.ndarray]:
+    def transform(self, data: Any, n_threads: int | None = None, *, aggregate_state: Any = None,
+                  aggregate_values: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
         """Transform a DataFrame, pyarrow Table/RecordBatch or mapping of columns into new output arrays.
 
         Mapping values may be numpy arrays, pyarrow arrays, pandas Series, lists, ``(values, valid)``
         tuples for numbers or ``(offsets, data[, valid])`` Arrow-style tuples for strings.
         ``n_threads=None`` uses every core for large batches and one thread below PARALLEL_MIN_ROWS.
+
+        With aggregates, this is a *backfill*: the rows are taken as events arriving in table order (sort
+        the table by event time first for a point-in-time history), each row's aggregates are read from a
+        fresh state (or ``aggregate_state``, carried across calls) before the row is recorded, so every row
+        gets exactly what a server would have computed when that row arrived after the same events.
         """
-        batch, n_rows, outs = self._bind(data, self._allocate_list)
+        batch, n_rows, outs, score = self._bind(
+            data, self._allocate_list,
+            aggregate_state if aggregate_state is not None or aggregate_values is not None or not self._aggregates
+            else self.new_aggregate_state(), None, aggregate_values)
+        if score is not None:
+            score()
         if n_threads is None:
             n_threads = (os.cpu_count() or 1) if n_rows >= PARALLEL_MIN_ROWS else 1
         self._run(batch, n_rows, n_threads)

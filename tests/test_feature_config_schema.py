@@ -156,8 +156,8 @@ def test_fraud_config_handles_nulls_in_every_column_type():
     ({"features": [{"name": "c", "kind": "cross", "inputs": ["a", "b"], "buckets": 3, "input": "a"}]},
      ["features[0]: unknown key 'input' (did you mean 'inputs'?)"]),
     ({"features": [{"name": "x", "kind": "numbr"}]},
-     ["features[0].kind: expected 'numeric', 'vocabulary', 'hash', 'cross', 'passthrough', 'missing_indicator' "
-      "or 'bool'"]),
+     ["features[0].kind: expected 'numeric', 'vocabulary', 'hash', 'cross', 'passthrough', 'missing_indicator', "
+      "'aggregate' or 'bool'"]),
     ({"features": [{"name": "x", "encode": "embedding"}]},
      ["features[0].encode: expected 'value', 'index' or 'onehot'"]),
     ({"features": [{"kind": "hash", "buckets": 3}]}, ["features[0]: missing key 'name'"]),
