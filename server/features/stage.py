@@ -137,6 +137,7 @@ class FeatureStage:
         # Windowed aggregates (issue 29): the state every batch reads and then records into. The version's own
         # until the server's AggregateStates hands it the one its model's versions share (use_aggregates).
         self.has_aggregates = bool(getattr(spec, "aggregates", None))
+        self._groups = _aggregate_groups(spec) if self.has_aggregates else []
         self.aggregates = self.new_aggregate_state() if self.has_aggregates else None
         self.aggregate_names: tuple[str, ...] = tuple(self.aggregates.names) if self.aggregates is not None else ()
         self._aggregate_entry = None  # the shared state's ModelAggregates, released at close
@@ -333,9 +334,9 @@ class FeatureStage:
                                       "does not send")
         dtypes = dict(self.raw_dtypes)
         present = [name for name in state.inputs if name in feeds]
-        groups = [g for g in self._groups() if all(c in feeds for c in (*g[0], g[1]))]
+        groups = [g for g in self._groups if all(c in feeds for c in (*g[0], g[1]))]
         if not groups:
-            wanted = sorted({" + ".join((*keys, t)) for keys, t, _ in self._groups()})
+            wanted = sorted({" + ".join((*keys, t)) for keys, t, _ in self._groups})
             raise InvalidArgument(f"the events for model '{self.model_name}' lack the key and time inputs of every "
                                   f"aggregate: send at least one of {wanted} (got {sorted(feeds)})")
         first = next(iter(feeds))
@@ -372,14 +373,6 @@ class FeatureStage:
             entry.note_ingest(counts, newest_ns)
         return counts
 
-    def _groups(self) -> list[tuple[tuple[str, ...], str, str]]:
-        """(key inputs, time input, time unit) of each aggregate group of the spec."""
-        seen: dict[tuple, str] = {}
-        for a in getattr(self.spec, "aggregates", None) or ():
-            a = a if isinstance(a, dict) else vars(a)
-            seen.setdefault((tuple(a["keys"]), a["time"]), a.get("time_unit", "s"))
-        return [(keys, t, unit) for (keys, t), unit in seen.items()]
-
     # -- warmup and shutdown -----------------------------------------------------------------------------
     def model_feeds(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Raw warmup samples -> the model's feeds (copied: warmup runs outside the request path)."""
@@ -394,6 +387,15 @@ class FeatureStage:
         if entry is not None and release is not None:
             self._aggregate_entry = None
             release(entry)
+
+
+def _aggregate_groups(spec: FeatureSpec) -> list[tuple[tuple[str, ...], str, str]]:
+    """(key inputs, time input, time unit) of each aggregate group of the spec (buckets aside: recording
+    needs the keys and the time)."""
+    seen: dict[tuple, str] = {}
+    for a in spec.aggregates:
+        seen.setdefault((tuple(a["keys"]), a["time"]), a["time_unit"])
+    return [(keys, t, unit) for (keys, t), unit in seen.items()]
 
 
 def _valid(col: tuple, n: int) -> np.ndarray:
