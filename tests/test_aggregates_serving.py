@@ -394,3 +394,46 @@ def test_workers_refuse_a_model_with_aggregates(tmp_path):
     with pytest.raises(pytest.fail.Exception, match="--workers 2 each process would see a share of the events"):
         proc.start()
     proc.kill()
+
+
+# -- the server's states, without a server -------------------------------------------------------------------
+class _Stage:
+    """What AggregateStates needs of a feature stage: a state factory (the spec's) and the ingest hook."""
+
+    def __init__(self, spec: FeatureSpec):
+        self.spec = spec
+
+    def new_aggregate_state(self, max_keys: int = 0):
+        return self.spec.new_aggregate_state(max_keys=max_keys)
+
+
+def test_versions_share_a_state_and_the_last_release_saves_it(tmp_path, spec):
+    from skewless.server.features.aggregate_settings import AggregateSettings
+    from skewless.server.features.aggregate_states import AggregateStates
+
+    states = AggregateStates(AggregateSettings(tmp_path, save_interval_s=3600.0))
+    v1 = states.acquire("m", _Stage(spec))
+    v2 = states.acquire("m", _Stage(spec))
+    assert v1 is v2 and v1.refs == 2 and not v1.restored
+    data = events(50, seed=15)
+    backfill(spec, data, v1.state)
+    states.release(v1)
+    assert not (tmp_path / "m.aggstate").exists()  # a version still holds it
+    states.release(v2)
+    assert (tmp_path / "m.aggstate").is_file() and list(states.entries()) == []
+    again = states.acquire("m", _Stage(spec))
+    assert again.restored and again.state.stats()["events_recorded"] == 50
+    later = events(30, seed=16, start=int(data["ts"][-1]) + 1)
+    reference = spec.new_aggregate_state()
+    backfill(spec, data, reference)
+    assert_same(backfill(spec, later, again.state), backfill(spec, later, reference))
+    states.release(again)
+
+
+def test_workers_refuse_in_process_state(spec):
+    from skewless.server.features.aggregate_states import AggregatesRefused, AggregateStates
+
+    states = AggregateStates(workers=3)
+    with pytest.raises(AggregatesRefused, match="with --workers 3 each process would see a share"):
+        states.acquire("m", _Stage(spec))
+    assert states.refused and list(states.entries()) == []
