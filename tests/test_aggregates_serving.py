@@ -453,3 +453,37 @@ def test_workers_refuse_in_process_state(spec):
     with pytest.raises(AggregatesRefused, match="with --workers 3 each process would see a share"):
         states.acquire("m", _Stage(spec))
     assert states.refused and list(states.entries()) == []
+
+
+def test_a_new_version_of_the_same_plan_keeps_the_state(tmp_path, spec):
+    repo = tmp_path / "repo"
+    write_model(repo, "agg_grpc")
+    data = events(160, seed=17)
+    first, second = take(data, slice(0, 90)), take(data, slice(90, 160))
+    proc = ServerProcess(repo, "--model-control-mode", "explicit", "--load-model", "agg_grpc").start()
+    try:
+        served_first = score_stream(proc.grpc_url, "agg_grpc", first, "grpc", seed=18)
+        (repo / "agg_grpc" / "2").mkdir()
+        for f in ("model.onnx", "features.json"):
+            (repo / "agg_grpc" / "2" / f).write_bytes((repo / "agg_grpc" / "1" / f).read_bytes())
+        with grpcclient.InferenceServerClient(proc.grpc_url) as client:
+            client.load_model("agg_grpc")
+            assert client.get_model_metadata("agg_grpc").versions == ["2"]
+        served_second = score_stream(proc.grpc_url, "agg_grpc", second, "grpc", seed=19)
+    finally:
+        proc.assert_clean_exit()
+    assert_same(np.concatenate([served_first, served_second]), backfill(spec, data))
+
+
+def test_warmup_and_shadow_runs_leave_the_state_alone(spec):
+    from skewless.server.features.stage import FeatureStage
+
+    stage = FeatureStage(spec, "m", 1, None)
+    rows = events(20, seed=20)
+    feeds = {k: v.reshape(-1, 1) if k != "card" else v for k, v in rows.items()}
+    stage.model_feeds(feeds)  # a warmup sample
+    stage.transform_batch([feeds], record=False)  # a shadow's mirrored batch
+    assert stage.aggregates.stats()["events_recorded"] == 0
+    out = stage.transform_batch([feeds])
+    assert stage.aggregates.stats()["events_recorded"] == 3 * 20
+    assert_same(np.array(out["dense"]), backfill(spec, rows))
