@@ -64,11 +64,6 @@ FLUSH_SECONDS = 1.0
 _FILE_SEQ = itertools.count(1)
 
 
-def aggregate_names(spec: FeatureSpec) -> tuple[str, ...]:
-    """The names of the spec's windowed aggregates (its derived float columns), in plan order."""
-    return tuple(a["name"] if isinstance(a, dict) else a.name for a in (getattr(spec, "aggregates", None) or ()))
-
-
 @dataclass(frozen=True)
 class LogSettings:
     directory: Path
@@ -129,7 +124,7 @@ class FeatureLogger:
         self.model_name = model_name
         self.version = version
         self.directory = settings.directory / model_name / str(version)
-        self.aggregate_names = aggregate_names(spec)
+        self.aggregate_names = spec.aggregate_names  # derived float columns, logged beside the raw inputs
         named = [*spec.input_names, *spec.output_names, *self.aggregate_names]
         clash = {n for n in named if named.count(n) > 1} | (set(CONTEXT_COLUMNS) & set(named))
         if clash:

@@ -136,7 +136,7 @@ class FeatureStage:
         self._local = threading.local()
         # Windowed aggregates (issue 29): the state every batch reads and then records into. The version's own
         # until the server's AggregateStates hands it the one its model's versions share (use_aggregates).
-        self.has_aggregates = bool(getattr(spec, "aggregates", None))
+        self.has_aggregates = bool(spec.aggregate_names)
         self._groups = _aggregate_groups(spec) if self.has_aggregates else []
         self.aggregates = self.new_aggregate_state() if self.has_aggregates else None
         self.aggregate_names: tuple[str, ...] = tuple(self.aggregates.names) if self.aggregates is not None else ()
