@@ -72,12 +72,16 @@ if SANITIZE:
     COMPILE_ARGS = ["-O1", "-fno-fast-math", "-ffp-contract=off", "-fno-strict-aliasing", *SAN]
     LINK_ARGS = SAN
 
+# Modules whose state lives in C++ containers (the aggregate engine: hash maps keyed by key bytes, __int128 sums).
+CPP_MODULES = {"aggregates"}
+
 extensions = [
     Extension(
         f"skewless.native.{pyx.stem}",
         [str(pyx.relative_to(ROOT))],
         include_dirs=[numpy.get_include(), str(ROOT / "native")],
-        extra_compile_args=COMPILE_ARGS,
+        language="c++" if pyx.stem in CPP_MODULES else None,
+        extra_compile_args=COMPILE_ARGS + (["-std=c++17"] if pyx.stem in CPP_MODULES else []),
         extra_link_args=LINK_ARGS,
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     )
