@@ -29,9 +29,11 @@ config example (YAML):
     - {name: hour, bucketize: {boundaries: [6, 12, 18]}, encode: onehot}
     - {name: country, kind: vocabulary, top_k: 50, oov_buckets: 1}
     - {name: user_id, kind: hash, buckets: 100000, seed: 7}
+    - {name: card_txn_1h, kind: aggregate, op: count, keys: card_id, time: ts, window: 1h, log1p: true}
 
 reference: every kind, step and option, their defaults, and what happens to missing, unseen, +-inf and
-  out-of-range values: docs/features/spec.md in the source tree; examples: examples/configs/.
+  out-of-range values: docs/features/spec.md in the source tree (windowed aggregates:
+  docs/features/aggregates.md); examples: examples/configs/.
 JSON Schema of the config (for editors and CI): skewless fit --print-schema > feature-config.schema.json"""
 
 
