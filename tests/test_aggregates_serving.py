@@ -48,7 +48,7 @@ AGGREGATES = [
     ("merchant_cards_60", "distinct", ["merchant"], "card", 60),
 ]
 WIDTH = len(AGGREGATES) + 1
-MODELS = ("agg_grpc", "agg_rest", "agg_ingest", "agg_log")
+MODELS = ("agg_grpc", "agg_rest", "agg_ingest", "agg_log", "agg_binary")
 
 
 def spec_doc() -> dict:
@@ -306,6 +306,21 @@ def test_ingest_over_both_transports_lands_in_the_same_state(server, spec):
     metrics = urllib.request.urlopen(f"{server.http_url}/metrics", timeout=10).read().decode()
     assert 'skewless_aggregate_keys{model="agg_ingest"' in metrics
     assert 'skewless_aggregate_ingested_events_total{model="agg_ingest"' in metrics
+
+
+def test_binary_rest_events(server, spec):
+    """Events as binary tensors after the JSON header (Triton's binary extension), then scored over REST."""
+    history = events(90, seed=21)
+    body, json_size = httpclient.InferenceServerClient.generate_request_body(http_inputs(history))
+    req = urllib.request.Request(f"http://{server.rest_url}/v2/models/agg_binary/events", data=body, method="POST",
+                                 headers={"Inference-Header-Content-Length": str(json_size),
+                                          "Content-Type": "application/octet-stream"})
+    with urllib.request.urlopen(req, timeout=RPC_TIMEOUT) as resp:
+        assert json.loads(resp.read()) == {"recorded": 90, "late": 0, "skipped": 0}
+    state = spec.new_aggregate_state()
+    backfill(spec, history, state)  # scoring records exactly what ingesting does
+    later = events(60, seed=22, start=int(history["ts"][-1]) + 1)
+    assert_same(score_stream(server.rest_url, "agg_binary", later, "rest", seed=23), backfill(spec, later, state))
 
 
 def test_feature_log_replays_through_skew_check(server, spec, log_dir, tmp_path):
