@@ -502,3 +502,29 @@ def test_warmup_and_shadow_runs_leave_the_state_alone(spec):
     out = stage.transform_batch([feeds])
     assert stage.aggregates.stats()["events_recorded"] == 3 * 20
     assert_same(np.array(out["dense"]), backfill(spec, rows))
+
+
+def test_the_file_belongs_to_the_plan_attached_last(tmp_path, spec):
+    from skewless.server.features.aggregate_settings import AggregateSettings
+    from skewless.server.features.aggregate_states import AggregateStates
+
+    doc = spec_doc()
+    doc["aggregates"][0]["window"] = 120
+    doc["sha256"] = content_hash(doc)
+    other = FeatureSpec(doc)
+    states = AggregateStates(AggregateSettings(tmp_path, save_interval_s=3600.0))
+    old = states.acquire("m", _Stage(spec))
+    new = states.acquire("m", _Stage(other))  # a version with another plan: a state of its own
+    assert old is not new and old.plan_hash != new.plan_hash and new.state.stats()["keys"] == 0
+    backfill(spec, events(30, seed=24), old.state)
+    states.release(old)  # the old plan no longer owns the file: nothing written
+    assert not (tmp_path / "m.aggstate").exists()
+    backfill(other, events(30, seed=25), new.state)
+    states.release(new)
+    restored = states.acquire("m", _Stage(other))
+    assert restored.restored and restored.state.stats()["events_recorded"] == 3 * 30
+    states.release(restored)
+    mismatch = states.acquire("m", _Stage(spec))  # the saved plan differs: set aside, start empty
+    assert not mismatch.restored and mismatch.state.stats()["keys"] == 0
+    assert (tmp_path / "m.aggstate.replaced").is_file()
+    states.release(mismatch)
