@@ -22,8 +22,6 @@ from skewless.native.feature_kernel import FeatureInputError
 from skewless.native.fit import ConfigError, config_inputs, fit, load_config
 from skewless.native.spec import FeatureSpec, SpecError
 
-pytest.importorskip("skewless.native.aggregates", reason="the native aggregate engine is not built yet")
-
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "configs" / "fraud_aggregates.json"
 MINUTE = 60_000  # ms
