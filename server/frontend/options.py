@@ -39,7 +39,7 @@ SERVE_GROUPS = (
     ("traffic", None, (TrafficSettings,)),
     ("alerts and audit", None, (AlertHookSettings, AuditSettings)),
     ("lineage", "prediction log, delayed labels and live quality (README: Lineage)", (LineageSettings,)),
-    ("aggregates", "state of windowed aggregate features (docs: features/aggregates)", (AggregateSettings,)),
+    ("aggregates", "state of windowed aggregate features (docs: aggregates-serving)", (AggregateSettings,)),
 )
 
 
