@@ -39,6 +39,7 @@ from ..encode import SPEC_HASH_PARAM, output_tensors
 from ..errors import FailedPrecondition, InvalidArgument, SkewlessError
 from ..features.missing import refuse_nulls
 from ..hooks import ALL_ROWS, FlaggedArrays
+from ..json_depth import prune_deep_members
 from ..request_ids import assign_id
 from ..security.guard import Guard
 from ..security.http_guard import check_http
@@ -264,7 +265,7 @@ class RestFrontend:
             raise
         except Exception as exc:
             status, message = status_of(exc)
-            if status == 500:
+            if status == 500 and not isinstance(exc, rest_codec.UnparsableField):
                 log.error("HTTP %s %s failed", request.method, request.raw_path, exc_info=exc)
             resp = _json({"error": message}, status)
             if status == 401:
@@ -300,7 +301,7 @@ class RestFrontend:
         """The request body, decompressed per Content-Encoding (gzip, deflate), within the size limit."""
         limit = self.max_body_bytes
         if request.content_length is not None and request.content_length > limit:
-            raise HttpError(413, f"request body of {request.content_length} bytes exceeds the limit of {limit}")
+            raise HttpError(400, _too_large(str(request.content_length), limit))
         try:
             if not request.can_read_body:  # no body at all (aiohttp's empty stream refuses readexactly(0))
                 body = b""
@@ -311,7 +312,7 @@ class RestFrontend:
                 while chunk := await request.content.readany():
                     size += len(chunk)
                     if size > limit:
-                        raise HttpError(413, f"request body exceeds the limit of {limit} bytes")
+                        raise HttpError(400, _too_large(f"more than {limit}", limit))
                     chunks.append(chunk)
                 body = b"".join(chunks)
         except asyncio.IncompleteReadError:
@@ -326,11 +327,11 @@ class RestFrontend:
             return await asyncio.get_running_loop().run_in_executor(None, _decompress, body, wbits, encoding, limit)
         return _decompress(body, wbits, encoding, limit)
 
-    async def _json_body(self, request: web.BaseRequest, what: str) -> dict:
+    async def _json_body(self, request: web.BaseRequest, what: str, prune_deep: bool = False) -> dict:
         body = await self._body(request)
         if not body.strip():
             return {}
-        doc = rest_codec.load_json(body, what)
+        doc = rest_codec.load_json(prune_deep_members(body) if prune_deep else body, what)
         if not isinstance(doc, dict):
             raise InvalidArgument(f"the {what} must be a JSON object")
         return doc
@@ -366,7 +367,7 @@ class RestFrontend:
 
     # -- repository ------------------------------------------------------------------------------------------
     async def repository_index(self, request):
-        doc = await self._json_body(request, "repository index request")
+        doc = await self._json_body(request, "repository index request", prune_deep=True)  # as Triton: any depth
         ready = doc.get("ready", False)
         if not isinstance(ready, bool):  # Triton's wording
             raise InvalidArgument("Invalid value for 'ready': expected a boolean")
@@ -556,6 +557,12 @@ def _parameters(doc: dict, what: str) -> dict:
     if not isinstance(params, dict):
         raise InvalidArgument(f"'parameters' of the {what} must be a JSON object")
     return params
+
+
+def _too_large(size: str, limit: int) -> str:
+    """Triton's words (and status, 400) for a body over the limit, naming our flag."""
+    return (f"request JSON size of {size} bytes exceeds the maximum allowed input size of {limit} bytes. "
+            "Use --max-message-bytes to increase the limit.")
 
 
 def _decompress(body: bytes, wbits: int, encoding: str, limit: int) -> bytes:
