@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 from collections.abc import Iterator
 
 import pytest
@@ -156,3 +157,24 @@ def test_body_over_the_limit_is_tritons_400(srv, path):
     assert doc["error"].startswith(f"request JSON size of more than {LIMIT} bytes exceeds the maximum allowed "
                                    f"input size of {LIMIT} bytes")
     assert_live(srv)
+
+
+# -- malformed HTTP ------------------------------------------------------------------------------------------
+def test_content_length_with_transfer_encoding_is_refused_quietly(srv):
+    """Both framings at once (what Triton's test_content_encoding_chunked_manually sends): RFC 9112 says to treat
+    it as an error (request smuggling), and the parser does; the server log gets no ERROR or traceback for it."""
+    host, port = srv.rest_url.split(":")
+    data = b"\0" * 32
+    body = b"20\r\n" + data + b"\r\n0\r\n\r\n"
+    head = (f"POST /v2/models/onnx_zero_1_float32/infer HTTP/1.1\r\nHost: {host}\r\n"
+            f"Inference-Header-Content-Length: 0\r\nContent-Length: {len(body)}\r\n"
+            "Transfer-Encoding: chunked\r\n\r\n").encode()
+    with socket.create_connection((host, int(port)), timeout=RPC_TIMEOUT) as sock:
+        sock.sendall(head + body)
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    assert reply.split(b" ", 2)[1] == b"400", reply
+    assert_live(srv)
+    log = srv.stderr_text()
+    assert "Error handling request" not in log and "Traceback" not in log

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 from aiohttp import web, web_protocol
+from aiohttp.http_exceptions import HttpProcessingError
 from google.protobuf import json_format
 from google.protobuf.descriptor import FieldDescriptor
 
@@ -163,6 +164,16 @@ class _HeadTimedHandler(web_protocol.RequestHandler):
     def connection_lost(self, exc) -> None:
         self.head_arrived()
         super().connection_lost(exc)
+
+    def log_exception(self, *args: Any, **kw: Any) -> None:
+        """aiohttp logs every request its parser refuses as an ERROR with a traceback; a client's malformed HTTP
+        (400, e.g. both Content-Length and Transfer-Encoding, which RFC 9112 says to treat as an error) is the
+        client's mistake, like any other 400: a debug line, so a scanner cannot fill the log."""
+        exc = kw.get("exc_info")
+        if isinstance(exc, HttpProcessingError) and exc.code == 400:
+            self.logger.debug("malformed HTTP request refused (400): %s", exc.message)
+        else:
+            super().log_exception(*args, **kw)
 
 
 class _Server(web.Server):
