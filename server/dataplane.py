@@ -37,6 +37,7 @@ from .decode import (
 from .encode import STREAM_TAG, encode_response, stats_message
 from .errors import InvalidArgument, Overloaded
 from .hooks import Complete, Trace
+from .models.overrides import FILE_PREFIX
 from .models.repository import ModelRepository
 from .models.stats import failure_reason
 from .models.version import ModelVersion
@@ -339,16 +340,24 @@ class DataPlane:
 
     async def repository_load_here(self, req: pb.RepositoryModelLoadRequest) -> pb.RepositoryModelLoadResponse:
         self.repository.check_control()
-        config_json = None
+        config_json, files = None, {}
         for key, param in req.parameters.items():
             if key == "config":
                 if param.WhichOneof("parameter_choice") != "string_param":
                     raise InvalidArgument("load parameter 'config' must be a string holding a JSON ModelConfig")
                 config_json = param.string_param
+            elif key.startswith(FILE_PREFIX):  # Triton's file overrides (models/overrides.py)
+                if param.WhichOneof("parameter_choice") != "bytes_param":
+                    raise InvalidArgument(f"load parameter '{key}' must hold the file's content as bytes "
+                                          "(base64 over HTTP/REST)")
+                files[key[len(FILE_PREFIX):]] = param.bytes_param
             else:
-                raise InvalidArgument(
-                    f"unsupported load parameter '{key}': only 'config' (a JSON ModelConfig) is supported")
-        await self.repository.load(req.model_name, config_json)
+                raise InvalidArgument(f"unsupported load parameter '{key}': only 'config' (a JSON ModelConfig) "
+                                      "and 'file:<version>/<file>' are supported")
+        if files and config_json is None:
+            raise InvalidArgument(f"failed to load '{req.model_name}': 'file:' load parameters need a 'config' "
+                                  "parameter, the model configuration of the files' model directory")
+        await self.repository.load(req.model_name, config_json, files or None)
         return pb.RepositoryModelLoadResponse()
 
     async def repository_unload_here(self, req: pb.RepositoryModelUnloadRequest

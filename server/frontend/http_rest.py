@@ -41,6 +41,7 @@ from ..errors import FailedPrecondition, InvalidArgument, SkewlessError
 from ..features.missing import refuse_nulls
 from ..hooks import ALL_ROWS, FlaggedArrays
 from ..json_depth import prune_deep_members
+from ..models.overrides import FILE_PREFIX
 from ..request_ids import assign_id
 from ..security.guard import Guard
 from ..security.http_guard import check_http
@@ -421,7 +422,12 @@ class RestFrontend:
         req = pb.RepositoryModelLoadRequest(model_name=name)
         for key, value in _parameters(doc, "load request").items():
             param = req.parameters[key]
-            if isinstance(value, bool):
+            if key.startswith(FILE_PREFIX) and isinstance(value, str):  # a file override: base64 over REST
+                try:
+                    param.bytes_param = base64.b64decode(value, validate=True)
+                except ValueError:
+                    raise InvalidArgument(f"load parameter '{key}' is not valid base64") from None
+            elif isinstance(value, bool):
                 param.bool_param = value
             elif isinstance(value, int):
                 param.int64_param = value
