@@ -353,15 +353,18 @@ class RestFrontend:
         m = self.dp.server_metadata()
         return _json({"name": m.name, "version": m.version, "extensions": list(m.extensions)})
 
+    # Health: the status is the answer for Triton's clients (400 while not ready, as Triton); the body is the
+    # KServe v2 spec's, which KServe's InferenceRESTClient reads (an empty body made it fail to parse).
     async def live(self, request):
-        return _empty(200)
+        return _json({"live": True})
 
     async def ready(self, request):
-        return _empty(200 if self.dp.is_ready() else 400)  # Triton answers 400 while not ready
+        ready = self.dp.is_ready()
+        return _json({"ready": ready}, 200 if ready else 400)
 
     async def model_ready(self, request, name, version=""):
         ready = self.dp.model_ready(pb.ModelReadyRequest(name=name, version=version)).ready
-        return _empty(200 if ready else 400)
+        return _json({"name": name, "ready": ready}, 200 if ready else 400)
 
     async def model_metadata(self, request, name, version=""):
         m = self.dp.model_metadata(pb.ModelMetadataRequest(name=name, version=version))
