@@ -8,6 +8,7 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+import zlib
 from collections.abc import Iterator
 
 import pytest
@@ -157,6 +158,15 @@ def test_body_over_the_limit_is_tritons_400(srv, path):
     assert doc["error"].startswith(f"request JSON size of more than {LIMIT} bytes exceeds the maximum allowed "
                                    f"input size of {LIMIT} bytes")
     assert_live(srv)
+
+
+def test_body_decompressing_over_the_limit_is_tritons_400(srv):
+    packed = zlib.compress(b"{" + b" " * (2 * LIMIT) + b"}")
+    assert len(packed) < LIMIT
+    status, doc = post(srv, "/v2/models/onnx_zero_1_float32/infer", packed, {"Content-Encoding": "deflate"})
+    assert status == 400
+    assert doc["error"] == (f"Decompressed data size exceeds the maximum allowed value of {LIMIT} bytes. Use "
+                            "--max-message-bytes to increase the limit.")
 
 
 # -- malformed HTTP ------------------------------------------------------------------------------------------

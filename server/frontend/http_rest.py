@@ -79,7 +79,7 @@ _WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate":
 
 
 class HttpError(SkewlessError):
-    """A transport-level failure with its own status (e.g. 405, 413)."""
+    """A transport-level failure with its own status (e.g. 404, 405)."""
 
     def __init__(self, status: int, message: str):
         super().__init__(message)
@@ -597,8 +597,9 @@ def _decompress(body: bytes, wbits: int, encoding: str, limit: int) -> bytes:
             out = d.decompress(body, limit + 1)
         except zlib.error:
             raise InvalidArgument(f"request body is not valid deflate data: {exc}") from None
-    if len(out) > limit:
-        raise HttpError(413, f"decompressed request body exceeds the limit of {limit} bytes")
+    if len(out) > limit:  # Triton's words and status
+        raise HttpError(400, f"Decompressed data size exceeds the maximum allowed value of {limit} bytes. Use "
+                             "--max-message-bytes to increase the limit.")
     if not d.eof:
         raise InvalidArgument(f"request body is truncated {encoding} data")
     return out
