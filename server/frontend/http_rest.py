@@ -277,7 +277,7 @@ class RestFrontend:
             raise
         except Exception as exc:
             status, message = status_of(exc)
-            if status == 500 and not isinstance(exc, rest_codec.UnparsableField):
+            if status == 500:
                 log.error("HTTP %s %s failed", request.method, request.raw_path, exc_info=exc)
             resp = _json({"error": message}, status)
             if status == 401:

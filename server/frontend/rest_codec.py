@@ -20,20 +20,12 @@ from skewless.native.bytes_codec import BytesFormatError, decode_bytes, encode_b
 
 from ..codec import DATATYPES, format_shape
 from ..decode import TensorHeader
-from ..errors import InvalidArgument, SkewlessError
+from ..errors import InvalidArgument
 from ..features import missing
 from ..json_depth import check_json_depth
 
 _SHARED_MEMORY = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")
 INT64_MAX = 2**63 - 1
-
-
-class UnparsableField(SkewlessError):
-    """A JSON field of the wrong kind where Triton's JSON reader answers it (``Unable to parse '...'``): Triton
-    reports those as internal errors, so HTTP 500, with its reader's words. The request is at fault, not the
-    server: the REST edge does not log it as a server failure."""
-
-    kind = "INTERNAL"
 
 
 @dataclass
@@ -168,8 +160,10 @@ def _tensor_header(tensor: Any, index: int) -> tuple[TensorHeader, dict]:
         raise InvalidArgument(f"input '{name}' needs a string 'datatype'")
     if not isinstance(shape, list):
         raise InvalidArgument(f"input '{name}' needs a 'shape' list of integers")
-    if not all(type(d) is int and 0 <= d < 2**64 for d in shape):  # Triton reads each dimension as a uint64
-        raise UnparsableField("Unable to parse 'shape': attempt to access JSON non-unsigned-integer as "
+    # Triton reads each dimension as a JSON uint64, in its words. Triton's status for it is 500 (its JSON reader's
+    # errors are internal ones); the request is at fault, so 400, as for every other malformed request.
+    if not all(type(d) is int and 0 <= d < 2**64 for d in shape):
+        raise InvalidArgument("Unable to parse 'shape': attempt to access JSON non-unsigned-integer as "
                               "unsigned-integer")
     return TensorHeader(name, datatype, shape), _object(tensor.get("parameters", {}), f"parameters of input '{name}'")
 
