@@ -360,6 +360,17 @@ class DataPlane:
         await self.repository.load(req.model_name, config_json, files or None)
         return pb.RepositoryModelLoadResponse()
 
+    def load_request(self, name: str) -> pb.RepositoryModelLoadRequest:
+        """The load request that reproduces what serves as ``name`` here (config override and override files
+        included), for a restarted sibling worker to catch up with."""
+        req = pb.RepositoryModelLoadRequest(model_name=name)
+        config_json, files = self.repository.load_parameters(name)
+        if config_json is not None:
+            req.parameters["config"].string_param = config_json
+        for rel, data in files.items():
+            req.parameters[FILE_PREFIX + rel].bytes_param = data
+        return req
+
     async def repository_unload_here(self, req: pb.RepositoryModelUnloadRequest
                                      ) -> pb.RepositoryModelUnloadResponse:
         self.repository.check_control()

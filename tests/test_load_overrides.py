@@ -143,3 +143,42 @@ def test_model_name_with_a_path_is_refused(srv):
     with grpcclient.InferenceServerClient(srv.grpc_url) as g:
         expect_error(lambda: g.load_model("../evil", config=CONFIG, files={"file:1/model.onnx": b"x"}),
                      "INVALID_ARGUMENT", "failed to load '../evil': a model name cannot hold a path")
+
+
+def test_a_restarted_worker_catches_up_with_overrides(tmp_path):
+    """With --workers 2, a worker restarted after a crash loads what its sibling serves as it serves it: the
+    override files and the config override, not the repository's folder (which here has no such model)."""
+    import os
+    import signal
+
+    from helpers import http_status, wait_until
+    from test_workers import ask_worker, worker_dir, worker_pids
+
+    from skewless.protos import grpc_service_pb2 as pb
+    from skewless.server.workers.cluster import LOAD_REQUEST_KEY, READY_MODELS_KEY
+
+    write_triton_identity(tmp_path, "identity", "FP32", [-1], 8)
+    srv = ServerProcess(tmp_path, "--workers", "2", "--model-control-mode", "explicit", "--load-model", "*",
+                        start_timeout=60).start()
+    try:
+        with grpcclient.InferenceServerClient(srv.grpc_url) as g:
+            g.load_model("uploaded", config=CONFIG, files={"file:1/model.onnx": mlp_variant_model(9)})
+            g.load_model("identity", config=json.dumps({"max_batch_size": 2}))
+        parent = srv.proc.pid
+        before = worker_pids(parent)
+        directory = worker_dir(before[0])
+        os.kill(before[1], signal.SIGKILL)
+        wait_until(lambda: len(set(worker_pids(parent)) - set(before)) == 1, 30, "a new worker")
+        wait_until(lambda: http_status(srv.http_url + "/v2/health/ready") == 200, 60, "readiness over both")
+        assert all("uploaded" in json.loads(ask_worker(directory, i, READY_MODELS_KEY)) for i in range(2))
+        for i in range(2):
+            req = pb.RepositoryModelLoadRequest.FromString(ask_worker(directory, i, LOAD_REQUEST_KEY, b"uploaded"))
+            assert req.parameters["file:1/model.onnx"].bytes_param == mlp_variant_model(9)
+            assert json.loads(req.parameters["config"].string_param) == json.loads(CONFIG)
+            req = pb.RepositoryModelLoadRequest.FromString(ask_worker(directory, i, LOAD_REQUEST_KEY, b"identity"))
+            assert json.loads(req.parameters["config"].string_param) == {"max_batch_size": 2}
+        with httpclient.InferenceServerClient(srv.rest_url, network_timeout=RPC_TIMEOUT) as c:
+            for _ in range(8):  # new connections, spread over both workers
+                assert mlp_probabilities(c, "uploaded").shape == (2, 2)
+    finally:
+        srv.assert_clean_exit()

@@ -44,10 +44,15 @@ def write_override(name: str, files: dict[str, bytes]) -> Path:
     return model_dir
 
 
+def read_override(model_dir: Path) -> dict[str, bytes]:
+    """The files of an override model directory, as ``write_override`` takes them (for a restarted worker)."""
+    return {p.relative_to(model_dir).as_posix(): p.read_bytes() for p in sorted(model_dir.rglob("*")) if p.is_file()}
+
+
 def remove_override(model_dir: Path | None) -> None:
     """Remove an override model directory written by ``write_override`` (and its temporary parent)."""
     if model_dir is not None:
         shutil.rmtree(model_dir.parent, ignore_errors=True)
 
 
-__all__ = ["FILE_PREFIX", "check_relative", "remove_override", "write_override"]
+__all__ = ["FILE_PREFIX", "check_relative", "read_override", "remove_override", "write_override"]

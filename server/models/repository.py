@@ -28,7 +28,7 @@ from .config import (
     parse_config_json,
     read_config_text,
 )
-from .overrides import remove_override, write_override
+from .overrides import read_override, remove_override, write_override
 from .stats import Histogram
 from .version import DEFAULT_MODEL_FILE, ModelVersion
 
@@ -128,6 +128,7 @@ class ModelRepository:
         self.change_observers: list[RepositoryEvent] = []
         self.load_seconds = Histogram(LOAD_SECONDS_BOUNDS)
         self._overrides: dict[str, Path] = {}  # model -> the override folder it serves from (overrides.py)
+        self._configs: dict[str, str] = {}  # model -> the JSON config override it serves with
 
     # -- discovery -----------------------------------------------------------------------------------
     def model_names(self) -> list[str]:
@@ -246,6 +247,10 @@ class ModelRepository:
         previous = self._overrides.pop(name, None)
         if files:
             self._overrides[name] = model_dir
+        if config_json:
+            self._configs[name] = config_json
+        else:
+            self._configs.pop(name, None)
         if previous is not None and previous != model_dir:
             remove_override(previous)
         self._notify(name)
@@ -345,6 +350,13 @@ class ModelRepository:
             raise NotFound(f"failed to unload '{name}': no such model in repository {self.root}")
         await self._unload(name, "unloaded")
         remove_override(self._overrides.pop(name, None))
+        self._configs.pop(name, None)
+
+    def load_parameters(self, name: str) -> tuple[str | None, dict[str, bytes]]:
+        """The ``config`` override and override files that what serves as ``name`` was loaded with (none for a
+        plain load): what a restarted worker needs to serve the same."""
+        folder = self._overrides.get(name)
+        return self._configs.get(name), read_override(folder) if folder is not None else {}
 
     async def _unload(self, name: str, reason: str) -> None:
         model = self.models[name]
