@@ -38,6 +38,7 @@ from .decode import (
 from .encode import STREAM_TAG, encode_response, stats_message
 from .errors import InvalidArgument, Overloaded, Unavailable
 from .hooks import Complete, Trace
+from .models.overrides import FILE_PREFIX
 from .models.repository import ModelRepository
 from .models.stats import failure_reason
 from .models.version import ModelVersion
@@ -360,17 +361,36 @@ class DataPlane:
 
     async def repository_load_here(self, req: pb.RepositoryModelLoadRequest) -> pb.RepositoryModelLoadResponse:
         self.repository.check_control()
-        config_json = None
+        config_json, files = None, {}
         for key, param in req.parameters.items():
             if key == "config":
                 if param.WhichOneof("parameter_choice") != "string_param":
                     raise InvalidArgument("load parameter 'config' must be a string holding a JSON ModelConfig")
                 config_json = param.string_param
+            elif key.startswith(FILE_PREFIX):  # Triton's file overrides (models/overrides.py)
+                if param.WhichOneof("parameter_choice") != "bytes_param":
+                    raise InvalidArgument(f"load parameter '{key}' must hold the file's content as bytes "
+                                          "(base64 over HTTP/REST)")
+                files[key[len(FILE_PREFIX):]] = param.bytes_param
             else:
-                raise InvalidArgument(
-                    f"unsupported load parameter '{key}': only 'config' (a JSON ModelConfig) is supported")
-        await self.repository.load(req.model_name, config_json)
+                raise InvalidArgument(f"unsupported load parameter '{key}': only 'config' (a JSON ModelConfig) "
+                                      "and 'file:<version>/<file>' are supported")
+        if files and config_json is None:
+            raise InvalidArgument(f"failed to load '{req.model_name}': 'file:' load parameters need a 'config' "
+                                  "parameter, the model configuration of the files' model directory")
+        await self.repository.load(req.model_name, config_json, files or None)
         return pb.RepositoryModelLoadResponse()
+
+    def load_request(self, name: str) -> pb.RepositoryModelLoadRequest:
+        """The load request that reproduces what serves as ``name`` here (config override and override files
+        included), for a restarted sibling worker to catch up with."""
+        req = pb.RepositoryModelLoadRequest(model_name=name)
+        config_json, files = self.repository.load_parameters(name)
+        if config_json is not None:
+            req.parameters["config"].string_param = config_json
+        for rel, data in files.items():
+            req.parameters[FILE_PREFIX + rel].bytes_param = data
+        return req
 
     async def repository_unload_here(self, req: pb.RepositoryModelUnloadRequest
                                      ) -> pb.RepositoryModelUnloadResponse:

@@ -22,12 +22,9 @@ class JsonTooDeep(ValueError):
     """A JSON document nested deeper than ``MAX_JSON_DEPTH``."""
 
 
-def check_json_depth(data: bytes | memoryview, limit: int = MAX_JSON_DEPTH) -> None:
-    """Raise JsonTooDeep when ``data`` nests arrays/objects more than ``limit`` levels (brackets inside
-    strings, escaped quotes included, do not count)."""
-    raw = bytes(data) if isinstance(data, memoryview) else data
-    if raw.count(b"[") + raw.count(b"{") <= limit:
-        return
+def _depths(raw: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """Per byte: +1 for an opening bracket, -1 for a closing one, 0 otherwise or inside a string; and the nesting
+    depth after that byte."""
     buf = np.frombuffer(raw, np.uint8)
     delta = _OPEN[buf]
     quotes = np.flatnonzero(buf == _QUOTE)
@@ -42,5 +39,39 @@ def check_json_depth(data: bytes | memoryview, limit: int = MAX_JSON_DEPTH) -> N
         inside[quotes] = 1
         in_string = (np.cumsum(inside[:-1], dtype=np.int64) & 1).astype(bool)  # from an opening quote on
         delta = np.where(in_string, 0, delta)
-    if int(np.cumsum(delta, dtype=np.int64).max()) > limit:
+    return delta, np.cumsum(delta, dtype=np.int64)
+
+
+def check_json_depth(data: bytes | memoryview, limit: int = MAX_JSON_DEPTH) -> None:
+    """Raise JsonTooDeep when ``data`` nests arrays/objects more than ``limit`` levels (brackets inside
+    strings, escaped quotes included, do not count)."""
+    raw = bytes(data) if isinstance(data, memoryview) else data
+    if raw.count(b"[") + raw.count(b"{") <= limit:
+        return
+    if int(_depths(raw)[1].max()) > limit:
         raise JsonTooDeep(f"JSON nesting depth exceeds maximum allowed limit ({limit})")
+
+
+def prune_deep_members(data: bytes, limit: int = MAX_JSON_DEPTH) -> bytes:
+    """``data`` with each top-level member (or element) nested deeper than ``limit`` replaced by ``null``.
+
+    Triton parses control requests at any depth and then looks at the members it reads: a repository index
+    request whose ``ready`` is a 250,000-deep array is refused because ``ready`` is not a boolean, and a deep
+    member it does not read is ignored. Pruning lets Python's recursive parser give the same answers. A body
+    whose brackets do not balance is returned as is (the parser refuses it)."""
+    if data.count(b"[") + data.count(b"{") <= limit:
+        return data
+    delta, depth = _depths(data)
+    if int(depth.max()) <= limit:
+        return data
+    opens = np.flatnonzero((delta == 1) & (depth == 2))
+    closes = np.flatnonzero((delta == -1) & (depth == 1))
+    if opens.size == 0 or opens.size != closes.size or np.any(closes < opens):
+        return data
+    deepest = np.maximum.reduceat(depth, opens)  # each segment runs to the next member; between them depth is 1
+    pieces, at = [], 0
+    for o, c in zip(opens[deepest > limit].tolist(), closes[deepest > limit].tolist(), strict=True):
+        pieces += [data[at:o], b"null"]
+        at = c + 1
+    pieces.append(data[at:])
+    return b"".join(pieces)

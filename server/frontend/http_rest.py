@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 from aiohttp import web, web_protocol
+from aiohttp.http_exceptions import HttpProcessingError
 from google.protobuf import json_format
 from google.protobuf.descriptor import FieldDescriptor
 
@@ -39,6 +40,8 @@ from ..encode import SPEC_HASH_PARAM, output_tensors
 from ..errors import FailedPrecondition, InvalidArgument, SkewlessError
 from ..features.missing import refuse_nulls
 from ..hooks import ALL_ROWS, FlaggedArrays
+from ..json_depth import prune_deep_members
+from ..models.overrides import FILE_PREFIX
 from ..request_ids import assign_id
 from ..security.guard import Guard
 from ..security.http_guard import check_http
@@ -76,7 +79,7 @@ _WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate":
 
 
 class HttpError(SkewlessError):
-    """A transport-level failure with its own status (e.g. 405, 413)."""
+    """A transport-level failure with its own status (e.g. 404, 405)."""
 
     def __init__(self, status: int, message: str):
         super().__init__(message)
@@ -162,6 +165,16 @@ class _HeadTimedHandler(web_protocol.RequestHandler):
     def connection_lost(self, exc) -> None:
         self.head_arrived()
         super().connection_lost(exc)
+
+    def log_exception(self, *args: Any, **kw: Any) -> None:
+        """aiohttp logs every request its parser refuses as an ERROR with a traceback; a client's malformed HTTP
+        (400, e.g. both Content-Length and Transfer-Encoding, which RFC 9112 says to treat as an error) is the
+        client's mistake, like any other 400: a debug line, so a scanner cannot fill the log."""
+        exc = kw.get("exc_info")
+        if isinstance(exc, HttpProcessingError) and exc.code == 400:
+            self.logger.debug("malformed HTTP request refused (400): %s", exc.message)
+        else:
+            super().log_exception(*args, **kw)
 
 
 class _Server(web.Server):
@@ -302,7 +315,7 @@ class RestFrontend:
         """The request body, decompressed per Content-Encoding (gzip, deflate), within the size limit."""
         limit = self.max_body_bytes
         if request.content_length is not None and request.content_length > limit:
-            raise HttpError(413, f"request body of {request.content_length} bytes exceeds the limit of {limit}")
+            raise HttpError(400, _too_large(str(request.content_length), limit))
         try:
             if not request.can_read_body:  # no body at all (aiohttp's empty stream refuses readexactly(0))
                 body = b""
@@ -313,7 +326,7 @@ class RestFrontend:
                 while chunk := await request.content.readany():
                     size += len(chunk)
                     if size > limit:
-                        raise HttpError(413, f"request body exceeds the limit of {limit} bytes")
+                        raise HttpError(400, _too_large(f"more than {limit}", limit))
                     chunks.append(chunk)
                 body = b"".join(chunks)
         except asyncio.IncompleteReadError:
@@ -328,11 +341,11 @@ class RestFrontend:
             return await asyncio.get_running_loop().run_in_executor(None, _decompress, body, wbits, encoding, limit)
         return _decompress(body, wbits, encoding, limit)
 
-    async def _json_body(self, request: web.BaseRequest, what: str) -> dict:
+    async def _json_body(self, request: web.BaseRequest, what: str, prune_deep: bool = False) -> dict:
         body = await self._body(request)
         if not body.strip():
             return {}
-        doc = rest_codec.load_json(body, what)
+        doc = rest_codec.load_json(prune_deep_members(body) if prune_deep else body, what)
         if not isinstance(doc, dict):
             raise InvalidArgument(f"the {what} must be a JSON object")
         return doc
@@ -342,15 +355,18 @@ class RestFrontend:
         m = self.dp.server_metadata()
         return _json({"name": m.name, "version": m.version, "extensions": list(m.extensions)})
 
+    # Health: the status is the answer for Triton's clients (400 while not ready, as Triton); the body is the
+    # KServe v2 spec's, which KServe's InferenceRESTClient reads (an empty body made it fail to parse).
     async def live(self, request):
-        return _empty(200)
+        return _json({"live": True})
 
     async def ready(self, request):
-        return _empty(200 if self.dp.is_ready() else 400)  # Triton answers 400 while not ready
+        ready = self.dp.is_ready()
+        return _json({"ready": ready}, 200 if ready else 400)
 
     async def model_ready(self, request, name, version=""):
         ready = self.dp.model_ready(pb.ModelReadyRequest(name=name, version=version)).ready
-        return _empty(200 if ready else 400)
+        return _json({"name": name, "ready": ready}, 200 if ready else 400)
 
     async def model_metadata(self, request, name, version=""):
         m = self.dp.model_metadata(pb.ModelMetadataRequest(name=name, version=version))
@@ -368,7 +384,7 @@ class RestFrontend:
 
     # -- repository ------------------------------------------------------------------------------------------
     async def repository_index(self, request):
-        doc = await self._json_body(request, "repository index request")
+        doc = await self._json_body(request, "repository index request", prune_deep=True)  # as Triton: any depth
         ready = doc.get("ready", False)
         if not isinstance(ready, bool):  # Triton's wording
             raise InvalidArgument("Invalid value for 'ready': expected a boolean")
@@ -420,7 +436,12 @@ class RestFrontend:
         req = pb.RepositoryModelLoadRequest(model_name=name)
         for key, value in _parameters(doc, "load request").items():
             param = req.parameters[key]
-            if isinstance(value, bool):
+            if key.startswith(FILE_PREFIX) and isinstance(value, str):  # a file override: base64 over REST
+                try:
+                    param.bytes_param = base64.b64decode(value, validate=True)
+                except ValueError:
+                    raise InvalidArgument(f"load parameter '{key}' is not valid base64") from None
+            elif isinstance(value, bool):
                 param.bool_param = value
             elif isinstance(value, int):
                 param.int64_param = value
@@ -569,6 +590,12 @@ def _parameters(doc: dict, what: str) -> dict:
     return params
 
 
+def _too_large(size: str, limit: int) -> str:
+    """Triton's words (and status, 400) for a body over the limit, naming our flag."""
+    return (f"request JSON size of {size} bytes exceeds the maximum allowed input size of {limit} bytes. "
+            "Use --max-message-bytes to increase the limit.")
+
+
 def _decompress(body: bytes, wbits: int, encoding: str, limit: int) -> bytes:
     d = zlib.decompressobj(wbits)
     try:
@@ -581,8 +608,9 @@ def _decompress(body: bytes, wbits: int, encoding: str, limit: int) -> bytes:
             out = d.decompress(body, limit + 1)
         except zlib.error:
             raise InvalidArgument(f"request body is not valid deflate data: {exc}") from None
-    if len(out) > limit:
-        raise HttpError(413, f"decompressed request body exceeds the limit of {limit} bytes")
+    if len(out) > limit:  # Triton's words and status
+        raise HttpError(400, f"Decompressed data size exceeds the maximum allowed value of {limit} bytes. Use "
+                             "--max-message-bytes to increase the limit.")
     if not d.eof:
         raise InvalidArgument(f"request body is truncated {encoding} data")
     return out

@@ -18,13 +18,14 @@ import numpy as np
 
 from skewless.native.bytes_codec import BytesFormatError, decode_bytes, encode_bytes
 
-from ..codec import DATATYPES
+from ..codec import DATATYPES, format_shape
 from ..decode import TensorHeader
 from ..errors import InvalidArgument
 from ..features import missing
 from ..json_depth import check_json_depth
 
 _SHARED_MEMORY = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")
+INT64_MAX = 2**63 - 1
 
 
 @dataclass
@@ -106,6 +107,7 @@ def parse_infer_request(body: bytes, json_size: int | None) -> RestInferRequest:
             req.raw.append(view[offset:offset + size])
             offset += size
         elif "data" in tensor:
+            _check_element_count(header)
             try:
                 req.raw.append(json_to_raw(header.name, header.datatype, tensor["data"]))
             except InvalidArgument:  # null in 'data' (missing): the values, then a NAME__missing companion
@@ -156,9 +158,32 @@ def _tensor_header(tensor: Any, index: int) -> tuple[TensorHeader, dict]:
         raise InvalidArgument(f"input {index} needs a string 'name'")
     if not isinstance(datatype, str):
         raise InvalidArgument(f"input '{name}' needs a string 'datatype'")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
+    if not isinstance(shape, list):
         raise InvalidArgument(f"input '{name}' needs a 'shape' list of integers")
+    # Triton reads each dimension as a JSON uint64, in its words. Triton's status for it is 500 (its JSON reader's
+    # errors are internal ones); the request is at fault, so 400, as for every other malformed request.
+    if not all(type(d) is int and 0 <= d < 2**64 for d in shape):
+        raise InvalidArgument("Unable to parse 'shape': attempt to access JSON non-unsigned-integer as "
+                              "unsigned-integer")
     return TensorHeader(name, datatype, shape), _object(tensor.get("parameters", {}), f"parameters of input '{name}'")
+
+
+def _check_element_count(header: TensorHeader) -> None:
+    """Triton's checks on the shape of an input given as JSON ``data``, before the data is read (so before the
+    model's own shape and batch checks): each dimension an int64, the element count and byte size within int64."""
+    name, shape = header.name, header.shape
+    if any(d > INT64_MAX for d in shape):
+        raise InvalidArgument(f"invalid shape for input '{name}': shape {format_shape(shape)} contains one or more "
+                              "invalid dimensions")
+    count = math.prod(shape)
+    if count > INT64_MAX:
+        raise InvalidArgument(f"invalid shape for input '{name}': shape {format_shape(shape)} causes total element "
+                              f"count to exceed maximum size of {INT64_MAX}")
+    dt = DATATYPES.get(header.datatype)
+    size = dt.itemsize if dt is not None else 0
+    if size > 1 and count > INT64_MAX // size:
+        raise InvalidArgument(f"byte size overflow for input '{name}': element count ({count}) * data type size "
+                              f"({size}) exceeds maximum allowed size ({INT64_MAX})")
 
 
 # -- JSON data -> raw buffer ---------------------------------------------------------------------------------

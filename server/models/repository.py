@@ -28,6 +28,7 @@ from .config import (
     parse_config_json,
     read_config_text,
 )
+from .overrides import read_override, remove_override, write_override
 from .stats import Histogram
 from .version import DEFAULT_MODEL_FILE, ModelVersion
 
@@ -126,6 +127,8 @@ class ModelRepository:
         # log (audit/) registers here at app wiring. They must not raise.
         self.change_observers: list[RepositoryEvent] = []
         self.load_seconds = Histogram(LOAD_SECONDS_BOUNDS)
+        self._overrides: dict[str, Path] = {}  # model -> the override folder it serves from (overrides.py)
+        self._configs: dict[str, str] = {}  # model -> the JSON config override it serves with
 
     # -- discovery -----------------------------------------------------------------------------------
     def model_names(self) -> list[str]:
@@ -153,6 +156,8 @@ class ModelRepository:
             await self._unload(name, "server shutting down")
         if self._retiring:
             await asyncio.gather(*self._retiring, return_exceptions=True)
+        for name in list(self._overrides):
+            remove_override(self._overrides.pop(name))
 
     # -- lookups on the request path ------------------------------------------------------------------
     def get(self, name: str, version: str = "") -> ModelVersion:
@@ -217,12 +222,41 @@ class ModelRepository:
             except Exception as exc:
                 log.error("failed to load model '%s'%s: %s", name, source, exc)
 
-    async def load(self, name: str, config_json: str | None = None) -> None:
-        model_dir = self.root / name
-        if "/" in name or "\\" in name or name.startswith(".") or not model_dir.is_dir():
-            raise NotFound(f"failed to load '{name}': no model directory '{name}' in repository {self.root}")
-        contained(model_dir, self.root, "model folder")
+    async def load(self, name: str, config_json: str | None = None, files: dict[str, bytes] | None = None) -> None:
+        """Load (or reload) ``name`` from its repository folder, with ``config_json`` instead of its config.pbtxt
+        when given; or, with ``files`` (Triton's ``file:`` overrides, ``config_json`` required), from those
+        files alone, written to a private folder that serves until the next load or unload."""
+        plain = not ("/" in name or "\\" in name or name.startswith(".") or "\x00" in name)
+        if files:
+            if not plain:
+                raise InvalidArgument(f"failed to load '{name}': a model name cannot hold a path")
+            model_dir = await asyncio.to_thread(write_override, name, files)
+        else:
+            model_dir = self.root / name
+            if not plain or not model_dir.is_dir():
+                raise NotFound(f"failed to load '{name}': no model directory '{name}' in repository {self.root}")
+            contained(model_dir, self.root, "model folder")
         model = self.models.setdefault(name, ManagedModel(name))
+        try:
+            await self._load_from(model, model_dir, config_json)
+        except BaseException:
+            if files:
+                remove_override(model_dir)
+            raise
+        # the serving set now comes from model_dir: an earlier override folder is no longer read
+        previous = self._overrides.pop(name, None)
+        if files:
+            self._overrides[name] = model_dir
+        if config_json:
+            self._configs[name] = config_json
+        else:
+            self._configs.pop(name, None)
+        if previous is not None and previous != model_dir:
+            remove_override(previous)
+        self._notify(name)
+
+    async def _load_from(self, model: ManagedModel, model_dir: Path, config_json: str | None) -> None:
+        name = model.name
         async with model.lock:
             model.wanted = True
             signature = tree_signature(model_dir)
@@ -248,7 +282,6 @@ class ModelRepository:
             if config_json:
                 self.changed("config_override", name, None, json.loads(config_json))
             await self._install(model, base, explicit_mbs, {v: model_dir / str(v) for v in wanted}, signature)
-        self._notify(name)
 
     async def _install(self, model: ManagedModel, base: mc.ModelConfig, explicit_mbs: bool,
                        dirs: dict[int, Path], signature: object,
@@ -316,6 +349,14 @@ class ModelRepository:
                 return  # Triton answers success for an already unloaded model
             raise NotFound(f"failed to unload '{name}': no such model in repository {self.root}")
         await self._unload(name, "unloaded")
+        remove_override(self._overrides.pop(name, None))
+        self._configs.pop(name, None)
+
+    def load_parameters(self, name: str) -> tuple[str | None, dict[str, bytes]]:
+        """The ``config`` override and override files that what serves as ``name`` was loaded with (none for a
+        plain load): what a restarted worker needs to serve the same."""
+        folder = self._overrides.get(name)
+        return self._configs.get(name), read_override(folder) if folder is not None else {}
 
     async def _unload(self, name: str, reason: str) -> None:
         model = self.models[name]

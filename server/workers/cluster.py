@@ -46,6 +46,7 @@ CALL_TIMEOUT_S = 300.0  # a peer's model load can take as long as the local one 
 METRICS_KEY = "metrics"
 READY_MODELS_KEY = "ready-models"
 STATISTICS_KEY = "dataplane/statistics"  # a worker's own statistics, for the summed view
+LOAD_REQUEST_KEY = "dataplane/load_request"  # the load request that reproduces a model as it serves there
 
 
 def peer_socket(directory: Path, index: int) -> Path:
@@ -260,6 +261,11 @@ class Cluster:
                                       if state == "READY"})).encode()
 
         self._handlers[READY_MODELS_KEY] = ready_models
+
+        async def load_request(body: bytes) -> bytes:
+            return dataplane.load_request(body.decode()).SerializeToString()
+
+        self._handlers[LOAD_REQUEST_KEY] = load_request
         self._dataplane = dataplane
 
     async def catch_up(self) -> None:
@@ -274,12 +280,22 @@ class Cluster:
             except (ConnectionError, FileNotFoundError, PeerFailure):
                 continue
             mine = {n for n, _, state, _ in repo.index(True) if state == "READY"}
-            for name in sorted(wanted - mine):
-                await self._local_load(pb.RepositoryModelLoadRequest(model_name=name).SerializeToString())
+            loaded = []
+            for name in sorted(wanted):
+                try:  # as it serves there: a config override or override files (a load call) included
+                    body = await self.call(index, LOAD_REQUEST_KEY, name.encode())
+                except (ConnectionError, FileNotFoundError, PeerFailure):
+                    body = pb.RepositoryModelLoadRequest(model_name=name).SerializeToString()
+                if name not in mine or pb.RepositoryModelLoadRequest.FromString(body).parameters:
+                    try:
+                        await self._local_load(body)
+                    except Exception as exc:  # the others still load; the index shows this one's reason
+                        log.error("catching up with worker %d: loading '%s' failed: %s", index, name, exc)
+                        continue
+                    loaded.append(name)
             for name in sorted(mine - wanted):
                 await self._local_unload(pb.RepositoryModelUnloadRequest(model_name=name).SerializeToString())
-            log.info("caught up with worker %d: loaded %s, unloaded %s", index, sorted(wanted - mine),
-                     sorted(mine - wanted))
+            log.info("caught up with worker %d: loaded %s, unloaded %s", index, loaded, sorted(mine - wanted))
             return
 
     def metrics_route(self, local: Callable[[], tuple[int, str, bytes]]):
