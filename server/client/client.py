@@ -12,10 +12,11 @@ import numpy as np
 
 from .columns import Column, encode_column
 from .errors import ClientError, MissingValuesRefused, require
+from .events import IngestReceipt, ingest_grpc, ingest_http
 from .labels import LabelReceipt, normalize, submit_grpc, submit_http
 from .results import Prediction, concat_outputs
 from .schema import ModelSchema
-from .tables import column, row_count
+from .tables import column, column_names, row_count
 from .wire import WireTensor, grpc_inputs, http_inputs, request_tensors
 
 SPEC_HASH_PARAM = "skewless.feature_spec_hash"  # the reply parameter naming the spec that served it
@@ -129,6 +130,18 @@ class FeatureClient:
             columns[raw.name] = col
         return schema, columns
 
+    def encode_events(self, model: str, table: Any, version: str = "") -> tuple[ModelSchema, dict[str, Column]]:
+        """As ``encode``, for the raw columns the table has (events carry any subset of the raw inputs)."""
+        schema = self.schema(model, version)
+        row_count(table)
+        have = set(column_names(table))
+        picked = [raw for raw in schema.inputs if raw.name in have]
+        if not picked:
+            raise ClientError(f"the table has none of model '{model}' raw inputs "
+                              f"({', '.join(r.name for r in schema.inputs)})")
+        columns = {raw.name: encode_column(column(table, raw.name, model), raw) for raw in picked}
+        return schema, columns
+
     def request_tensors(self, model: str, table: Any, version: str = "") -> list[WireTensor]:
         """The inputs one request for the whole table would carry (for inspection and tests)."""
         schema, columns = self.encode(model, table, version)
@@ -216,6 +229,46 @@ class FeatureClient:
             rid, got_version = resp.get("id", ""), str(resp.get("model_version", ""))
         return {o: result.as_numpy(o) for o in names}, rid or request_id, got_version, spec
 
+    # -- events -------------------------------------------------------------------------------------------
+    def ingest(self, model: str, table: Any, *, version: str = "", max_rows: int | None = None,
+               concurrency: int | None = None, request_id: str = "") -> IngestReceipt:
+        """Record the rows of ``table`` as events of ``model``'s windowed aggregates without scoring them.
+
+        The table holds any subset of the model's raw inputs (each aggregate group whose keys and time are
+        present records the rows); rows are sent in requests of ``max_rows`` (default: the whole table, which
+        the server takes without the ``max_batch_size`` bound). Requests of one call run one after the other
+        unless ``concurrency`` > 1: the server records each request atomically, in the order it receives them.
+        """
+        max_rows = self.max_rows if max_rows is None else max_rows
+        concurrency = self.concurrency if concurrency is None else concurrency
+        _check_sizes(max_rows, concurrency)
+        schema, columns = self.encode_events(model, table, version)
+        n = row_count(table)
+        if n == 0:
+            raise ClientError("the table has no rows")
+        step = max_rows or n
+        spans = [(a, min(a + step, n)) for a in range(0, n, step)]
+        inputs = [raw for raw in schema.inputs if raw.name in columns]
+
+        def send(i: int) -> IngestReceipt:
+            a, b = spans[i]
+            tensors = request_tensors(inputs, columns, a, b)
+            rid = request_id if len(spans) == 1 or not request_id else f"{request_id}-{i}"
+            if self.protocol == "grpc":
+                return ingest_grpc(self._feedback_channel(), model, version, tensors, rid, self.timeout_s)
+            scheme = "https" if self._kwargs.get("ssl") else "http"
+            return ingest_http(f"{scheme}://{self.url}", model, version, tensors, rid, self.timeout_s,
+                               self._kwargs.get("ssl_context_factory", lambda: None)())
+
+        if concurrency == 1 or len(spans) == 1:
+            receipts = [send(i) for i in range(len(spans))]
+        else:
+            receipts = self._run_bounded(send, len(spans), concurrency)
+        total = IngestReceipt(0, 0, 0)
+        for r in receipts:
+            total = total + r
+        return total
+
     # -- labels ---------------------------------------------------------------------------------------------
     def submit_labels(self, model: str, labels: Prediction | Mapping[str, Any],
                       values: Any = None) -> LabelReceipt:
@@ -235,7 +288,7 @@ class FeatureClient:
                                       self._kwargs.get("ssl_context_factory", lambda: None)())
 
     def _feedback_channel(self) -> Any:
-        """A channel of our own for skewless.v1.Feedback (tritonclient's channel is private to it)."""
+        """A channel of our own for the skewless.v1 services (Feedback, Events): tritonclient's is private to it."""
         import grpc
 
         if self._channel is None:
