@@ -170,9 +170,10 @@ def train(train_features: Path) -> Any:
 class Server:
     """``skewless serve`` as a subprocess on free ports (port 0: the kernel picks, the server prints them)."""
 
-    def __init__(self, repository: Path, start_timeout: float) -> None:
+    def __init__(self, repository: Path, start_timeout: float, extra_args: Sequence[str] = ()) -> None:
         self.repository = repository
         self.start_timeout = start_timeout
+        self.extra_args = list(extra_args)
         self.proc: subprocess.Popen[str] | None = None
         self.grpc_url = self.rest_url = ""
         self._lines: queue.Queue[str | None] = queue.Queue()
@@ -180,7 +181,8 @@ class Server:
 
     def start(self) -> Server:
         args = ["serve", "--model-repository", str(self.repository), "--host", "127.0.0.1",
-                "--grpc-port", "0", "--http-port", "0", "--metrics-port", "0", "--log-level", "warning"]
+                "--grpc-port", "0", "--http-port", "0", "--metrics-port", "0", "--log-level", "warning",
+                *self.extra_args]
         say(f"$ skewless {shlex.join(args)}")
         self.proc = subprocess.Popen([sys.executable, "-m", "skewless.server.frontend.cli", *args],
                                      stdout=subprocess.PIPE, stderr=self._log, text=True,
@@ -228,8 +230,8 @@ class Server:
 
 
 @contextmanager
-def serving(repository: Path, start_timeout: float) -> Iterator[Server]:
-    server = Server(repository, start_timeout)
+def serving(repository: Path, start_timeout: float, extra_args: Sequence[str] = ()) -> Iterator[Server]:
+    server = Server(repository, start_timeout, extra_args)
     try:
         yield server.start()
     finally:
@@ -237,23 +239,23 @@ def serving(repository: Path, start_timeout: float) -> Iterator[Server]:
         say("server stopped")
 
 
-def wait_model_ready(grpc_url: str, timeout: float) -> None:
+def wait_model_ready(grpc_url: str, timeout: float, model: str = MODEL) -> None:
     import tritonclient.grpc as grpcclient
 
     client = grpcclient.InferenceServerClient(grpc_url)
     try:
         deadline = time.monotonic() + timeout
-        while not _ready(client):
+        while not _ready(client, model):
             if time.monotonic() > deadline:
-                raise ExampleError(f"model '{MODEL}' was not ready within {timeout:.0f}s")
+                raise ExampleError(f"model '{model}' was not ready within {timeout:.0f}s")
             time.sleep(0.2)
     finally:
         client.close()
 
 
-def _ready(client: Any) -> bool:
+def _ready(client: Any, model: str) -> bool:
     try:
-        return bool(client.is_model_ready(MODEL))
+        return bool(client.is_model_ready(model))
     except Exception:  # noqa: BLE001 - not up yet: tritonclient raises its own exception types
         return False
 
