@@ -21,7 +21,9 @@ from onnx import external_data_helper, helper, numpy_helper
 from serverproc import ServerProcess
 from tritonclient.utils import InferenceServerException
 
+from skewless.server.errors import InvalidArgument
 from skewless.server.models.onnx_external_data import MalformedModel, external_data_locations
+from skewless.server.models.overrides import check_external_data
 
 CONFIG = json.dumps({"max_batch_size": 4})
 
@@ -328,8 +330,27 @@ def test_the_walk_finds_every_location_in_file_order():
 
 
 @pytest.mark.parametrize("data", [b"\x3a\x05abc", b"\x3a\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01",
-                                  b"\x0b", b"\x38\x01", b"\x3a\x02\x2a"])
+                                  b"\x0b", b"\x38\x01", b"\x3a\x02\x2a\x05"])
 def test_the_walk_refuses_malformed_protobuf(data):
-    # a graph field longer than the message; a varint too long; a group; graph as a varint; a truncated tensor
+    # a graph longer than the model; a varint too long; a group; graph as a varint; an initializer longer than
+    # its graph
     with pytest.raises(MalformedModel):
         external_data_locations(data)
+
+
+def test_a_location_that_resolves_outside_through_a_symlink_is_refused(tmp_path):
+    """Uploads cannot make symlinks, but the folder they land in is checked as resolved: a link that leaves it
+    is refused, a link to an uploaded file beside it is read as that file."""
+    model_dir = tmp_path / "root" / "m"
+    (model_dir / "1").mkdir(parents=True)
+    (model_dir / "1" / "model.onnx").write_bytes(add_model(initializer=[external_tensor("W", "w.bin")]))
+    outside = tmp_path / "outside.bin"
+    outside.write_bytes(np.ones(4, np.float32).tobytes())
+    (model_dir / "1" / "w.bin").symlink_to(outside)
+    with pytest.raises(InvalidArgument, match="names external data location 'w.bin' that resolves outside the "
+                                              "model directory"):
+        check_external_data("m", model_dir, [model_dir / "1" / "model.onnx"])
+    (model_dir / "1" / "w.bin").unlink()
+    (model_dir / "1" / "real.bin").write_bytes(outside.read_bytes())
+    (model_dir / "1" / "w.bin").symlink_to(model_dir / "1" / "real.bin")
+    check_external_data("m", model_dir, [model_dir / "1" / "model.onnx"])
