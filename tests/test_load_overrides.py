@@ -304,6 +304,8 @@ def test_external_data_in_another_uploaded_folder_is_refused_over_grpc(srv, tmpd
         expect_error(lambda: g.load_model("external_grpc", config=CONFIG, files={
             "file:1/model.onnx": model, "file:2/w.bin": np.ones(4, np.float32).tobytes()}),
             "INVALID_ARGUMENT", "names external data location '../2/w.bin' that climbs out with '..'")
+        [row] = [r for r in g.get_model_repository_index(as_json=True)["models"] if r["name"] == "external_grpc"]
+        assert row["state"] == "UNAVAILABLE" and "climbs out with '..'" in row["reason"]
     assert not overrides(tmpdir_of_server)
 
 

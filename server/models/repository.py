@@ -280,8 +280,12 @@ class ModelRepository:
                 model.reason = str(exc)
                 raise
             if uploaded:  # the caller's files: their external data must be among them (overrides.py)
-                await asyncio.to_thread(check_external_data, name, model_dir,
-                                        [model_dir / str(v) / filename for v in wanted])
+                try:
+                    await asyncio.to_thread(check_external_data, name, model_dir,
+                                            [model_dir / str(v) / filename for v in wanted])
+                except InvalidArgument as exc:
+                    model.reason = str(exc)
+                    raise
             model.reason = ""
             if config_json:
                 self.changed("config_override", name, None, json.loads(config_json))
