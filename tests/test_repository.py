@@ -148,9 +148,10 @@ def test_load_with_config_override(explicit):
     expect_error(lambda: c.load_model("add_sub", config="{not json"), "INVALID_ARGUMENT",
                  "failed to load 'add_sub': the 'config' load parameter is not a valid JSON ModelConfig")
     assert c.get_model_config("add_sub").config.max_batch_size == 2
-    # Override files that are not a model: refused, the loaded versions keep serving (test_load_overrides.py)
+    # Override files that are not a model: refused before onnxruntime sees them (their external data is checked
+    # first), the loaded versions keep serving (test_load_overrides.py)
     expect_error(lambda: c.load_model("add_sub", config=json.dumps(override), files={"file:1/model.onnx": b"x"}),
-                 "INVALID_ARGUMENT", "onnxruntime failed to load")
+                 "INVALID_ARGUMENT", "failed to load 'add_sub', model file '1/model.onnx' is not a valid ONNX model")
     assert c.get_model_config("add_sub").config.max_batch_size == 2
 
     c.load_model("add_sub")  # without an override the config.pbtxt applies again

@@ -223,8 +223,9 @@ class Server:
         self.tracer = RequestTracer.from_env()
         if self.metrics is not None and self.tracer is not None:
             self.metrics.add_tracer(self.tracer)
-        self._rest = RestFrontend(self.dataplane, opts.listen.max_message_bytes, opts.listen.grace_period_s,
-                                  self.tracer, self._guard, self.ssl_context, opts.connections.http_head_timeout_s)
+        self._rest = RestFrontend(self.dataplane, opts.listen.http_max_input_size, opts.listen.grace_period_s,
+                                  self.tracer, self._guard, self.ssl_context, opts.connections.http_head_timeout_s,
+                                  opts.listen.http_limit_flag)
         self._rest.lineage = self.lineage
         # Triton's trace and logging extensions: side modules the transports reach through hooks' interfaces
         self.trace_control = TraceSettings(self.tracer)

@@ -193,8 +193,10 @@ class RestFrontend:
 
     def __init__(self, dataplane: DataPlane, max_body_bytes: int, grace_period_s: float,
                  tracer: Tracer | None = None, guard: Guard | None = None,
-                 ssl_context: ssl.SSLContext | None = None, head_timeout_s: float = HEAD_TIMEOUT_S):
+                 ssl_context: ssl.SSLContext | None = None, head_timeout_s: float = HEAD_TIMEOUT_S,
+                 limit_flag: str = "--http-max-input-size"):
         self.dp = dataplane
+        self.limit_flag = limit_flag  # the flag that set max_body_bytes, named by the errors that enforce it
         self.head_timeout_s = head_timeout_s
         self.guard = guard  # None: nothing to refuse (no principals, no rate limit, loopback only)
         self.ssl_context = ssl_context
@@ -313,9 +315,10 @@ class RestFrontend:
     # -- bodies ----------------------------------------------------------------------------------------------
     async def _body(self, request: web.BaseRequest) -> bytes:
         """The request body, decompressed per Content-Encoding (gzip, deflate), within the size limit."""
-        limit = self.max_body_bytes
+        limit, flag = self.max_body_bytes, self.limit_flag
+        raw = request.headers.get(HEADER_LENGTH, "").strip() == "0"  # a raw binary request: Triton's words differ
         if request.content_length is not None and request.content_length > limit:
-            raise HttpError(400, _too_large(str(request.content_length), limit))
+            raise HttpError(400, _too_large(str(request.content_length), limit, flag, raw))
         try:
             if not request.can_read_body:  # no body at all (aiohttp's empty stream refuses readexactly(0))
                 body = b""
@@ -326,7 +329,7 @@ class RestFrontend:
                 while chunk := await request.content.readany():
                     size += len(chunk)
                     if size > limit:
-                        raise HttpError(400, _too_large(f"more than {limit}", limit))
+                        raise HttpError(400, _too_large(f"more than {limit}", limit, flag, raw))
                     chunks.append(chunk)
                 body = b"".join(chunks)
         except asyncio.IncompleteReadError:
@@ -338,8 +341,9 @@ class RestFrontend:
         if wbits is None:
             raise InvalidArgument(f"unsupported Content-Encoding '{encoding}': use gzip, deflate or identity")
         if len(body) > OFFLOAD_BYTES:
-            return await asyncio.get_running_loop().run_in_executor(None, _decompress, body, wbits, encoding, limit)
-        return _decompress(body, wbits, encoding, limit)
+            return await asyncio.get_running_loop().run_in_executor(None, _decompress, body, wbits, encoding, limit,
+                                                                    flag)
+        return _decompress(body, wbits, encoding, limit, flag)
 
     async def _json_body(self, request: web.BaseRequest, what: str, prune_deep: bool = False) -> dict:
         body = await self._body(request)
@@ -590,13 +594,16 @@ def _parameters(doc: dict, what: str) -> dict:
     return params
 
 
-def _too_large(size: str, limit: int) -> str:
-    """Triton's words (and status, 400) for a body over the limit, naming our flag."""
+def _too_large(size: str, limit: int, flag: str, raw: bool = False) -> str:
+    """Triton's words (and status, 400) for a body over the limit, naming the flag that set it."""
+    if raw:
+        return (f"Raw input has a byte_size ({size} bytes) that exceeds the maximum allowed value of {limit} "
+                f"bytes. Use {flag} to increase the limit.")
     return (f"request JSON size of {size} bytes exceeds the maximum allowed input size of {limit} bytes. "
-            "Use --max-message-bytes to increase the limit.")
+            f"Use {flag} to increase the limit.")
 
 
-def _decompress(body: bytes, wbits: int, encoding: str, limit: int) -> bytes:
+def _decompress(body: bytes, wbits: int, encoding: str, limit: int, flag: str = "--http-max-input-size") -> bytes:
     d = zlib.decompressobj(wbits)
     try:
         out = d.decompress(body, limit + 1)
@@ -610,7 +617,7 @@ def _decompress(body: bytes, wbits: int, encoding: str, limit: int) -> bytes:
             raise InvalidArgument(f"request body is not valid deflate data: {exc}") from None
     if len(out) > limit:  # Triton's words and status
         raise HttpError(400, f"Decompressed data size exceeds the maximum allowed value of {limit} bytes. Use "
-                             "--max-message-bytes to increase the limit.")
+                             f"{flag} to increase the limit.")
     if not d.eof:
         raise InvalidArgument(f"request body is truncated {encoding} data")
     return out

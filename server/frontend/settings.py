@@ -21,6 +21,10 @@ class ListenSettings:
     metrics_port: int = 8002
     max_message_bytes: int = MAX_MESSAGE_BYTES
     grace_period_s: float = 30.0
+    # The REST body limit (after decompression): --http-max-input-size, else --max-message-bytes; its error
+    # messages name the flag that set it (Triton's --http-max-input-size when neither was given).
+    http_max_input_size: int = MAX_MESSAGE_BYTES
+    http_limit_flag: str = "--http-max-input-size"
 
     @staticmethod
     def add_arguments(group: argparse._ActionsContainer) -> None:
@@ -31,14 +35,27 @@ class ListenSettings:
                            help="gRPC (KServe v2 / Triton) port; 0 picks a free one")
         group.add_argument("--metrics-port", type=int, default=8002,
                            help="HTTP port for /metrics (Prometheus) and the /v2/health/* probes")
-        group.add_argument("--max-message-bytes", type=int, default=MAX_MESSAGE_BYTES, help="gRPC send/receive limit")
+        group.add_argument("--max-message-bytes", type=int, default=MAX_MESSAGE_BYTES,
+                           help="gRPC send/receive limit; also the HTTP/REST body limit unless "
+                                "--http-max-input-size is given")
+        group.add_argument("--http-max-input-size", type=int, default=None, metavar="BYTES",
+                           help="HTTP/REST request body limit in bytes, after decompression (Triton's flag; "
+                                "default: --max-message-bytes)")
         group.add_argument("--grace-period", type=float, default=30.0,
                            help="seconds in-flight requests get to finish after SIGTERM/SIGINT")
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, error: ErrorFn) -> ListenSettings:
+        if args.http_max_input_size is not None and args.http_max_input_size <= 0:
+            error("--http-max-input-size must be greater than 0")
+        if args.http_max_input_size is not None:
+            rest_limit, flag = args.http_max_input_size, "--http-max-input-size"
+        elif args.max_message_bytes != MAX_MESSAGE_BYTES:
+            rest_limit, flag = args.max_message_bytes, "--max-message-bytes"
+        else:
+            rest_limit, flag = args.max_message_bytes, "--http-max-input-size"
         return cls(args.host, args.http_port, args.grpc_port, args.metrics_port, args.max_message_bytes,
-                   args.grace_period)
+                   args.grace_period, rest_limit, flag)
 
 
 @dataclass

@@ -8,11 +8,13 @@ never written to.
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from ..errors import InvalidArgument
+from .onnx_external_data import MalformedModel, external_data_locations
 
 FILE_PREFIX = "file:"
 
@@ -44,6 +46,47 @@ def write_override(name: str, files: dict[str, bytes]) -> Path:
     return model_dir
 
 
+def check_external_data(name: str, model_dir: Path, model_files: list[Path]) -> None:
+    """Refuse uploaded ONNX models whose external data (tensors stored in other files) would be read from
+    anywhere but the files uploaded with them, whatever onnxruntime version loads them: a location must be
+    relative, without ``..``, one of the uploaded files, and inside the override folder once symlinks are
+    resolved. A model file that is not well-formed protobuf is refused too."""
+    root = os.path.realpath(model_dir.parent)
+    uploaded = {os.path.realpath(p) for p in model_dir.rglob("*") if p.is_file()}
+    for model_file in model_files:
+        shown = model_file.relative_to(model_dir).as_posix()
+        try:
+            locations = external_data_locations(model_file.read_bytes())
+        except MalformedModel as exc:
+            raise InvalidArgument(f"failed to load '{name}', model file '{shown}' is not a valid ONNX model: "
+                                  f"{exc}") from None
+        except OSError as exc:
+            raise InvalidArgument(f"failed to load '{name}', cannot read model file '{shown}': "
+                                  f"{exc.strerror or exc}") from None
+        for location in locations:
+            problem = _location_problem(location, model_file.parent, root, uploaded)
+            if problem:
+                raise InvalidArgument(f"failed to load '{name}', model file '{shown}' names external data "
+                                      f"location '{location}' that {problem}; external data must be uploaded "
+                                      "with the model as 'file:' parameters beside it")
+
+
+def _location_problem(location: str, folder: Path, root: str, uploaded: set[str]) -> str:
+    """Why ``location`` (relative to the model file's ``folder``) may not be read; empty when it may."""
+    if not location or "\x00" in location:
+        return "is empty or holds a NUL"
+    if PurePosixPath(location).is_absolute() or PureWindowsPath(location).anchor:
+        return "is absolute"
+    if ".." in location.replace("\\", "/").split("/"):
+        return "climbs out with '..'"
+    path = os.path.realpath(folder / location)
+    if os.path.commonpath([root, path]) != root:
+        return "resolves outside the model directory"
+    if path not in uploaded:
+        return "is not one of the uploaded files"
+    return ""
+
+
 def read_override(model_dir: Path) -> dict[str, bytes]:
     """The files of an override model directory, as ``write_override`` takes them (for a restarted worker)."""
     return {p.relative_to(model_dir).as_posix(): p.read_bytes() for p in sorted(model_dir.rglob("*")) if p.is_file()}
@@ -55,4 +98,4 @@ def remove_override(model_dir: Path | None) -> None:
         shutil.rmtree(model_dir.parent, ignore_errors=True)
 
 
-__all__ = ["FILE_PREFIX", "check_relative", "read_override", "remove_override", "write_override"]
+__all__ = ["FILE_PREFIX", "check_external_data", "check_relative", "read_override", "remove_override", "write_override"]

@@ -28,7 +28,7 @@ from .config import (
     parse_config_json,
     read_config_text,
 )
-from .overrides import read_override, remove_override, write_override
+from .overrides import check_external_data, read_override, remove_override, write_override
 from .stats import Histogram
 from .version import DEFAULT_MODEL_FILE, ModelVersion
 
@@ -238,7 +238,7 @@ class ModelRepository:
             contained(model_dir, self.root, "model folder")
         model = self.models.setdefault(name, ManagedModel(name))
         try:
-            await self._load_from(model, model_dir, config_json)
+            await self._load_from(model, model_dir, config_json, uploaded=bool(files))
         except BaseException:
             if files:
                 remove_override(model_dir)
@@ -255,7 +255,8 @@ class ModelRepository:
             remove_override(previous)
         self._notify(name)
 
-    async def _load_from(self, model: ManagedModel, model_dir: Path, config_json: str | None) -> None:
+    async def _load_from(self, model: ManagedModel, model_dir: Path, config_json: str | None,
+                         uploaded: bool = False) -> None:
         name = model.name
         async with model.lock:
             model.wanted = True
@@ -278,6 +279,13 @@ class ModelRepository:
             except ModelLoadError as exc:
                 model.reason = str(exc)
                 raise
+            if uploaded:  # the caller's files: their external data must be among them (overrides.py)
+                try:
+                    await asyncio.to_thread(check_external_data, name, model_dir,
+                                            [model_dir / str(v) / filename for v in wanted])
+                except InvalidArgument as exc:
+                    model.reason = str(exc)
+                    raise
             model.reason = ""
             if config_json:
                 self.changed("config_override", name, None, json.loads(config_json))
