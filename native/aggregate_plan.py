@@ -106,7 +106,8 @@ def check_plan(entries: Any, dtypes: Mapping[str, str]) -> list[dict[str, Any]]:
             raise PlanError(f"{where}: time input {time!r} is not in the data")
         if dtypes[time] != "int":
             raise PlanError(f"{where}: time input {time!r} must be int (event time in time_unit) or an Arrow "
-                            f"timestamp, got {dtypes[time]}")
+                            f"timestamp, got {dtypes[time]} (whole numbers with gaps often arrive as float: "
+                            f"declare them with inputs: {{{time}: int}})")
         if time in keys:
             raise PlanError(f"{where}: the time input {time!r} cannot also be a key")
         value = e.get("value")

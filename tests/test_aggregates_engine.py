@@ -29,7 +29,7 @@ DTYPES = {**KEY_DTYPES, **VALUE_DTYPES, "t": "int", "t2": "int"}
 SPECIAL_FLOATS = [0.0, -0.0, 1.5, -2.25, 0.1, 1 / 3, math.nan, math.inf, -math.inf, 1e300, -1e300, 2.0**40,
                   2.0**40 - 2.0**-12, -(2.0**40) + 0.5, 5e-324, 2.0**-33, 3 * 2.0**-33, 2.0**-32, 123456789.123456789]
 
-PROPERTY = settings(max_examples=60, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+PROPERTY = settings(max_examples=100, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
 @st.composite

@@ -403,3 +403,51 @@ def test_benchmark_script_runs(tmp_path):
         "card_merchants_24h", "device_cards_24h"]
     assert set(results["engine_us_per_row_per_aggregate"]) == {"1", "16", "256"}
     assert (tmp_path / "aggregates_bench.png").stat().st_size > 0
+
+
+def test_cli_carries_the_state_across_files_of_a_directory(fitted, tmp_path):
+    d, table, spec = fitted
+    parts = tmp_path / "events"
+    parts.mkdir()
+    for i, start in enumerate(range(0, table.num_rows, 1100)):  # files read in sorted order: day-0, day-1, ...
+        pq.write_table(table.slice(start, 1100), parts / f"day-{i}.parquet")
+    out = tmp_path / "out.npy"
+    assert run_cli("transform", "--spec", str(d / "features.json"), "--data", str(parts), "--out", str(out),
+                   "--no-progress") == 0
+    assert same(np.load(out), spec.transform(table)["dense"])
+
+
+def test_cli_order_time_needs_aggregates(files_without_aggregates, tmp_path, capsys):
+    spec_path, data = files_without_aggregates
+    assert run_cli("transform", "--spec", str(spec_path), "--data", str(data), "--out", str(tmp_path / "o.npy"),
+                   "--order", "time", "--no-progress") == 2
+    assert "--order time needs a spec with aggregates" in capsys.readouterr().err
+
+
+@pytest.fixture
+def files_without_aggregates(tmp_path):
+    table = events(100)
+    pq.write_table(table, tmp_path / "e.parquet")
+    fit({"features": [{"name": "amount"}]}, table).save(tmp_path / "f.json")
+    return tmp_path / "f.json", tmp_path / "e.parquet"
+
+
+def test_distinct_beyond_256_values_is_within_the_documented_error():
+    """docs/features/aggregates.md states a relative standard error of about 6% (1/sqrt(254)) beyond 256."""
+    cfg = raw_config([{"name": "d", "kind": "aggregate", "op": "distinct", "keys": "k", "value": "v", "time": "t",
+                       "window": 10, "bucket": 1}])
+    spec = None
+    errors = []
+    for n in (300, 1000, 5000, 20000):
+        for seed in range(5):
+            v = np.arange(n + 1, dtype=np.int64) + seed * 10_000_000
+            t = np.zeros(n + 1, dtype=np.int64)
+            t[-1] = 1  # the last row reads the n events of the bucket before it
+            data = {"k": np.zeros(n + 1, dtype=np.int64), "t": t, "v": v}
+            spec = spec or fit(cfg, data)
+            errors.append(spec.transform(data)["dense"][-1, 0] / n - 1)
+    errors = np.array(errors)
+    assert np.sqrt(np.mean(errors**2)) < 0.1 and np.abs(errors).max() < 0.25
+    small = {"k": np.zeros(256, dtype=np.int64), "t": np.r_[np.zeros(255, dtype=np.int64), 1],
+             "v": np.arange(256, dtype=np.int64)}
+    assert spec.transform(small)["dense"][-1, 0] == 255.0  # exact below 256
