@@ -55,12 +55,13 @@ cdef extern from "include/skewless_agg_store.h" namespace "skl_agg" nogil:
         int64_t max_b
         vector[pair[int64_t, string]] events
 
-    void store_describe(Engine& e, const Col* cols, int64_t n_rows, uint64_t batch_id,
-                        vector[vector[StoreKey]]& out) except +
-    void store_reset(Engine& e) except +
-    void store_seed_watermark(Engine& e, int gi, int64_t g) except +
-    void store_seed_key(Engine& e, int gi, const string& key, const char* const* recs, const size_t* lens,
-                        size_t n) except +
+cdef extern from "include/skewless_agg_store.h" nogil:
+    void c_store_describe "skl_agg::store_describe"(Engine& e, const Col* cols, int64_t n_rows, uint64_t batch_id,
+                                                    vector[vector[StoreKey]]& out) except +
+    void c_store_reset "skl_agg::store_reset"(Engine& e) except +
+    void c_store_seed_watermark "skl_agg::store_seed_watermark"(Engine& e, int gi, int64_t g) except +
+    void c_store_seed_key "skl_agg::store_seed_key"(Engine& e, int gi, const string& key, const char* const* recs,
+                                                    const size_t* lens, size_t n) except +
 
 
 class AggregatePlanError(ValueError):
@@ -368,7 +369,7 @@ cdef class AggregateState:
         try:
             self._bind(cols, columns, n_rows, scoring, keep)
             with nogil:
-                store_describe(self.engine[0], cols, n_rows, batch_id, described)
+                c_store_describe(self.engine[0], cols, n_rows, batch_id, described)
         finally:
             free(cols)
         out = []
@@ -385,7 +386,7 @@ cdef class AggregateState:
 
     def store_reset(self):
         """Empty the state (a scratch state is reused batch after batch)."""
-        store_reset(self.engine[0])
+        c_store_reset(self.engine[0])
 
     def store_seed(self, int gi, watermark, keys):
         """Set group ``gi``'s newest bucket (None: none yet) and rebuild each ``(key bytes, [record, ...])`` of
@@ -395,7 +396,7 @@ cdef class AggregateState:
         cdef string ckey
         cdef bytes rec
         if watermark is not None:
-            store_seed_watermark(self.engine[0], gi, watermark)
+            c_store_seed_watermark(self.engine[0], gi, watermark)
         for key, records in keys:
             ptrs.clear()
             lens.clear()
@@ -404,7 +405,7 @@ cdef class AggregateState:
                 lens.push_back(len(rec))
             ckey = key
             try:
-                store_seed_key(self.engine[0], gi, ckey, ptrs.data(), lens.data(), ptrs.size())
+                c_store_seed_key(self.engine[0], gi, ckey, ptrs.data(), lens.data(), ptrs.size())
             except ValueError as exc:
                 raise ValueError(f"{exc} (plan {self.plan_hash[:12]})") from None
 

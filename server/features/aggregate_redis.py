@@ -166,8 +166,10 @@ class RedisAggregateStore:
         """The batch's one MULTI/EXEC: reads first, then writes. Returns per group (G, [records per key])."""
         import redis
 
-        pipe = self._client.pipeline(transaction=True)
         touched = [(g, keys) for g, keys in zip(self._groups, described, strict=True) if keys]
+        if not touched:  # no row has its keys and time: nothing to read or record
+            return [(None, []) for _ in self._groups]
+        pipe = self._client.pipeline(transaction=True)
         for g, keys in touched:
             pipe.execute_command("ZSCORE", g.watermark_key, b"g")
             for key, lo, _hi, _events in keys:
