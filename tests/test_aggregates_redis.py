@@ -290,7 +290,15 @@ def test_a_server_whose_redis_is_down_answers_unavailable(tmp_path):
     import grpc
     import tritonclient.grpc as grpcclient
     from serverproc import ServerProcess
-    from test_aggregates_serving import events, grpc_inputs, ingest_grpc, json_events, rest_post, take, write_model
+    from test_aggregates_serving import (
+        events,
+        grpc_inputs,
+        ingest_grpc,
+        json_events,
+        rest_post,
+        take,
+        write_model,
+    )
 
     write_model(tmp_path, "agg_down")
     url = f"redis://127.0.0.1:{free_port()}/0"

@@ -202,7 +202,6 @@ class RedisAggregateStore:
         with self._lock:
             self.round_trips += 1
             self.round_trip.observe(elapsed)
-        out: list[tuple[int | None, list]] = []
         at = 0
         by_group = {}
         for g, keys in touched:
@@ -210,9 +209,7 @@ class RedisAggregateStore:
             priors = replies[at + 1: at + 1 + len(keys)]
             at += 1 + len(keys)
             by_group[g.index] = (None if g_score is None else int(float(g_score)), priors)
-        for g, keys in zip(self._groups, described, strict=True):
-            out.append(by_group.get(g.index, (None, [])))
-        return out
+        return [by_group.get(g.index, (None, [])) for g in self._groups]
 
     def _count(self, scratch: Any) -> None:
         s = scratch.stats()
