@@ -207,6 +207,8 @@ cdef class AggregateState:
         del self.engine
 
     def __init__(self, aggregates, dtypes, *, max_keys=0):
+        if self.plan is not None:
+            raise RuntimeError("an AggregateState is initialised once")
         if not hasattr(dtypes, "get"):
             raise AggregatePlanError("dtypes must map raw input names to float/int/bool/string")
         if isinstance(max_keys, bool) or not isinstance(max_keys, int) or max_keys < 0:

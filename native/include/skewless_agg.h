@@ -4,9 +4,12 @@
  *
  * Layout: one Engine holds the plan's groups (key inputs, time input, bucket width); a group maps the exact
  * key bytes to the key's visible buckets, and a bucket holds one accumulator (Acc) per value input of the
- * group. Everything that turns events into values lives in Acc (add, merge, finalize): a later external store
- * (Redis) reads the prior Acc of the (group, key, bucket)s a batch touches, merges with the same code and
- * writes the batch's deltas, so both stores agree to the bit.
+ * group. Everything that turns events into values lives in Acc (add_number/add_hash, merge, finalize) and in
+ * Engine::read / Engine::record, which work on one GroupState (keys -> KeyState, the group's newest bucket).
+ * An external store (Redis) plugs in per batch: (1) fetch the prior KeyStates of the keys the batch touches
+ * and the group's newest bucket into a GroupState, (2) run the same read/record over the batch's rows against
+ * it (prior state + earlier rows of the batch, in order), (3) write back what the rows recorded. The
+ * in-process store is that with the GroupState kept in memory, so both agree to the bit.
  *
  * Arithmetic: sums are exact integers in units of 2^-32 (__int128), rounded per value half to even; the
  * int128 -> double conversion is correctly rounded (libgcc's __floattidf) and the division by 2^32 is exact.
