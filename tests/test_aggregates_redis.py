@@ -357,3 +357,14 @@ def test_benchmark_measures_the_redis_store(tmp_path, redis_server):
     assert set(results["redis_us_per_row_per_aggregate"]) == {"1", "16", "256"}
     assert all(v > 0 for v in results["redis_us_per_row_per_aggregate"].values())
     assert "Redis store score" in (tmp_path / "aggregates_bench.txt").read_text()
+
+
+def test_a_missing_redis_extra_names_the_extra(tmp_path):
+    """Without the redis package, --aggregate-store stops at the command line and names the extra."""
+    import sys
+
+    code = ("import sys; sys.modules['redis'] = None; sys.argv = ['skewless', 'serve', '--model-repository', "
+            f"{str(tmp_path)!r}, '--aggregate-store', 'redis://127.0.0.1:1/0']; "
+            "from skewless.server.frontend.cli import main; sys.exit(main())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0 and "pip install 'skewless[redis]'" in out.stderr, out.stderr

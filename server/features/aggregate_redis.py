@@ -52,10 +52,12 @@ class AggregateStoreUnavailable(Unavailable):
 
 
 def redis_available() -> bool:
-    """Whether the ``redis`` client is installed (the ``redis`` extra)."""
-    import importlib.util
-
-    return importlib.util.find_spec("redis") is not None
+    """Whether the ``redis`` client can be imported (the ``redis`` extra)."""
+    try:
+        import redis  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def connect(url: str) -> Any:
