@@ -130,6 +130,8 @@ class AggregateStates:
         if stage is None or not stage.has_aggregates:
             return
         stage.use_aggregates(self.acquire(mv.name, stage), self.release)
+        if self.settings.store is not None:  # a round trip per batch: never block the event loop on it
+            mv.run_off_loop()
 
     def acquire(self, model: str, stage: Any) -> ModelAggregates:
         if self.workers > 1 and self.settings.store is None:
