@@ -368,3 +368,19 @@ def test_a_missing_redis_extra_names_the_extra(tmp_path):
             "from skewless.server.frontend.cli import main; sys.exit(main())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode != 0 and "pip install 'skewless[redis]'" in out.stderr, out.stderr
+
+
+def test_a_bucket_number_beyond_2_53_is_refused_before_any_round_trip(redis_server):
+    """Bucket numbers are Redis scores (doubles): one that is not exact is the client's input error."""
+    from skewless.native.feature_kernel import FeatureInputError
+
+    plan = [{"name": "n", "op": "count", "keys": ["ks"], "time": "t", "value": None, "window": 2, "bucket": 1,
+             "time_unit": "ns"}]
+    store = store_of(plan, redis_server.url)
+    try:
+        with pytest.raises(FeatureInputError, match="input 't': .*beyond 2\\^53"):
+            store.score(to_columns({"ks": ["a"], "t": [2**60]}), 1)
+        assert store.stats()["round_trips"] == 0
+        assert store.score(to_columns({"ks": ["a"], "t": [2**52]}), 1)["n"].tolist() == [0.0]
+    finally:
+        store.close()
