@@ -24,6 +24,13 @@ from skewless.native.feature_kernel import FeatureInputError
 
 cnp.import_array()
 
+cdef extern from "include/skewless_fp.h" nogil:
+    int SL_FP_ENV_GUARD
+    int SL_FAST_MATH
+    int SL_HW_FMA
+    int SL_FLT_EVAL_METHOD
+    const char* SL_COMPILER
+
 cdef extern from "include/skewless_agg.h" namespace "skl_agg" nogil:
     cdef struct Col:
         int kind
@@ -45,6 +52,16 @@ cdef extern from "include/skewless_agg.h" namespace "skl_agg" nogil:
         void stats(int64_t* out) except +
         string save() except +
         void load(const char* data, size_t length) except +
+
+
+# How this translation unit was compiled (the same promises as the feature kernel's BUILD_INFO).
+BUILD_INFO = {
+    "fp_env_guard": bool(SL_FP_ENV_GUARD),
+    "fast_math": bool(SL_FAST_MATH),
+    "target_has_fma": bool(SL_HW_FMA),
+    "flt_eval_method": SL_FLT_EVAL_METHOD,
+    "compiler": SL_COMPILER.decode("ascii", "replace"),
+}
 
 
 class AggregatePlanError(ValueError):
