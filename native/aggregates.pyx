@@ -26,6 +26,13 @@ from skewless.native.feature_kernel import FeatureInputError
 
 cnp.import_array()
 
+cdef extern from "include/skewless_fp.h" nogil:
+    int SL_FP_ENV_GUARD
+    int SL_FAST_MATH
+    int SL_HW_FMA
+    int SL_FLT_EVAL_METHOD
+    const char* SL_COMPILER
+
 cdef extern from "include/skewless_agg.h" namespace "skl_agg" nogil:
     cdef struct Col:
         int kind
@@ -62,6 +69,16 @@ cdef extern from "include/skewless_agg_store.h" nogil:
     void c_store_seed_watermark "skl_agg::store_seed_watermark"(Engine& e, int gi, int64_t g) except +
     void c_store_seed_key "skl_agg::store_seed_key"(Engine& e, int gi, const string& key, const char* const* recs,
                                                     const size_t* lens, size_t n) except +
+
+
+# How this translation unit was compiled (the same promises as the feature kernel's BUILD_INFO).
+BUILD_INFO = {
+    "fp_env_guard": bool(SL_FP_ENV_GUARD),
+    "fast_math": bool(SL_FAST_MATH),
+    "target_has_fma": bool(SL_HW_FMA),
+    "flt_eval_method": SL_FLT_EVAL_METHOD,
+    "compiler": SL_COMPILER.decode("ascii", "replace"),
+}
 
 
 class AggregatePlanError(ValueError):

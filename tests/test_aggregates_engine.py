@@ -18,7 +18,7 @@ from aggregate_reference import K, ReferenceState
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from skewless.native.aggregates import AggregatePlanError, AggregateState
+from skewless.native.aggregates import BUILD_INFO, AggregatePlanError, AggregateState
 from skewless.native.columns import column
 from skewless.native.feature_kernel import FeatureInputError
 
@@ -374,6 +374,11 @@ def test_load_refuses_another_plan_and_damaged_files(tmp_path):
     path.write_bytes(blob)
     fresh.load(path)
     assert _held(fresh.stats()) == _held(eng.stats())
+
+
+def test_compiled_for_deterministic_floating_point():
+    assert BUILD_INFO["fast_math"] is False and BUILD_INFO["fp_env_guard"] is True
+    assert BUILD_INFO["flt_eval_method"] in (0, -1)
 
 
 # ---- bad input ----------------------------------------------------------------------------------------
