@@ -12,6 +12,10 @@ and device ids and an amount. The spec: card, merchant and device aggregates ove
   compares the work, not the numbers;
 - **engine**: ``AggregateState.score`` on batches of 1, 16 and 256 rows, microseconds per row per
   aggregate (median over many calls), the cost the server adds per aggregate.
+- **redis**: the same through the Redis store (``--aggregate-store``: one MULTI/EXEC round trip per batch,
+  then the engine over the prior read), against a ``redis-server`` this script starts on 127.0.0.1 (or
+  ``--redis URL``; ``--redis off`` leaves it out). A local Redis: the network of a real deployment adds its
+  round-trip time per batch.
 
     python benchmarks/aggregates_bench.py                       # 1M events, writes benchmarks/results/
     python benchmarks/aggregates_bench.py --rows 200000 --out-dir /tmp/bench
@@ -114,8 +118,10 @@ def time_pandas(table: pa.Table) -> tuple[float, list[str]]:
     return time.perf_counter() - t0, done
 
 
-def engine_cost(spec: Any, table: pa.Table, batch: int, budget_s: float, min_calls: int) -> float:
-    """Median microseconds per row per aggregate of AggregateState.score on batches of ``batch`` rows."""
+def engine_cost(spec: Any, table: pa.Table, batch: int, budget_s: float, min_calls: int,
+                state: Any = None) -> float:
+    """Median microseconds per row per aggregate of ``state.score`` (default: a new in-process
+    AggregateState) on batches of ``batch`` rows."""
     from skewless.native.columns import column
 
     dtypes = {t.name: t.dtype for t in spec.inputs}
@@ -125,7 +131,7 @@ def engine_cost(spec: Any, table: pa.Table, batch: int, budget_s: float, min_cal
     for s in starts[:2000]:
         part = table.slice(s, batch)
         chunks.append({c: column(c, part.column(c), dtypes[c]) for c in dtypes})
-    state = spec.new_aggregate_state()
+    state = spec.new_aggregate_state() if state is None else state
     times = []
     deadline = time.perf_counter() + budget_s
     i = 0
@@ -140,7 +146,56 @@ def engine_cost(spec: Any, table: pa.Table, batch: int, budget_s: float, min_cal
     return statistics.median(times) / (batch * len(AGGREGATES)) * 1e6
 
 
-def run(rows: int, budget_s: float, min_calls: int, batch_rows: int) -> dict[str, Any]:
+@contextlib.contextmanager
+def local_redis():
+    """A throwaway ``redis-server`` on a free 127.0.0.1 port (in memory only); yields its URL."""
+    import shutil
+    import socket
+    import subprocess
+
+    import redis
+
+    if shutil.which("redis-server") is None:
+        raise RuntimeError("redis-server is not installed")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen(["redis-server", "--port", str(port), "--save", "", "--appendonly", "no", "--bind",
+                             "127.0.0.1"], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        client = redis.Redis.from_url(url)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError("redis-server did not start") from None
+                time.sleep(0.05)
+        client.close()
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def redis_costs(spec: Any, table: pa.Table, budget_s: float, min_calls: int, url: str) -> dict[str, float]:
+    """engine_cost through the Redis store at ``url``, each batch size in a namespace of its own."""
+    from skewless.server.features.aggregate_redis import RedisAggregateStore
+
+    out = {}
+    for b in BATCHES:
+        store = RedisAggregateStore(url, f"bench-{os.getpid()}-{b}", spec.new_aggregate_state)
+        try:
+            out[str(b)] = engine_cost(spec, table, b, budget_s, min_calls, state=store)
+        finally:
+            store.close()
+    return out
+
+
+def run(rows: int, budget_s: float, min_calls: int, batch_rows: int, redis_url: str = "auto") -> dict[str, Any]:
     from skewless.native.fit import fit
 
     table = make_events(rows, seed=1)
@@ -166,6 +221,18 @@ def run(rows: int, budget_s: float, min_calls: int, batch_rows: int) -> dict[str
     print(f"  pandas {rows / p_seconds:,.0f} rows/s", file=sys.stderr)
     results["engine_us_per_row_per_aggregate"] = {
         str(b): engine_cost(spec, table, b, budget_s, min_calls) for b in BATCHES}
+    if redis_url != "off":
+        try:
+            if redis_url == "auto":
+                with local_redis() as url:
+                    results["redis_us_per_row_per_aggregate"] = redis_costs(spec, table, budget_s, min_calls, url)
+                results["redis"] = "a local redis-server started by the script"
+            else:
+                results["redis_us_per_row_per_aggregate"] = redis_costs(spec, table, budget_s, min_calls, redis_url)
+                results["redis"] = redis_url
+        except (ImportError, RuntimeError) as exc:  # no redis package or server: said so, not measured
+            results["redis"] = f"not measured: {exc}"
+            print(f"  redis store not measured: {exc}", file=sys.stderr)
     return results
 
 
@@ -178,6 +245,10 @@ def text(results: dict[str, Any]) -> str:
                  f"{p['aggregates']} aggregates; distinct left out)")
     for batch, us in results["engine_us_per_row_per_aggregate"].items():
         lines.append(f"  AggregateState.score, batch {batch:>4}: {us:8.3f} us per row per aggregate")
+    for batch, us in results.get("redis_us_per_row_per_aggregate", {}).items():
+        lines.append(f"  Redis store score,    batch {batch:>4}: {us:8.3f} us per row per aggregate")
+    if "redis_us_per_row_per_aggregate" not in results and "redis" in results:
+        lines.append(f"  Redis store: {results['redis']}")
     return "\n".join(lines)
 
 
@@ -194,9 +265,18 @@ def plot(results: dict[str, Any], path: Path) -> None:
     left.set_ylabel("rows / s")
     left.set_title(f"Backfill, {results['rows']:,} events")
     engine = results["engine_us_per_row_per_aggregate"]
-    right.bar([f"batch {b}" for b in engine], list(engine.values()), color="tab:green")
+    in_redis = results.get("redis_us_per_row_per_aggregate")
+    x = np.arange(len(engine))
+    width = 0.4 if in_redis else 0.8
+    right.bar(x - (width / 2 if in_redis else 0), list(engine.values()), width, color="tab:green",
+              label="in process")
+    if in_redis:
+        right.bar(x + width / 2, [in_redis[b] for b in engine], width, color="tab:red", label="Redis store")
+        right.legend()
+    right.set_xticks(x, [f"batch {b}" for b in engine])
+    right.set_yscale("log")
     right.set_ylabel("us per row per aggregate")
-    right.set_title("AggregateState.score")
+    right.set_title("score: cost per row per aggregate")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -208,12 +288,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-rows", type=int, default=1 << 16, help="skewless transform --batch-rows")
     p.add_argument("--out-dir", default=str(Path(__file__).parent / "results"))
     p.add_argument("--quick", action="store_true", help="a few calls per measurement: proves it runs, no more")
+    p.add_argument("--redis", default="auto", metavar="URL",
+                   help="the Redis store's measurement: auto (start a local redis-server), a redis:// URL, or off")
     args = p.parse_args(argv)
     if args.quick:
-        results = run(args.rows, 0.0, 5, args.batch_rows)
+        results = run(args.rows, 0.0, 5, args.batch_rows, args.redis)
         results["quick"] = True
     else:
-        results = run(args.rows, args.budget, 200, args.batch_rows)
+        results = run(args.rows, args.budget, 200, args.batch_rows, args.redis)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "aggregates_bench.json").write_text(json.dumps(results, indent=1))

@@ -15,14 +15,23 @@ import tempfile
 
 import numpy as np
 cimport numpy as cnp
-from libc.stdint cimport int32_t, int64_t, uint8_t
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint64_t
 from libc.stdlib cimport calloc, free
 from libcpp cimport bool as cbool
 from libcpp.string cimport string
+from libcpp.utility cimport pair
+from libcpp.vector cimport vector
 
 from skewless.native.feature_kernel import FeatureInputError
 
 cnp.import_array()
+
+cdef extern from "include/skewless_fp.h" nogil:
+    int SL_FP_ENV_GUARD
+    int SL_FAST_MATH
+    int SL_HW_FMA
+    int SL_FLT_EVAL_METHOD
+    const char* SL_COMPILER
 
 cdef extern from "include/skewless_agg.h" namespace "skl_agg" nogil:
     cdef struct Col:
@@ -45,6 +54,31 @@ cdef extern from "include/skewless_agg.h" namespace "skl_agg" nogil:
         void stats(int64_t* out) except +
         string save() except +
         void load(const char* data, size_t length) except +
+
+cdef extern from "include/skewless_agg_store.h" namespace "skl_agg" nogil:
+    cdef cppclass StoreKey:
+        string key
+        int64_t min_b
+        int64_t max_b
+        vector[pair[int64_t, string]] events
+
+cdef extern from "include/skewless_agg_store.h" nogil:
+    void c_store_describe "skl_agg::store_describe"(Engine& e, const Col* cols, int64_t n_rows, uint64_t batch_id,
+                                                    vector[vector[StoreKey]]& out) except +
+    void c_store_reset "skl_agg::store_reset"(Engine& e) except +
+    void c_store_seed_watermark "skl_agg::store_seed_watermark"(Engine& e, int gi, int64_t g) except +
+    void c_store_seed_key "skl_agg::store_seed_key"(Engine& e, int gi, const string& key, const char* const* recs,
+                                                    const size_t* lens, size_t n) except +
+
+
+# How this translation unit was compiled (the same promises as the feature kernel's BUILD_INFO).
+BUILD_INFO = {
+    "fp_env_guard": bool(SL_FP_ENV_GUARD),
+    "fast_math": bool(SL_FAST_MATH),
+    "target_has_fma": bool(SL_HW_FMA),
+    "flt_eval_method": SL_FLT_EVAL_METHOD,
+    "compiler": SL_COMPILER.decode("ascii", "replace"),
+}
 
 
 class AggregatePlanError(ValueError):
@@ -190,6 +224,8 @@ cdef class AggregateState:
         del self.engine
 
     def __init__(self, aggregates, dtypes, *, max_keys=0):
+        if self.plan is not None:
+            raise RuntimeError("an AggregateState is initialised once")
         if not hasattr(dtypes, "get"):
             raise AggregatePlanError("dtypes must map raw input names to float/int/bool/string")
         if isinstance(max_keys, bool) or not isinstance(max_keys, int) or max_keys < 0:
@@ -334,6 +370,63 @@ cdef class AggregateState:
             return applied
         finally:
             free(cols)
+
+    # -- an external store (server/features/aggregate_redis.py) -------------------------------------------
+    # The store keeps each batch's events as records (include/skewless_agg_store.h) and, per batch, seeds a
+    # scratch state with the prior it read, then runs the batch through score()/ingest() as in process.
+
+    def store_describe(self, columns, Py_ssize_t n_rows, bint scoring, uint64_t batch_id):
+        """The batch's events, per group (engine order): a list of ``(key bytes, lowest bucket, highest
+        bucket, [bucket, record, bucket, record, ...])`` per key touched, in first-row order. ``scoring``:
+        every input must be present (as ``score``), else any subset (as ``ingest``)."""
+        cdef list keep = []
+        cdef Col* cols = <Col*>calloc(max(1, len(self.inputs)), sizeof(Col))
+        cdef vector[vector[StoreKey]] described
+        cdef size_t gi, k, r
+        if cols == NULL:
+            raise MemoryError()
+        try:
+            self._bind(cols, columns, n_rows, scoring, keep)
+            with nogil:
+                c_store_describe(self.engine[0], cols, n_rows, batch_id, described)
+        finally:
+            free(cols)
+        out = []
+        for gi in range(described.size()):
+            keys = []
+            for k in range(described[gi].size()):
+                flat = []
+                for r in range(described[gi][k].events.size()):
+                    flat.append(described[gi][k].events[r].first)
+                    flat.append(<bytes>described[gi][k].events[r].second)
+                keys.append((<bytes>described[gi][k].key, described[gi][k].min_b, described[gi][k].max_b, flat))
+            out.append(keys)
+        return out
+
+    def store_reset(self):
+        """Empty the state (a scratch state is reused batch after batch)."""
+        c_store_reset(self.engine[0])
+
+    def store_seed(self, int gi, watermark, keys):
+        """Set group ``gi``'s newest bucket (None: none yet) and rebuild each ``(key bytes, [record, ...])`` of
+        ``keys`` from its records, without the late rule (a store's prior state is the truth)."""
+        cdef vector[const char*] ptrs
+        cdef vector[size_t] lens
+        cdef string ckey
+        cdef bytes rec
+        if watermark is not None:
+            c_store_seed_watermark(self.engine[0], gi, watermark)
+        for key, records in keys:
+            ptrs.clear()
+            lens.clear()
+            for rec in records:
+                ptrs.push_back(<const char*>rec)
+                lens.push_back(len(rec))
+            ckey = key
+            try:
+                c_store_seed_key(self.engine[0], gi, ckey, ptrs.data(), lens.data(), ptrs.size())
+            except ValueError as exc:
+                raise ValueError(f"{exc} (plan {self.plan_hash[:12]})") from None
 
     # -- state -----------------------------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from aggregate_reference import K, ReferenceState
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from skewless.native.aggregates import AggregatePlanError, AggregateState
+from skewless.native.aggregates import BUILD_INFO, AggregatePlanError, AggregateState
 from skewless.native.columns import column
 from skewless.native.feature_kernel import FeatureInputError
 
@@ -304,6 +304,25 @@ def test_extreme_times_and_late_events():
     assert eng.stats()["watermark"] == 2**63 - 1
 
 
+def test_arrow_columns_with_null_bitmaps_and_offsets():
+    """Arrow inputs arrive as validity bitmaps starting at a bit offset (sliced arrays): same values."""
+    pa = pytest.importorskip("pyarrow")
+    plan = [{"name": op, "op": op, "keys": ["ks", "ki"], "time": "t", "value": "vf" if op != "distinct" else "vs",
+             "window": 4, "bucket": 2, "time_unit": "s"} for op in OPS]
+    rng = np.random.default_rng(5)
+    n = 300
+    rows = {"ks": [None if r < 0.1 else "ab"[int(r * 10) % 2] for r in rng.random(n)],
+            "ki": [None if r < 0.1 else int(r * 3) for r in rng.random(n)],
+            "t": [None if r < 0.05 else i // 10 for i, r in enumerate(rng.random(n))],
+            "vf": [None if r < 0.2 else float(r) for r in rng.random(n)],
+            "vs": [None if r < 0.2 else f"v{int(r * 40)}" for r in rng.random(n)]}
+    types = {"ks": pa.string(), "ki": pa.int64(), "t": pa.int64(), "vf": pa.float64(), "vs": pa.large_string()}
+    cols = {name: column(name, pa.array([None] * 3 + vals, type=types[name]).slice(3), DTYPES[name])
+            for name, vals in rows.items()}
+    assert cols["ki"][4] is not None and cols["ki"][5] == 3  # a bitmap at a bit offset
+    assert_same(engine(plan).score(cols, n), reference(plan).score(rows), [op for op in OPS])
+
+
 # ---- state, memory and persistence -------------------------------------------------------------------
 
 
@@ -355,6 +374,11 @@ def test_load_refuses_another_plan_and_damaged_files(tmp_path):
     path.write_bytes(blob)
     fresh.load(path)
     assert _held(fresh.stats()) == _held(eng.stats())
+
+
+def test_compiled_for_deterministic_floating_point():
+    assert BUILD_INFO["fast_math"] is False and BUILD_INFO["fp_env_guard"] is True
+    assert BUILD_INFO["flt_eval_method"] in (0, -1)
 
 
 # ---- bad input ----------------------------------------------------------------------------------------

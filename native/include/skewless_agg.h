@@ -186,6 +186,17 @@ struct Acc {
         }
     }
 
+    void reset() {
+        count = n = ns = 0;
+        fsum = 0;
+        mn = __builtin_inf();
+        mx = -__builtin_inf();
+        has_last = false;
+        last_t = last_ok = 0;
+        last_v = 0.0;
+        hashes.clear();
+    }
+
     void add_hash(uint64_t h) {
         auto it = std::lower_bound(hashes.begin(), hashes.end(), h);
         if (it != hashes.end() && *it == h) return;
@@ -213,7 +224,7 @@ struct Acc {
         }
         if (!o.hashes.empty()) {
             if (hashes.empty()) {
-                hashes = o.hashes;
+                hashes.assign(o.hashes.begin(), o.hashes.end());
             } else {
                 std::vector<uint64_t> u;
                 u.reserve(std::min(K, hashes.size() + o.hashes.size()));
@@ -288,10 +299,14 @@ struct Slot {
     bool hashes;    // some distinct aggregate reads it
 };
 
+struct Window {
+    int slot;       // value input
+    int64_t n;      // window / bucket
+};
+
 struct AggDef {
     int op;
-    int64_t n;      // window / bucket
-    int slot;
+    int win;        // index into Group::windows
     int out;        // output index (plan order)
 };
 
@@ -301,7 +316,9 @@ struct Group {
     int64_t width = 1;
     int64_t retention = 0;
     std::vector<Slot> slots;
+    std::vector<Window> windows;  // the distinct (value input, window length) pairs the aggregates read
     std::vector<AggDef> aggs;
+    std::vector<Acc> scratch;     // one merged window per entry of `windows`, reused row after row
     GroupState st;
 };
 
@@ -339,7 +356,16 @@ class Engine {
         groups[gi].slots.push_back(Slot{col, number, hashes});
         return (int)groups[gi].slots.size() - 1;
     }
-    void add_agg(int gi, int op, int64_t n, int slot, int out) { groups[gi].aggs.push_back(AggDef{op, n, slot, out}); }
+    void add_agg(int gi, int op, int64_t n, int slot, int out) {
+        Group& g = groups[gi];
+        int win = 0;
+        while (win < (int)g.windows.size() && !(g.windows[win].slot == slot && g.windows[win].n == n)) win++;
+        if (win == (int)g.windows.size()) {
+            g.windows.push_back(Window{slot, n});
+            g.scratch.emplace_back();
+        }
+        g.aggs.push_back(AggDef{op, win, out});
+    }
 
     /* Read (when outs != NULL) then record every row, in order. outs[a]: the output column of aggregate a,
      * prefilled by nobody: every cell is written here. Returns the rows recorded in at least one group. */
@@ -391,22 +417,25 @@ class Engine {
         return applied;
     }
 
-    void read(const Group& g, const KeyState* ks, int64_t b, int64_t row, double* const* outs) const {
+    /* The row's values: each distinct (value input, window length) merged once over the visible buckets
+     * b - n .. b - 1, then finalized by every aggregate that reads it. */
+    static void read(Group& g, const KeyState* ks, int64_t b, int64_t row, double* const* outs) {
         int64_t floor_vis = I64_MIN;
         if (ks != NULL) floor_vis = std::max(floor_vis, sat_sub(ks->top, g.retention));
         if (g.st.has_g) floor_vis = std::max(floor_vis, sat_sub(g.st.g, g.retention));
-        for (const AggDef& a : g.aggs) {
-            Acc w;
-            if (ks != NULL) {
-                int64_t lo = std::max(sat_sub(b, a.n), floor_vis);
-                for (const Bucket& bk : ks->buckets) {
-                    if (bk.j < lo) continue;
-                    if (bk.j >= b) break;
-                    w.merge(bk.slots[a.slot]);
-                }
+        for (size_t wi = 0; wi < g.windows.size(); wi++) {
+            Acc& w = g.scratch[wi];
+            w.reset();
+            if (ks == NULL) continue;
+            int64_t lo = std::max(sat_sub(b, g.windows[wi].n), floor_vis);
+            int slot = g.windows[wi].slot;
+            for (const Bucket& bk : ks->buckets) {
+                if (bk.j < lo) continue;
+                if (bk.j >= b) break;
+                w.merge(bk.slots[slot]);
             }
-            outs[a.out][row] = finalize(a.op, w);
         }
+        for (const AggDef& a : g.aggs) outs[a.out][row] = finalize(a.op, g.scratch[a.win]);
     }
 
     bool record(Group& g, int gi, const std::string& key, std::unordered_map<std::string, KeyState>::iterator it,

@@ -12,7 +12,9 @@ event the server acknowledged). With a directory a background thread also saves 
 leaves the previous save whole.
 
 The state is in this process's memory: with ``--workers N > 1`` each process would see a share of the events
-and serve different values, so a model with aggregates is refused there (``AggregatesRefused``).
+and serve different values, so a model with aggregates is refused there (``AggregatesRefused``) unless
+``--aggregate-store redis://...`` keeps it in Redis (``aggregate_redis.RedisAggregateStore``), shared by
+every process and replica; then nothing is saved here and ``--workers`` is allowed.
 """
 
 from __future__ import annotations
@@ -128,12 +130,14 @@ class AggregateStates:
         if stage is None or not stage.has_aggregates:
             return
         stage.use_aggregates(self.acquire(mv.name, stage), self.release)
+        if self.settings.store is not None:  # a round trip per batch: never block the event loop on it
+            mv.run_off_loop()
 
     def acquire(self, model: str, stage: Any) -> ModelAggregates:
-        if self.workers > 1:
+        if self.workers > 1 and self.settings.store is None:
             message = (f"model '{model}' has windowed aggregates, whose state lives in the server's memory: with "
                        f"--workers {self.workers} each process would see a share of the events and serve different "
-                       "values; serve it with --workers 1 (a shared store is planned)")
+                       "values; serve it with --workers 1, or share the state in Redis with --aggregate-store redis://HOST:PORT/DB")
             self.refused.append(message)
             raise AggregatesRefused(message)
         with self._lock:
@@ -141,7 +145,9 @@ class AggregateStates:
             fresh = stage.new_aggregate_state(max_keys=self.settings.max_keys)
             plan = fresh.plan_hash
             entry = plans.get(plan)
-            if entry is None:
+            if entry is None and self.settings.store is not None:
+                entry = ModelAggregates(model, plan, self._redis_store(model, stage), None)
+            elif entry is None:
                 path = self._path(model)
                 entry = ModelAggregates(model, plan, fresh, path)
                 if path is not None:
@@ -171,6 +177,24 @@ class AggregateStates:
         if owns_file and entry.path is not None and entry.save():
             log.info("aggregate state of model '%s' saved to %s (%s)", entry.model, entry.path,
                      _summary(entry.state.stats()))
+        close = getattr(entry.state, "close", None)  # a Redis store's connections
+        if close is not None:
+            close()
+
+    def _redis_store(self, model: str, stage: Any) -> Any:
+        from .aggregate_redis import RedisAggregateStore
+
+        url = self.settings.store
+        try:
+            store = RedisAggregateStore(url, model, stage.new_aggregate_state, grace_s=self.settings.store_grace_s)
+        except RuntimeError as exc:  # the redis extra is missing
+            raise ModelLoadError(f"model '{model}': {exc}") from None
+        why = store.ping()
+        if why is None:
+            log.info("aggregate state of model '%s' lives in %s", model, url)
+        else:  # requests get UNAVAILABLE until it answers; the load itself does not fail for it
+            log.warning("aggregate state of model '%s': %s does not answer yet (%s)", model, url, why)
+        return store
 
     def _owns_file(self, entry: ModelAggregates) -> bool:
         plans = self._models.get(entry.model)
@@ -223,7 +247,8 @@ class AggregateStates:
         out: dict[str, Any] = {}
         for e in self.entries():
             out.setdefault(e.model, {})[e.plan_hash[:12]] = e.stats()
-        return {"state_dir": str(self.settings.state_dir) if self.settings.state_dir else None,
+        return {"store": self.settings.store,
+                "state_dir": str(self.settings.state_dir) if self.settings.state_dir else None,
                 "save_interval_s": self.settings.save_interval_s, "max_keys": self.settings.max_keys,
                 "models": out}
 

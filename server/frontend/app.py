@@ -48,6 +48,7 @@ from ..shadow.traffic import TrafficManager
 from ..status import StatusBoard
 from ..telemetry import prometheus_text
 from ..telemetry.aggregates import register_metrics as register_aggregate_metrics
+from ..telemetry.aggregates import store_histograms as aggregate_store_histograms
 from ..telemetry.drift import DriftMonitor
 from ..telemetry.log_settings import LogSettings
 from ..telemetry.metrics import ServerMetrics
@@ -214,6 +215,7 @@ class Server:
             if self.lineage is not None:
                 register_lineage_metrics(meter, self.lineage)
             register_aggregate_metrics(meter, self.aggregates)
+            self.metrics.histogram_sources.append(aggregate_store_histograms(self.aggregates))
         # Each side module's status snapshot, read by GET /v2/status[/MODULE] on the metrics port.
         self.status = self._status_board()
         status = StatusRoute(self.status, opts.worker.index if opts.worker is not None else None)

@@ -187,6 +187,11 @@ class ModelVersion:
             await asyncio.get_running_loop().run_in_executor(None, self.features.close)
         log.info("model %s: unloaded", self.label)
 
+    def run_off_loop(self) -> None:
+        """Never run this version's batches on the event loop, however cheap their CPU time: their work waits
+        on the network (a Redis aggregate store's round trip), which would stall every other request."""
+        self._runner.cost.inline_limit_ns = 0
+
     def discard(self) -> None:
         """Close a version that never served (its load failed after it was built): sessions, and what its
         hooks attached to the feature stage (the shared aggregate state's reference). Blocking."""

@@ -29,6 +29,12 @@ METRICS = (
                LABELS, "s"),
     MetricSpec("skewless_aggregate_state_saves", "counter",
                "Saves of the aggregate state to --aggregate-state-dir, by outcome: ok, failed", (*LABELS, "outcome")),
+    MetricSpec("skewless_aggregate_store_round_trip_seconds", "histogram",
+               "Round trips to the aggregate store (--aggregate-store Redis): one MULTI/EXEC per batch or ingest",
+               LABELS, "s"),
+    MetricSpec("skewless_aggregate_store_errors", "counter",
+               "Batches and ingests refused because the aggregate store (Redis) failed or could not be reached",
+               LABELS),
 )
 SPEC = by_name(METRICS)
 
@@ -59,6 +65,19 @@ def register_metrics(meter: Any, states: AggregateStates) -> None:
     SPEC["skewless_aggregate_ingest_lag_seconds"].observe(meter, each(lambda e, s: [(e.ingest_lag_s(), {})]))
     SPEC["skewless_aggregate_state_saves"].observe(meter, each(lambda e, s: [
         (e.saves, {"outcome": "ok"}), (e.save_errors, {"outcome": "failed"})]))
+    SPEC["skewless_aggregate_store_errors"].observe(meter, each(
+        lambda e, s: [(s.get("store_errors"), {})]))  # None (skipped) for in-process state
 
 
-__all__ = ["METRICS", "register_metrics"]
+def store_histograms(states: AggregateStates) -> Callable[[], Iterator[tuple[MetricSpec, list]]]:
+    """The Redis round-trip histogram of each model's store, for ``ServerMetrics.histogram_sources``."""
+
+    def source() -> Iterator[tuple[MetricSpec, list]]:
+        series = [({"model": e.model, "plan": e.plan_hash[:12]}, e.state.round_trip, 1.0)
+                  for e in states.entries() if hasattr(e.state, "round_trip")]
+        if series:
+            yield SPEC["skewless_aggregate_store_round_trip_seconds"], series
+    return source
+
+
+__all__ = ["METRICS", "register_metrics", "store_histograms"]

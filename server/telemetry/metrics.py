@@ -143,6 +143,8 @@ class ServerMetrics:
         # Side modules (shadow, lineage, registry, alerts, fallback) register their own instruments on this
         # meter at app wiring, each reading its own counters; this module reports the path's and its own.
         self.meter = self.provider.get_meter("skewless")
+        # Side modules' histograms: each source gives (spec, [(labels, Histogram, scale), ...]) at collection.
+        self.histogram_sources: list[Callable[[], Iterable[tuple[MetricSpec, list[tuple[dict, Any, float]]]]]] = []
         self._register(self.meter)
 
     def versions(self) -> Iterator[tuple[dict[str, str], ModelVersion]]:
@@ -239,6 +241,9 @@ class ServerMetrics:
             yield _histogram_metric(SPEC[name], points)
         load = self.repository.load_seconds
         yield _histogram_metric(SPEC["skewless_model_load_duration_seconds"], [self._point({}, load, 1, now)])
+        for source in self.histogram_sources:
+            for spec, series in source():
+                yield _histogram_metric(spec, [self._point(attrs, h, scale, now) for attrs, h, scale in series])
 
     def _point(self, attrs: dict[str, str], h: Histogram, scale: float, now: int) -> HistogramDataPoint:
         counts = list(h.counts)
