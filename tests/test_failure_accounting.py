@@ -25,7 +25,7 @@ from serverproc import ServerProcess
 
 from skewless.examples.generate import make_slow_model
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.grpc_transports]
 
 MODEL = "slow"
 SLOW_MS = 800.0

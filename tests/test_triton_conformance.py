@@ -19,6 +19,8 @@ from tritonclient.utils import InferenceServerException
 
 from skewless.server.json_depth import MAX_JSON_DEPTH, JsonTooDeep, check_json_depth
 
+pytestmark = pytest.mark.grpc_transports  # every test on each gRPC transport (conftest.py)
+
 DEPTH_WORDS = f"JSON nesting depth exceeds maximum allowed limit ({MAX_JSON_DEPTH})"
 
 
