@@ -339,8 +339,9 @@ class Server:
         self.metrics_port = await self._http.start(listen.host, listen.metrics_port, reuse)
         if self.cluster is not None:
             self.cluster.set_ready(True)
-        log.info("serving gRPC on %s:%d (%s), HTTP/REST on %s:%d, health HTTP on %s:%d", listen.host,
-                 self.grpc_port, INFERENCE_SERVICE, listen.host, self.http_port, listen.host, self.metrics_port)
+        log.info("serving gRPC on %s:%d (%s, %s transport), HTTP/REST on %s:%d, health HTTP on %s:%d",
+                 listen.host, self.grpc_port, INFERENCE_SERVICE, opts.grpc_transport.transport, listen.host,
+                 self.http_port, listen.host, self.metrics_port)
 
     def request_stop(self) -> None:
         self._stop.set()

@@ -1,0 +1,148 @@
+"""The gRPC transports (serve --grpc-transport aio|sync): which one serves, what only a transport can get wrong
+(health watches, the hand-off from handler threads to the event loop), and the flags. Everything else runs on
+both transports in the modules marked ``grpc_transports`` (test_rpcs.py, test_security.py, ...)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import grpc
+import pytest
+import tritonclient.grpc as grpcclient
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from helpers import RPC_TIMEOUT
+
+from skewless.server.frontend.cli import build_parser
+from skewless.server.frontend.grpc_sync import LoopInbox
+from skewless.server.frontend.options import ServerOptions
+
+pytestmark = pytest.mark.grpc_transports
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def test_the_chosen_transport_serves(start_server, make_repo, grpc_transport):
+    proc = start_server(make_repo("mlp"))
+    client = grpcclient.InferenceServerClient(proc.grpc_url)
+    assert client.is_model_ready("mlp")
+    client.close()
+    deadline = time.monotonic() + 10
+    while f"{grpc_transport} transport" not in proc.stderr_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert f"(inference.GRPCInferenceService, {grpc_transport} transport)" in proc.stderr_text()
+
+
+def test_health_watch_follows_a_model_through_unload_and_load(start_server, make_repo):
+    """Watch is a response stream the server writes to when readiness changes: an unload and a load of the
+    model reach an open watch, in order, and a cancelled watch leaves the server able to stop."""
+    proc = start_server(make_repo("mlp"), "--model-control-mode", "explicit", "--load-model", "mlp")
+    channel = grpc.insecure_channel(proc.grpc_url)
+    watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service="mlp"),
+                                                      timeout=RPC_TIMEOUT)
+    assert next(watch).status == SERVING
+    client = grpcclient.InferenceServerClient(proc.grpc_url)
+    client.unload_model("mlp")
+    assert next(watch).status == NOT_SERVING
+    client.load_model("mlp")
+    assert next(watch).status == SERVING
+    watch.cancel()
+    with pytest.raises(grpc.RpcError) as info:
+        next(watch)
+    assert info.value.code() == grpc.StatusCode.CANCELLED
+    # the server still answers (the watch's handler thread is free again) and stops cleanly at teardown
+    assert health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service="mlp"),
+                                                     timeout=RPC_TIMEOUT).status == SERVING
+    client.close()
+    channel.close()
+
+
+def test_unknown_health_service_is_not_found(server):
+    channel = grpc.insecure_channel(server.grpc_url)
+    with pytest.raises(grpc.RpcError) as info:
+        health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service="nope"), timeout=RPC_TIMEOUT)
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    channel.close()
+
+
+# -- the hand-off (frontend/grpc_sync.py), without a server -----------------------------------------------------
+class _CountingInbox(LoopInbox):
+    drains = 0
+
+    def _drain(self) -> None:
+        self.drains += 1
+        super()._drain()
+
+
+def test_inbox_runs_every_call_on_the_loop_in_order_and_wakes_it_once_per_burst():
+    async def main():
+        loop = asyncio.get_running_loop()
+        inbox = _CountingInbox(loop)
+        seen: list[tuple[int, int]] = []
+        loop_thread = threading.get_ident()
+        threads_seen: set[int] = set()
+
+        def record(sender: int, i: int) -> None:
+            threads_seen.add(threading.get_ident())
+            seen.append((sender, i))
+
+        # Hold the loop while four threads send 200 calls each: they all land in one burst.
+        release = threading.Event()
+        loop.call_soon(release.wait, 10)
+
+        def send(sender: int) -> None:
+            for i in range(200):
+                inbox.call(record, sender, i)
+
+        senders = [threading.Thread(target=send, args=(s,)) for s in range(4)]
+        for t in senders:
+            t.start()
+        for t in senders:
+            t.join()
+        release.set()
+        while len(seen) < 800:
+            await asyncio.sleep(0.01)
+        return seen, threads_seen, loop_thread, inbox.drains
+
+    seen, threads_seen, loop_thread, drains = asyncio.run(main())
+    assert threads_seen == {loop_thread}
+    for sender in range(4):
+        assert [i for s, i in seen if s == sender] == list(range(200))  # each sender's calls in its order
+    assert drains == 1  # 800 calls, one loop wake-up
+
+
+def test_inbox_survives_a_failing_call():
+    async def main():
+        inbox = LoopInbox(asyncio.get_running_loop())
+        done = []
+
+        def fail() -> None:
+            raise RuntimeError("boom")
+
+        await asyncio.get_running_loop().run_in_executor(None, lambda: (inbox.call(fail), inbox.call(done.append, 1)))
+        while not done:
+            await asyncio.sleep(0.01)
+        return done
+
+    assert asyncio.run(main()) == [1]
+
+
+# -- flags --------------------------------------------------------------------------------------------------------
+def _options(*argv: str) -> ServerOptions:
+    parser = build_parser()
+    args = parser.parse_args(["serve", "--model-repository", "m", *argv])
+
+    def error(message: str):
+        raise ValueError(message)
+
+    return ServerOptions.from_args(args, error)
+
+
+def test_transport_flags():
+    assert _options().grpc_transport.transport == "aio"
+    opts = _options("--grpc-transport", "sync", "--grpc-sync-threads", "32")
+    assert (opts.grpc_transport.transport, opts.grpc_transport.sync_threads) == ("sync", 32)
+    with pytest.raises(ValueError, match="--grpc-sync-threads must be at least 1"):
+        _options("--grpc-sync-threads", "0")
