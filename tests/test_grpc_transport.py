@@ -5,10 +5,12 @@ both transports in the modules marked ``grpc_transports`` (test_rpcs.py, test_se
 from __future__ import annotations
 
 import asyncio
+import queue
 import threading
 import time
 
 import grpc
+import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -57,6 +59,23 @@ def test_health_watch_follows_a_model_through_unload_and_load(start_server, make
                                                      timeout=RPC_TIMEOUT).status == SERVING
     client.close()
     channel.close()
+
+
+def test_sigterm_with_an_open_stream_ends_it_after_the_grace_period_and_exits_0(start_server, make_repo):
+    """A stream the client keeps open (idle, after one answered message) does not hold the server up: at the
+    end of the grace period it is closed and the process exits 0 (start_server checks the exit status)."""
+    proc = start_server(make_repo("mlp"), "--grace-period", "1")
+    client = grpcclient.InferenceServerClient(proc.grpc_url)
+    replies: queue.Queue = queue.Queue()
+    client.start_stream(lambda result, error: replies.put((result, error)))
+    x = grpcclient.InferInput("input", [1, 32], "FP32")
+    x.set_data_from_numpy(np.zeros((1, 32), np.float32))
+    client.async_stream_infer("mlp", [x], request_id="first")
+    result, error = replies.get(timeout=RPC_TIMEOUT)
+    assert error is None and result.get_response().id == "first"
+    proc.send_sigterm()
+    assert proc.wait(timeout=20) == 0
+    client.close()
 
 
 def test_unknown_health_service_is_not_found(server):
@@ -138,6 +157,34 @@ def _options(*argv: str) -> ServerOptions:
         raise ValueError(message)
 
     return ServerOptions.from_args(args, error)
+
+
+def test_sync_threads_bound_the_calls_served_at_once_and_later_ones_wait(start_server, make_repo, grpc_transport):
+    """--grpc-sync-threads 2: two open streams hold both handler threads; a unary call waits for one of them
+    and is served once a stream ends."""
+    if grpc_transport != "sync":
+        pytest.skip("a flag of the sync transport")
+    proc = start_server(make_repo("mlp"), "--grpc-sync-threads", "2")
+    x = grpcclient.InferInput("input", [1, 32], "FP32")
+    x.set_data_from_numpy(np.zeros((1, 32), np.float32))
+    streams = []
+    for i in range(2):
+        c = grpcclient.InferenceServerClient(proc.grpc_url)
+        replies: queue.Queue = queue.Queue()
+        c.start_stream(lambda result, error, replies=replies: replies.put((result, error)))
+        c.async_stream_infer("mlp", [x], request_id=f"s{i}")
+        assert replies.get(timeout=RPC_TIMEOUT)[1] is None
+        streams.append(c)
+    late = grpcclient.InferenceServerClient(proc.grpc_url)
+    answered = threading.Event()
+    waiter = threading.Thread(target=lambda: (late.infer("mlp", [x], client_timeout=RPC_TIMEOUT), answered.set()))
+    waiter.start()
+    assert not answered.wait(1.0), "served with both handler threads held by streams"
+    streams[0].stop_stream()
+    assert answered.wait(RPC_TIMEOUT)
+    waiter.join()
+    for c in (*streams, late):
+        c.close()
 
 
 def test_transport_flags():
