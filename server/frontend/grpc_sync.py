@@ -33,10 +33,20 @@ import time
 from typing import Any
 
 import grpc
+from grpc import _server as _grpc_server
 
 from .grpc_servicer import InferenceServicer, _status_logged, _stream_failure, metadata_value
 
 log = logging.getLogger(__name__)
+
+# Direct replies: ModelInfer is registered as a non-blocking response-streaming handler (on the wire a unary
+# call is the same exchange: one message each way, then the status), and the loop sends the reply bytes and
+# the OK status in one non-blocking batch with grpcio's own ``_server._status``, what its unary path does once a
+# handler returns. The handler thread is then free as soon as it has queued the request: no thread waits per
+# call, and no wake-up of a handler thread per reply. Private to grpcio (checked in tests/test_grpc_transport.py
+# for the installed version); where it is missing the handler thread blocks for its reply instead.
+_SEND_STATUS = getattr(_grpc_server, "_status", None)
+DIRECT_REPLIES = _SEND_STATUS is not None
 
 # A call without a deadline: the sync context's time_remaining() is then about the epoch's infinity.
 _NO_DEADLINE_S = 1e9
@@ -77,6 +87,33 @@ class LoopInbox:
                 fn(*args)
             except Exception:  # one call's failure must not strand the others queued behind it
                 log.exception("a gRPC call's hand-off to the event loop failed")
+
+
+class _DirectCall:
+    """One unary ModelInfer answered from the loop (see DIRECT_REPLIES): the data plane's completion sends the
+    reply, or the error's status, straight on the call; also the ``watch`` the batcher polls (cancelled once
+    gRPC has ended the call)."""
+
+    __slots__ = ("context", "gone")
+
+    def __init__(self, context: grpc.ServicerContext) -> None:
+        self.context = context
+        self.gone = False
+
+    def cancelled(self) -> bool:
+        return self.gone
+
+    def deliver(self, reply: bytes | None, error: BaseException | None) -> None:
+        context = self.context
+        if error is not None:
+            code, details = _status_logged(error, "ModelInfer")
+            context.set_code(code)
+            context.set_details(details)
+            reply = None
+        _SEND_STATUS(context._rpc_event, context._state, reply)  # a no-op once the call has ended
+
+    def end(self) -> None:
+        self.gone = True
 
 
 class _Call:
@@ -203,7 +240,18 @@ class SyncInference:
             context.abort(*_status_logged(call.error, "ModelInfer"))
         return call.reply  # None: the call has ended already (cancelled, deadline), nobody to answer
 
-    def _start(self, call: _Call, request: bytes, received_ns: int, remaining: float | None, metadata) -> None:
+    def model_infer_direct(self, request: bytes, context: grpc.ServicerContext, _send_response=None) -> None:
+        """The non-blocking handler (DIRECT_REPLIES): queue the request for the loop and return."""
+        received_ns = time.perf_counter_ns()
+        call = _DirectCall(context)
+        if not context.add_callback(call.end):  # ended before it started
+            return
+        dp = self.dp
+        metadata = context.invocation_metadata() if self.servicer.tracer is not None or dp.key_header else None
+        self.inbox.call(self._start, call, request, received_ns, time_remaining(context), metadata)
+
+    def _start(self, call: _Call | _DirectCall, request: bytes, received_ns: int, remaining: float | None,
+               metadata) -> None:
         """On the loop: submit, the call being both the completion and the watch."""
         if call.gone:
             return
@@ -350,8 +398,12 @@ class SyncServer:
         if handler.unary_unary is not None:
             behavior = handler.unary_unary
             if getattr(behavior, "__func__", None) is InferenceServicer.ModelInfer:
-                return grpc.unary_unary_rpc_method_handler(SyncInference(behavior.__self__, self.inbox).model_infer,
-                                                           **kw)
+                inference = SyncInference(behavior.__self__, self.inbox)
+                if not DIRECT_REPLIES:
+                    return grpc.unary_unary_rpc_method_handler(inference.model_infer, **kw)
+                direct = functools.partial(inference.model_infer_direct)  # a partial can carry the flag
+                direct.experimental_non_blocking = True
+                return grpc.unary_stream_rpc_method_handler(direct, **kw)
             if inspect.iscoroutinefunction(behavior):
                 return grpc.unary_unary_rpc_method_handler(_unary(self.loop, behavior), **kw)
             return handler

@@ -133,10 +133,12 @@ class SyncGrpcGuard(grpc.ServerInterceptor):
             if inner is None:
                 continue
 
-            def behavior(request, context, inner=inner):
+            def behavior(request, context, *send_response, inner=inner):
                 check(group, context)
-                return inner(request, context)
+                return inner(request, context, *send_response)
 
+            # a non-blocking handler (grpc_sync's direct replies) is called with a third argument, and says so
+            behavior.experimental_non_blocking = getattr(inner, "experimental_non_blocking", False)
             return make(behavior, request_deserializer=handler.request_deserializer,
                         response_serializer=handler.response_serializer)
         return handler
