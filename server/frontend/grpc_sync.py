@@ -2,14 +2,15 @@
 
 Why: grpcio's sync server (C-core's completion queue, each call's handler on a pool thread) costs less CPU per
 call than grpc.aio: echoing a fixed reply it took 0.74x the CPU and served 1.29x the calls/s of grpc.aio +
-uvloop at 64 clients (/work/shared/ENVIRONMENT.md, benchmarks/echo_server.py). The data plane, batcher and
-models stay where they are, on the event loop; only the transport moves.
+uvloop at 64 clients (benchmarks/echo_server.py; issue 28). The data plane, batcher and models stay where they
+are, on the event loop; only the transport moves. ``benchmarks/transport_report.py`` measures the two.
 
-The hand-off: a handler thread puts its call in ``LoopInbox`` and blocks on a lock of its own; the loop is woken
-once per burst (not per call: arrivals while a drain is pending ride along), submits the call to the data plane
-with the call as the stream-style ``deliver`` callback, and the completion releases the handler's lock with the
-reply bytes already encoded. The call object is also the request's ``watch``: its ``cancelled()`` turns true
-when gRPC ends the call (client cancel, deadline), and the batcher then drops it while it is queued, as it
+The hand-off: a handler thread puts its call in ``LoopInbox``; the loop is woken once per burst (not per call:
+arrivals while a drain is pending ride along) and submits the call to the data plane with the call as the
+stream-style ``deliver`` callback. With direct replies (``DIRECT_REPLIES``) the handler has returned by then
+and the completion sends the encoded reply and the status itself; otherwise the handler blocks on a lock of its
+own, which the completion releases. The call object is also the request's ``watch``: its ``cancelled()`` turns
+true when gRPC ends the call (client cancel, deadline), and the batcher then drops it while it is queued, as it
 does for a cancelled aio handler.
 
 Everything else is bridged unchanged: ``SyncServer`` takes the aio servicers' handlers (it has the part of

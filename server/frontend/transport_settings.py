@@ -16,9 +16,9 @@ TRANSPORTS = ("aio", "sync")
 @dataclass
 class GrpcTransportSettings:
     """``aio``: grpc.aio on the event loop. ``sync``: grpcio's thread-pool server (C-core completion queue,
-    handlers on threads) handing each request to the event loop's data plane (frontend/grpc_sync.py); every
-    handler thread blocks on one call, so ``sync_threads`` bounds the calls served at once (streams included;
-    later calls wait in gRPC's queue)."""
+    handlers on threads) handing each request to the event loop's data plane (frontend/grpc_sync.py). A unary
+    ModelInfer holds its handler thread only until its request is queued; a stream or a control call holds one
+    while it lasts, so ``sync_threads`` bounds those served at once (later calls wait in gRPC's queue)."""
 
     transport: str = "aio"
     sync_threads: int = 256
@@ -29,8 +29,9 @@ class GrpcTransportSettings:
                            help="gRPC server: 'aio' (grpc.aio on the event loop) or 'sync' (grpcio's thread-pool "
                                 "server handing requests to the event loop; less CPU per request under load)")
         group.add_argument("--grpc-sync-threads", type=int, default=256, metavar="N",
-                           help="with --grpc-transport sync: handler threads, i.e. gRPC calls served at once "
-                                "(an open stream holds one); later calls wait for a free one")
+                           help="with --grpc-transport sync: handler threads. An open stream or a control call "
+                                "holds one while it lasts (ModelInfer only until it is queued); calls that find "
+                                "none free wait for one")
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, error: ErrorFn) -> GrpcTransportSettings:
