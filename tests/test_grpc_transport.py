@@ -15,6 +15,8 @@ import pytest
 import tritonclient.grpc as grpcclient
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from helpers import RPC_TIMEOUT
+from serverproc import ServerProcess
+from tritonclient.utils import InferenceServerException
 
 from skewless.server.frontend.cli import build_parser
 from skewless.server.frontend.grpc_sync import LoopInbox
@@ -76,6 +78,47 @@ def test_sigterm_with_an_open_stream_ends_it_after_the_grace_period_and_exits_0(
     proc.send_sigterm()
     assert proc.wait(timeout=20) == 0
     client.close()
+
+
+def test_direct_replies_are_on_with_the_installed_grpcio():
+    """The sync transport's direct replies use grpcio's private ``_server._status`` and its context's call
+    state: a grpcio that moved them would fall back to blocking handler threads; this says so here first."""
+    from grpc import _server
+
+    from skewless.server.frontend import grpc_sync
+
+    assert grpc_sync.DIRECT_REPLIES
+    assert {"_rpc_event", "_state"} <= set(_server._Context.__init__.__code__.co_names)
+
+
+def test_blocking_replies_still_serve(make_repo, grpc_transport):
+    """The fallback where direct replies are unavailable (handler threads wait for their reply): a real server
+    with it forced, answering, refusing and cancelling as the direct path does."""
+    if grpc_transport != "sync":
+        pytest.skip("the sync transport's fallback")
+    code = ("import sys; from skewless.server.frontend import grpc_sync; grpc_sync.DIRECT_REPLIES = False; "
+            "from skewless.server.frontend.cli import main; sys.exit(main())")
+    proc = ServerProcess(make_repo("mlp", "slow"), "--grpc-transport", "sync")
+    proc.args[1:3] = ["-c", code]  # the same command line, run through a forcing shim instead of -m
+    proc.start()
+    try:
+        client = grpcclient.InferenceServerClient(proc.grpc_url)
+        x = grpcclient.InferInput("input", [1, 32], "FP32")
+        x.set_data_from_numpy(np.zeros((1, 32), np.float32))
+        assert client.infer("mlp", [x], request_id="r1").get_response().id == "r1"
+        with pytest.raises(InferenceServerException, match="unknown model"):
+            client.infer("nope", [x])
+        # a queued request whose client gives up (deadline) is answered DEADLINE_EXCEEDED and frees its thread
+        y = grpcclient.InferInput("x", [1, 4], "FP32")
+        y.set_data_from_numpy(np.ones((1, 4), np.float32))
+        busy = [client.async_infer("slow", [y], callback=lambda result, error: None) for _ in range(3)]
+        with pytest.raises(InferenceServerException, match="Deadline"):
+            client.infer("slow", [y], client_timeout=0.05)
+        assert client.infer("mlp", [x], request_id="r2").get_response().id == "r2"
+        del busy
+        client.close()
+    finally:
+        proc.assert_clean_exit()
 
 
 def test_unknown_health_service_is_not_found(server):
