@@ -73,7 +73,7 @@ def run(args: argparse.Namespace, out: Path) -> dict[str, Any]:
                     srv = started[name]
                     cfg = BenchConfig(target=srv.target, model=model.name, concurrency=[clients], rows=model.rows,
                                       duration=args.duration, warmup=args.warmup, server_pid=srv.pid,
-                                      processes=args.processes, plot=False, progress=False)
+                                      processes=args.processes, stream=args.stream, plot=False, progress=False)
                     figures = _figures(run_bench(cfg)["points"][0])
                     rounds[clients][name].append(figures)
                     print(f"[transport] {clients} clients, round {r + 1}/{args.rounds} {name}: " + ", ".join(
@@ -91,7 +91,7 @@ def run(args: argparse.Namespace, out: Path) -> dict[str, Any]:
             "setup": {"model": model.name, "layers": list(model.layers), "max_batch_size": model.max_batch_size,
                       "max_queue_delay_us": model.max_queue_delay_us, "clients": args.clients,
                       "duration_s": args.duration, "warmup_s": args.warmup, "rounds": args.rounds,
-                      "processes": args.processes},
+                      "processes": args.processes, "stream": args.stream},
             "rounds": {str(c): v for c, v in rounds.items()}, "medians": {str(c): v for c, v in medians.items()},
             "ratios": {str(c): v for c, v in ratios.items()}, "goals": goals(medians)}
 
@@ -117,7 +117,7 @@ def goals(medians: dict[int, dict[str, dict[str, float | None]]]) -> list[dict[s
 def table(result: dict[str, Any]) -> str:
     s = result["setup"]
     lines = [f"gRPC transports: {s['model']} {'->'.join(map(str, s['layers']))}, 1 row/request, max_batch_size "
-             f"{s['max_batch_size']}, {s['max_queue_delay_us']} µs queue delay; unary, closed loop, {s['rounds']} "
+             f"{s['max_batch_size']}, {s['max_queue_delay_us']} µs queue delay; {'a stream per client' if s.get('stream') else 'unary'}, closed loop, {s['rounds']} "
              f"alternating rounds of {s['duration_s']:g} s (medians), {s['processes']} client process(es); "
              f"{result['time']}",
              f"{'clients':>8} {'server':>12}" + "".join(f"{k:>20}" for k in FIGURES) + f"{'errors':>8}"]
@@ -168,6 +168,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, help="alternating rounds per client count (default 3; 1 with --quick)")
     p.add_argument("--processes", type=int, default=1,
                    help="client processes (they share the machine's cores with the servers)")
+    p.add_argument("--stream", action="store_true",
+                   help="each client sends over a ModelStreamInfer stream of its own (one message in flight) "
+                        "instead of unary calls")
     p.add_argument("--quick", action="store_true", help="short points, one round: a smoke run")
     p.add_argument("--out", help="output directory (default benchmarks/results/transport-<timestamp>)")
     args = p.parse_args(argv)
