@@ -61,16 +61,19 @@ def pytest_generate_tests(metafunc) -> None:
 
 
 @pytest.fixture(scope="session")
-def grpc_transport(request) -> str:
-    """The gRPC transport of this test's servers: ``aio`` unless its module is marked ``grpc_transports``."""
-    return getattr(request, "param", "aio")
+def grpc_transport(request) -> Iterator[str]:
+    """The gRPC transport of this test's servers: ``aio`` unless its module is marked ``grpc_transports``.
+    Servers made while it is set up use it; a module-scoped fixture that starts a server must name this
+    fixture, so that it is made again for each transport."""
+    transport = getattr(request, "param", "aio")
+    ServerProcess.grpc_transport = transport
+    yield transport
+    ServerProcess.grpc_transport = "aio"
 
 
 @pytest.fixture(autouse=True)
-def _servers_use_transport(grpc_transport) -> Iterator[None]:
-    ServerProcess.grpc_transport = grpc_transport
-    yield
-    ServerProcess.grpc_transport = "aio"
+def _servers_use_transport(grpc_transport) -> None:
+    """Every test takes part in the parametrization (its servers, even those it makes itself, follow it)."""
 
 
 @pytest.fixture(scope="session")

@@ -32,7 +32,7 @@ SLOW_MS = 800.0
 
 
 @pytest.fixture(scope="module")
-def srv(make_repo):
+def srv(make_repo, grpc_transport):
     repo = make_repo(MODEL)
     make_slow_model(repo / MODEL / "1" / "model.onnx", SLOW_MS)
     cfg = repo / MODEL / "config.pbtxt"

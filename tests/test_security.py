@@ -240,7 +240,7 @@ HTTP_CODES = {"OK": 200, "UNAUTHENTICATED": 401, "PERMISSION_DENIED": 403}
 
 
 @pytest.fixture(scope="module")
-def authed(make_repo, tmp_path_factory):
+def authed(make_repo, tmp_path_factory, grpc_transport):
     principals = tmp_path_factory.mktemp("auth") / "principals.txt"
     principals.write_text(PRINCIPALS)
     proc = ServerProcess(make_repo("mlp"), "--auth-principals", str(principals), "--model-control-mode",

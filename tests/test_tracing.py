@@ -110,7 +110,7 @@ def repo(make_repo, model_source):
 
 
 @pytest.fixture(scope="module")
-def traced(repo, receiver) -> Iterator[ServerProcess]:
+def traced(repo, receiver, grpc_transport) -> Iterator[ServerProcess]:
     """Tracing on, default sampler: only callers' sampled traceparents are traced."""
     proc = ServerProcess(repo, env=otel_env(receiver.port)).start()
     yield proc

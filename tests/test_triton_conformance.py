@@ -44,7 +44,7 @@ def test_check_json_depth(doc, deep):
 
 # -- a server with Triton-QA-style models ---------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def srv(tmp_path_factory) -> Iterator[ServerProcess]:
+def srv(tmp_path_factory, grpc_transport) -> Iterator[ServerProcess]:
     root = tmp_path_factory.mktemp("triton_repo")
     write_triton_identity(root, "onnx_zero_1_float32", "FP32", [-1], 8)
     write_triton_identity(root, "onnx_zero_1_float16", "FP16", [-1, -1], 8)
