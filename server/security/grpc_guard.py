@@ -97,4 +97,51 @@ class GrpcGuard(grpc.aio.ServerInterceptor):
         return handler
 
 
-__all__ = ["GrpcGuard", "peer_host"]
+class SyncGrpcGuard(grpc.ServerInterceptor):
+    """GrpcGuard for grpcio's thread-pool server (--grpc-transport sync): the same check, in the handler
+    thread, before the handler (whatever its kind: a streaming one's iterator is made only once it passed)."""
+
+    def __init__(self, guard: Guard, status_of: Any):
+        self._aio = GrpcGuard(guard, status_of)
+        self.status_of = status_of
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        group = grpc_group(handler_call_details.method)
+        if not self._aio.guarded(group):
+            return handler
+        return self._wrap(handler, group)
+
+    def _check(self, group: str, context: grpc.ServicerContext) -> None:
+        try:
+            bearer, cert = _credentials(context)
+            host = peer_host(context.peer())
+            principal = self._aio.guard.check(group, bearer, cert, host)
+            audit_caller.set(principal.name if principal is not None else f"anonymous@{host}")
+        except SkewlessError as exc:
+            context.abort(*self.status_of(exc))
+
+    def _wrap(self, handler: grpc.RpcMethodHandler, group: str) -> grpc.RpcMethodHandler:
+        check = self._check
+        for kind, make in (("unary_unary", grpc.unary_unary_rpc_method_handler),
+                           ("unary_stream", grpc.unary_stream_rpc_method_handler),
+                           ("stream_unary", grpc.stream_unary_rpc_method_handler),
+                           ("stream_stream", grpc.stream_stream_rpc_method_handler)):
+            inner = getattr(handler, kind)
+            if inner is None:
+                continue
+
+            def behavior(request, context, *send_response, inner=inner):
+                check(group, context)
+                return inner(request, context, *send_response)
+
+            # a non-blocking handler (grpc_sync's direct replies) is called with a third argument, and says so
+            behavior.experimental_non_blocking = getattr(inner, "experimental_non_blocking", False)
+            return make(behavior, request_deserializer=handler.request_deserializer,
+                        response_serializer=handler.response_serializer)
+        return handler
+
+
+__all__ = ["GrpcGuard", "SyncGrpcGuard", "peer_host"]
