@@ -97,6 +97,22 @@ def test_requests_spread_and_counted_once(workers):
     assert http_status(workers.http_url + "/v2/health/ready") == 200
 
 
+def test_grpc_health_of_the_whole_server_turns_serving_on_every_worker(workers):
+    """The overall health ("") was set before the siblings were up and stayed NOT_SERVING; it follows them."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    def statuses() -> set[int]:
+        seen = set()
+        for _ in range(8):  # new channels: SO_REUSEPORT spreads them over the workers
+            with grpc.insecure_channel(workers.grpc_url, options=[("grpc.use_local_subchannel_pool", 1)]) as ch:
+                seen.add(health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""),
+                                                              timeout=RPC_TIMEOUT).status)
+        return seen
+
+    wait_until(lambda: statuses() == {health_pb2.HealthCheckResponse.SERVING}, 30, "SERVING on every worker")
+
+
 def test_shared_memory_registration_reaches_every_worker(workers):
     """A region registered through one worker serves requests whichever worker they land on; unregistering
     through one removes it everywhere."""

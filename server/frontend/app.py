@@ -179,6 +179,7 @@ class Server:
         self.aggregates = AggregateStates(opts.aggregates, opts.worker.count if opts.worker is not None else 1)
         self.repository.version_hooks.append(self.aggregates.attach)
         self.health = health_aio.HealthServicer()
+        self._health_watch: asyncio.Task | None = None
         self.grpc_port = 0
         self.http_port = 0
         self.metrics_port = 0
@@ -353,9 +354,21 @@ class Server:
         self.metrics_port = await self._http.start(listen.host, listen.metrics_port, reuse)
         if self.cluster is not None:
             self.cluster.set_ready(True)
+            # Siblings mark themselves ready in a shared file, not through an event here: follow it, so the
+            # overall health ("") turns SERVING once every worker is (it was set before the siblings were up).
+            self._health_watch = asyncio.get_running_loop().create_task(self._follow_cluster_health())
         log.info("serving gRPC on %s:%d (%s, %s transport), HTTP/REST on %s:%d, health HTTP on %s:%d",
                  listen.host, self.grpc_port, INFERENCE_SERVICE, opts.grpc_transport.transport, listen.host,
                  self.http_port, listen.host, self.metrics_port)
+
+    async def _follow_cluster_health(self, every_s: float = 0.5) -> None:
+        last = None
+        while True:
+            ready = self.dataplane.is_ready()
+            if ready != last:
+                await self._set_health("", ready)
+                last = ready
+            await asyncio.sleep(every_s)
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -367,6 +380,8 @@ class Server:
         """Refuse new RPCs, let in-flight ones finish within the grace period, then unload models."""
         log.info("stopping: finishing in-flight requests (grace %.0fs)", self.opts.listen.grace_period_s)
         self.dataplane.accepting = False
+        if self._health_watch is not None:
+            self._health_watch.cancel()
         if self.cluster is not None:
             await self.cluster.stop()
         await self.health.enter_graceful_shutdown()
