@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from skewless.native.aggregates import BUILD_INFO, AggregatePlanError, AggregateState
 from skewless.native.columns import column
-from skewless.native.feature_kernel import FeatureInputError
+from skewless.native.feature_kernel import FeatureInputError, murmurhash3_32
 
 OPS = ("count", "sum", "mean", "min", "max", "last", "distinct")
 KEY_DTYPES = {"ks": "string", "ki": "int", "kb": "bool"}
@@ -379,6 +379,41 @@ def test_load_refuses_another_plan_and_damaged_files(tmp_path):
 def test_compiled_for_deterministic_floating_point():
     assert BUILD_INFO["fast_math"] is False and BUILD_INFO["fp_env_guard"] is True
     assert BUILD_INFO["flt_eval_method"] in (0, -1)
+
+
+def test_crafted_state_files_load_or_fail_cleanly(tmp_path):
+    """Bytes changed under a valid checksum: load refuses (ValueError) or gives a state that still runs."""
+    plan = [{"name": op, "op": op, "keys": ["ks"], "time": "t", "value": "vf", "window": 4, "bucket": 2,
+             "time_unit": "s"} for op in OPS]
+    rng = np.random.default_rng(9)
+    rows = {"ks": [f"k{i % 7}" for i in range(400)], "t": [i // 40 for i in range(400)],
+            "vf": [float(x) for x in rng.integers(0, 300, 400)]}
+    eng = engine(plan, max_keys=5)
+    eng.score(to_columns(rows), 400)
+    path = tmp_path / "state.bin"
+    eng.save(path)
+    blob = path.read_bytes()
+    header, payload = blob[:44], bytearray(blob[44:-4])
+    probe = to_columns({"ks": ["k1", "k2", "zz"], "t": [9, 10, 11], "vf": [1.0, 2.0, 3.0]})
+    outcomes = set()
+    for _ in range(300):
+        damaged = bytearray(payload)
+        for pos in rng.integers(0, len(damaged), int(rng.integers(1, 4))):
+            damaged[pos] = int(rng.integers(0, 256))
+        if rng.random() < 0.2:
+            damaged = damaged[: int(rng.integers(0, len(damaged)))]
+        path.write_bytes(header + bytes(damaged) + murmurhash3_32(bytes(damaged), 0x9747B28C).to_bytes(4, "little"))
+        fresh = engine(plan, max_keys=5)
+        try:
+            fresh.load(path)
+        except ValueError:
+            outcomes.add("refused")
+            continue
+        outcomes.add("loaded")
+        fresh.score(probe, 3)
+        fresh.ingest(probe, 3)
+        assert fresh.stats()["keys"] <= 5
+    assert outcomes == {"refused", "loaded"}
 
 
 # ---- bad input ----------------------------------------------------------------------------------------

@@ -611,9 +611,36 @@ class Engine {
     // ---- persistence -------------------------------------------------------------------------------
     // Payload (little-endian): u32 group count, u64 keys_evicted; per group: its shape (width, retention,
     // slot count) to catch a mismatched plan, u8 has_g, i64 g, u8 has_max_t, i64 max_t, i64 late,
-    // i64 recorded, u64 key count; per key: u32 length, bytes, i64 top, u32 buckets; per bucket: i64 j and
-    // per slot the Acc (count, n, ns, fsum lo/hi, min, max, u8 has_last, last_t, last_ok, last_v, u32 hash
-    // count, hashes). Then u32 murmur3 of everything before it.
+    // i64 recorded, u64 key count, then each key (put_key). Then u32 murmur3 of everything before it.
+
+    /* One key's state: u32 length, key bytes, i64 top, u32 buckets; per bucket i64 j and per slot the Acc
+     * (count, n, ns, fsum lo/hi, min, max, u8 has_last, last_t, last_ok, last_v, u32 hash count, hashes).
+     * The unit an external store would keep per (group, key). */
+    static void put_key(std::string& s, const std::string& key, const KeyState& ks) {
+        put_u32(s, (uint32_t)key.size());
+        s.append(key);
+        put_u64(s, (uint64_t)ks.top);
+        put_u32(s, (uint32_t)ks.buckets.size());
+        for (const Bucket& bk : ks.buckets) {
+            put_u64(s, (uint64_t)bk.j);
+            for (const Acc& a : bk.slots) {
+                put_u64(s, (uint64_t)a.count);
+                put_u64(s, (uint64_t)a.n);
+                put_u64(s, (uint64_t)a.ns);
+                unsigned __int128 f = (unsigned __int128)a.fsum;
+                put_u64(s, (uint64_t)f);
+                put_u64(s, (uint64_t)(f >> 64));
+                put_f64(s, a.mn);
+                put_f64(s, a.mx);
+                s.push_back(a.has_last ? 1 : 0);
+                put_u64(s, (uint64_t)a.last_t);
+                put_u64(s, (uint64_t)a.last_ok);
+                put_f64(s, a.last_v);
+                put_u32(s, (uint32_t)a.hashes.size());
+                for (uint64_t h : a.hashes) put_u64(s, h);
+            }
+        }
+    }
 
     std::string save() {
         std::lock_guard<std::mutex> lock(mu);
@@ -633,31 +660,7 @@ class Engine {
             put_u64(s, (uint64_t)st.late);
             put_u64(s, (uint64_t)st.recorded);
             put_u64(s, (uint64_t)st.keys.size());
-            for (const auto& kv : st.keys) {
-                put_u32(s, (uint32_t)kv.first.size());
-                s.append(kv.first);
-                put_u64(s, (uint64_t)kv.second.top);
-                put_u32(s, (uint32_t)kv.second.buckets.size());
-                for (const Bucket& bk : kv.second.buckets) {
-                    put_u64(s, (uint64_t)bk.j);
-                    for (const Acc& a : bk.slots) {
-                        put_u64(s, (uint64_t)a.count);
-                        put_u64(s, (uint64_t)a.n);
-                        put_u64(s, (uint64_t)a.ns);
-                        unsigned __int128 f = (unsigned __int128)a.fsum;
-                        put_u64(s, (uint64_t)f);
-                        put_u64(s, (uint64_t)(f >> 64));
-                        put_f64(s, a.mn);
-                        put_f64(s, a.mx);
-                        s.push_back(a.has_last ? 1 : 0);
-                        put_u64(s, (uint64_t)a.last_t);
-                        put_u64(s, (uint64_t)a.last_ok);
-                        put_f64(s, a.last_v);
-                        put_u32(s, (uint32_t)a.hashes.size());
-                        for (uint64_t h : a.hashes) put_u64(s, h);
-                    }
-                }
-            }
+            for (const auto& kv : st.keys) put_key(s, kv.first, kv.second);
         }
         put_u32(s, sl_murmur3_32((const uint8_t*)s.data(), s.size(), HASH_SEED0));
         return s;
@@ -703,6 +706,45 @@ class Engine {
 
     static void bad(const char* what) { throw std::invalid_argument(what); }
 
+    static void get_key(Reader& r, size_t n_slots, std::string& key, KeyState& ks) {
+        uint32_t kl = r.u32();
+        r.need(kl);
+        key.assign((const char*)r.p, kl);
+        r.p += kl;
+        r.left -= kl;
+        ks.top = r.i64();
+        uint32_t nb = r.u32();
+        if (nb > r.left) bad("aggregate state file is corrupt (bucket count)");
+        ks.buckets.resize(nb);
+        for (uint32_t b = 0; b < nb; b++) {
+            Bucket& bk = ks.buckets[b];
+            bk.j = r.i64();
+            if (b > 0 && bk.j <= ks.buckets[b - 1].j) bad("aggregate state file is corrupt (bucket order)");
+            if (bk.j > ks.top) bad("aggregate state file is corrupt (bucket after top)");
+            bk.slots.resize(n_slots);
+            for (Acc& a : bk.slots) {
+                a.count = r.i64();
+                a.n = r.i64();
+                a.ns = r.i64();
+                uint64_t lo = r.u64(), hi = r.u64();
+                a.fsum = (__int128)(((unsigned __int128)hi << 64) | lo);
+                a.mn = r.f64();
+                a.mx = r.f64();
+                a.has_last = r.u8() != 0;
+                a.last_t = r.i64();
+                a.last_ok = r.i64();
+                a.last_v = r.f64();
+                uint32_t nh = r.u32();
+                if (nh > K) bad("aggregate state file is corrupt (sketch size)");
+                a.hashes.resize(nh);
+                for (uint32_t h = 0; h < nh; h++) {
+                    a.hashes[h] = r.u64();
+                    if (h > 0 && a.hashes[h] <= a.hashes[h - 1]) bad("aggregate state file is corrupt (sketch order)");
+                }
+            }
+        }
+    }
+
     /* Replace the whole state with a saved one; the current state is untouched when the file is bad. */
     void load(const char* data, size_t len) {
         if (len < 4) bad("aggregate state file is truncated");
@@ -729,43 +771,9 @@ class Engine {
             if (nk > r.left) bad("aggregate state file is corrupt (key count)");
             st.keys.reserve((size_t)nk);
             for (uint64_t k = 0; k < nk; k++) {
-                uint32_t kl = r.u32();
-                r.need(kl);
-                std::string key((const char*)r.p, kl);
-                r.p += kl;
-                r.left -= kl;
+                std::string key;
                 KeyState ks;
-                ks.top = r.i64();
-                uint32_t nb = r.u32();
-                if (nb > r.left) bad("aggregate state file is corrupt (bucket count)");
-                ks.buckets.resize(nb);
-                for (uint32_t b = 0; b < nb; b++) {
-                    Bucket& bk = ks.buckets[b];
-                    bk.j = r.i64();
-                    if (b > 0 && bk.j <= ks.buckets[b - 1].j) bad("aggregate state file is corrupt (bucket order)");
-                    if (bk.j > ks.top) bad("aggregate state file is corrupt (bucket after top)");
-                    bk.slots.resize(g.slots.size());
-                    for (Acc& a : bk.slots) {
-                        a.count = r.i64();
-                        a.n = r.i64();
-                        a.ns = r.i64();
-                        uint64_t lo = r.u64(), hi = r.u64();
-                        a.fsum = (__int128)(((unsigned __int128)hi << 64) | lo);
-                        a.mn = r.f64();
-                        a.mx = r.f64();
-                        a.has_last = r.u8() != 0;
-                        a.last_t = r.i64();
-                        a.last_ok = r.i64();
-                        a.last_v = r.f64();
-                        uint32_t nh = r.u32();
-                        if (nh > K) bad("aggregate state file is corrupt (sketch size)");
-                        a.hashes.resize(nh);
-                        for (uint32_t h = 0; h < nh; h++) {
-                            a.hashes[h] = r.u64();
-                            if (h > 0 && a.hashes[h] <= a.hashes[h - 1]) bad("aggregate state file is corrupt (sketch order)");
-                        }
-                    }
-                }
+                get_key(r, g.slots.size(), key, ks);
                 if (!st.keys.emplace(std::move(key), std::move(ks)).second) bad("aggregate state file is corrupt (duplicate key)");
             }
             total += (int64_t)st.keys.size();
