@@ -137,6 +137,13 @@ def _held(stats: dict) -> dict:
     return {k: v for k, v in stats.items() if k != "bytes"}
 
 
+def check_counters(eng: AggregateState) -> None:
+    """stats() reads running counters: they must equal what walking the state counts."""
+    counted, walked, ages = eng._recount()
+    assert counted == walked
+    assert ages == walked[3]
+
+
 def late(ref: ReferenceState) -> int:
     return sum(g.late for g in ref.groups.values())
 
@@ -153,6 +160,7 @@ def test_one_batch_matches_reference(plan, rows):
     assert tuple(got) == eng.names == tuple(a["name"] for a in plan)
     assert_same(got, want, eng.names)
     assert eng.stats()["events_late"] == late(ref)
+    check_counters(eng)
 
 
 @PROPERTY
@@ -168,6 +176,7 @@ def test_batch_splits_match_reference(plan, rows, data):
         parts.append(eng.score(to_columns(sub(rows, idx)), len(idx)))
         start = stop
     assert_same(concat(parts, eng.names), want, eng.names)
+    check_counters(eng)
 
 
 @PROPERTY
@@ -207,6 +216,7 @@ def test_ingest_mixed_with_score(plan, rows, data):
                 assert eng.ingest(to_columns(part), stop - start) == ref.ingest(part)
         start = stop
     assert eng.stats()["events_late"] == late(ref)
+    check_counters(eng)
 
 
 @PROPERTY
@@ -226,6 +236,28 @@ def test_save_load_mid_stream(plan, rows, data, tmp_path_factory):
     want = ref.score(second)
     assert_same(loaded.score(to_columns(second), n - cut), want, eng.names)
     assert_same(eng.score(to_columns(second), n - cut), want, eng.names)  # the original goes on the same way
+    check_counters(eng)
+    check_counters(loaded)
+
+
+@PROPERTY
+@given(plan=plans(), rows=streams(), max_keys=st.integers(1, 4), data=st.data())
+def test_key_cap_holds_under_any_stream(plan, rows, max_keys, data, tmp_path_factory):
+    """Eviction changes values (by design) but never the bookkeeping: at most max_keys keys, counters exact."""
+    eng = engine(plan, max_keys=max_keys)
+    n = n_rows(rows)
+    cut = data.draw(st.integers(0, n))
+    eng.score(to_columns(sub(rows, range(cut))), cut)
+    eng.ingest(to_columns(sub(rows, range(cut, n))), n - cut)
+    s = eng.stats()
+    assert s["keys"] <= max_keys
+    check_counters(eng)
+    path = tmp_path_factory.mktemp("state") / "capped.state"
+    eng.save(path)
+    smaller = engine(plan, max_keys=1)
+    smaller.load(path)
+    assert smaller.stats()["keys"] <= 1
+    check_counters(smaller)
 
 
 def test_two_threads_on_disjoint_keys_equal_one_thread():
@@ -340,6 +372,7 @@ def test_hidden_keys_are_freed():
     s = eng.stats()
     assert s["keys"] <= 10 and s["buckets"] <= 20 and 0 < s["bytes"] < 1 << 20
     assert s["events_recorded"] == 20000 and s["events_late"] == 0
+    check_counters(eng)
 
 
 def test_max_keys_evicts_the_oldest():
@@ -351,6 +384,7 @@ def test_max_keys_evicts_the_oldest():
     assert list(got["c"]) == [0, 0, 0, 0, 0, 1]  # key 1 (oldest) was evicted by key 4, key 2 by key 1 again
     s = eng.stats()
     assert s["keys"] == 3 and s["keys_evicted"] == 2
+    check_counters(eng)
 
 
 def test_load_refuses_another_plan_and_damaged_files(tmp_path):
@@ -413,6 +447,7 @@ def test_crafted_state_files_load_or_fail_cleanly(tmp_path):
         fresh.score(probe, 3)
         fresh.ingest(probe, 3)
         assert fresh.stats()["keys"] <= 5
+        check_counters(fresh)
     assert outcomes == {"refused", "loaded"}
 
 
