@@ -314,7 +314,7 @@ def test_distinct_above_k_matches_reference(value):
 
 def test_sums_near_the_int128_to_double_rounding_edges():
     """Fixed-point totals beyond 2**53 units: the conversion to double must round correctly (ties to even)."""
-    values = [2.0**40 - 2.0**-32, 2.0**-32, 2.0**39 + 2.0**-31, -(2.0**-32), 2.0**40 - 2.0**-20, 3 * 2.0**-33,
+    values = [2.0**40 - 2.0**-13, 2.0**-32, 2.0**39 + 2.0**-13, -(2.0**-32), 2.0**40 - 2.0**-12, 3 * 2.0**-33,
               2.0**-33, 2.0**-34, 2.0**12 + 2.0**-32, 0.1, -0.3]
     plan = [{"name": op, "op": op, "keys": ["kb"], "time": "t", "value": "vf", "window": 1, "bucket": 1,
              "time_unit": "s"} for op in ("sum", "mean")]
@@ -323,6 +323,29 @@ def test_sums_near_the_int128_to_double_rounding_edges():
         picks = [values[int(i)] for i in rng.integers(0, len(values), 40)]
         rows = {"kb": [True] * 41, "t": [0] * 40 + [1], "vf": [*picks, None]}
         assert_same(engine(plan).score(to_columns(rows), 41), reference(plan).score(rows), ["sum", "mean"])
+
+
+@pytest.mark.parametrize("values", [
+    [2.0**21, 2.0**-32],  # 2**53 + 1 units: a tie, rounds to even (down)
+    [2.0**21, 3 * 2.0**-32],  # 2**53 + 3 units: a tie, rounds to even (up)
+    [2.0**21, 2.0**-32, 2.0**-33],  # the -33 rounds to 0 units (tie to even), so still a tie
+    # near 2**53 * 2**32 units (2**40 - 2**-13 is the largest double below 2**40)
+    [2.0**40 - 2.0**-13] * 8192 + [3 * 2.0**-32],
+    [2.0**40 - 2.0**-12] * 8192 + [0.5],  # 2**85 - 2**33 + 2**31 units: a tie at 2**32, to even (down)
+    [2.0**40 - 2.0**-12] * 8192 + [0.5, 2.0**-32],  # just above the tie: up
+    [-(2.0**40) + 2.0**-13] * 8192 + [2.0**-32, 2.0**-31, -5 * 2.0**-32],
+])
+def test_sum_conversion_ties(values):
+    plan = [{"name": op, "op": op, "keys": ["kb"], "time": "t", "value": "vf", "window": 1, "bucket": 1,
+             "time_unit": "s"} for op in ("sum", "mean")]
+    n = len(values)
+    rows = {"kb": [True] * (n + 1), "t": [0] * n + [1], "vf": [*values, None]}
+    got = engine(plan).score(to_columns(rows), n + 1)
+    assert_same(got, reference(plan).score(rows), ["sum", "mean"])
+    from fractions import Fraction
+
+    exact = sum(Fraction(round(v * 2**32)) for v in values) / 2**32
+    assert got["sum"][-1] == float(exact)  # Fraction -> float rounds correctly, ties to even
 
 
 def test_extreme_times_and_late_events():
