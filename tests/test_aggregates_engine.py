@@ -260,8 +260,11 @@ def test_key_cap_holds_under_any_stream(plan, rows, max_keys, data, tmp_path_fac
     check_counters(smaller)
 
 
-def test_two_threads_on_disjoint_keys_equal_one_thread():
-    """Threads interleave batches arbitrarily; with keys disjoint and no visibility cut, values are fixed."""
+def test_two_threads_on_disjoint_keys_equal_one_thread(tmp_path):
+    """Threads interleave batches arbitrarily; with keys disjoint and no visibility cut, values are fixed.
+
+    A third thread saves the state meanwhile (as the server's background saver does): no effect on values.
+    """
     rng = np.random.default_rng(7)
     plan = [{"name": f"a_{op}", "op": op, "keys": ["ks", "ki"], "time": "t", "value": "vf" if op != "count" else None,
              "window": 20, "bucket": 2, "time_unit": "s"} for op in OPS]
@@ -283,11 +286,16 @@ def test_two_threads_on_disjoint_keys_equal_one_thread():
     def run(name):
         got[name] = concat([shared.score(cols, 100) for cols in batches[name]], shared.names)
 
-    threads = [threading.Thread(target=run, args=(name,)) for name in ("a", "b")]
+    def save():
+        for i in range(5):
+            shared.save(tmp_path / f"state{i}")
+
+    threads = [threading.Thread(target=run, args=(name,)) for name in ("a", "b")] + [threading.Thread(target=save)]
     for th in threads:
         th.start()
     for th in threads:
         th.join()
+    engine(plan).load(tmp_path / "state4")
     assert_same(got["a"], want_a, shared.names)
     assert_same(got["b"], want_b, shared.names)
     assert shared.stats()["events_recorded"] == single.stats()["events_recorded"] == 2 * n * 1
