@@ -52,6 +52,7 @@ cdef extern from "include/skewless_agg.h" namespace "skl_agg" nogil:
         void add_agg(int gi, int op, int64_t n, int slot, int out) except +
         int64_t run(const Col* cols, int64_t n_rows, double* const* outs) except +
         void stats(int64_t* out) except +
+        void recount(int64_t* out) except +
         string save() except +
         void load(const char* data, size_t length) except +
 
@@ -439,6 +440,14 @@ cdef class AggregateState:
             self.engine.stats(s)
         return {"keys": s[0], "buckets": s[1], "bytes": s[2], "events_recorded": s[3], "events_late": s[4],
                 "keys_evicted": s[5], "watermark": s[7] if s[6] else None}
+
+    def _recount(self):
+        """For tests: (running counters, the same counted by walking the state): buckets, hashes, key bytes,
+        keys; plus the size of the age index, which equals the key count."""
+        cdef int64_t s[9]
+        with nogil:
+            self.engine.recount(s)
+        return (s[0], s[1], s[2], s[3]), (s[4], s[5], s[6], s[7]), s[8]
 
     def save(self, path):
         """Write the state to ``path`` atomically (a temporary file in the same folder, then a rename)."""

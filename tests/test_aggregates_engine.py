@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from skewless.native.aggregates import BUILD_INFO, AggregatePlanError, AggregateState
 from skewless.native.columns import column
-from skewless.native.feature_kernel import FeatureInputError
+from skewless.native.feature_kernel import FeatureInputError, murmurhash3_32
 
 OPS = ("count", "sum", "mean", "min", "max", "last", "distinct")
 KEY_DTYPES = {"ks": "string", "ki": "int", "kb": "bool"}
@@ -137,6 +137,13 @@ def _held(stats: dict) -> dict:
     return {k: v for k, v in stats.items() if k != "bytes"}
 
 
+def check_counters(eng: AggregateState) -> None:
+    """stats() reads running counters: they must equal what walking the state counts."""
+    counted, walked, ages = eng._recount()
+    assert counted == walked
+    assert ages == walked[3]
+
+
 def late(ref: ReferenceState) -> int:
     return sum(g.late for g in ref.groups.values())
 
@@ -153,6 +160,7 @@ def test_one_batch_matches_reference(plan, rows):
     assert tuple(got) == eng.names == tuple(a["name"] for a in plan)
     assert_same(got, want, eng.names)
     assert eng.stats()["events_late"] == late(ref)
+    check_counters(eng)
 
 
 @PROPERTY
@@ -168,6 +176,7 @@ def test_batch_splits_match_reference(plan, rows, data):
         parts.append(eng.score(to_columns(sub(rows, idx)), len(idx)))
         start = stop
     assert_same(concat(parts, eng.names), want, eng.names)
+    check_counters(eng)
 
 
 @PROPERTY
@@ -207,6 +216,7 @@ def test_ingest_mixed_with_score(plan, rows, data):
                 assert eng.ingest(to_columns(part), stop - start) == ref.ingest(part)
         start = stop
     assert eng.stats()["events_late"] == late(ref)
+    check_counters(eng)
 
 
 @PROPERTY
@@ -226,10 +236,35 @@ def test_save_load_mid_stream(plan, rows, data, tmp_path_factory):
     want = ref.score(second)
     assert_same(loaded.score(to_columns(second), n - cut), want, eng.names)
     assert_same(eng.score(to_columns(second), n - cut), want, eng.names)  # the original goes on the same way
+    check_counters(eng)
+    check_counters(loaded)
 
 
-def test_two_threads_on_disjoint_keys_equal_one_thread():
-    """Threads interleave batches arbitrarily; with keys disjoint and no visibility cut, values are fixed."""
+@PROPERTY
+@given(plan=plans(), rows=streams(), max_keys=st.integers(1, 4), data=st.data())
+def test_key_cap_holds_under_any_stream(plan, rows, max_keys, data, tmp_path_factory):
+    """Eviction changes values (by design) but never the bookkeeping: at most max_keys keys, counters exact."""
+    eng = engine(plan, max_keys=max_keys)
+    n = n_rows(rows)
+    cut = data.draw(st.integers(0, n))
+    eng.score(to_columns(sub(rows, range(cut))), cut)
+    eng.ingest(to_columns(sub(rows, range(cut, n))), n - cut)
+    s = eng.stats()
+    assert s["keys"] <= max_keys
+    check_counters(eng)
+    path = tmp_path_factory.mktemp("state") / "capped.state"
+    eng.save(path)
+    smaller = engine(plan, max_keys=1)
+    smaller.load(path)
+    assert smaller.stats()["keys"] <= 1
+    check_counters(smaller)
+
+
+def test_two_threads_on_disjoint_keys_equal_one_thread(tmp_path):
+    """Threads interleave batches arbitrarily; with keys disjoint and no visibility cut, values are fixed.
+
+    A third thread saves the state meanwhile (as the server's background saver does): no effect on values.
+    """
     rng = np.random.default_rng(7)
     plan = [{"name": f"a_{op}", "op": op, "keys": ["ks", "ki"], "time": "t", "value": "vf" if op != "count" else None,
              "window": 20, "bucket": 2, "time_unit": "s"} for op in OPS]
@@ -251,11 +286,16 @@ def test_two_threads_on_disjoint_keys_equal_one_thread():
     def run(name):
         got[name] = concat([shared.score(cols, 100) for cols in batches[name]], shared.names)
 
-    threads = [threading.Thread(target=run, args=(name,)) for name in ("a", "b")]
+    def save():
+        for i in range(5):
+            shared.save(tmp_path / f"state{i}")
+
+    threads = [threading.Thread(target=run, args=(name,)) for name in ("a", "b")] + [threading.Thread(target=save)]
     for th in threads:
         th.start()
     for th in threads:
         th.join()
+    engine(plan).load(tmp_path / "state4")
     assert_same(got["a"], want_a, shared.names)
     assert_same(got["b"], want_b, shared.names)
     assert shared.stats()["events_recorded"] == single.stats()["events_recorded"] == 2 * n * 1
@@ -282,7 +322,7 @@ def test_distinct_above_k_matches_reference(value):
 
 def test_sums_near_the_int128_to_double_rounding_edges():
     """Fixed-point totals beyond 2**53 units: the conversion to double must round correctly (ties to even)."""
-    values = [2.0**40 - 2.0**-32, 2.0**-32, 2.0**39 + 2.0**-31, -(2.0**-32), 2.0**40 - 2.0**-20, 3 * 2.0**-33,
+    values = [2.0**40 - 2.0**-13, 2.0**-32, 2.0**39 + 2.0**-13, -(2.0**-32), 2.0**40 - 2.0**-12, 3 * 2.0**-33,
               2.0**-33, 2.0**-34, 2.0**12 + 2.0**-32, 0.1, -0.3]
     plan = [{"name": op, "op": op, "keys": ["kb"], "time": "t", "value": "vf", "window": 1, "bucket": 1,
              "time_unit": "s"} for op in ("sum", "mean")]
@@ -291,6 +331,29 @@ def test_sums_near_the_int128_to_double_rounding_edges():
         picks = [values[int(i)] for i in rng.integers(0, len(values), 40)]
         rows = {"kb": [True] * 41, "t": [0] * 40 + [1], "vf": [*picks, None]}
         assert_same(engine(plan).score(to_columns(rows), 41), reference(plan).score(rows), ["sum", "mean"])
+
+
+@pytest.mark.parametrize("values", [
+    [2.0**21, 2.0**-32],  # 2**53 + 1 units: a tie, rounds to even (down)
+    [2.0**21, 3 * 2.0**-32],  # 2**53 + 3 units: a tie, rounds to even (up)
+    [2.0**21, 2.0**-32, 2.0**-33],  # the -33 rounds to 0 units (tie to even), so still a tie
+    # near 2**53 * 2**32 units (2**40 - 2**-13 is the largest double below 2**40)
+    [2.0**40 - 2.0**-13] * 8192 + [3 * 2.0**-32],
+    [2.0**40 - 2.0**-12] * 8192 + [0.5],  # 2**85 - 2**33 + 2**31 units: a tie at 2**32, to even (down)
+    [2.0**40 - 2.0**-12] * 8192 + [0.5, 2.0**-32],  # just above the tie: up
+    [-(2.0**40) + 2.0**-13] * 8192 + [2.0**-32, 2.0**-31, -5 * 2.0**-32],
+])
+def test_sum_conversion_ties(values):
+    plan = [{"name": op, "op": op, "keys": ["kb"], "time": "t", "value": "vf", "window": 1, "bucket": 1,
+             "time_unit": "s"} for op in ("sum", "mean")]
+    n = len(values)
+    rows = {"kb": [True] * (n + 1), "t": [0] * n + [1], "vf": [*values, None]}
+    got = engine(plan).score(to_columns(rows), n + 1)
+    assert_same(got, reference(plan).score(rows), ["sum", "mean"])
+    from fractions import Fraction
+
+    exact = sum(Fraction(round(v * 2**32)) for v in values) / 2**32
+    assert got["sum"][-1] == float(exact)  # Fraction -> float rounds correctly, ties to even
 
 
 def test_extreme_times_and_late_events():
@@ -340,6 +403,7 @@ def test_hidden_keys_are_freed():
     s = eng.stats()
     assert s["keys"] <= 10 and s["buckets"] <= 20 and 0 < s["bytes"] < 1 << 20
     assert s["events_recorded"] == 20000 and s["events_late"] == 0
+    check_counters(eng)
 
 
 def test_max_keys_evicts_the_oldest():
@@ -351,6 +415,7 @@ def test_max_keys_evicts_the_oldest():
     assert list(got["c"]) == [0, 0, 0, 0, 0, 1]  # key 1 (oldest) was evicted by key 4, key 2 by key 1 again
     s = eng.stats()
     assert s["keys"] == 3 and s["keys_evicted"] == 2
+    check_counters(eng)
 
 
 def test_load_refuses_another_plan_and_damaged_files(tmp_path):
@@ -379,6 +444,42 @@ def test_load_refuses_another_plan_and_damaged_files(tmp_path):
 def test_compiled_for_deterministic_floating_point():
     assert BUILD_INFO["fast_math"] is False and BUILD_INFO["fp_env_guard"] is True
     assert BUILD_INFO["flt_eval_method"] in (0, -1)
+
+
+def test_crafted_state_files_load_or_fail_cleanly(tmp_path):
+    """Bytes changed under a valid checksum: load refuses (ValueError) or gives a state that still runs."""
+    plan = [{"name": op, "op": op, "keys": ["ks"], "time": "t", "value": "vf", "window": 4, "bucket": 2,
+             "time_unit": "s"} for op in OPS]
+    rng = np.random.default_rng(9)
+    rows = {"ks": [f"k{i % 7}" for i in range(400)], "t": [i // 40 for i in range(400)],
+            "vf": [float(x) for x in rng.integers(0, 300, 400)]}
+    eng = engine(plan, max_keys=5)
+    eng.score(to_columns(rows), 400)
+    path = tmp_path / "state.bin"
+    eng.save(path)
+    blob = path.read_bytes()
+    header, payload = blob[:44], bytearray(blob[44:-4])
+    probe = to_columns({"ks": ["k1", "k2", "zz"], "t": [9, 10, 11], "vf": [1.0, 2.0, 3.0]})
+    outcomes = set()
+    for _ in range(300):
+        damaged = bytearray(payload)
+        for pos in rng.integers(0, len(damaged), int(rng.integers(1, 4))):
+            damaged[pos] = int(rng.integers(0, 256))
+        if rng.random() < 0.2:
+            damaged = damaged[: int(rng.integers(0, len(damaged)))]
+        path.write_bytes(header + bytes(damaged) + murmurhash3_32(bytes(damaged), 0x9747B28C).to_bytes(4, "little"))
+        fresh = engine(plan, max_keys=5)
+        try:
+            fresh.load(path)
+        except ValueError:
+            outcomes.add("refused")
+            continue
+        outcomes.add("loaded")
+        fresh.score(probe, 3)
+        fresh.ingest(probe, 3)
+        assert fresh.stats()["keys"] <= 5
+        check_counters(fresh)
+    assert outcomes == {"refused", "loaded"}
 
 
 # ---- bad input ----------------------------------------------------------------------------------------

@@ -197,15 +197,19 @@ struct Acc {
         hashes.clear();
     }
 
-    void add_hash(uint64_t h) {
+    /* Returns by how many hashes the sketch grew (0 or 1). */
+    int add_hash(uint64_t h) {
         auto it = std::lower_bound(hashes.begin(), hashes.end(), h);
-        if (it != hashes.end() && *it == h) return;
+        if (it != hashes.end() && *it == h) return 0;
+        int grew = 1;
         if (hashes.size() >= K) {
-            if (h > hashes.back()) return;
+            if (h > hashes.back()) return 0;
             hashes.pop_back();
+            grew = 0;
             it = std::lower_bound(hashes.begin(), hashes.end(), h);
         }
         hashes.insert(it, h);
+        return grew;
     }
 
     /* Fold another Acc of the same value input in: the one merge every store uses. */
@@ -291,6 +295,21 @@ struct GroupState {
     int64_t recorded = 0;
     int64_t swept_g = 0;    // g at the last sweep of hidden keys
     bool swept = false;
+    // what the keys hold, kept up to date so that stats() costs nothing per key
+    int64_t n_buckets = 0;
+    int64_t n_hashes = 0;
+    int64_t key_bytes = 0;
+
+    static int64_t hashes_of(const Bucket& bk) {
+        int64_t n = 0;
+        for (const Acc& a : bk.slots) n += (int64_t)a.hashes.size();
+        return n;
+    }
+    void count_key(const std::string& key, const KeyState& ks, int sign) {
+        key_bytes += sign * (int64_t)key.size();
+        n_buckets += sign * (int64_t)ks.buckets.size();
+        for (const Bucket& bk : ks.buckets) n_hashes += sign * hashes_of(bk);
+    }
 };
 
 struct Slot {
@@ -454,6 +473,7 @@ class Engine {
             it = st.keys.emplace(key, KeyState()).first;
             it->second.top = b;
             n_keys += 1;
+            st.key_bytes += (int64_t)key.size();
             if (max_keys > 0) ages.insert(AgeEntry{(__int128)b * g.width, gi, &it->first});
         } else if (b > it->second.top) {
             if (max_keys > 0) {
@@ -480,6 +500,7 @@ class Engine {
             nb.j = b;
             nb.slots.resize(g.slots.size());
             ks.buckets.insert(ks.buckets.begin() + pos, std::move(nb));
+            st.n_buckets += 1;
             pos += 1;
         }
         Bucket& bk = ks.buckets[pos - 1];
@@ -499,16 +520,16 @@ class Engine {
                 if (sl.hashes) {
                     raw.clear();
                     append_part(raw, vc, row);
-                    acc.add_hash(hash53(raw));
+                    st.n_hashes += acc.add_hash(hash53(raw));
                 }
             } else {
                 raw.clear();
                 if (!append_part(raw, vc, row)) continue;
                 acc.n += 1;
-                if (sl.hashes) acc.add_hash(hash53(raw));
+                if (sl.hashes) st.n_hashes += acc.add_hash(hash53(raw));
             }
         }
-        trim(g, ks);
+        trim(g.st, g.retention, ks);
         return true;
     }
 
@@ -528,12 +549,18 @@ class Engine {
     }
 
     /* Drop a key's hidden buckets (j < top - R or j < G - R): invisible to every later read. */
-    static void trim(const Group& g, KeyState& ks) {
-        int64_t lo = sat_sub(ks.top, g.retention);
-        if (g.st.has_g) lo = std::max(lo, sat_sub(g.st.g, g.retention));
+    static void trim(GroupState& st, int64_t retention, KeyState& ks) {
+        int64_t lo = sat_sub(ks.top, retention);
+        if (st.has_g) lo = std::max(lo, sat_sub(st.g, retention));
         size_t k = 0;
-        while (k < ks.buckets.size() && ks.buckets[k].j < lo) k++;
-        if (k) ks.buckets.erase(ks.buckets.begin(), ks.buckets.begin() + k);
+        while (k < ks.buckets.size() && ks.buckets[k].j < lo) {
+            st.n_hashes -= GroupState::hashes_of(ks.buckets[k]);
+            k++;
+        }
+        if (k) {
+            st.n_buckets -= (int64_t)k;
+            ks.buckets.erase(ks.buckets.begin(), ks.buckets.begin() + k);
+        }
     }
 
     /* Free the keys whose every bucket is hidden (top < G - R); their top can no longer matter either,
@@ -550,10 +577,11 @@ class Engine {
             for (auto it = st.keys.begin(); it != st.keys.end();) {
                 if (it->second.top < lo) {
                     if (max_keys > 0) ages.erase(AgeEntry{(__int128)it->second.top * g.width, (int)gi, &it->first});
+                    st.count_key(it->first, it->second, -1);
                     it = st.keys.erase(it);
                     n_keys -= 1;
                 } else {
-                    trim(g, it->second);
+                    trim(st, g.retention, it->second);
                     ++it;
                 }
             }
@@ -565,20 +593,26 @@ class Engine {
     void evict_oldest() {
         AgeEntry e = *ages.begin();
         ages.erase(ages.begin());
-        groups[e.group].st.keys.erase(*e.key);
+        GroupState& st = groups[e.group].st;
+        auto it = st.keys.find(*e.key);
+        st.count_key(it->first, it->second, -1);
+        st.keys.erase(it);
         n_keys -= 1;
         evicted += 1;
     }
 
-    /* keys, buckets, bytes, events_recorded, events_late, keys_evicted, has_watermark, watermark */
+    /* keys, buckets, bytes, events_recorded, events_late, keys_evicted, has_watermark, watermark: from the
+     * running counters, so it costs nothing per key (metrics read it often). bytes is an estimate: the
+     * hash nodes, key bytes, buckets with their accumulators and sketches, the table and the age index. */
     void stats(int64_t* out) {
         std::lock_guard<std::mutex> lock(mu);
-        sweep_all(true);
         int64_t keys = 0, buckets = 0, bytes = (int64_t)sizeof(Engine), rec = 0, late = 0, wm = 0;
         bool has_wm = false;
         for (const Group& g : groups) {
             const GroupState& st = g.st;
-            keys += (int64_t)st.keys.size();
+            int64_t nk = (int64_t)st.keys.size();
+            keys += nk;
+            buckets += st.n_buckets;
             rec += st.recorded;
             late += st.late;
             if (st.has_max_t && (!has_wm || st.max_t > wm)) {
@@ -586,16 +620,9 @@ class Engine {
                 has_wm = true;
             }
             bytes += (int64_t)(st.keys.bucket_count() * sizeof(void*));
-            for (const auto& kv : st.keys) {
-                // a hash node: the key string (heap part when long), the KeyState, the node's links
-                bytes += (int64_t)(sizeof(kv) + 2 * sizeof(void*) + (kv.first.capacity() > 15 ? kv.first.capacity() + 1 : 0));
-                bytes += (int64_t)(kv.second.buckets.capacity() * sizeof(Bucket));
-                buckets += (int64_t)kv.second.buckets.size();
-                for (const Bucket& bk : kv.second.buckets) {
-                    bytes += (int64_t)(bk.slots.capacity() * sizeof(Acc));
-                    for (const Acc& a : bk.slots) bytes += (int64_t)a.heap_bytes();
-                }
-            }
+            bytes += nk * (int64_t)(sizeof(std::pair<const std::string, KeyState>) + 2 * sizeof(void*)) + st.key_bytes;
+            bytes += st.n_buckets * (int64_t)(sizeof(Bucket) + g.slots.size() * sizeof(Acc));
+            bytes += st.n_hashes * (int64_t)sizeof(uint64_t);
         }
         if (max_keys > 0) bytes += (int64_t)(ages.size() * (sizeof(AgeEntry) + 4 * sizeof(void*)));
         out[0] = keys;
@@ -608,12 +635,60 @@ class Engine {
         out[7] = wm;
     }
 
+    /* For tests: the running counters (buckets, hashes, key bytes, keys) and the same figures counted by
+     * walking the state, in out[0..3] and out[4..7]; the age index size in out[8] (keys under a cap). */
+    void recount(int64_t* out) {
+        std::lock_guard<std::mutex> lock(mu);
+        for (int i = 0; i < 9; i++) out[i] = 0;
+        for (const Group& g : groups) {
+            const GroupState& st = g.st;
+            out[0] += st.n_buckets;
+            out[1] += st.n_hashes;
+            out[2] += st.key_bytes;
+            for (const auto& kv : st.keys) {
+                out[4] += (int64_t)kv.second.buckets.size();
+                for (const Bucket& bk : kv.second.buckets) out[5] += GroupState::hashes_of(bk);
+                out[6] += (int64_t)kv.first.size();
+            }
+            out[7] += (int64_t)st.keys.size();
+        }
+        out[3] = n_keys;
+        out[8] = max_keys > 0 ? (int64_t)ages.size() : n_keys;
+    }
+
     // ---- persistence -------------------------------------------------------------------------------
     // Payload (little-endian): u32 group count, u64 keys_evicted; per group: its shape (width, retention,
     // slot count) to catch a mismatched plan, u8 has_g, i64 g, u8 has_max_t, i64 max_t, i64 late,
-    // i64 recorded, u64 key count; per key: u32 length, bytes, i64 top, u32 buckets; per bucket: i64 j and
-    // per slot the Acc (count, n, ns, fsum lo/hi, min, max, u8 has_last, last_t, last_ok, last_v, u32 hash
-    // count, hashes). Then u32 murmur3 of everything before it.
+    // i64 recorded, u64 key count, then each key (put_key). Then u32 murmur3 of everything before it.
+
+    /* One key's state: u32 length, key bytes, i64 top, u32 buckets; per bucket i64 j and per slot the Acc
+     * (count, n, ns, fsum lo/hi, min, max, u8 has_last, last_t, last_ok, last_v, u32 hash count, hashes).
+     * The unit an external store would keep per (group, key). */
+    static void put_key(std::string& s, const std::string& key, const KeyState& ks) {
+        put_u32(s, (uint32_t)key.size());
+        s.append(key);
+        put_u64(s, (uint64_t)ks.top);
+        put_u32(s, (uint32_t)ks.buckets.size());
+        for (const Bucket& bk : ks.buckets) {
+            put_u64(s, (uint64_t)bk.j);
+            for (const Acc& a : bk.slots) {
+                put_u64(s, (uint64_t)a.count);
+                put_u64(s, (uint64_t)a.n);
+                put_u64(s, (uint64_t)a.ns);
+                unsigned __int128 f = (unsigned __int128)a.fsum;
+                put_u64(s, (uint64_t)f);
+                put_u64(s, (uint64_t)(f >> 64));
+                put_f64(s, a.mn);
+                put_f64(s, a.mx);
+                s.push_back(a.has_last ? 1 : 0);
+                put_u64(s, (uint64_t)a.last_t);
+                put_u64(s, (uint64_t)a.last_ok);
+                put_f64(s, a.last_v);
+                put_u32(s, (uint32_t)a.hashes.size());
+                for (uint64_t h : a.hashes) put_u64(s, h);
+            }
+        }
+    }
 
     std::string save() {
         std::lock_guard<std::mutex> lock(mu);
@@ -633,31 +708,7 @@ class Engine {
             put_u64(s, (uint64_t)st.late);
             put_u64(s, (uint64_t)st.recorded);
             put_u64(s, (uint64_t)st.keys.size());
-            for (const auto& kv : st.keys) {
-                put_u32(s, (uint32_t)kv.first.size());
-                s.append(kv.first);
-                put_u64(s, (uint64_t)kv.second.top);
-                put_u32(s, (uint32_t)kv.second.buckets.size());
-                for (const Bucket& bk : kv.second.buckets) {
-                    put_u64(s, (uint64_t)bk.j);
-                    for (const Acc& a : bk.slots) {
-                        put_u64(s, (uint64_t)a.count);
-                        put_u64(s, (uint64_t)a.n);
-                        put_u64(s, (uint64_t)a.ns);
-                        unsigned __int128 f = (unsigned __int128)a.fsum;
-                        put_u64(s, (uint64_t)f);
-                        put_u64(s, (uint64_t)(f >> 64));
-                        put_f64(s, a.mn);
-                        put_f64(s, a.mx);
-                        s.push_back(a.has_last ? 1 : 0);
-                        put_u64(s, (uint64_t)a.last_t);
-                        put_u64(s, (uint64_t)a.last_ok);
-                        put_f64(s, a.last_v);
-                        put_u32(s, (uint32_t)a.hashes.size());
-                        for (uint64_t h : a.hashes) put_u64(s, h);
-                    }
-                }
-            }
+            for (const auto& kv : st.keys) put_key(s, kv.first, kv.second);
         }
         put_u32(s, sl_murmur3_32((const uint8_t*)s.data(), s.size(), HASH_SEED0));
         return s;
@@ -703,6 +754,45 @@ class Engine {
 
     static void bad(const char* what) { throw std::invalid_argument(what); }
 
+    static void get_key(Reader& r, size_t n_slots, std::string& key, KeyState& ks) {
+        uint32_t kl = r.u32();
+        r.need(kl);
+        key.assign((const char*)r.p, kl);
+        r.p += kl;
+        r.left -= kl;
+        ks.top = r.i64();
+        uint32_t nb = r.u32();
+        if (nb > r.left) bad("aggregate state file is corrupt (bucket count)");
+        ks.buckets.resize(nb);
+        for (uint32_t b = 0; b < nb; b++) {
+            Bucket& bk = ks.buckets[b];
+            bk.j = r.i64();
+            if (b > 0 && bk.j <= ks.buckets[b - 1].j) bad("aggregate state file is corrupt (bucket order)");
+            if (bk.j > ks.top) bad("aggregate state file is corrupt (bucket after top)");
+            bk.slots.resize(n_slots);
+            for (Acc& a : bk.slots) {
+                a.count = r.i64();
+                a.n = r.i64();
+                a.ns = r.i64();
+                uint64_t lo = r.u64(), hi = r.u64();
+                a.fsum = (__int128)(((unsigned __int128)hi << 64) | lo);
+                a.mn = r.f64();
+                a.mx = r.f64();
+                a.has_last = r.u8() != 0;
+                a.last_t = r.i64();
+                a.last_ok = r.i64();
+                a.last_v = r.f64();
+                uint32_t nh = r.u32();
+                if (nh > K) bad("aggregate state file is corrupt (sketch size)");
+                a.hashes.resize(nh);
+                for (uint32_t h = 0; h < nh; h++) {
+                    a.hashes[h] = r.u64();
+                    if (h > 0 && a.hashes[h] <= a.hashes[h - 1]) bad("aggregate state file is corrupt (sketch order)");
+                }
+            }
+        }
+    }
+
     /* Replace the whole state with a saved one; the current state is untouched when the file is bad. */
     void load(const char* data, size_t len) {
         if (len < 4) bad("aggregate state file is truncated");
@@ -729,43 +819,10 @@ class Engine {
             if (nk > r.left) bad("aggregate state file is corrupt (key count)");
             st.keys.reserve((size_t)nk);
             for (uint64_t k = 0; k < nk; k++) {
-                uint32_t kl = r.u32();
-                r.need(kl);
-                std::string key((const char*)r.p, kl);
-                r.p += kl;
-                r.left -= kl;
+                std::string key;
                 KeyState ks;
-                ks.top = r.i64();
-                uint32_t nb = r.u32();
-                if (nb > r.left) bad("aggregate state file is corrupt (bucket count)");
-                ks.buckets.resize(nb);
-                for (uint32_t b = 0; b < nb; b++) {
-                    Bucket& bk = ks.buckets[b];
-                    bk.j = r.i64();
-                    if (b > 0 && bk.j <= ks.buckets[b - 1].j) bad("aggregate state file is corrupt (bucket order)");
-                    if (bk.j > ks.top) bad("aggregate state file is corrupt (bucket after top)");
-                    bk.slots.resize(g.slots.size());
-                    for (Acc& a : bk.slots) {
-                        a.count = r.i64();
-                        a.n = r.i64();
-                        a.ns = r.i64();
-                        uint64_t lo = r.u64(), hi = r.u64();
-                        a.fsum = (__int128)(((unsigned __int128)hi << 64) | lo);
-                        a.mn = r.f64();
-                        a.mx = r.f64();
-                        a.has_last = r.u8() != 0;
-                        a.last_t = r.i64();
-                        a.last_ok = r.i64();
-                        a.last_v = r.f64();
-                        uint32_t nh = r.u32();
-                        if (nh > K) bad("aggregate state file is corrupt (sketch size)");
-                        a.hashes.resize(nh);
-                        for (uint32_t h = 0; h < nh; h++) {
-                            a.hashes[h] = r.u64();
-                            if (h > 0 && a.hashes[h] <= a.hashes[h - 1]) bad("aggregate state file is corrupt (sketch order)");
-                        }
-                    }
-                }
+                get_key(r, g.slots.size(), key, ks);
+                st.count_key(key, ks, 1);
                 if (!st.keys.emplace(std::move(key), std::move(ks)).second) bad("aggregate state file is corrupt (duplicate key)");
             }
             total += (int64_t)st.keys.size();
