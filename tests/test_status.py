@@ -76,7 +76,8 @@ def test_route_lists_each_enabled_module_and_refuses_unknown(server):
     code, doc = get(f"{proc.http_url}/v2/status")
     assert code == 200 and doc["worker"] is None
     assert set(doc["modules"]) == {"lineage", "alerts", "audit", "fallback", "traffic", "drift", "aggregates"}
-    assert doc["modules"]["aggregates"] == {"state_dir": None, "save_interval_s": 60.0, "max_keys": 0, "models": {}}
+    assert doc["modules"]["aggregates"] == {"state_dir": None, "save_interval_s": 60.0, "max_keys": 0,
+                                           "store": None, "models": {}}
     assert doc["modules"]["alerts"]["hooks"] == [{"name": "noop", "type": "command", "calls": {}}]
     assert doc["modules"]["fallback"]["models"]["mlp"]["1"]["policy"] == "constant"
     assert doc["modules"]["lineage"]["prediction_log"]["directory"] == str(logdir)
