@@ -50,7 +50,7 @@ cdef extern from "include/skewless_agg.h" namespace "skl_agg" nogil:
         void add_key_col(int gi, int col) except +
         int add_slot(int gi, int col, cbool number, cbool hashes) except +
         void add_agg(int gi, int op, int64_t n, int slot, int out) except +
-        int64_t run(const Col* cols, int64_t n_rows, double* const* outs) except +
+        int64_t run(const Col* cols, int64_t n_rows, double* const* outs, bint do_record) except +
         void stats(int64_t* out) except +
         void recount(int64_t* out) except +
         string save() except +
@@ -314,8 +314,11 @@ cdef class AggregateState:
             cols[i].present = 1
             keep.append(col)
 
-    def score(self, columns, Py_ssize_t n_rows, out=None):
+    def score(self, columns, Py_ssize_t n_rows, out=None, bint record=True):
         """Per row in order: read every aggregate (the window before the row's bucket), then record the row.
+
+        ``record=False`` reads only and leaves the state as it is (a shadow model's copy of rows that the
+        primary records).
 
         ``columns``: column tuples (``skewless.native.columns``) by raw input name, all of ``inputs``;
         returns one float64 [n_rows] array per name (``out``'s arrays, filled, when given). Rows with a
@@ -347,7 +350,7 @@ cdef class AggregateState:
                 result[name] = arr
                 outs[i] = <double*>cnp.PyArray_DATA(arr)
             with nogil:
-                self.engine.run(cols, n_rows, outs)
+                self.engine.run(cols, n_rows, outs, record)
             return result
         finally:
             free(cols)
@@ -367,7 +370,7 @@ cdef class AggregateState:
         try:
             self._bind(cols, columns, n_rows, False, keep)
             with nogil:
-                applied = self.engine.run(cols, n_rows, NULL)
+                applied = self.engine.run(cols, n_rows, NULL, True)
             return applied
         finally:
             free(cols)

@@ -165,6 +165,31 @@ def test_one_batch_matches_reference(plan, rows):
 
 @PROPERTY
 @given(plan=plans(), rows=streams(), data=st.data())
+def test_read_only_scoring_reads_the_state_and_records_nothing(plan, rows, data):
+    """score(record=False), a shadow's copy of rows: each row is read against the state as it is (no row of
+    the batch is recorded, so none sees another), and the state is unchanged."""
+    import copy
+
+    n = n_rows(rows)
+    k = data.draw(st.integers(0, n))
+    ref, eng = reference(plan), engine(plan)
+    first, rest = sub(rows, range(k)), sub(rows, range(k, n))
+    ref.score(first)
+    eng.score(to_columns(first), k)
+    before = _held(eng.stats())
+    got = eng.score(to_columns(rest), n - k, record=False)
+    assert _held(eng.stats()) == before
+    want = {name: np.full(n - k, np.nan) for name in eng.names}
+    for i in range(n - k):
+        one = copy.deepcopy(ref).score(sub(rest, [i]))
+        for name in eng.names:
+            want[name][i] = one[name][0]
+    assert_same(got, want, eng.names)
+    assert_same(eng.score(to_columns(rest), n - k), ref.score(rest), eng.names)  # recording still as before
+
+
+@PROPERTY
+@given(plan=plans(), rows=streams(), data=st.data())
 def test_batch_splits_match_reference(plan, rows, data):
     ref, eng = reference(plan), engine(plan)
     want = ref.score(rows)

@@ -377,6 +377,34 @@ def test_errors(server):
     assert status == 400 and "has no windowed aggregates" in body["error"]
 
 
+def test_event_times_far_ahead_of_the_clock_are_refused(server):
+    """One far-future event would move its group's newest bucket and hide every window until then: the request
+    (not its batch neighbours) is refused, scoring and ingest alike; a missing (masked) element is not a time."""
+    import time
+
+    future = int(time.time()) + 3 * 3600  # the default bound is one hour
+    part = events(2, seed=21)
+    part["ts"] = np.array([T0, future], dtype=np.int64)
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    try:
+        expect_error(lambda: client.infer("agg_grpc", grpc_inputs(part), client_timeout=RPC_TIMEOUT),
+                     "INVALID_ARGUMENT", f"input 'ts' holds the event time {future} (s since the Unix epoch)")
+        masked = grpc_inputs(part)
+        companion = grpcclient.InferInput("ts__missing", [2, 1], "BOOL")
+        companion.set_data_from_numpy(np.array([[False], [True]]))
+        result = client.infer("agg_grpc", [*masked, companion], client_timeout=RPC_TIMEOUT)
+        assert result.as_numpy("dense_out").shape[0] == 2
+    finally:
+        client.close()
+    with pytest.raises(grpc.RpcError) as err:
+        ingest_grpc(server.grpc_url, "agg_ingest", {"card": part["card"], "ts": part["ts"]})
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "ahead of the server's clock" in err.value.details() and "--aggregate-max-future" in err.value.details()
+    status, body = rest_post(server.rest_url, "/v2/models/agg_ingest/events",
+                             json_events({"card": ["card-1"], "ts": [future]}))
+    assert status == 400 and "ahead of the server's clock" in body["error"]
+
+
 def test_state_survives_a_restart(tmp_path, spec):
     repo = tmp_path / "repo"
     write_model(repo, "agg_grpc")
@@ -502,6 +530,18 @@ def test_warmup_and_shadow_runs_leave_the_state_alone(spec):
     out = stage.transform_batch([feeds])
     assert stage.aggregates.stats()["events_recorded"] == 3 * 20
     assert_same(np.array(out["dense"]), backfill(spec, rows))
+    # A shadow's copy of the next rows reads the windows the primary reads (the live state), recording nothing.
+    later = events(20, seed=22, start=int(rows["ts"].max()) + 4 * BUCKET)
+    later_feeds = {k: v.reshape(-1, 1) if k != "card" else v for k, v in later.items()}
+    shadow = np.array(stage.transform_batch([later_feeds], record=False)["dense"])
+    assert stage.aggregates.stats()["events_recorded"] == 3 * 20
+    primary = np.array(stage.transform_batch([later_feeds])["dense"])
+    assert_same(primary, backfill(spec, concat(rows, later))[20:])
+    # Rows of the batch's first bucket see only what was recorded before the batch, in the primary too.
+    first_bucket = later["ts"] // BUCKET == later["ts"].min() // BUCKET
+    assert_same(shadow[first_bucket], primary[first_bucket])
+    empty = backfill(spec, later)  # what an empty state of its own (the shadow's view before) gives
+    assert not np.array_equal(shadow[first_bucket], empty[first_bucket])
 
 
 def test_the_file_belongs_to_the_plan_attached_last(tmp_path, spec):

@@ -387,8 +387,9 @@ class Engine {
     }
 
     /* Read (when outs != NULL) then record every row, in order. outs[a]: the output column of aggregate a,
-     * prefilled by nobody: every cell is written here. Returns the rows recorded in at least one group. */
-    int64_t run(const Col* cols, int64_t n_rows, double* const* outs) {
+     * prefilled by nobody: every cell is written here. Returns the rows recorded in at least one group.
+     * do_record false: read only (a shadow's copy of rows the primary records), the state is left as it is. */
+    int64_t run(const Col* cols, int64_t n_rows, double* const* outs, bool do_record = true) {
         std::lock_guard<std::mutex> lock(mu);
         sl_fp_env env = sl_fp_env_enter();
         int64_t applied = 0;
@@ -423,11 +424,11 @@ class Engine {
                     int64_t b = floor_div(t, g.width);
                     auto it = g.st.keys.find(key);
                     if (outs != NULL) read(g, it == g.st.keys.end() ? NULL : &it->second, b, i, outs);
-                    if (record(g, (int)gi, key, it, t, b, cols, i, raw)) recorded = true;
+                    if (do_record && record(g, (int)gi, key, it, t, b, cols, i, raw)) recorded = true;
                 }
                 applied += recorded;
             }
-            sweep_all(false);
+            if (do_record) sweep_all(false);
         } catch (...) {
             sl_fp_env_leave(env);
             throw;

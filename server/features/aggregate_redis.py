@@ -131,11 +131,14 @@ class RedisAggregateStore:
         return state
 
     # -- batches -----------------------------------------------------------------------------------------------
-    def score(self, columns: Mapping[str, tuple], n_rows: int, out: Mapping[str, Any] | None = None) -> dict:
-        """Read each row's windows, then record it, in row order, against the state in Redis (one round trip)."""
-        scratch = self._prepare(columns, n_rows, True)
-        result = scratch.score(columns, n_rows, out=out)
-        self._count(scratch)
+    def score(self, columns: Mapping[str, tuple], n_rows: int, out: Mapping[str, Any] | None = None,
+              record: bool = True) -> dict:
+        """Read each row's windows, then record it, in row order, against the state in Redis (one round trip).
+        ``record=False`` only reads (a shadow's copy of rows the primary records): the transaction writes nothing."""
+        scratch = self._prepare(columns, n_rows, True, write=record)
+        result = scratch.score(columns, n_rows, out=out, record=record)
+        if record:
+            self._count(scratch)
         return result
 
     def ingest(self, columns: Mapping[str, tuple], n_rows: int) -> int:
@@ -145,7 +148,7 @@ class RedisAggregateStore:
         self._count(scratch)
         return recorded
 
-    def _prepare(self, columns: Mapping[str, tuple], n_rows: int, scoring: bool) -> Any:
+    def _prepare(self, columns: Mapping[str, tuple], n_rows: int, scoring: bool, write: bool = True) -> Any:
         """Describe the batch (checking its columns), run its transaction, seed this thread's scratch engine."""
         scratch = self._scratch()
         batch_id = int.from_bytes(os.urandom(8), "little")
@@ -157,14 +160,14 @@ class RedisAggregateStore:
             from skewless.native.feature_kernel import FeatureInputError
 
             raise FeatureInputError("/".join(sorted({a["time"] for a in scratch.plan})), str(exc)) from None
-        replies = self._transact(described, scoring)
+        replies = self._transact(described, scoring, write)
         scratch.store_reset()
         for g, keys, (watermark, priors) in zip(self._groups, described, replies, strict=True):
             if keys:
                 scratch.store_seed(g.index, watermark, [(k[0], p) for k, p in zip(keys, priors, strict=True) if p])
         return scratch
 
-    def _transact(self, described: list, scoring: bool) -> list[tuple[int | None, list]]:
+    def _transact(self, described: list, scoring: bool, write: bool = True) -> list[tuple[int | None, list]]:
         """The batch's one MULTI/EXEC: reads first, then writes. Returns per group (G, [records per key])."""
         import redis
 
@@ -179,7 +182,7 @@ class RedisAggregateStore:
                     pipe.execute_command("ZRANGEBYSCORE", g.events_prefix + key, lo - g.retention, "+inf")
                 else:
                     pipe.execute_command("ZRANGE", g.events_prefix + key, -1, -1)
-        for g, keys in touched:
+        for g, keys in touched if write else ():
             newest = None
             for key, _lo, hi, events in keys:
                 name = g.events_prefix + key

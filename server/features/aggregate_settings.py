@@ -20,6 +20,7 @@ class AggregateSettings:
     max_keys: int = 0  # per model; 0: no bound
     store: str | None = None  # redis://HOST:PORT/DB: the state lives there (server/features/aggregate_redis.py)
     store_grace_s: float = 86400.0  # expiry slack of the Redis store beyond the retention
+    max_future_s: float = 3600.0  # event times further ahead of the clock are refused; 0: no bound
 
     @staticmethod
     def add_arguments(group: argparse._ActionsContainer) -> None:
@@ -41,6 +42,12 @@ class AggregateSettings:
                                 "(the retention) has passed in wall-clock time since its last event; values stay "
                                 "exact while event time lags wall-clock time by less")
 
+        group.add_argument("--aggregate-max-future", type=float, default=3600.0, metavar="S",
+                           help="refuse (INVALID_ARGUMENT / 400) a request or event whose event time is more than S "
+                                "seconds ahead of the server's clock, taking event times as Unix time in the "
+                                "spec's unit: one far-future event would hide every window of its aggregate "
+                                "group until real time catches up (0: no check)")
+
     @classmethod
     def from_args(cls, args: argparse.Namespace, error: ErrorFn) -> AggregateSettings:
         if args.aggregate_save_interval <= 0:
@@ -61,5 +68,7 @@ class AggregateSettings:
                 error(f"--aggregate-store: {EXTRA_HINT}")
         if args.aggregate_store_grace < 0:
             error("--aggregate-store-grace must be 0 or more")
+        if not args.aggregate_max_future >= 0:
+            error("--aggregate-max-future must be 0 (no check) or more seconds")
         return cls(directory, args.aggregate_save_interval, args.aggregate_max_keys, store,
-                   args.aggregate_store_grace)
+                   args.aggregate_store_grace, args.aggregate_max_future)

@@ -130,6 +130,7 @@ class AggregateStates:
         if stage is None or not stage.has_aggregates:
             return
         stage.use_aggregates(self.acquire(mv.name, stage), self.release)
+        stage.max_future_ns = int(self.settings.max_future_s * 1e9)
         if self.settings.store is not None:  # a round trip per batch: never block the event loop on it
             mv.run_off_loop()
 

@@ -142,6 +142,11 @@ class FeatureStage:
         self.aggregate_names: tuple[str, ...] = tuple(self.aggregates.names) if self.aggregates is not None else ()
         self._aggregate_entry = None  # the shared state's ModelAggregates, released at close
         self._release = None
+        # Event times more than this far ahead of the clock are refused (0: no bound; set by the server's
+        # AggregateStates from --aggregate-max-future): one far-future event moves its group's newest bucket,
+        # which hides every window of the group (R rule) until real time catches up.
+        self.max_future_ns = 0
+        self._times = sorted({(t, unit) for _, t, unit in self._groups})
 
     # -- load time ---------------------------------------------------------------------------------------
     @classmethod
@@ -220,10 +225,38 @@ class FeatureStage:
                 raise InvalidArgument(f"input '{name}' has {n} rows but input '{self._first_raw}' has {n_rows}: "
                                       f"every raw input of model '{self.model_name}' needs one value per row")
         if len(feeds) == len(self.raw_dtypes):  # no companion sent: nothing more to do
+            if self.max_future_ns:
+                self.check_event_times(feeds, {})
             return FeatureFeeds(feeds, request_id, time.time_ns(), max(n_rows, 0))
         masked = MaskedFeeds(feeds, request_id, time.time_ns(), max(n_rows, 0))
         masked.masks = missing.check_companions(feeds, self.companions, _rows_of)
+        if self.max_future_ns:
+            self.check_event_times(feeds, masked.masks)
         return masked
+
+    def check_event_times(self, feeds: dict[str, np.ndarray], masks: dict[str, np.ndarray]) -> None:
+        """Refuse this request alone (before it can join a batch) when an event time is too far ahead."""
+        now_ns = time.time_ns()
+        for name, unit in self._times:
+            arr = feeds.get(name)
+            if arr is None or arr.size == 0:
+                continue
+            values = arr.reshape(-1)
+            mask = masks.get(name)
+            if mask is not None:
+                values = values[~mask.reshape(-1)]
+                if values.size == 0:
+                    continue
+            unit_ns = UNIT_NS[unit]
+            limit = (now_ns + self.max_future_ns) // unit_ns
+            newest = int(values.max())
+            if newest > limit:
+                ahead_s = (newest - now_ns // unit_ns) * unit_ns / 1e9
+                raise InvalidArgument(
+                    f"input '{name}' holds the event time {newest} ({unit} since the Unix epoch), {ahead_s:.0f} s "
+                    f"ahead of the server's clock: model '{self.model_name}' refuses event times more than "
+                    f"{self.max_future_ns / 1e9:g} s ahead (--aggregate-max-future), since one would hide every "
+                    "window of its aggregates until then; check the client's clock and the time unit")
 
     # -- batch time (ModelVersion.run_batch, off the event loop unless the model is cheap enough) --------
     def transform_batch(self, feeds: Sequence[dict[str, np.ndarray]], *, log_sample: bool = True,
@@ -232,8 +265,8 @@ class FeatureStage:
 
         With aggregates, the engine reads each row's windows and then records the row, in the batch's row
         order, atomically against other batches and ingests; ``record=False`` (warmup samples, a shadow's
-        mirrored copy of requests the primary already recorded) reads a new empty state instead, so such
-        rows are never counted twice. Returns the model's feeds: views of the first n rows of per-thread
+        mirrored copy of requests the primary records) reads the live state without recording, so a shadow
+        sees the windows the primary saw and no row is counted twice. Returns the model's feeds: views of the first n rows of per-thread
         tensors, valid until this thread transforms its next batch (i.e. for the onnxruntime run that follows).
         """
         counts = [f.n_rows if type(f) is FeatureFeeds else _rows_of(f[self._first_raw]) for f in feeds]
@@ -248,7 +281,7 @@ class FeatureStage:
         try:
             if self.has_aggregates:
                 derived = self._derived_buffers(n)
-                state = self.aggregates if record else self.new_aggregate_state()
+                state = self.aggregates if record else _ReadOnly(self.aggregates)
                 self.spec.transform_into(columns, outs, aggregate_state=state, aggregates_out=derived)
             else:
                 self.spec.transform_into(columns, outs)
@@ -346,6 +379,8 @@ class FeatureStage:
                 raise InvalidArgument(f"input '{name}' has {_rows_of(arr)} rows but input '{first}' has {n}: every "
                                       f"input of the events needs one value per row")
         masks = missing.check_companions(feeds, {c: r for c, r in self.companions.items() if c in feeds}, _rows_of)
+        if self.max_future_ns:
+            self.check_event_times(feeds, masks)
         columns = {}
         for name in present:
             merged = self._merge(name, dtypes[name], [feeds], [n])
@@ -387,6 +422,22 @@ class FeatureStage:
         if entry is not None and release is not None:
             self._aggregate_entry = None
             release(entry)
+
+
+class _ReadOnly:
+    """An aggregate state (in process or Redis) seen through ``score(record=False)``: reads, never records."""
+
+    __slots__ = ("state",)
+
+    def __init__(self, state) -> None:
+        self.state = state
+
+    @property
+    def plan_hash(self) -> str:
+        return self.state.plan_hash
+
+    def score(self, columns, n_rows: int, out=None) -> dict[str, np.ndarray]:
+        return self.state.score(columns, n_rows, out=out, record=False)
 
 
 def _aggregate_groups(spec: FeatureSpec) -> list[tuple[tuple[str, ...], str, str]]:
