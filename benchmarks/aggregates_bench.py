@@ -17,8 +17,8 @@ and device ids and an amount. The spec: card, merchant and device aggregates ove
   ``--redis URL``; ``--redis off`` leaves it out). A local Redis: the network of a real deployment adds its
   round-trip time per batch.
 
-    python benchmarks/aggregates_bench.py                       # 1M events, writes benchmarks/results/
-    python benchmarks/aggregates_bench.py --rows 200000 --out-dir /tmp/bench
+    python -m skewless.benchmarks.aggregates_bench              # 1M events, writes benchmarks/results/
+    python -m skewless.benchmarks.aggregates_bench --rows 200000 --out-dir /tmp/bench
 """
 
 from __future__ import annotations
@@ -39,6 +39,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from .servers import local_redis
 
 PANDAS_WINDOWS = {"10m": "10min", "1h": "1h", "24h": "24h"}  # pandas reads "10m" as ten months
 # (name, op, key, value, window): card, merchant and device aggregates over 10 m / 1 h / 24 h.
@@ -144,41 +146,6 @@ def engine_cost(spec: Any, table: pa.Table, batch: int, budget_s: float, min_cal
         if len(times) >= 50 * min_calls:
             break
     return statistics.median(times) / (batch * len(AGGREGATES)) * 1e6
-
-
-@contextlib.contextmanager
-def local_redis():
-    """A throwaway ``redis-server`` on a free 127.0.0.1 port (in memory only); yields its URL."""
-    import shutil
-    import socket
-    import subprocess
-
-    import redis
-
-    if shutil.which("redis-server") is None:
-        raise RuntimeError("redis-server is not installed")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    proc = subprocess.Popen(["redis-server", "--port", str(port), "--save", "", "--appendonly", "no", "--bind",
-                             "127.0.0.1"], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    url = f"redis://127.0.0.1:{port}/0"
-    try:
-        client = redis.Redis.from_url(url)
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError("redis-server did not start") from None
-                time.sleep(0.05)
-        client.close()
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 def redis_costs(spec: Any, table: pa.Table, budget_s: float, min_calls: int, url: str) -> dict[str, float]:

@@ -1,4 +1,5 @@
-"""Start a skewless server or the echo server as a subprocess on 127.0.0.1 and a free port, and stop it.
+"""Start a skewless server, the echo server or a throwaway redis-server as a subprocess on 127.0.0.1 and a free
+port, and stop it.
 
 Both print a ready line naming the port they bound (they are started on port 0), so no port is ever guessed;
 a subprocess keeps the server's CPU time separate from the load generator's, which ``--server-pid`` needs.
@@ -9,12 +10,15 @@ from __future__ import annotations
 import os
 import queue
 import re
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import NoReturn
@@ -125,3 +129,42 @@ def exit_on_interrupt(main: Callable[[], int]) -> NoReturn:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(130)
+
+
+class RedisUnavailable(RuntimeError):
+    """redis-server is not installed or did not answer."""
+
+
+@contextmanager
+def local_redis(timeout_s: float = 20.0) -> Iterator[str]:
+    """Debian's ``redis-server`` on a free port of 127.0.0.1, in memory only (no snapshots, no append-only
+    file); yields its ``redis://`` URL and stops it on exit. Readiness is a PING over a plain socket, so no
+    client library is needed here."""
+    if shutil.which("redis-server") is None:
+        raise RedisUnavailable("redis-server is not installed (Debian: apt-get install redis-server)")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen(["redis-server", "--port", str(port), "--save", "", "--appendonly", "no",
+                             "--bind", "127.0.0.1"], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1.0) as conn:
+                    conn.sendall(b"PING\r\n")
+                    if conn.recv(16).startswith(b"+PONG"):
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RedisUnavailable(f"redis-server on port {port} did not answer within {timeout_s:.0f} s")
+            time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

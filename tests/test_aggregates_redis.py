@@ -12,10 +12,10 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -28,6 +28,7 @@ redis = pytest.importorskip("redis", reason="the redis extra is not installed")
 if shutil.which("redis-server") is None:
     pytest.skip("redis-server is not installed (Debian: apt-get install redis-server)", allow_module_level=True)
 
+from skewless.benchmarks.servers import RedisUnavailable, local_redis  # noqa: E402
 from skewless.server.features.aggregate_redis import (  # noqa: E402
     AggregateStoreUnavailable,
     RedisAggregateStore,
@@ -36,43 +37,19 @@ from skewless.server.features.aggregate_redis import (  # noqa: E402
 
 
 def free_port() -> int:
+    """A port nothing listens on (for a Redis that is down)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-class RedisServer:
-    """``redis-server --port P --save '' --bind 127.0.0.1``, in memory only, stopped with the fixture."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.proc = subprocess.Popen(["redis-server", "--port", str(self.port), "--save", "", "--appendonly", "no",
-                                      "--bind", "127.0.0.1"], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        client = redis.Redis.from_url(self.url)
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    self.stop()
-                    pytest.fail("redis-server did not start")
-                time.sleep(0.05)
-        client.close()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
-
-
 @pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
-    server = RedisServer()
-    yield server
-    server.stop()
+def redis_server() -> Iterator[SimpleNamespace]:
+    try:
+        with local_redis() as url:
+            yield SimpleNamespace(url=url)
+    except RedisUnavailable as exc:
+        pytest.fail(str(exc))
 
 
 def store_of(plan, url: str) -> RedisAggregateStore:
@@ -341,16 +318,12 @@ def test_the_store_flag_is_checked(tmp_path):
 
 def test_benchmark_measures_the_redis_store(tmp_path, redis_server):
     """benchmarks/aggregates_bench.py's Redis cost runs (judges no speed)."""
-    import importlib.util
     import json
-    from pathlib import Path
 
     pytest.importorskip("pandas")
     pytest.importorskip("matplotlib")
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "aggregates_bench.py"
-    mod_spec = importlib.util.spec_from_file_location("aggregates_bench_redis", path)
-    bench = importlib.util.module_from_spec(mod_spec)
-    mod_spec.loader.exec_module(bench)
+    from skewless.benchmarks import aggregates_bench as bench
+
     assert bench.main(["--quick", "--rows", "2000", "--batch-rows", "500", "--out-dir", str(tmp_path),
                        "--redis", redis_server.url]) == 0
     results = json.loads((tmp_path / "aggregates_bench.json").read_text())

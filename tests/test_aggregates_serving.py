@@ -48,7 +48,7 @@ AGGREGATES = [
     ("merchant_cards_60", "distinct", ["merchant"], "card", 60),
 ]
 WIDTH = len(AGGREGATES) + 1
-MODELS = ("agg_grpc", "agg_rest", "agg_ingest", "agg_log", "agg_binary")
+MODELS = ("agg_grpc", "agg_rest", "agg_ingest", "agg_log", "agg_binary", "agg_client")
 
 
 def spec_doc() -> dict:
@@ -308,6 +308,29 @@ def test_ingest_over_both_transports_lands_in_the_same_state(server, spec):
     assert 'skewless_aggregate_ingested_events_total{model="agg_ingest"' in metrics
 
 
+def test_feature_client_ingests_over_grpc_and_http(server, spec):
+    """skewless.client's FeatureClient.ingest: a table of any subset of the raw inputs, nulls included."""
+    from skewless.client import FeatureClient, IngestReceipt
+
+    history = events(90, seed=23)
+    first = {k: history[k][:50] for k in ("card", "ts", "amount")}
+    second = {k: history[k][50:] for k in ("card", "merchant", "ts")}
+    second["card"] = second["card"].copy()
+    second["card"][3] = None  # recorded by the merchant group only
+    with FeatureClient(server.grpc_url, "grpc") as client:
+        assert client.ingest("agg_client", first, max_rows=20) == IngestReceipt(50, 0, 0)
+    with FeatureClient(server.rest_url, "http") as client:
+        assert client.ingest("agg_client", second) == IngestReceipt(40, 0, 0)
+        with pytest.raises(Exception, match="none of model 'agg_client' raw inputs"):
+            client.ingest("agg_client", {"nope": [1, 2]})
+    state = spec.new_aggregate_state()
+    ingest_state(spec, state, first)
+    valid = {"card": np.arange(40) != 3}
+    ingest_state(spec, state, {k: history[k][50:] for k in ("card", "merchant", "ts")}, valid)
+    later = events(40, seed=24, start=int(history["ts"][-1]) + 1)
+    assert_same(score_stream(server.grpc_url, "agg_client", later, "grpc", seed=25), backfill(spec, later, state))
+
+
 def test_binary_rest_events(server, spec):
     """Events as binary tensors after the JSON header (Triton's binary extension), then scored over REST."""
     history = events(90, seed=21)
@@ -524,7 +547,8 @@ def test_warmup_and_shadow_runs_leave_the_state_alone(spec):
     stage = FeatureStage(spec, "m", 1, None)
     rows = events(20, seed=20)
     feeds = {k: v.reshape(-1, 1) if k != "card" else v for k, v in rows.items()}
-    stage.model_feeds(feeds)  # a warmup sample
+    warm = stage.model_feeds(feeds)  # a warmup sample: an empty state of its own, as the backfill
+    assert_same(np.array(warm["dense"]), backfill(spec, rows))
     stage.transform_batch([feeds], record=False)  # a shadow's mirrored batch
     assert stage.aggregates.stats()["events_recorded"] == 0
     out = stage.transform_batch([feeds])

@@ -389,14 +389,10 @@ def test_the_fraud_aggregates_example_validates_and_fits():
 
 def test_benchmark_script_runs(tmp_path):
     """Proves benchmarks/aggregates_bench.py works end to end; judges no speed."""
-    import importlib.util
-
     pytest.importorskip("pandas")
     pytest.importorskip("matplotlib")
-    path = ROOT / "benchmarks" / "aggregates_bench.py"
-    mod_spec = importlib.util.spec_from_file_location("aggregates_bench", path)
-    bench = importlib.util.module_from_spec(mod_spec)
-    mod_spec.loader.exec_module(bench)
+    from skewless.benchmarks import aggregates_bench as bench
+
     assert bench.main(["--quick", "--rows", "3000", "--batch-rows", "500", "--out-dir", str(tmp_path)]) == 0
     results = json.loads((tmp_path / "aggregates_bench.json").read_text())
     assert results["backfill"]["rows_per_s"] > 0 and results["pandas"]["left_out"] == [

@@ -429,22 +429,27 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
+def run_in_workdir(run_fn: Any, args: argparse.Namespace, prefix: str) -> int:
+    """``run_fn(args, workdir)`` in ``--workdir`` or a temporary folder (removed after), with this example's exit
+    statuses: an ExampleError is EXIT_ERROR, Ctrl-C or SIGTERM 130 / 143 after the server is stopped."""
     # SIGTERM unwinds like Ctrl-C, so the server is stopped and the work directory removed.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
         if args.workdir is not None:
             args.workdir.mkdir(parents=True, exist_ok=True)
-            return run(args, args.workdir)
-        with tempfile.TemporaryDirectory(prefix="skewless-fraud-") as tmp:
-            return run(args, Path(tmp))
+            return run_fn(args, args.workdir)
+        with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+            return run_fn(args, Path(tmp))
     except ExampleError as exc:
         say(f"error: {exc}")
         return EXIT_ERROR
     except KeyboardInterrupt:
         say("interrupted")
         return 130
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_in_workdir(run, parse_args(argv), "skewless-fraud-")
 
 
 if __name__ == "__main__":

@@ -33,11 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import signal
-import socket
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -46,7 +42,15 @@ from typing import Any
 
 import numpy as np
 
-from skewless.examples.fraud.run import ExampleError, cli, compare, say, serving, wait_model_ready
+from skewless.examples.fraud.run import (
+    ExampleError,
+    cli,
+    compare,
+    run_in_workdir,
+    say,
+    serving,
+    wait_model_ready,
+)
 
 HERE = Path(__file__).resolve().parent
 CONFIG = HERE.parent / "configs" / "fraud_aggregates.json"
@@ -223,39 +227,6 @@ def serve_and_check(label: str, repo: Path, extra: Sequence[str], protocol: str,
     return result
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class RedisServer:
-    """Debian's redis-server on a free port of 127.0.0.1, no persistence; stopped on exit."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.proc = subprocess.Popen(["redis-server", "--port", str(self.port), "--save", "", "--appendonly", "no",
-                                      "--bind", "127.0.0.1"], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise ExampleError("redis-server did not start within 10 s")
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
-
-
 # ---- the journey ------------------------------------------------------------------------------------------
 
 def run(args: argparse.Namespace, work: Path) -> int:
@@ -302,16 +273,15 @@ def run(args: argparse.Namespace, work: Path) -> int:
                                "backfill_rows_per_s": round(total / backfill_s)}
     summary["in_process"] = serve_and_check("in-process", repo, [], "grpc", history, held, expected, args, bucket)
     if args.redis:
-        if shutil.which("redis-server") is None:
-            raise ExampleError("redis-server is not installed (Debian: apt-get install redis-server); "
-                               "--no-redis skips this part")
-        redis = RedisServer()
+        from skewless.benchmarks.servers import RedisUnavailable, local_redis
+
         try:
-            summary["redis_two_workers"] = serve_and_check(
-                "redis, 2 workers", repo, ["--workers", "2", "--aggregate-store", redis.url], "http", history, held,
-                expected, args, bucket)
-        finally:
-            redis.stop()
+            with local_redis() as url:
+                summary["redis_two_workers"] = serve_and_check(
+                    "redis, 2 workers", repo, ["--workers", "2", "--aggregate-store", url], "http", history, held,
+                    expected, args, bucket)
+        except RedisUnavailable as exc:
+            raise ExampleError(f"{exc}; --no-redis skips this part") from None
     runs = [r for r in summary.values() if isinstance(r, dict)]
     mismatches = sum(r["features"]["mismatch"] for r in runs)
     summary["mismatching_rows"] = mismatches
@@ -343,20 +313,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    try:
-        if args.workdir is not None:
-            args.workdir.mkdir(parents=True, exist_ok=True)
-            return run(args, args.workdir)
-        with tempfile.TemporaryDirectory(prefix="skewless-fraud-agg-") as tmp:
-            return run(args, Path(tmp))
-    except ExampleError as exc:
-        say(f"error: {exc}")
-        return EXIT_ERROR
-    except KeyboardInterrupt:
-        say("interrupted")
-        return 130
+    return run_in_workdir(run, parse_args(argv), "skewless-fraud-agg-")
 
 
 if __name__ == "__main__":

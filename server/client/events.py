@@ -7,15 +7,13 @@ that every value arrives exactly). The server answers how many rows it recorded,
 
 from __future__ import annotations
 
-import contextlib
 import json
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .httppost import post
 from .wire import WireTensor
 
 
@@ -57,8 +55,6 @@ def ingest_grpc(channel: Any, model: str, version: str, tensors: Sequence[WireTe
 
 def ingest_http(base_url: str, model: str, version: str, tensors: Sequence[WireTensor], request_id: str,
                 timeout_s: float | None, ssl_context: Any = None) -> IngestReceipt:
-    from tritonclient.utils import InferenceServerException
-
     payloads = [_payload(t) for t in tensors]
     header: dict[str, Any] = {"inputs": [
         {"name": t.name, "datatype": t.datatype, "shape": list(t.shape), "parameters": {"binary_data_size": len(p)}}
@@ -69,15 +65,7 @@ def ingest_http(base_url: str, model: str, version: str, tensors: Sequence[WireT
     path = f"/v2/models/{urllib.parse.quote(model, safe='')}"
     if version:
         path += f"/versions/{urllib.parse.quote(version, safe='')}"
-    req = urllib.request.Request(f"{base_url}{path}/events", b"".join([head, *payloads]),
-                                 {"Content-Type": "application/octet-stream",
-                                  "Inference-Header-Content-Length": str(len(head))}, method="POST")
-    try:
-        with urllib.request.urlopen(req, timeout=timeout_s, context=ssl_context) as resp:
-            doc = json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        text = exc.read().decode("utf-8", "replace")
-        with contextlib.suppress(ValueError, AttributeError):
-            text = json.loads(text).get("error", text)
-        raise InferenceServerException(msg=text, status=str(exc.code)) from None
+    doc = post(f"{base_url}{path}/events", b"".join([head, *payloads]),
+               {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(head))},
+               timeout_s, ssl_context)
     return IngestReceipt(int(doc["recorded"]), int(doc["late"]), int(doc["skipped"]))

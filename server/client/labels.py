@@ -3,17 +3,15 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from .errors import ClientError
+from .httppost import post
 
 
 @dataclass(frozen=True)
@@ -65,18 +63,8 @@ def submit_grpc(channel: Any, model: str, items: Sequence[tuple[str, list[float]
 
 def submit_http(base_url: str, model: str, items: Sequence[tuple[str, list[float]]],
                 timeout_s: float | None, ssl_context: Any = None) -> LabelReceipt:
-    from tritonclient.utils import InferenceServerException
-
     body = json.dumps({"labels": [{"id": r, "values": v} for r, v in items]}).encode()
     url = f"{base_url}/v2/models/{urllib.parse.quote(model, safe='')}/labels"
-    req = urllib.request.Request(url, body, {"Content-Type": "application/json"}, method="POST")
-    try:
-        with urllib.request.urlopen(req, timeout=timeout_s, context=ssl_context) as resp:
-            doc = json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        text = exc.read().decode("utf-8", "replace")
-        with contextlib.suppress(ValueError, AttributeError):
-            text = json.loads(text).get("error", text)
-        raise InferenceServerException(msg=text, status=str(exc.code)) from None
+    doc = post(url, body, {"Content-Type": "application/json"}, timeout_s, ssl_context)
     return LabelReceipt(int(doc["joined"]), int(doc["pending"]), int(doc["unknown"]), int(doc.get("duplicate", 0)),
                         int(doc.get("corrected", 0)))

@@ -136,9 +136,10 @@ class RedisAggregateStore:
         """Read each row's windows, then record it, in row order, against the state in Redis (one round trip).
         ``record=False`` only reads (a shadow's copy of rows the primary records): the transaction writes nothing."""
         scratch = self._prepare(columns, n_rows, True, write=record)
-        result = scratch.score(columns, n_rows, out=out, record=record)
-        if record:
-            self._count(scratch)
+        if not record:
+            return scratch.score(columns, n_rows, out=out, record=False)
+        result = scratch.score(columns, n_rows, out=out)
+        self._count(scratch)
         return result
 
     def ingest(self, columns: Mapping[str, tuple], n_rows: int) -> int:

@@ -260,14 +260,17 @@ class FeatureStage:
 
     # -- batch time (ModelVersion.run_batch, off the event loop unless the model is cheap enough) --------
     def transform_batch(self, feeds: Sequence[dict[str, np.ndarray]], *, log_sample: bool = True,
-                        record: bool = True) -> dict[str, np.ndarray]:
+                        record: bool = True, own_state: bool = False) -> dict[str, np.ndarray]:
         """Merge the raw columns of a batch, run the kernel once into this thread's buffers, maybe log.
 
         With aggregates, the engine reads each row's windows and then records the row, in the batch's row
-        order, atomically against other batches and ingests; ``record=False`` (warmup samples, a shadow's
-        mirrored copy of requests the primary records) reads the live state without recording, so a shadow
-        sees the windows the primary saw and no row is counted twice. Returns the model's feeds: views of the first n rows of per-thread
-        tensors, valid until this thread transforms its next batch (i.e. for the onnxruntime run that follows).
+        order, atomically against other batches and ingests. ``record=False`` (a shadow's mirrored copy of
+        requests the primary records) reads the live state without recording: the shadow sees the windows the
+        primary saw and no row is counted twice. ``own_state`` (warmup samples, a validation set) runs the rows
+        through a new empty state instead, as ``skewless transform`` (and so ``skewless export``'s expected
+        outputs) does, leaving the live state alone. Returns the model's feeds: views of the first n rows of
+        per-thread tensors, valid until this thread transforms its next batch (for the onnxruntime run that
+        follows).
         """
         counts = [f.n_rows if type(f) is FeatureFeeds else _rows_of(f[self._first_raw]) for f in feeds]
         n = sum(counts)
@@ -281,7 +284,10 @@ class FeatureStage:
         try:
             if self.has_aggregates:
                 derived = self._derived_buffers(n)
-                state = self.aggregates if record else _ReadOnly(self.aggregates)
+                if own_state:
+                    state = self.new_aggregate_state()
+                else:
+                    state = self.aggregates if record else _ReadOnly(self.aggregates)
                 self.spec.transform_into(columns, outs, aggregate_state=state, aggregates_out=derived)
             else:
                 self.spec.transform_into(columns, outs)
@@ -411,7 +417,7 @@ class FeatureStage:
     # -- warmup and shutdown -----------------------------------------------------------------------------
     def model_feeds(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Raw warmup samples -> the model's feeds (copied: warmup runs outside the request path)."""
-        return {k: v.copy() for k, v in self.transform_batch([feeds], log_sample=False, record=False).items()}
+        return {k: v.copy() for k, v in self.transform_batch([feeds], log_sample=False, own_state=True).items()}
 
     def close(self) -> None:
         """Flush and close the feature log, release the shared aggregate state (the last version holding it
