@@ -40,7 +40,7 @@ from ..registry.fsspec_source import FsspecSource, is_remote_url
 from ..registry.metrics import register_metrics as register_registry_metrics
 from ..registry.source import Source
 from ..registry.sync import RegistryRepository
-from ..security.grpc_guard import GrpcGuard, SyncGrpcGuard
+from ..security.grpc_guard import GrpcGuard
 from ..security.guard import Guard, is_loopback
 from ..security.principals import Principals
 from ..security.tls import CertFiles, grpc_credentials, ssl_context
@@ -59,7 +59,6 @@ from .admin_servicer import ADMIN_SERVICE, AdminServicer, add_admin_service
 from .events_servicer import EVENTS_SERVICE, EventsServicer, add_events_service
 from .feedback_servicer import FEEDBACK_SERVICE, FeedbackServicer, add_feedback_service
 from .grpc_servicer import InferenceServicer, add_inference_service, status_of
-from .grpc_sync import SyncServer
 from .http_rest import RestFrontend
 from .options import ServerOptions
 from .probes_http import HttpEndpoint
@@ -184,7 +183,7 @@ class Server:
         self.http_port = 0
         self.metrics_port = 0
         self._stop = asyncio.Event()
-        self._grpc: grpc.aio.Server | SyncServer | None = None
+        self._grpc: grpc.aio.Server | None = None
         # Security: bad certificate or principals files fail the start, before anything listens.
         self.cert_files = CertFiles(opts.security.tls) if opts.security.tls is not None else None
         self.ssl_context = ssl_context(self.cert_files) if self.cert_files is not None else None
@@ -294,19 +293,14 @@ class Server:
     async def start(self) -> None:
         opts, listen = self.opts, self.opts.listen
         mb = listen.max_message_bytes
-        options = [
-            ("grpc.max_receive_message_length", mb),
-            ("grpc.max_send_message_length", mb),
-            ("grpc.so_reuseport", 1 if self.cluster is not None else 0),
-            *grpc_hardening(opts),
-        ]
-        if opts.grpc_transport.transport == "sync":  # grpcio's thread-pool server, bridged to this loop
-            self._grpc = SyncServer(opts.grpc_transport.sync_threads, [SyncGrpcGuard(self._guard, status_of)]
-                                    if self._guard is not None else None, options)
-        else:
-            self._grpc = grpc.aio.server(
-                interceptors=[GrpcGuard(self._guard, status_of)] if self._guard is not None else None,
-                options=options)
+        self._grpc = grpc.aio.server(
+            interceptors=[GrpcGuard(self._guard, status_of)] if self._guard is not None else None,
+            options=[
+                ("grpc.max_receive_message_length", mb),
+                ("grpc.max_send_message_length", mb),
+                ("grpc.so_reuseport", 1 if self.cluster is not None else 0),
+                *grpc_hardening(opts),
+            ])
         inference, admin, traffic = (InferenceServicer(self.dataplane, self.tracer),
                                      AdminServicer(self.repository, self.cluster),
                                      TrafficServicer(self.traffic, self.cluster))
@@ -357,9 +351,8 @@ class Server:
             # Siblings mark themselves ready in a shared file, not through an event here: follow it, so the
             # overall health ("") turns SERVING once every worker is (it was set before the siblings were up).
             self._health_watch = asyncio.get_running_loop().create_task(self._follow_cluster_health())
-        log.info("serving gRPC on %s:%d (%s, %s transport), HTTP/REST on %s:%d, health HTTP on %s:%d",
-                 listen.host, self.grpc_port, INFERENCE_SERVICE, opts.grpc_transport.transport, listen.host,
-                 self.http_port, listen.host, self.metrics_port)
+        log.info("serving gRPC on %s:%d (%s), HTTP/REST on %s:%d, health HTTP on %s:%d", listen.host,
+                 self.grpc_port, INFERENCE_SERVICE, listen.host, self.http_port, listen.host, self.metrics_port)
 
     async def _follow_cluster_health(self, every_s: float = 0.5) -> None:
         last = None
