@@ -341,6 +341,22 @@ struct Group {
     GroupState st;
 };
 
+/* Row i's key bytes (the group's key columns, appended into `key`), event time and bucket: false when a key
+   part or the time is missing, and the row is neither read nor recorded. The engine and the Redis store's
+   batch planning (skewless_agg_store.h) cut rows the same way through this one function. */
+static inline bool row_key_time(const Group& g, const Col* cols, int64_t i, std::string& key, int64_t& t,
+                                int64_t& b) {
+    key.clear();
+    for (int c : g.key_cols) {
+        if (!append_part(key, cols[c], i)) return false;
+    }
+    const Col& tc = cols[g.time_col];
+    if (!col_valid(tc, i)) return false;
+    t = ((const int64_t*)tc.values)[i];
+    b = floor_div(t, g.width);
+    return true;
+}
+
 /* Index of keys by the time of their newest bucket, kept only under a key cap (oldest evicted first). */
 struct AgeEntry {
     __int128 top_time;
@@ -410,18 +426,8 @@ class Engine {
                         for (const AggDef& a : g.aggs) outs[a.out][i] = __builtin_nan("");
                     }
                     if (!usable[gi]) continue;
-                    key.clear();
-                    bool ok = true;
-                    for (int c : g.key_cols) {
-                        if (!append_part(key, cols[c], i)) {
-                            ok = false;
-                            break;
-                        }
-                    }
-                    const Col& tc = cols[g.time_col];
-                    if (!ok || !col_valid(tc, i)) continue;
-                    int64_t t = ((const int64_t*)tc.values)[i];
-                    int64_t b = floor_div(t, g.width);
+                    int64_t t, b;
+                    if (!row_key_time(g, cols, i, key, t, b)) continue;
                     auto it = g.st.keys.find(key);
                     if (outs != NULL) read(g, it == g.st.keys.end() ? NULL : &it->second, b, i, outs);
                     if (do_record && record(g, (int)gi, key, it, t, b, cols, i, raw)) recorded = true;

@@ -56,18 +56,8 @@ static inline void store_describe(Engine& e, const Col* cols, int64_t n_rows, ui
         std::vector<StoreKey>& keys = out[gi];
         const size_t size = record_size(g);
         for (int64_t i = 0; i < n_rows; i++) {
-            key.clear();
-            bool ok = true;
-            for (int c : g.key_cols) {
-                if (!append_part(key, cols[c], i)) {
-                    ok = false;
-                    break;
-                }
-            }
-            const Col& tc = cols[g.time_col];
-            if (!ok || !col_valid(tc, i)) continue;
-            int64_t t = ((const int64_t*)tc.values)[i];
-            int64_t b = floor_div(t, g.width);
+            int64_t t, b;
+            if (!row_key_time(g, cols, i, key, t, b)) continue;
             if (b >= EXACT_BUCKET || b <= -EXACT_BUCKET)
                 throw std::invalid_argument("event time's bucket number is beyond 2^53: too fine a bucket for the "
                                             "Redis store");
