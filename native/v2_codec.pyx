@@ -377,6 +377,10 @@ def build_infer_response(str model_name, str model_version, str id, list outputs
 
 # -- per-model decode plan --------------------------------------------------------------------------------
 
+# The parameters naming a shared-memory region (Triton's; server/shm/tensors.py reads them).
+_SHM_REGION, _SHM_OFFSET, _SHM_BYTE_SIZE = "shared_memory_region", "shared_memory_offset", "shared_memory_byte_size"
+
+
 cdef class DecodePlan:
     """One model version's inputs and outputs, compiled once so that a well-formed request is checked and
     turned into onnxruntime feeds in one call, with no Python-level loop per input.
@@ -444,6 +448,9 @@ cdef class DecodePlan:
             pos = self.index.get(t.name)
             if pos is None or t.name in feeds:
                 return None
+            if t.parameters and (_SHM_REGION in t.parameters or _SHM_OFFSET in t.parameters
+                                 or _SHM_BYTE_SIZE in t.parameters):
+                return None  # an input in shared memory: the general path reads the region (server/shm/)
             j = pos
             if t.datatype != self.datatypes[j]:
                 return None

@@ -366,6 +366,42 @@ def test_protobuf_requests_mix_regions_with_typed_contents(shm_server, regions):
         client.unregister_system_shared_memory()
 
 
+def test_raw_data_for_an_input_in_shared_memory_is_refused(shm_server, regions):
+    """Raw contents for every input while one also names a region: which bytes were meant is unknowable, so
+    the request is refused, whether the compiled decoder or the general path sees it (the compiled one used
+    to take the raw bytes and ignore the region); a request whose raw contents skip the region's input runs."""
+    import grpc
+    from helpers import output_arrays, raw_stub, rpc_error
+
+    from skewless.protos import grpc_service_pb2 as pb
+
+    client = _grpc(shm_server)
+    key, h = regions(64)
+    shm.set_shared_memory_region(h, [A])
+    client.register_system_shared_memory("both_in", key, 64)
+    channel, stub = raw_stub(shm_server.grpc_url)
+
+    def request(raw_for_region_input: bool) -> pb.ModelInferRequest:
+        req = pb.ModelInferRequest(model_name="simple")
+        for name in ("INPUT0", "INPUT1"):
+            req.inputs.add(name=name, datatype="INT32", shape=[1, 16])
+        req.inputs[0].parameters["shared_memory_region"].string_param = "both_in"
+        req.inputs[0].parameters["shared_memory_byte_size"].int64_param = 64
+        if raw_for_region_input:
+            req.raw_input_contents.append(np.zeros((1, 16), np.int32).tobytes())
+        req.raw_input_contents.append(B.tobytes())
+        return req
+
+    try:
+        err = rpc_error(lambda: stub.ModelInfer(request(True), timeout=60), grpc.StatusCode.INVALID_ARGUMENT)
+        assert "raw_input_contents has 2 entries but 1 of the request's 2 inputs are not in shared memory" in \
+            err.details()
+        np.testing.assert_array_equal(output_arrays(stub.ModelInfer(request(False), timeout=60))["OUTPUT0"], A + B)
+    finally:
+        channel.close()
+        client.unregister_system_shared_memory()
+
+
 def test_validation_errors_http(shm_server, regions):
     import requests
 

@@ -68,13 +68,16 @@ def uses_shared_memory(tensors: Sequence[Any]) -> bool:
 
 def input_buffers(table: RegionTable, tensors: Sequence[Any], raw: Sequence[Any], model: str) -> list[Any]:
     """The raw buffer of every input, in order: a region's bytes for inputs in shared memory, the next entry
-    of ``raw`` for the others (None when ``raw`` is exhausted: typed contents, or no data at all)."""
+    of ``raw`` for the others (None when ``raw`` is exhausted: typed contents, or no data at all). More
+    entries in ``raw`` than inputs outside shared memory is an error, as more entries than inputs is."""
     out: list[Any] = []
     rest = iter(raw)
+    from_raw = 0
     for t in tensors:
         where = parse(t.parameters, t.name)
         if where is None:
             out.append(next(rest, None))
+            from_raw += 1
             continue
         contents = getattr(t, "contents", None)
         if isinstance(t, pb.ModelInferRequest.InferInputTensor) and t.HasField("contents") and \
@@ -83,6 +86,10 @@ def input_buffers(table: RegionTable, tensors: Sequence[Any], raw: Sequence[Any]
                                   f"'{t.name}' for model '{model}'")
         region, view = table.slice(*where)
         out.append(region.read(view) if region.read is not None else view)
+    if len(raw) > from_raw:  # raw data for an input in shared memory too: which one was meant is unknowable
+        raise InvalidArgument(
+            f"raw_input_contents has {len(raw)} entries but {from_raw} of the request's {len(tensors)} inputs "
+            "are not in shared memory: expected one entry per input not in shared memory, in the same order")
     return out
 
 
