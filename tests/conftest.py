@@ -17,6 +17,7 @@ from hypothesis import settings
 from serverproc import ServerProcess
 
 from skewless.examples.generate import build_test_models
+from skewless.server.frontend.transport_settings import DEFAULT_TRANSPORT, TRANSPORTS
 
 # Property tests: no per-example deadline, since CI machines are slow and shared.
 settings.register_profile("skewless", deadline=None)
@@ -34,6 +35,47 @@ VERSION_POLICIES = {
 def version_offset(version: int) -> float:
     """What version ``v`` of the vp_* models adds to its input."""
     return 100.0 * version
+
+
+GRPC_TRANSPORTS = TRANSPORTS  # ("aio", "h2")
+
+
+def pytest_addoption(parser) -> None:
+    parser.addoption("--grpc-transports", default=",".join(GRPC_TRANSPORTS),
+                     help="the gRPC transports (skewless serve --grpc-transport) that the tests of modules marked "
+                          "grpc_transports run on, comma-separated (default: all)")
+
+
+def pytest_configure(config) -> None:
+    chosen = [t for t in config.getoption("--grpc-transports").split(",") if t]
+    unknown = set(chosen) - set(GRPC_TRANSPORTS)
+    if unknown or not chosen:
+        raise pytest.UsageError(f"--grpc-transports: choose among {', '.join(GRPC_TRANSPORTS)}")
+    config.grpc_transports = chosen
+
+
+def pytest_generate_tests(metafunc) -> None:
+    """Tests of a module marked ``grpc_transports`` run once per gRPC transport: their servers (the shared one,
+    start_server's and ServerProcess's made in the test) serve gRPC on it."""
+    if metafunc.definition.get_closest_marker("grpc_transports") is not None:
+        metafunc.parametrize("grpc_transport", metafunc.config.grpc_transports, indirect=True, scope="session")
+
+
+@pytest.fixture(scope="session")
+def grpc_transport(request) -> Iterator[str]:
+    """The gRPC transport of this test's servers: the server's default unless its module is marked
+    ``grpc_transports``.
+    Servers made while it is set up use it; a module-scoped fixture that starts a server must name this
+    fixture, so that it is made again for each transport."""
+    transport = getattr(request, "param", DEFAULT_TRANSPORT)
+    ServerProcess.grpc_transport = transport
+    yield transport
+    ServerProcess.grpc_transport = DEFAULT_TRANSPORT
+
+
+@pytest.fixture(autouse=True)
+def _servers_use_transport(grpc_transport) -> None:
+    """Every test takes part in the parametrization (its servers, even those it makes itself, follow it)."""
 
 
 @pytest.fixture(scope="session")
@@ -72,9 +114,10 @@ def shared_repo(make_repo) -> Path:
 
 
 @pytest.fixture(scope="session")
-def server(shared_repo) -> Iterator[ServerProcess]:
-    """One server (model control mode none) for every test that does not change its state."""
-    proc = ServerProcess(shared_repo).start()
+def server(shared_repo, grpc_transport) -> Iterator[ServerProcess]:
+    """One server (model control mode none) for every test that does not change its state (one per gRPC
+    transport, for the modules marked grpc_transports)."""
+    proc = ServerProcess(shared_repo, transport=grpc_transport).start()
     yield proc
     proc.assert_clean_exit()
 

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from skewless.server.frontend.transport_settings import DEFAULT_TRANSPORT
+
 READY_PREFIX = "SKEWLESS_READY"
 _READY_RE = re.compile(r"^SKEWLESS_READY grpc=(\S+):(\d+) http=(\S+):(\d+) rest=(\S+):(\d+)\s*$")
 
@@ -31,13 +33,19 @@ class ServerProcess:
     ``http_url`` the base of the health probes.
     """
 
+    # The gRPC transport (--grpc-transport) of servers made without naming one: conftest.py sets it for each
+    # test of a module marked ``grpc_transports`` (that module's tests then run on each transport).
+    grpc_transport = DEFAULT_TRANSPORT
+
     def __init__(self, repository: Path, *extra_args: str, start_timeout: float = 30.0,
-                 env: dict[str, str] | None = None):
+                 env: dict[str, str] | None = None, transport: str | None = None):
         self.repository = Path(repository)
+        self.transport = transport or ServerProcess.grpc_transport
         self.args = [
             sys.executable, "-m", "skewless.server.frontend.cli", "serve",
             "--model-repository", str(self.repository),
             "--host", "127.0.0.1", "--grpc-port", "0", "--metrics-port", "0", "--http-port", "0",
+            *(("--grpc-transport", self.transport) if self.transport != DEFAULT_TRANSPORT else ()),
             *extra_args,
         ]
         self.start_timeout = start_timeout

@@ -11,6 +11,8 @@ import pytest
 from helpers import RPC_TIMEOUT, output_arrays, raw_request, serialize_bytes
 from tritonclient.grpc import service_pb2
 
+pytestmark = pytest.mark.grpc_transports  # every test on each gRPC transport (conftest.py)
+
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
 

@@ -13,6 +13,8 @@ import pytest
 import tritonclient.grpc as grpcclient
 from helpers import EXAMPLE_MODELS, RPC_TIMEOUT, infer
 
+pytestmark = pytest.mark.grpc_transports  # every test on each gRPC transport (conftest.py)
+
 THREADS = 64
 ROUNDS = 4
 

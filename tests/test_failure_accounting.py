@@ -25,14 +25,14 @@ from serverproc import ServerProcess
 
 from skewless.examples.generate import make_slow_model
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.grpc_transports]
 
 MODEL = "slow"
 SLOW_MS = 800.0
 
 
 @pytest.fixture(scope="module")
-def srv(make_repo):
+def srv(make_repo, grpc_transport):
     repo = make_repo(MODEL)
     make_slow_model(repo / MODEL / "1" / "model.onnx", SLOW_MS)
     cfg = repo / MODEL / "config.pbtxt"

@@ -21,7 +21,7 @@ import tritonclient.grpc.aio as aioclient
 from serverproc import ServerProcess
 from tritonclient.utils import InferenceServerException
 
-pytestmark = pytest.mark.slow  # the slow tier: floods of thousands of requests, connection-age and slow-header timeouts
+pytestmark = [pytest.mark.slow, pytest.mark.grpc_transports]  # the slow tier: floods of thousands of requests, connection-age and slow-header timeouts
 
 FLOOD = 10_000  # concurrent unary requests, spread over CHANNELS connections
 CHANNELS = 16

@@ -25,6 +25,8 @@ from helpers import (
     raw_stub,
 )
 
+pytestmark = pytest.mark.grpc_transports  # every test on each gRPC transport (conftest.py)
+
 RNG = np.random.default_rng(1)
 
 

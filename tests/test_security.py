@@ -31,7 +31,7 @@ from tritonclient.utils import InferenceServerException
 from skewless.server.security.guard import ADMIN, HEALTH, INFERENCE, METADATA, grpc_group, http_group
 from skewless.server.security.principals import parse, token_digest
 
-pytestmark = pytest.mark.slow  # the slow tier: servers of its own per TLS, principal and rate-limit case, certificate rotation
+pytestmark = [pytest.mark.slow, pytest.mark.grpc_transports]  # the slow tier: servers of its own per TLS, principal and rate-limit case, certificate rotation
 
 X = {"input": np.random.default_rng(1).random((1, 32), dtype=np.float32)}
 
@@ -243,7 +243,7 @@ HTTP_CODES = {"OK": 200, "UNAUTHENTICATED": 401, "PERMISSION_DENIED": 403}
 
 
 @pytest.fixture(scope="module")
-def authed(make_repo, tmp_path_factory):
+def authed(make_repo, tmp_path_factory, grpc_transport):
     principals = tmp_path_factory.mktemp("auth") / "principals.txt"
     principals.write_text(PRINCIPALS)
     proc = ServerProcess(make_repo("mlp"), "--auth-principals", str(principals), "--model-control-mode",

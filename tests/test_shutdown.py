@@ -12,6 +12,8 @@ import tritonclient.grpc as grpcclient
 from helpers import RPC_TIMEOUT, http_status, infer
 from tritonclient.utils import InferenceServerException
 
+pytestmark = pytest.mark.grpc_transports  # every test on each gRPC transport (conftest.py)
+
 N_REQUESTS = 8
 
 

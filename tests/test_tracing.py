@@ -23,6 +23,8 @@ from helpers import infer
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from serverproc import ServerProcess
 
+pytestmark = pytest.mark.grpc_transports  # every test on each gRPC transport (conftest.py)
+
 SERVER_KIND = 2  # opentelemetry.proto.trace.v1.Span.SPAN_KIND_SERVER
 
 
@@ -108,7 +110,7 @@ def repo(make_repo, model_source):
 
 
 @pytest.fixture(scope="module")
-def traced(repo, receiver) -> Iterator[ServerProcess]:
+def traced(repo, receiver, grpc_transport) -> Iterator[ServerProcess]:
     """Tracing on, default sampler: only callers' sampled traceparents are traced."""
     proc = ServerProcess(repo, env=otel_env(receiver.port)).start()
     yield proc

@@ -19,6 +19,8 @@ from tritonclient.utils import InferenceServerException
 
 from skewless.server.json_depth import MAX_JSON_DEPTH, JsonTooDeep, check_json_depth
 
+pytestmark = pytest.mark.grpc_transports  # every test on each gRPC transport (conftest.py)
+
 DEPTH_WORDS = f"JSON nesting depth exceeds maximum allowed limit ({MAX_JSON_DEPTH})"
 
 
@@ -42,7 +44,7 @@ def test_check_json_depth(doc, deep):
 
 # -- a server with Triton-QA-style models ---------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def srv(tmp_path_factory) -> Iterator[ServerProcess]:
+def srv(tmp_path_factory, grpc_transport) -> Iterator[ServerProcess]:
     root = tmp_path_factory.mktemp("triton_repo")
     write_triton_identity(root, "onnx_zero_1_float32", "FP32", [-1], 8)
     write_triton_identity(root, "onnx_zero_1_float16", "FP16", [-1, -1], 8)

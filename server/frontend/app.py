@@ -58,6 +58,7 @@ from ..workers.cluster import Cluster
 from .admin_servicer import ADMIN_SERVICE, AdminServicer, add_admin_service
 from .events_servicer import EVENTS_SERVICE, EventsServicer, add_events_service
 from .feedback_servicer import FEEDBACK_SERVICE, FeedbackServicer, add_feedback_service
+from .grpc_h2.server import H2Server
 from .grpc_servicer import InferenceServicer, add_inference_service, status_of
 from .http_rest import RestFrontend
 from .options import ServerOptions
@@ -183,7 +184,7 @@ class Server:
         self.http_port = 0
         self.metrics_port = 0
         self._stop = asyncio.Event()
-        self._grpc: grpc.aio.Server | None = None
+        self._grpc: grpc.aio.Server | H2Server | None = None
         # Security: bad certificate or principals files fail the start, before anything listens.
         self.cert_files = CertFiles(opts.security.tls) if opts.security.tls is not None else None
         self.ssl_context = ssl_context(self.cert_files) if self.cert_files is not None else None
@@ -293,14 +294,16 @@ class Server:
     async def start(self) -> None:
         opts, listen = self.opts, self.opts.listen
         mb = listen.max_message_bytes
-        self._grpc = grpc.aio.server(
-            interceptors=[GrpcGuard(self._guard, status_of)] if self._guard is not None else None,
-            options=[
-                ("grpc.max_receive_message_length", mb),
-                ("grpc.max_send_message_length", mb),
-                ("grpc.so_reuseport", 1 if self.cluster is not None else 0),
-                *grpc_hardening(opts),
-            ])
+        options = [
+            ("grpc.max_receive_message_length", mb),
+            ("grpc.max_send_message_length", mb),
+            ("grpc.so_reuseport", 1 if self.cluster is not None else 0),
+            *grpc_hardening(opts),
+        ]
+        interceptors = [GrpcGuard(self._guard, status_of)] if self._guard is not None else None
+        h2 = opts.grpc_transport.transport == "h2"
+        self._grpc = H2Server(interceptors, options) if h2 else grpc.aio.server(interceptors=interceptors,
+                                                                                 options=options)
         inference, admin, traffic = (InferenceServicer(self.dataplane, self.tracer),
                                      AdminServicer(self.repository, self.cluster),
                                      TrafficServicer(self.traffic, self.cluster))
@@ -322,7 +325,8 @@ class Server:
              reflection.SERVICE_NAME], self._grpc, pool=_pool.POOL)
         address = f"{listen.host}:{listen.grpc_port}"
         if self.cert_files is not None:
-            self.grpc_port = self._grpc.add_secure_port(address, grpc_credentials(self.cert_files))
+            tls = ssl_context(self.cert_files, alpn=("h2",)) if h2 else grpc_credentials(self.cert_files)
+            self.grpc_port = self._grpc.add_secure_port(address, tls)
         else:
             self.grpc_port = self._grpc.add_insecure_port(address)
         if self.grpc_port == 0:
@@ -351,8 +355,9 @@ class Server:
             # Siblings mark themselves ready in a shared file, not through an event here: follow it, so the
             # overall health ("") turns SERVING once every worker is (it was set before the siblings were up).
             self._health_watch = asyncio.get_running_loop().create_task(self._follow_cluster_health())
-        log.info("serving gRPC on %s:%d (%s), HTTP/REST on %s:%d, health HTTP on %s:%d", listen.host,
-                 self.grpc_port, INFERENCE_SERVICE, listen.host, self.http_port, listen.host, self.metrics_port)
+        log.info("serving gRPC on %s:%d (%s, %s transport), HTTP/REST on %s:%d, health HTTP on %s:%d",
+                 listen.host, self.grpc_port, INFERENCE_SERVICE, opts.grpc_transport.transport, listen.host,
+                 self.http_port, listen.host, self.metrics_port)
 
     async def _follow_cluster_health(self, every_s: float = 0.5) -> None:
         last = None

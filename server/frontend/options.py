@@ -23,6 +23,7 @@ from ..shadow.traffic_settings import TrafficSettings
 from ..telemetry.settings import TelemetrySettings
 from ..workers.settings import WorkerSettings
 from .settings import ConnectionSettings, ListenSettings
+from .transport_settings import GrpcTransportSettings
 
 if TYPE_CHECKING:
     from ..workers.cluster import WorkerPlace
@@ -34,7 +35,7 @@ SERVE_GROUPS = (
     ("ports", None, (ListenSettings,)),
     ("telemetry", None, (TelemetrySettings,)),
     ("security", "TLS on all three ports; callers and what they may do (README: Security)", (SecuritySettings,)),
-    ("overload and connections", None, (ConnectionSettings,)),
+    ("overload and connections", None, (ConnectionSettings, GrpcTransportSettings)),
     ("workers", None, (WorkerSettings,)),
     ("traffic", None, (TrafficSettings,)),
     ("alerts and audit", None, (AlertHookSettings, AuditSettings)),
@@ -59,6 +60,7 @@ class ServerOptions:
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
     security: SecuritySettings = field(default_factory=SecuritySettings)
     connections: ConnectionSettings = field(default_factory=ConnectionSettings)
+    grpc_transport: GrpcTransportSettings = field(default_factory=GrpcTransportSettings)
     workers: WorkerSettings = field(default_factory=WorkerSettings)
     traffic: TrafficSettings = field(default_factory=TrafficSettings)
     alerts: AlertHookSettings = field(default_factory=AlertHookSettings)
@@ -76,6 +78,7 @@ class ServerOptions:
             repository=RepositorySettings.from_args(args, error),
             registry=registry,
             connections=connections,
+            grpc_transport=GrpcTransportSettings.from_args(args, error),
             alerts=AlertHookSettings.from_args(args, error),
             workers=WorkerSettings.from_args(args, error),
             security=SecuritySettings.from_args(args, error),

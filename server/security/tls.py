@@ -134,28 +134,29 @@ def grpc_credentials(files: CertFiles) -> grpc.ServerCredentials:
                                                and s.client_auth == "required")
 
 
-def ssl_context(files: CertFiles) -> ssl.SSLContext:
+def ssl_context(files: CertFiles, alpn: tuple[str, ...] = ()) -> ssl.SSLContext:
     """An SSLContext for the HTTP listeners whose certificate follows the files: the SNI callback, run at each
-    handshake, hands the connection a context built from the current files."""
-    current = [_build_context(files)]
+    handshake, hands the connection a context built from the current files. ``alpn``: the protocols offered
+    (``h2`` for the gRPC transport of frontend/grpc_h2)."""
+    current = [_build_context(files, alpn)]
     seen = [files.generation]
 
     def on_hello(sslobj: ssl.SSLObject, _name: str | None, _ctx: ssl.SSLContext) -> None:
         try:
             generation = files.current()
             if generation != seen[0]:
-                current[0] = _build_context(files)
+                current[0] = _build_context(files, alpn)
                 seen[0] = generation
         except Exception:
             log.warning("TLS reload failed: keeping the previous certificate", exc_info=True)
         sslobj.context = current[0]
 
-    outer = _build_context(files)
+    outer = _build_context(files, alpn)
     outer.sni_callback = on_hello
     return outer
 
 
-def _build_context(files: CertFiles) -> ssl.SSLContext:
+def _build_context(files: CertFiles, alpn: tuple[str, ...] = ()) -> ssl.SSLContext:
     import tempfile
 
     s = files.settings
@@ -170,6 +171,8 @@ def _build_context(files: CertFiles) -> ssl.SSLContext:
     if s.verify_clients and files.client_ca is not None:
         ctx.load_verify_locations(cadata=files.client_ca.decode())
         ctx.verify_mode = ssl.CERT_REQUIRED if s.client_auth == "required" else ssl.CERT_OPTIONAL
+    if alpn:
+        ctx.set_alpn_protocols(list(alpn))
     return ctx
 
 
