@@ -155,12 +155,20 @@ def stats_delta(a: dict[str, Any] | None, b: dict[str, Any] | None, rows: int) -
     sizes_a, sizes_b = a.get("by_batch_size", {}), b.get("by_batch_size", {})
     by_size = {str(n): c - sizes_a.get(n, 0) for n, c in sorted(sizes_b.items()) if c > sizes_a.get(n, 0)}
     execs = d["execution_count"]
+    # Rows per model execution; divided by rows/request it is the requests merged per execution. From
+    # batch_stats where the server keeps them: its rows and executions are both counted as each batch runs,
+    # while inference_count is counted as requests complete and so lags the executions at a window's edges by
+    # the requests then in flight (a mean below 1 at 64 clients when nearly every batch is one request).
+    batches = sum(by_size.values())
+    if batches:
+        mean = sum(int(n) * c for n, c in by_size.items()) / batches
+    else:
+        mean = d["inference_count"] / execs if execs else None
     return {
         "inference_count": d["inference_count"], "execution_count": execs,
         "success": d["success"], "fail": d["fail"],
-        # Rows per model execution; divided by rows/request it is the requests merged per execution.
-        "mean_batch_size": d["inference_count"] / execs if execs else None,
-        "mean_requests_per_batch": d["inference_count"] / execs / rows if execs else None,
+        "mean_batch_size": mean,
+        "mean_requests_per_batch": mean / rows if mean is not None else None,
         "queue_us_mean": d["queue_ns"] / d["queue_count"] / 1e3 if d["queue_count"] else None,
         "compute_infer_us_mean": d["compute_infer_ns"] / d["compute_infer_count"] / 1e3
         if d["compute_infer_count"] else None,

@@ -8,6 +8,7 @@ answered, the old one is retired and must not answer again).
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -57,8 +58,14 @@ class SwapLoad:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._results = [LoadResult() for _ in range(clients)]
+        self._switch = sys.getswitchinterval()
 
     def start(self) -> SwapLoad:
+        # Busy client threads hold this process's GIL nearly all the time: its other threads (the publisher,
+        # an in-process S3 server) then wait up to a whole switch interval (5 ms) for every step, and a publish
+        # took 20 s instead of 0.5 s. A shorter interval while the load runs lets them through.
+        self._switch = sys.getswitchinterval()
+        sys.setswitchinterval(0.0002)
         for i in range(self.clients):
             t = threading.Thread(target=self._run, args=(i,), daemon=True, name=f"swap-load-{i}")
             t.start()
@@ -103,6 +110,7 @@ class SwapLoad:
         self._stop.set()
         for t in self._threads:
             t.join(timeout=60)
+        sys.setswitchinterval(self._switch)
         total = LoadResult()
         for r in self._results:
             total.replies.extend(r.replies)

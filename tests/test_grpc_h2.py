@@ -306,3 +306,22 @@ def test_stop_sends_goaway_and_lets_running_calls_finish():
         ch.close()
         s.loop.call_soon_threadsafe(s.loop.stop)
         s.thread.join(10)
+
+
+def test_header_blocks_decode_with_hpack():
+    """What the h2 transport encodes, read back by an independent HPACK decoder (the hpack package's)."""
+    from hpack import Decoder
+
+    from skewless.server.frontend.grpc_h2 import wire
+
+    long_message = "é" * 200 + " 100% \n done"
+    block = wire.RESPONSE_HEADERS + wire.trailers(13, long_message, (("k", "v"), ("b-bin", b"\x00\x01")))
+    fields = Decoder().decode(block, raw=True)
+    assert fields[:2] == [(b":status", b"200"), (b"content-type", b"application/grpc")]
+    out = dict(fields[2:])
+    assert out[b"grpc-status"] == b"13" and out[b"k"] == b"v" and wire.decode_binary(out[b"b-bin"]) == b"\x00\x01"
+    from urllib.parse import unquote_to_bytes
+    assert unquote_to_bytes(out[b"grpc-message"]).decode() == long_message
+    assert Decoder().decode(wire.STATUS_415, raw=True) == [(b":status", b"415"), (b"content-type", b"text/plain")]
+    assert [wire.parse_timeout(v) for v in (b"100m", b"5S", b"2H", b"7u", b"x", b"123456789S")] == \
+        [0.1, 5.0, 7200.0, 7e-06, None, None]
