@@ -325,3 +325,15 @@ def test_header_blocks_decode_with_hpack():
     assert Decoder().decode(wire.STATUS_415, raw=True) == [(b":status", b"415"), (b"content-type", b"text/plain")]
     assert [wire.parse_timeout(v) for v in (b"100m", b"5S", b"2H", b"7u", b"x", b"123456789S")] == \
         [0.1, 5.0, 7200.0, 7e-06, None, None]
+
+
+def test_a_server_stopped_before_it_started_releases_its_port():
+    async def bind_and_stop() -> int:
+        server = H2Server(None, OPTIONS)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.stop(1.0)  # what the app does when a start-up step after binding fails
+        return port
+
+    port = asyncio.run(bind_and_stop())
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))  # free again

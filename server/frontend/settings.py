@@ -96,8 +96,9 @@ class ConnectionSettings:
                            help="close connections after this long (GOAWAY), so load balancers rebalance; off by "
                                 "default")
         group.add_argument("--grpc-max-pending", type=int, default=10_000, metavar="N",
-                           help="calls gRPC queues before the server takes them; past it (and firmly past twice it) "
-                                "gRPC cancels calls itself with CANCELLED instead of --max-inflight's UNAVAILABLE")
+                           help="with --grpc-transport aio: calls gRPC queues before the server takes them; past it "
+                                "(and firmly past twice it) gRPC cancels calls itself with CANCELLED instead of "
+                                "--max-inflight's UNAVAILABLE (h2 queues nothing below the data plane)")
         group.add_argument("--http-header-timeout", type=float, default=30.0, metavar="S",
                            help="an HTTP/REST connection whose request head (request line and headers) has not "
                                 "arrived this long after it opened or after its previous reply is closed")

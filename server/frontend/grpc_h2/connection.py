@@ -133,7 +133,7 @@ class Connection(asyncio.Protocol):
             self.preface = True
             pos = 24
         n = len(data)
-        while n - pos >= 9:
+        while n - pos >= 9 and not self.closed:
             length = (data[pos] << 16) | (data[pos + 1] << 8) | data[pos + 2]
             if length > MAX_FRAME:
                 raise ConnectionError_(wire.FRAME_SIZE_ERROR, "frame larger than SETTINGS_MAX_FRAME_SIZE")

@@ -96,6 +96,11 @@ class H2Server(grpc.aio.Server):
     async def stop(self, grace: float | None) -> None:
         """No new calls (GOAWAY to every client, listeners closed); running calls get ``grace`` seconds,
         then are cancelled (the client sees UNAVAILABLE)."""
+        if self._stopped is None:  # never started: only the bound sockets to release
+            for sock, _ in self._sockets:
+                sock.close()
+            self._sockets.clear()
+            return
         if self.stopping:
             await self._stopped.wait()
             return
