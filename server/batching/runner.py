@@ -1,7 +1,9 @@
 """Runs a batch's work where it is cheapest: inline on the event loop, or in the model's worker threads.
 
 The work itself (merge, features, model, split) is a plain callable the model layer hands in; the runner
-only times it, feeds the cost estimate and the execution statistics, and picks the thread.
+only times it, feeds the cost estimate and the execution statistics, and picks the thread. The model layer's
+executor is a Handoff (handoff.py), whose ``to_thread`` skips run_in_executor's layers; any other Executor
+still works through run_in_executor.
 """
 
 from __future__ import annotations
@@ -11,11 +13,13 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
+from typing import Any
 
 import numpy as np
 
 from ..errors import InstanceHung
 from .cost import BatchCost
+from .handoff import Handoff
 
 Feeds = dict[str, np.ndarray]
 # (per-request inputs, rows per request, output names) -> (per-request outputs, (input, infer, output) ns)
@@ -50,6 +54,13 @@ class _Watch:
         self.thread = 0
 
 
+def _via_run_in_executor(executor: Executor) -> Callable[..., asyncio.Future]:
+    """The hand-off for an executor that is not a Handoff: loop.run_in_executor, as before."""
+    def hand_off(fn: Callable[..., Any], *args: Any) -> asyncio.Future:
+        return asyncio.get_running_loop().run_in_executor(executor, fn, *args)
+    return hand_off
+
+
 class BatchRunner:
     """``hang_timeout_s``/``on_hang``: the watchdog. A batch in a worker thread that has not returned after
     ``hang_timeout_s`` fails its requests (InstanceHung) and ``on_hang(thread id)`` is called to restart the
@@ -60,7 +71,7 @@ class BatchRunner:
                  hang_timeout_s: float | None = None, on_hang: Callable[[int], None] | None = None,
                  label: str = ""):
         self.work = work
-        self.executor = executor
+        self.executor = executor  # the setter picks the hand-off
         self.cost = cost
         self.on_executed = on_executed
         self.cheap_enough = cost.cheap_enough
@@ -69,20 +80,28 @@ class BatchRunner:
         self.label = label
         self.hangs = 0
 
+    @property
+    def executor(self) -> Executor:
+        """The model's worker threads; the watchdog's restart replaces them (models/version.py)."""
+        return self._executor
+
+    @executor.setter
+    def executor(self, executor: Executor) -> None:
+        self._executor = executor
+        lean = isinstance(executor, Handoff)
+        self._hand_off = executor.to_thread if lean else _via_run_in_executor(executor)
+
     async def run(self, feeds: list[Feeds], rows: list[int], outputs: list[str]
                   ) -> tuple[list[list[np.ndarray]], int, BatchInfo]:
         """The outputs per request, how long the batch waited for a free worker thread (ns), and the batch's
         times."""
         if self.cheap_enough(sum(rows)):
             return self.run_inline(feeds, rows, outputs)
-        loop = asyncio.get_running_loop()
         if self.hang_timeout_s is None:
-            result = await loop.run_in_executor(self.executor, self._timed, feeds, rows, outputs,
-                                                time.perf_counter_ns())
+            result = await self._hand_off(self._timed, feeds, rows, outputs, time.perf_counter_ns())
             return self._recorded(rows, result)
         watch = _Watch()
-        running = loop.run_in_executor(self.executor, self._watched, watch, feeds, rows, outputs,
-                                       time.perf_counter_ns())
+        running = self._hand_off(self._watched, watch, feeds, rows, outputs, time.perf_counter_ns())
         try:  # shield: a batch still running cannot be cancelled; on timeout it is abandoned, not stopped
             result = await asyncio.wait_for(asyncio.shield(running), self.hang_timeout_s)
         except asyncio.TimeoutError:

@@ -1,7 +1,9 @@
 """onnxruntime sessions: one per instance, run in the model's own worker threads.
 
 Each model has its own executor with one thread per instance, so a slow model only ever queues its own
-requests; ``InferenceSession.run`` releases the GIL, so instances of different models run in parallel.
+requests; ``InferenceSession.run`` releases the GIL, so instances of different models run in parallel. The
+executor is a Handoff (batching/handoff.py): the batch runner hands batches to it without run_in_executor's
+round trip.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import numpy as np
 
 from skewless.protos import model_config_pb2 as mc
 
+from ..batching.handoff import Handoff
 from ..errors import Internal, ModelLoadError
 from ..parameters import read
 from .config import OnnxTensor
@@ -318,8 +321,9 @@ def lowest_priority() -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
 
 
-# Worker threads the watchdog gave up on: Python joins executor threads at exit, so a process holding one that
-# never returns must leave without that join (app.run does, once everything else has stopped).
+# Worker threads the watchdog gave up on. They are daemon threads, so Python does not join them at exit; but a
+# process holding one still inside onnxruntime leaves with os._exit (app.run does, once everything else has
+# stopped) rather than run interpreter and library teardown under a running session.
 HUNG_THREADS: set[int] = set()
 
 
@@ -340,7 +344,7 @@ class ModelRuntime:
         for inst in self.instances:
             self._free.put(inst)
         # One thread per instance: a thread always finds a free instance, so get() never blocks for long.
-        self.executor = ThreadPoolExecutor(max_workers=len(self.instances), thread_name_prefix=f"ort-{label}")
+        self.executor = Handoff(len(self.instances), f"ort-{label}")
         self._busy: dict[int, OnnxInstance] = {}  # worker thread id -> the instance it is running
         self.restarts = 0
         self._background: OnnxInstance | None = None
@@ -396,9 +400,8 @@ class ModelRuntime:
         inst.abandoned = True
         self.restarts += 1
         HUNG_THREADS.add(thread_id)
-        old, self.executor = self.executor, ThreadPoolExecutor(max_workers=len(self.instances),
-                                                               thread_name_prefix=f"ort-{self.label}")
-        old.shutdown(wait=False)
+        old, self.executor = self.executor, Handoff(len(self.instances), f"ort-{self.label}")
+        old.shutdown(wait=False)  # its other threads exit once idle; the hung one when (if) its run returns
 
         def rebuild() -> None:
             try:
