@@ -148,75 +148,66 @@ class H2Server(grpc.aio.Server):
         self._handlers[method] = found
         return found
 
-    async def _intercepted(self, call: Call) -> grpc.RpcMethodHandler | None:
+    async def _handler(self, call: Call) -> grpc.RpcMethodHandler | None:
+        """The call's handler as the interceptors return it; None (the call failed): one refused it."""
         handler = call.handler
+        if not self.interceptors:
+            return handler
         details = _CallDetails(call.method, call.metadata)
         for interceptor in reversed(self.interceptors):
             async def continuation(_details, inner=handler):
                 return inner
             handler = await interceptor.intercept_service(continuation, details)
             if handler is None:
+                call.conn.fail(call, grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
                 return None
+        call.handler = handler
         return handler
 
     async def run_unary_request(self, call: Call, request: bytes) -> None:
-        conn = call.conn
         try:
-            handler = call.handler
-            if self.interceptors:
-                handler = await self._intercepted(call)
-                if handler is None:
-                    conn.fail(call, grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
-                    return
-                call.handler = handler
+            handler = await self._handler(call)
+            if handler is None:
+                return
             deserialize = handler.request_deserializer
             if deserialize is not None:
                 try:
                     request = deserialize(request)
                 except Exception:
-                    conn.fail(call, grpc.StatusCode.INTERNAL, "Exception deserializing request!")
+                    call.conn.fail(call, grpc.StatusCode.INTERNAL, "Exception deserializing request!")
                     return
-            if not handler.response_streaming:
-                reply = await handler.unary_unary(request, call)
-                if call.closed:
-                    return
-                if call.status is not None and call.status != grpc.StatusCode.OK:
-                    conn.finish(call, call.status, call.message)
-                    return
-                if reply is None:
-                    conn.finish(call, grpc.StatusCode.INTERNAL, "the handler returned no reply")
-                    return
-                serialize = handler.response_serializer
-                conn.reply(call, serialize(reply) if serialize is not None else reply)
-            else:
+            if handler.response_streaming:
                 await self._respond(call, handler.unary_stream(request, call))
+            else:
+                self._reply(call, handler, await handler.unary_unary(request, call))
         except BaseException as exc:
             self._failed(call, exc)
 
     async def run_streaming_request(self, call: Call) -> None:
-        conn = call.conn
         try:
-            handler = call.handler
-            if self.interceptors:
-                handler = await self._intercepted(call)
-                if handler is None:
-                    conn.fail(call, grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
-                    return
-                call.handler = handler
-            if not handler.response_streaming:
-                reply = await handler.stream_unary(call, call)
-                if call.closed:
-                    return
-                if call.status is not None and call.status != grpc.StatusCode.OK:
-                    conn.finish(call, call.status, call.message)
-                    return
-                serialize = handler.response_serializer
-                conn.send_message(call, serialize(reply) if serialize is not None else reply)
-                conn.finish(call, grpc.StatusCode.OK, None)
-            else:
+            handler = await self._handler(call)
+            if handler is None:
+                return
+            if handler.response_streaming:
                 await self._respond(call, handler.stream_stream(call, call))
+            else:
+                self._reply(call, handler, await handler.stream_unary(call, call))
         except BaseException as exc:
             self._failed(call, exc)
+
+    @staticmethod
+    def _reply(call: Call, handler: grpc.RpcMethodHandler, reply: Any) -> None:
+        """A single reply, unless the handler set a failing status or already ended the call."""
+        conn = call.conn
+        if call.closed:
+            return
+        if call.status is not None and call.status != grpc.StatusCode.OK:
+            conn.finish(call, call.status, call.message)
+        elif reply is None:
+            conn.finish(call, grpc.StatusCode.INTERNAL, "the handler returned no reply")
+        else:
+            serialize = handler.response_serializer
+            conn.reply(call, serialize(reply) if serialize is not None else reply)
 
     async def _respond(self, call: Call, result: Any) -> None:
         """A streaming reply: an async generator's items, or a coroutine that writes with context.write."""
