@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
 from datetime import datetime
@@ -27,6 +26,7 @@ from typing import Any
 from .batching_report import make_repository
 from .loadgen import RESULTS_DIR, BenchConfig, run_bench
 from .peers import MODELS, build_models, triton_config
+from .report import median, ratio
 from .servers import exit_on_interrupt, start_echo, start_skewless
 
 SERVERS = ("aio", "h2", "echo")
@@ -41,15 +41,6 @@ def _figures(point: dict[str, Any]) -> dict[str, float | None]:
     return {"req/s": point["throughput_rps"], "p50 ms": lat["p50"], "p99 ms": lat["p99"],
             "server CPU µs/req": (point.get("server_cpu") or {}).get("us_per_request"),
             "errors": point["error_count"]}
-
-
-def _median(values: list[float | None]) -> float | None:
-    present = [v for v in values if v is not None]
-    return statistics.median(present) if present else None
-
-
-def _ratio(a: float | None, b: float | None) -> float | None:
-    return a / b if a is not None and b else None
 
 
 def run(args: argparse.Namespace, out: Path) -> dict[str, Any]:
@@ -81,11 +72,11 @@ def run(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     finally:
         for srv in started.values():
             srv.__exit__(None, None, None)
-    medians = {c: {s: {k: _median([x[k] for x in rs]) for k in (*FIGURES, "errors")} for s, rs in by.items()}
+    medians = {c: {s: {k: median([x[k] for x in rs]) for k in (*FIGURES, "errors")} for s, rs in by.items()}
                for c, by in rounds.items()}
-    ratios = {c: {"h2 ÷ aio": {k: _ratio(m["h2"][k], m["aio"][k]) for k in FIGURES},
-                  "h2 ÷ echo": {k: _ratio(m["h2"][k], m["echo"][k]) for k in FIGURES},
-                  "aio ÷ echo": {k: _ratio(m["aio"][k], m["echo"][k]) for k in FIGURES}}
+    ratios = {c: {"h2 ÷ aio": {k: ratio(m["h2"][k], m["aio"][k]) for k in FIGURES},
+                  "h2 ÷ echo": {k: ratio(m["h2"][k], m["echo"][k]) for k in FIGURES},
+                  "aio ÷ echo": {k: ratio(m["aio"][k], m["echo"][k]) for k in FIGURES}}
               for c, m in medians.items()}
     return {"benchmark": "transport_report", "time": datetime.now().astimezone().isoformat(timespec="seconds"),
             "setup": {"model": model.name, "layers": list(model.layers), "max_batch_size": model.max_batch_size,
@@ -101,15 +92,15 @@ def goals(medians: dict[int, dict[str, dict[str, float | None]]]) -> list[dict[s
     out = []
     if 64 in medians:
         m = medians[64]
-        cpu = _ratio(m["h2"]["server CPU µs/req"], m["echo"]["server CPU µs/req"])
-        rps = _ratio(m["h2"]["req/s"], m["echo"]["req/s"])
+        cpu = ratio(m["h2"]["server CPU µs/req"], m["echo"]["server CPU µs/req"])
+        rps = ratio(m["h2"]["req/s"], m["echo"]["req/s"])
         out.append({"goal": f"64 clients: h2 CPU/request <= {GOAL_CPU_OVER_ECHO}x the aio echo's", "value": cpu,
                     "met": None if cpu is None else cpu <= GOAL_CPU_OVER_ECHO})
         out.append({"goal": f"64 clients: h2 req/s >= {GOAL_RPS_OVER_ECHO}x the aio echo's", "value": rps,
                     "met": None if rps is None else rps >= GOAL_RPS_OVER_ECHO})
     if 1 in medians:
         m = medians[1]
-        p50 = _ratio(m["h2"]["p50 ms"], m["aio"]["p50 ms"])
+        p50 = ratio(m["h2"]["p50 ms"], m["aio"]["p50 ms"])
         out.append({"goal": "1 client: h2 p50 <= aio p50", "value": p50, "met": None if p50 is None else p50 <= 1})
     return out
 
@@ -127,8 +118,8 @@ def table(result: dict[str, Any]) -> str:
             label = {"aio": "skewless aio", "h2": "skewless h2", "echo": "aio echo"}[name]
             lines.append(f"{c:>8} {label:>12}" + "".join(f"{m[k]:>20.4g}" if m[k] is not None else f"{'-':>20}"
                                                          for k in FIGURES) + f"{m['errors'] or 0:>8.0f}")
-        for ratio, values in result["ratios"][c].items():
-            lines.append(f"{c:>8} {ratio:>12}" + "".join(f"{v:>20.3f}" if v is not None else f"{'-':>20}"
+        for name_of_ratio, values in result["ratios"][c].items():
+            lines.append(f"{c:>8} {name_of_ratio:>12}" + "".join(f"{v:>20.3f}" if v is not None else f"{'-':>20}"
                                                          for v in values.values()))
     for g in result["goals"]:
         verdict = "-" if g["met"] is None else ("met" if g["met"] else "NOT met")
