@@ -9,9 +9,9 @@ echo server at the same points as the transport ceiling. Writes latency.json, la
     python -m skewless.benchmarks.latency_report --quick    # ~2 s per point
     python -m skewless.benchmarks.latency_report --delay-spinning   # issue 28's delay and spinning figures
 
-``--delay-spinning`` measures instead, at one client: ``mlp_small`` with a 200 µs queue delay vs
-``dynamic_batching { }`` (p50, CPU per request) and the heavy MLP against the naive server (p50); see
-delay_spinning.py.
+``--delay-spinning`` measures instead, at one client and in alternating slices: ``mlp_small`` with a 200 µs
+queue delay vs ``dynamic_batching { }`` (p50, CPU per request) and the heavy MLP against the naive server and
+against skewless spinning only during runs (p50); see delay_spinning.py.
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="output directory (default benchmarks/results/latency-<timestamp>)")
     p.add_argument("--delay-spinning", action="store_true",
                    help="only the 1-client queue-delay (mlp_small, 200 us vs none) and heavy-MLP (vs the naive "
-                        "server) figures")
+                        "server, vs spinning during runs only) figures, in alternating 1 s slices")
     args = p.parse_args(argv)
     duration = args.duration or (2.0 if args.quick else 10.0)
     warmup = args.warmup if args.warmup is not None else (0.5 if args.quick else 2.0)
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
 
         result, table = run_delay_spinning(out, duration, warmup)
         print(table)
-        print(f"wrote {out / 'delay_spinning.json'}, {out / 'delay_spinning.txt'}")
+        print(f"wrote {out / 'delay_spinning.json'}, {out / 'delay_spinning.txt'}, {out / 'delay_spinning.png'}")
         return 1 if any(r["errors"] for r in result["rows"]) else 0
     onnx_path = Path(args.model_repository) / MODEL / "1" / "model.onnx"
 

@@ -251,9 +251,14 @@ declare(
               "1: onnxruntime's pool threads spin, after each run too (burns cores the transport needs); "
               "0: they sleep between operators. Unset: skewless.intra_op_spinning decides", _ORT),
     Parameter("skewless.intra_op_spinning", "enum", "auto",
-              "'during_run': pool threads spin between a run's operators and sleep once it returns; 'always'; "
-              "'never'; 'auto': during_run when the session has more than one intra-op thread", _ORT,
-              choices=("auto", "during_run", "always", "never")),
+              "'bounded': pool threads spin between a run's operators and for skewless.intra_op_spin_us after "
+              "it, then sleep (onnxruntime 1.26+); 'during_run': they sleep once the run returns; 'always' "
+              "(onnxruntime's own ~40 ms spin after each run); 'never'; 'auto': bounded when the session has "
+              "more than one intra-op thread (during_run before onnxruntime 1.26), else never", _ORT,
+              choices=("auto", "bounded", "during_run", "always", "never")),
+    Parameter("skewless.intra_op_spin_us", "int", 1000,
+              "'bounded' spinning: how long pool threads keep spinning after a run for the next one "
+              "(microseconds)", _ORT, lo=0),
     Parameter("intra_op_thread_count", "int", None,
               "intra-op threads per session (default: onnxruntime's, or cores / --workers)", _ORT),
     Parameter("inter_op_thread_count", "int", None, "inter-op threads; setting it runs operators in parallel",

@@ -1,6 +1,7 @@
-"""Smoke test of ``latency_report --delay-spinning``: four short 1-client points (skewless with and without a
-200 µs delay, skewless and the naive server on the heavy MLP), every server stopped, the table and JSON
-written. It never judges a speed."""
+"""Smoke test of ``latency_report --delay-spinning``: five 1-client configurations in short alternating slices
+(skewless with and without a 200 µs delay; skewless, skewless spinning only during runs and the naive server
+on the heavy MLP), every reply checked, every server stopped, the table, JSON and PNG written. It never
+judges a speed."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ pytestmark = pytest.mark.slow
 MARKERS = ("skewless.server.frontend.cli", "skewless.benchmarks.naive_server")
 
 
-def test_delay_spinning_run_writes_four_rows(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_delay_spinning_run_writes_five_rows(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     before = set(child_servers(*MARKERS))
     rc = latency_report.main(["--delay-spinning", "--duration", "0.5", "--warmup", "0.2", "--out", str(tmp_path)])
     assert rc == 0
@@ -29,10 +30,14 @@ def test_delay_spinning_run_writes_four_rows(tmp_path: Path, capsys: pytest.Capt
     data = json.loads((tmp_path / "delay_spinning.json").read_text())
     assert [r["name"] for r in data["rows"]] == [
         "skewless mlp_small delay 200us", "skewless mlp_small dynamic_batching {}", "skewless heavy_mlp",
-        "naive heavy_mlp"]
+        "skewless heavy_mlp during_run", "naive heavy_mlp"]
+    rounds = data["config"]["rounds"]
+    assert rounds >= 2
     for r in data["rows"]:
         assert r["rps"] > 0 and r["errors"] == 0 and r["clients"] == 1, r
-        assert r["checked"] > 0 and r["check_failed"] == 0, r
-    assert len(data["notes"]) == 3
+        assert r["checked"] == rounds and r["check_failed"] == 0, r
+        assert len(r["slice_p50_ms"]) == rounds, r
+    assert len(data["notes"]) == 4
+    assert (tmp_path / "delay_spinning.png").stat().st_size > 0
     table = (tmp_path / "delay_spinning.txt").read_text()
     assert table.strip() in capsys.readouterr().out

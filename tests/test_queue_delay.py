@@ -14,8 +14,9 @@ import pytest
 from skewless.examples.generate import build_test_models
 from skewless.server.batching.precise_timer import PreciseTimer
 from skewless.server.errors import ModelLoadError
+from skewless.server.models import runtime
 from skewless.server.models.config import parse_config
-from skewless.server.models.runtime import session_options, spinning_mode
+from skewless.server.models.runtime import bounded_spin_supported, session_options, spinning_mode
 from skewless.server.models.version import ModelVersion
 
 ADD_SUB = """max_batch_size: 8
@@ -125,13 +126,17 @@ def _cfg(params: dict[str, str]):
     return parse_config(f'name: "m"\n{ADD_SUB}{text}', "test")
 
 
+POOLED = "bounded" if bounded_spin_supported() else "during_run"
+
+
 @pytest.mark.parametrize("params, threads, mode", [
-    ({}, 4, "during_run"),
+    ({}, 4, POOLED),
     ({}, 1, "never"),
     ({"intra_op_allow_spinning": "1"}, 1, "always"),
     ({"intra_op_allow_spinning": "0"}, 4, "never"),
     ({"skewless.intra_op_spinning": "never"}, 4, "never"),
     ({"skewless.intra_op_spinning": "always"}, 4, "always"),
+    ({"skewless.intra_op_spinning": "during_run"}, 4, "during_run"),
 ])
 def test_spinning_mode_is_chosen_per_model(params, threads, mode):
     cfg = _cfg(params)
@@ -140,13 +145,69 @@ def test_spinning_mode_is_chosen_per_model(params, threads, mode):
     spin = "0" if mode == "never" else "1"
     assert so.get_session_config_entry("session.intra_op.allow_spinning") == spin
     assert so.get_session_config_entry("session.force_spinning_stop") == ("1" if mode == "during_run" else "0")
+    if mode == "bounded":
+        assert so.get_session_config_entry("session.intra_op.spin_duration_us") == "1000"
+    else:  # onnxruntime's own spin length, or none
+        with pytest.raises(RuntimeError):
+            so.get_session_config_entry("session.intra_op.spin_duration_us")
+
+
+@pytest.mark.skipif(not bounded_spin_supported(), reason="needs onnxruntime 1.26+ (spin_duration_us)")
+def test_bounded_spin_takes_its_duration_from_the_config():
+    so = session_options(_cfg({"skewless.intra_op_spin_us": "300"}), 4)
+    assert so.get_session_config_entry("session.intra_op.spin_duration_us") == "300"
+    assert so.get_session_config_entry("session.inter_op.spin_duration_us") == "300"
+    so = session_options(_cfg({}), 4)
+    assert so.get_session_config_entry("session.intra_op.spin_duration_us") == "1000"
+    with pytest.raises(ModelLoadError, match="skewless.intra_op_spin_us"):
+        session_options(_cfg({"skewless.intra_op_spin_us": "-1"}), 4)
+
+
+def test_bounded_spin_needs_an_onnxruntime_that_bounds_it(monkeypatch):
+    """Before 1.26 onnxruntime ignores spin_duration_us and spins ~40 ms after every run: 'auto' falls back
+    to during_run there, and an explicit 'bounded' is refused rather than silently burning a core."""
+    monkeypatch.setattr(runtime.ort, "__version__", "1.25.1")
+    assert not bounded_spin_supported()
+    assert spinning_mode(_cfg({}), 4) == "during_run"
+    with pytest.raises(ModelLoadError, match="onnxruntime 1.26"):
+        spinning_mode(_cfg({"skewless.intra_op_spinning": "bounded"}), 4)
+    monkeypatch.setattr(runtime.ort, "__version__", "1.26.0")
+    assert spinning_mode(_cfg({}), 4) == "bounded"
 
 
 def test_loaded_sessions_spin_only_during_runs_unless_told(tmp_path, add_sub):
     mv = version(tmp_path, add_sub, ADD_SUB + 'parameters { key: "intra_op_thread_count" value { string_value: "2" } }')
     opts = mv.runtime.instances[0].session.get_session_options()
     assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "1"
-    assert opts.get_session_config_entry("session.force_spinning_stop") == "1"
+    if bounded_spin_supported():
+        assert opts.get_session_config_entry("session.force_spinning_stop") == "0"
+        assert opts.get_session_config_entry("session.intra_op.spin_duration_us") == "1000"
+    else:
+        assert opts.get_session_config_entry("session.force_spinning_stop") == "1"
     mv.runtime.close()
     with pytest.raises(ModelLoadError, match="skewless.intra_op_spinning"):
         spinning_mode(_cfg({"skewless.intra_op_spinning": "sometimes"}), 2)
+
+
+@pytest.mark.skipif(not bounded_spin_supported(), reason="needs onnxruntime 1.26+ (spin_duration_us)")
+def test_an_idle_bounded_session_stops_spinning(tmp_path):
+    """The point of 'bounded': once runs stop, the pool stops burning CPU within the bound (1 ms here),
+    where onnxruntime's own spin would cost ~40 ms of a core after each run. Measured as this process's CPU
+    time while it sleeps after a run of a model large enough to use the pool."""
+    import onnxruntime as ort
+
+    from skewless.benchmarks.batching_report import build_heavy_onnx
+
+    model = build_heavy_onnx(tmp_path / "heavy.onnx", (256, 1024, 1024, 10), 3)
+    so = session_options(_cfg({}), 2)
+    sess = ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
+    x = np.ones((64, 256), np.float32)
+    for _ in range(5):
+        sess.run(None, {"input": x})
+    idle_cpu = 0.0
+    for _ in range(5):
+        sess.run(None, {"input": x})
+        c0 = time.process_time()
+        time.sleep(0.1)
+        idle_cpu += time.process_time() - c0
+    assert idle_cpu < 0.1, f"{idle_cpu * 1e3:.0f} ms of CPU in 500 ms of idling after runs"

@@ -133,7 +133,7 @@ def session_options(cfg: mc.ModelConfig, intra_op_threads: int | None = None):
         intra = intra_op_threads
     if intra is not None:
         so.intra_op_num_threads = intra
-    for key, value in spinning_entries(spinning_mode(cfg, intra)).items():
+    for key, value in spinning_entries(spinning_mode(cfg, intra), read(cfg, "skewless.intra_op_spin_us")).items():
         so.add_session_config_entry(key, value)
     if inter is not None:
         so.inter_op_num_threads = inter
@@ -149,31 +149,54 @@ def session_options(cfg: mc.ModelConfig, intra_op_threads: int | None = None):
     return so
 
 
+def bounded_spin_supported() -> bool:
+    """onnxruntime 1.26 added ``session.intra_op.spin_duration_us``; an older one ignores the key and spins
+    its own default after each run (about 40 ms of a core, measured on 1.25)."""
+    if ort is None:
+        return False
+    try:
+        major, minor = (int(part) for part in ort.__version__.split(".")[:2])
+    except ValueError:
+        return False
+    return (major, minor) >= (1, 26)
+
+
 def spinning_mode(cfg: mc.ModelConfig, intra_op_threads: int | None) -> str:
-    """How the session's pool threads wait for work: 'always' (spin after each run too), 'during_run' (spin
-    between a run's operators, sleep once the run returns) or 'never' (sleep, woken per operator).
+    """How the session's pool threads wait for work: 'bounded' (spin between a run's operators and for
+    ``skewless.intra_op_spin_us`` after it, then sleep), 'always' (onnxruntime's own spin after each run),
+    'during_run' (sleep as soon as the run returns) or 'never' (sleep, woken per operator).
 
     Triton's ``intra_op_allow_spinning`` decides when set (1: always, 0: never). Otherwise
-    ``skewless.intra_op_spinning``, whose 'auto' spins during runs when the session has a pool (more than one
-    intra-op thread): a model whose operators are split across threads then pays no wake-up per operator,
-    and no core spins while the model is idle."""
+    ``skewless.intra_op_spinning``, whose 'auto' is 'bounded' when the session has a pool (more than one
+    intra-op thread) and onnxruntime can bound the spin, else 'during_run': a pool that has gone to sleep
+    costs a wake-up at the start of every run (~0.1 ms of a 1.2 ms run of the heavy MLP, measured), and
+    the bound keeps an idle model from burning a core for longer than the spin after its last run."""
     allow = read(cfg, "intra_op_allow_spinning")
     if allow is not None:
         return "always" if allow else "never"
     mode = read(cfg, "skewless.intra_op_spinning")
+    if mode == "bounded" and not bounded_spin_supported():
+        raise ModelLoadError(f"skewless.intra_op_spinning 'bounded' needs onnxruntime 1.26 or newer "
+                             f"(this is {getattr(ort, '__version__', 'none')}): use 'during_run'")
     if mode != "auto":
         return mode
     threads = intra_op_threads if intra_op_threads is not None else (os.cpu_count() or 1)
-    return "during_run" if threads > 1 else "never"
+    if threads <= 1:
+        return "never"
+    return "bounded" if bounded_spin_supported() else "during_run"
 
 
-def spinning_entries(mode: str) -> dict[str, str]:
-    """onnxruntime session config entries for a spinning mode (see spinning_mode). Spinning after each run
-    burns the cores the transport needs (measured on the example MLP: ~30% more server CPU per request);
-    ``session.force_spinning_stop`` stops the pool spinning as each run returns."""
+def spinning_entries(mode: str, spin_us: int = 0) -> dict[str, str]:
+    """onnxruntime session config entries for a spinning mode (see spinning_mode). onnxruntime's own spin
+    after each run lasts ~40 ms and burns the cores the transport needs (measured on the example MLP: ~30%
+    more server CPU per request); 'bounded' cuts it to ``spin_us``, and ``session.force_spinning_stop`` ends
+    it as each run returns."""
     spin = "0" if mode == "never" else "1"
-    return {"session.intra_op.allow_spinning": spin, "session.inter_op.allow_spinning": spin,
-            "session.force_spinning_stop": "1" if mode == "during_run" else "0"}
+    entries = {"session.intra_op.allow_spinning": spin, "session.inter_op.allow_spinning": spin,
+               "session.force_spinning_stop": "1" if mode == "during_run" else "0"}
+    if mode == "bounded":
+        entries["session.intra_op.spin_duration_us"] = entries["session.inter_op.spin_duration_us"] = str(spin_us)
+    return entries
 
 
 def cuda_provider_options(cfg: mc.ModelConfig, device_id: int) -> dict[str, str]:
