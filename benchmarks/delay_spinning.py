@@ -5,18 +5,21 @@ One client, closed loop, gRPC, the peer table's models (peers.py):
 - ``mlp_small`` served by skewless with ``dynamic_batching { max_queue_delay_microseconds: 200 }`` against the
   same model with ``dynamic_batching { }``: p50 and server CPU per request. The goal: p50 within 0.25 ms
   and CPU per request within 1.1x of the no-delay configuration.
-- ``heavy_mlp`` (64 rows per request, ``dynamic_batching { }``) served by skewless (its default spinning),
-  by skewless with ``skewless.intra_op_spinning: during_run`` (the default before bounded spinning) and by the
-  naive server (naive_server.py): p50. The goal: skewless at or below the naive server.
+- ``heavy_mlp`` (64 rows per request, ``dynamic_batching { }``) served by skewless, by skewless with its old
+  defaults (``skewless.intra_op_spinning: during_run``, ``skewless.idle_inline_us: 0``: before bounded
+  spinning and idle inline runs) and by the naive server (naive_server.py): p50. The goal: skewless at or
+  below the naive server.
 
-The figures compared are paired: every server is up for the whole run and the client alternates between
-the servers of a comparison in short slices (order reversed every round), so a machine that slows down for
-a while slows all of them alike. A reply per slice is checked against onnxruntime run here. Writes
+The figures compared are paired: every server is up for the whole run and the client (grpc.aio on uvloop,
+as the load generator's) alternates between the servers of a comparison in short slices (order reversed
+every round), so a machine that slows down for a while slows all of them alike. A reply per slice is
+checked against onnxruntime run here. Writes
 delay_spinning.json, delay_spinning.txt and delay_spinning.png under the output directory.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import json
@@ -35,7 +38,9 @@ from .loadgen import process_tree_cpu
 from .peers import INPUT, MODELS, PEERS, Model, build_models, start_peer, triton_config
 
 SERVICE = "/inference.GRPCInferenceService/ModelInfer"
-DURING_RUN = 'parameters { key: "skewless.intra_op_spinning" value { string_value: "during_run" } }\n'
+# The defaults before bounded spinning and idle inline runs: the "before" of the heavy model's figures.
+OLD_DEFAULTS = ('parameters { key: "skewless.intra_op_spinning" value { string_value: "during_run" } }\n'
+                'parameters { key: "skewless.idle_inline_us" value { string_value: "0" } }\n')
 
 
 @dataclasses.dataclass
@@ -53,7 +58,7 @@ def _configs() -> tuple[list[Config], list[list[str]]]:
         Config("skewless mlp_small delay 200us", "skewless", small),
         Config("skewless mlp_small dynamic_batching {}", "skewless", small_nodelay),
         Config("skewless heavy_mlp", "skewless", heavy),
-        Config("skewless heavy_mlp during_run", "skewless", heavy, DURING_RUN),
+        Config("skewless heavy_mlp old defaults", "skewless", heavy, OLD_DEFAULTS),
         Config("naive heavy_mlp", "naive", heavy),
     ]
     groups = [[c.name for c in configs[:2]], [c.name for c in configs[2:]]]
@@ -81,7 +86,7 @@ class _Target:
         from skewless.protos import grpc_service_pb2 as pb
 
         self.config, self.pid = c, srv.pid
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{srv.port}")
+        self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}")
         self.call = self.channel.unary_unary(SERVICE)  # bytes in, bytes out: the client costs the same everywhere
         x = np.random.default_rng(7).standard_normal((c.model.rows, c.model.layers[0]), dtype=np.float32)
         req = pb.ModelInferRequest(model_name=c.model.name)
@@ -96,14 +101,14 @@ class _Target:
         self.seconds = self.cpu_s = 0.0
         self.errors = self.checked = self.check_failed = 0
 
-    def check(self) -> None:
-        reply = self.parse(self.call(self.request, timeout=30))
+    async def check(self) -> None:
+        reply = self.parse(await self.call(self.request, timeout=30))
         got = np.frombuffer(reply.raw_output_contents[0], np.float32).reshape(self.expected.shape)
         self.checked += 1
         if not np.allclose(got, self.expected, rtol=1e-4, atol=1e-5):
             self.check_failed += 1
 
-    def run_slice(self, seconds: float, record: bool = True) -> None:
+    async def run_slice(self, seconds: float, record: bool = True) -> None:
         import grpc
 
         lat: list[float] = []
@@ -112,7 +117,7 @@ class _Target:
         while True:
             a = time.perf_counter()
             try:
-                self.call(self.request, timeout=30)
+                await self.call(self.request, timeout=30)
             except grpc.RpcError:
                 self.errors += 1
             b = time.perf_counter()
@@ -145,7 +150,7 @@ def _wins(a: list[float], b: list[float]) -> int:
 
 def _notes(by: dict[str, dict[str, Any]]) -> list[str]:
     d, n = by["skewless mlp_small delay 200us"], by["skewless mlp_small dynamic_batching {}"]
-    sh, dr, nh = by["skewless heavy_mlp"], by["skewless heavy_mlp during_run"], by["naive heavy_mlp"]
+    sh, dr, nh = by["skewless heavy_mlp"], by["skewless heavy_mlp old defaults"], by["naive heavy_mlp"]
     rounds = len(sh["slice_p50_ms"])
     notes = []
     if d["p50_ms"] is not None and n["p50_ms"] is not None:
@@ -158,7 +163,7 @@ def _notes(by: dict[str, dict[str, Any]]) -> list[str]:
                      f"skewless lower in {_wins(sh['slice_p50_ms'], nh['slice_p50_ms'])} of {rounds} rounds "
                      f"(goal: at or below)")
     if sh["p50_ms"] is not None and dr["p50_ms"] is not None:
-        notes.append(f"heavy_mlp, 1 client: default spinning p50 {sh['p50_ms']:.3f} ms vs during_run "
+        notes.append(f"heavy_mlp, 1 client: skewless p50 {sh['p50_ms']:.3f} ms vs its old defaults "
                      f"{dr['p50_ms']:.3f} ms, lower in {_wins(sh['slice_p50_ms'], dr['slice_p50_ms'])} of "
                      f"{rounds} rounds; CPU/request {sh['cpu_us_per_request']:.0f} vs "
                      f"{dr['cpu_us_per_request']:.0f} us")
@@ -190,6 +195,26 @@ def _plot(rows: list[dict[str, Any]], groups: list[list[str]], path: Path, title
     return path
 
 
+async def _measure(configs: list[Config], groups: list[list[str]], servers: dict[str, Any],
+                   onnx: dict[str, Path], targets: dict[str, _Target], rounds: int, slice_s: float,
+                   warmup: float) -> None:
+    try:
+        for c in configs:
+            targets[c.name] = t = _Target(c, servers[c.name], onnx[c.model.name])
+            await t.run_slice(warmup, record=False)
+        for i in range(rounds):
+            for group in groups:
+                for name in group if i % 2 == 0 else reversed(group):
+                    await targets[name].check()
+                    await targets[name].run_slice(slice_s)
+                    await asyncio.sleep(0.05)  # the previous server's idle spin (naive: onnxruntime's ~40 ms) ends
+            print(f"round {i + 1}/{rounds}: " + ", ".join(
+                f"{n} {t.slice_p50_ms[-1]:.3f}" for n, t in targets.items()), file=sys.stderr, flush=True)
+    finally:
+        for t in targets.values():
+            await t.channel.close()
+
+
 def run(out: Path, duration: float, warmup: float) -> tuple[dict[str, Any], str]:
     """``duration`` measured seconds per configuration, in 1 s slices (shorter if the duration is); returns
     the result and its table."""
@@ -200,19 +225,13 @@ def run(out: Path, duration: float, warmup: float) -> tuple[dict[str, Any], str]
     onnx = build_models([MODELS["mlp_small"], MODELS["heavy_mlp"]], tmp)
     targets: dict[str, _Target] = {}
     with contextlib.ExitStack() as stack:
-        for c in configs:
-            srv = stack.enter_context(_start(c, onnx, tmp, out))
-            targets[c.name] = t = _Target(c, srv, onnx[c.model.name])
-            stack.callback(t.channel.close)
-            t.run_slice(warmup, record=False)
-        for i in range(rounds):
-            for group in groups:
-                for name in group if i % 2 == 0 else reversed(group):
-                    targets[name].check()
-                    targets[name].run_slice(slice_s)
-                    time.sleep(0.05)  # the previous server's idle spin (naive: onnxruntime's ~40 ms) ends first
-            print(f"round {i + 1}/{rounds}: " + ", ".join(
-                f"{n} {t.slice_p50_ms[-1]:.3f}" for n, t in targets.items()), file=sys.stderr, flush=True)
+        servers = {c.name: stack.enter_context(_start(c, onnx, tmp, out)) for c in configs}
+        try:
+            import uvloop
+        except ImportError:
+            asyncio.run(_measure(configs, groups, servers, onnx, targets, rounds, slice_s, warmup))
+        else:
+            uvloop.run(_measure(configs, groups, servers, onnx, targets, rounds, slice_s, warmup))
     rows = [targets[c.name].row() for c in configs]
     notes = _notes({r["name"]: r for r in rows})
     head = (f"delay and spinning, 1 client, gRPC, one run {datetime.now():%Y-%m-%d %H:%M} on "

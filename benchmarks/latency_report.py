@@ -11,7 +11,7 @@ echo server at the same points as the transport ceiling. Writes latency.json, la
 
 ``--delay-spinning`` measures instead, at one client and in alternating slices: ``mlp_small`` with a 200 µs
 queue delay vs ``dynamic_batching { }`` (p50, CPU per request) and the heavy MLP against the naive server and
-against skewless spinning only during runs (p50); see delay_spinning.py.
+against skewless with its old spinning and inline defaults (p50); see delay_spinning.py.
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="output directory (default benchmarks/results/latency-<timestamp>)")
     p.add_argument("--delay-spinning", action="store_true",
                    help="only the 1-client queue-delay (mlp_small, 200 us vs none) and heavy-MLP (vs the naive "
-                        "server, vs spinning during runs only) figures, in alternating 1 s slices")
+                        "server, vs its old defaults) figures, in alternating 1 s slices")
     args = p.parse_args(argv)
     duration = args.duration or (2.0 if args.quick else 10.0)
     warmup = args.warmup if args.warmup is not None else (0.5 if args.quick else 2.0)

@@ -236,6 +236,10 @@ _VERSION = "Execution (models/version.py, models/runtime.py)"
 declare(
     Parameter("skewless.inline_compute_us", "float", 250.0,
               "batches expected to compute faster than this (microseconds) run on the event loop", _VERSION),
+    Parameter("skewless.idle_inline_us", "float", 2000.0,
+              "while no other request is in flight on the server, batches expected to compute faster than this "
+              "(microseconds) run on the event loop too, sparing a lone client the worker-thread hand-off; "
+              "anything arriving meanwhile waits at most that long (0: off)", _VERSION, lo=0.0),
     Parameter("skewless.instance_timeout_s", "float", 60.0,
               "watchdog: a batch running longer fails and its instance restarts (0: off)", _VERSION),
     Parameter("skewless.io_binding", "enum", "auto",

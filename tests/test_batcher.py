@@ -463,6 +463,57 @@ def test_cheap_batches_run_inline_and_slow_ones_never_block_the_loop(tmp_path, m
     run(main())
 
 
+def test_a_lone_request_runs_inline_up_to_the_idle_limit(tmp_path, models):
+    """skewless.idle_inline_us: while no other request is in flight on the server, a batch measured under the
+    idle limit runs on the event loop (no hand-off to the worker thread and back); with another request in
+    flight the same batch goes to the worker thread, so the loop keeps serving the others. Here the everyday
+    inline limit is 0, so only the idle rule can put a batch on the loop."""
+    async def main():
+        mv = version(tmp_path, models / "add_sub" / "1" / "model.onnx", ADD_SUB_8_OUTPUT0 + """
+            dynamic_batching { }
+            parameters { key: "skewless.inline_compute_us" value { string_value: "0" } }
+            parameters { key: "skewless.idle_inline_us" value { string_value: "1000000" } }""")
+        ones = {"INPUT0": np.ones((1, 16), np.float32), "INPUT1": np.ones((1, 16), np.float32)}
+        await mv.scheduler.infer(ones, ["OUTPUT0"], 1)  # measured once, in the worker thread
+        mv.enter()  # this request alone: inline, answered before start() returns
+        future = mv.scheduler.start(ones, ["OUTPUT0"], 1)
+        assert future.done()
+        np.testing.assert_array_equal(future.result()[0][0], np.full((1, 16), 2.0, np.float32))
+        mv.leave()
+        mv.enter()
+        mv.total.n += 1  # another request in flight elsewhere on the server: the worker thread
+        future = mv.scheduler.start(ones, ["OUTPUT0"], 1)
+        assert not future.done()
+        np.testing.assert_array_equal((await future)[0][0], np.full((1, 16), 2.0, np.float32))
+        mv.total.n -= 1
+        mv.run_off_loop()  # a model that waits on the network never runs on the loop, alone or not
+        future = mv.scheduler.start(ones, ["OUTPUT0"], 1)
+        assert not future.done()
+        await future
+        mv.leave()
+        await mv.drain_and_close()
+
+    run(main())
+
+
+def test_batch_cost_limits():
+    """The inline decision's arithmetic: unmeasured sizes never run inline; a larger size class is estimated
+    from a smaller one scaled by the row ratio; the idle limit applies only when the server is idle."""
+    from skewless.server.batching.cost import BatchCost
+
+    cost = BatchCost(inline_limit_ns=100_000, idle_limit_ns=2_000_000)
+    assert not cost.cheap_enough(1) and not cost.cheap_enough(1, idle=True)
+    cost.record(1, 50_000)
+    cost.record(1, 80_000)  # the minimum of recent runs is the estimate
+    assert cost.estimate_ns(1) == 50_000 and cost.cheap_enough(1)
+    assert cost.estimate_ns(8) == 50_000 * 8  # size class 4 from class 1: 8x the rows' class
+    assert not cost.cheap_enough(8) and cost.cheap_enough(8, idle=True)
+    cost.record(64, 1_500_000)
+    assert not cost.cheap_enough(64) and cost.cheap_enough(64, idle=True)
+    cost.record(256, 3_000_000)
+    assert not cost.cheap_enough(256, idle=True)
+
+
 def test_adaptive_wait_budget_follows_the_latency_objective():
     """The wait budget's own AIMD: halved while the wait is what makes in-server latency break the objective,
     kept when the latency is an overloaded queue, grown back (never past half the objective) while latency

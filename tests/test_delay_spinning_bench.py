@@ -1,5 +1,5 @@
 """Smoke test of ``latency_report --delay-spinning``: five 1-client configurations in short alternating slices
-(skewless with and without a 200 µs delay; skewless, skewless spinning only during runs and the naive server
+(skewless with and without a 200 µs delay; skewless, skewless with its old defaults and the naive server
 on the heavy MLP), every reply checked, every server stopped, the table, JSON and PNG written. It never
 judges a speed."""
 
@@ -30,7 +30,7 @@ def test_delay_spinning_run_writes_five_rows(tmp_path: Path, capsys: pytest.Capt
     data = json.loads((tmp_path / "delay_spinning.json").read_text())
     assert [r["name"] for r in data["rows"]] == [
         "skewless mlp_small delay 200us", "skewless mlp_small dynamic_batching {}", "skewless heavy_mlp",
-        "skewless heavy_mlp during_run", "naive heavy_mlp"]
+        "skewless heavy_mlp old defaults", "naive heavy_mlp"]
     rounds = data["config"]["rounds"]
     assert rounds >= 2
     for r in data["rows"]:

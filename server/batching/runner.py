@@ -62,19 +62,20 @@ def _via_run_in_executor(executor: Executor) -> Callable[..., asyncio.Future]:
 
 
 class BatchRunner:
-    """``hang_timeout_s``/``on_hang``: the watchdog. A batch in a worker thread that has not returned after
+    """``idle()``: whether no other request is in flight on the server (the cost's idle limit then applies).
+    ``hang_timeout_s``/``on_hang``: the watchdog. A batch in a worker thread that has not returned after
     ``hang_timeout_s`` fails its requests (InstanceHung) and ``on_hang(thread id)`` is called to restart the
     instance it holds (the thread itself cannot be stopped; the model layer gives the runner a fresh executor
     through ``executor``)."""
 
     def __init__(self, work: BatchWork, executor: Executor, cost: BatchCost, on_executed: ExecutionObserver,
                  hang_timeout_s: float | None = None, on_hang: Callable[[int], None] | None = None,
-                 label: str = ""):
+                 label: str = "", idle: Callable[[], bool] | None = None):
         self.work = work
         self.executor = executor  # the setter picks the hand-off
         self.cost = cost
         self.on_executed = on_executed
-        self.cheap_enough = cost.cheap_enough
+        self.idle = idle
         self.hang_timeout_s = hang_timeout_s
         self.on_hang = on_hang
         self.label = label
@@ -90,6 +91,11 @@ class BatchRunner:
         self._executor = executor
         lean = isinstance(executor, Handoff)
         self._hand_off = executor.to_thread if lean else _via_run_in_executor(executor)
+
+    def cheap_enough(self, rows: int) -> bool:
+        """Whether a batch of ``rows`` runs inline on the event loop (cost.py)."""
+        idle = self.idle
+        return self.cost.cheap_enough(rows, idle is not None and idle())
 
     async def run(self, feeds: list[Feeds], rows: list[int], outputs: list[str]
                   ) -> tuple[list[list[np.ndarray]], int, BatchInfo]:

@@ -151,7 +151,7 @@ def session_options(cfg: mc.ModelConfig, intra_op_threads: int | None = None):
 
 def bounded_spin_supported() -> bool:
     """onnxruntime 1.26 added ``session.intra_op.spin_duration_us``; an older one ignores the key and spins
-    its own default after each run (about 40 ms of a core, measured on 1.25)."""
+    its own default after each run (about 40 ms of a core, measured on 1.32 without the key)."""
     if ort is None:
         return False
     try:

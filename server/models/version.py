@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 DEFAULT_MODEL_FILE = "model.onnx"
 SPEC_HASH_PARAM = "skewless.feature_spec_hash"  # reply parameter naming the feature spec that served it
 INLINE_PARAMETER = "skewless.inline_compute_us"  # batches expected to be faster run on the event loop
+IDLE_INLINE_PARAMETER = "skewless.idle_inline_us"  # the same, while no other request is in flight
 TIMEOUT_PARAMETER = "skewless.instance_timeout_s"  # the watchdog: a batch running longer fails, instance restarts
 
 
@@ -110,13 +111,14 @@ class ModelVersion:
         # A reply observer for the prediction log (lineage/prediction_log.py's ModelLineage).
         self.lineage: ReplyObserver | None = None
         try:
-            inline_limit_ns = 1000 * read(self.config, INLINE_PARAMETER)
+            cost = BatchCost(1000 * read(self.config, INLINE_PARAMETER),
+                             1000 * read(self.config, IDLE_INLINE_PARAMETER))
             # Requests go in through the scheduler (batching/), which runs this version's run_batch: the
             # batching core is handed the work and its cost, and never reaches back into the version.
             timeout_s: float | None = read(self.config, TIMEOUT_PARAMETER)
-            runner = BatchRunner(self.run_batch, self.runtime.executor, BatchCost(inline_limit_ns),
-                                 self.stats.record_execution, hang_timeout_s=timeout_s or None,
-                                 on_hang=self._restart_hung, label=self.label)
+            runner = BatchRunner(self.run_batch, self.runtime.executor, cost, self.stats.record_execution,
+                                 hang_timeout_s=timeout_s or None, on_hang=self._restart_hung, label=self.label,
+                                 idle=self._alone_on_server)
             self._runner = runner
             self.scheduler = Scheduler(runner, name, self.label, self.config, len(self.runtime.instances),
                                        self.fixed_shapes)
@@ -187,10 +189,14 @@ class ModelVersion:
             await asyncio.get_running_loop().run_in_executor(None, self.features.close)
         log.info("model %s: unloaded", self.label)
 
+    def _alone_on_server(self) -> bool:
+        """No request but the one being started is in flight, on any model of the server."""
+        return self.total.n <= 1
+
     def run_off_loop(self) -> None:
         """Never run this version's batches on the event loop, however cheap their CPU time: their work waits
         on the network (a Redis aggregate store's round trip), which would stall every other request."""
-        self._runner.cost.inline_limit_ns = 0
+        self._runner.cost.inline_limit_ns = self._runner.cost.idle_limit_ns = 0
 
     def discard(self) -> None:
         """Close a version that never served (its load failed after it was built): sessions, and what its
