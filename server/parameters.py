@@ -239,7 +239,7 @@ declare(
     Parameter("skewless.idle_inline_us", "float", 2000.0,
               "while no other request is in flight on the server, batches expected to compute faster than this "
               "(microseconds) run on the event loop too, sparing a lone client the worker-thread hand-off; "
-              "anything arriving meanwhile waits at most that long (0: off)", _VERSION, lo=0.0),
+              "anything arriving meanwhile waits at most that long (0: off; CPU instances only)", _VERSION, lo=0.0),
     Parameter("skewless.instance_timeout_s", "float", 60.0,
               "watchdog: a batch running longer fails and its instance restarts (0: off)", _VERSION),
     Parameter("skewless.io_binding", "enum", "auto",

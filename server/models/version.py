@@ -111,8 +111,11 @@ class ModelVersion:
         # A reply observer for the prediction log (lineage/prediction_log.py's ModelLineage).
         self.lineage: ReplyObserver | None = None
         try:
+            # The estimates are CPU time: a GPU run's wall time (a wait on the device) can be far longer, so
+            # GPU models never take the idle rule's longer stalls of the loop.
+            on_gpu = any(i.placement.kind == "KIND_GPU" for i in self.runtime.instances)
             cost = BatchCost(1000 * read(self.config, INLINE_PARAMETER),
-                             1000 * read(self.config, IDLE_INLINE_PARAMETER))
+                             0 if on_gpu else 1000 * read(self.config, IDLE_INLINE_PARAMETER))
             # Requests go in through the scheduler (batching/), which runs this version's run_batch: the
             # batching core is handed the work and its cost, and never reaches back into the version.
             timeout_s: float | None = read(self.config, TIMEOUT_PARAMETER)
