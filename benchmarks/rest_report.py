@@ -21,7 +21,6 @@ Writes rest.json, rest.txt and rest.png into --out.
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 import tempfile
@@ -33,9 +32,9 @@ from .batching_report import make_repository
 from .http_client import HttpOptions, http_worker_main
 from .loadgen import RESULTS_DIR, BenchConfig, run_bench
 from .peers import MODELS, OUTPUT, build_models, triton_config, workload
-from .report import median, ratio
+from .report import ratio
+from .rounds import FIGURES, add_arguments, figure_lines, medians_of, point_figures, resolve_arguments, write
 from .servers import ServerProcess, exit_on_interrupt, start_skewless
-from .transport_report import FIGURES, _figures
 
 SERVERS = ("skewless", "echo")
 LABELS = {"skewless": "skewless REST", "echo": "uvicorn echo"}
@@ -76,7 +75,7 @@ def run(args: argparse.Namespace, out: Path) -> dict[str, Any]:
                                       progress=False)
                     opts = HttpOptions(rest[name], encoding=args.encoding, check_every=check_every)
                     point = run_bench(cfg, workloads[name], worker=http_worker_main, options=opts)["points"][0]
-                    figures = _figures(point)
+                    figures = point_figures(point)
                     figures["check_failed"] = point["checks"]["failed"]
                     rounds[clients][name].append(figures)
                     print(f"[rest] {clients} clients, round {r + 1}/{args.rounds} {name}: " + ", ".join(
@@ -84,9 +83,7 @@ def run(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     finally:
         for srv in started.values():
             srv.__exit__(None, None, None)
-    keys = (*FIGURES, "errors", "check_failed")
-    medians = {c: {s: {k: median([x.get(k) for x in rs]) for k in keys} for s, rs in by.items()}
-               for c, by in rounds.items()}
+    medians = medians_of(rounds, (*FIGURES, "errors", "check_failed"))
     ratios = {c: {"skewless ÷ echo": {k: ratio(m["skewless"][k], m["echo"][k]) for k in FIGURES}}
               for c, m in medians.items()}
     return {"benchmark": "rest_report", "time": datetime.now().astimezone().isoformat(timespec="seconds"),
@@ -113,69 +110,21 @@ def goals(medians: dict[int, dict[str, dict[str, float | None]]]) -> list[dict[s
 
 def table(result: dict[str, Any]) -> str:
     s = result["setup"]
-    lines = [f"REST: {s['model']} {'->'.join(map(str, s['layers']))}, 1 row/request, max_batch_size "
-             f"{s['max_batch_size']}, {s['max_queue_delay_us']} µs queue delay; {s['encoding']} bodies, keep-alive "
-             f"HTTP/1.1, closed loop, {s['rounds']} alternating rounds of {s['duration_s']:g} s (medians), "
-             f"{s['processes']} client process(es); {result['time']}",
-             f"{'clients':>8} {'server':>16}" + "".join(f"{k:>20}" for k in FIGURES) + f"{'errors':>8}"]
-    for c, by in result["medians"].items():
-        for name in SERVERS:
-            m = by[name]
-            lines.append(f"{c:>8} {LABELS[name]:>16}" + "".join(
-                f"{m[k]:>20.4g}" if m[k] is not None else f"{'-':>20}" for k in FIGURES) + f"{m['errors'] or 0:>8.0f}")
-        for name_of_ratio, values in result["ratios"][c].items():
-            lines.append(f"{c:>8} {name_of_ratio:>16}" + "".join(
-                f"{v:>20.3f}" if v is not None else f"{'-':>20}" for v in values.values()))
-    for g in result["goals"]:
-        verdict = "-" if g["met"] is None else ("met" if g["met"] else "NOT met")
-        value = "-" if g["value"] is None else f"{g['value']:.3f}"
-        lines.append(f"goal: {g['goal']}: {value} ({verdict})")
-    return "\n".join(lines)
-
-
-def plot(result: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    clients = list(result["medians"])
-    fig, axes = plt.subplots(1, len(FIGURES), figsize=(4 * len(FIGURES), 3.6))
-    width = 0.8 / len(SERVERS)
-    for ax, key in zip(axes, FIGURES, strict=True):
-        for i, name in enumerate(SERVERS):
-            values = [result["medians"][c][name][key] or 0 for c in clients]
-            ax.bar([j + i * width for j in range(len(clients))], values, width, label=LABELS[name])
-        ax.set_xticks([j + width / 2 for j in range(len(clients))], [f"{c} cl" for c in clients])
-        ax.set_title(key)
-    axes[0].legend()
-    fig.suptitle(f"skewless REST vs a uvicorn + httptools echo ({result['setup']['encoding']} bodies): medians "
-                 "of alternating rounds")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    head = (f"REST: {s['model']} {'->'.join(map(str, s['layers']))}, 1 row/request, max_batch_size "
+            f"{s['max_batch_size']}, {s['max_queue_delay_us']} µs queue delay; {s['encoding']} bodies, keep-alive "
+            f"HTTP/1.1, closed loop, {s['rounds']} alternating rounds of {s['duration_s']:g} s (medians), "
+            f"{s['processes']} client process(es); {result['time']}")
+    return "\n".join([head, *figure_lines(result, LABELS)])
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m skewless.benchmarks.rest_report", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--clients", default="1,16,64", help="closed-loop client counts (default 1,16,64)")
+    add_arguments(p, "rest")
     p.add_argument("--encoding", choices=("json", "binary"), default="json",
                    help="request and reply bodies: JSON (default) or Triton's binary tensors")
-    p.add_argument("--duration", type=float, help="measured seconds per point (default 8; 1 with --quick)")
-    p.add_argument("--warmup", type=float, help="warm-up seconds per point (default 1.5; 0.3 with --quick)")
-    p.add_argument("--rounds", type=int, help="alternating rounds per client count (default 3; 1 with --quick)")
-    p.add_argument("--processes", type=int, default=1,
-                   help="client processes (they share the machine's cores with the servers)")
-    p.add_argument("--quick", action="store_true", help="short points, one round: a smoke run")
-    p.add_argument("--out", help="output directory (default benchmarks/results/rest-<timestamp>)")
     args = p.parse_args(argv)
-    args.clients = [int(c) for c in args.clients.split(",") if c]
-    args.duration = args.duration or (1.0 if args.quick else 8.0)
-    args.warmup = args.warmup if args.warmup is not None else (0.3 if args.quick else 1.5)
-    args.rounds = args.rounds or (1 if args.quick else 3)
-    if not args.clients or min(args.clients) < 1 or args.duration <= 0:
-        p.error("--clients must be >= 1 and --duration > 0")
+    resolve_arguments(p, args)
     try:
         import httptools  # noqa: F401
         import uvicorn  # noqa: F401
@@ -186,15 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out or RESULTS_DIR / f"rest-{datetime.now():%Y%m%d-%H%M%S}")
     out.mkdir(parents=True, exist_ok=True)
     result = run(args, out)
-    text = table(result)
-    (out / "rest.json").write_text(json.dumps(result, indent=2))
-    (out / "rest.txt").write_text(text + "\n")
-    try:
-        plot(result, out / "rest.png")
-    except ImportError:
-        print("no PNG: matplotlib is missing (pip install 'skewless[bench]')", file=sys.stderr)
-    print(text)
-    print(f"wrote {out}/rest.json, rest.txt and rest.png", file=sys.stderr)
+    write(result, table(result), LABELS, out, "rest",
+          f"skewless REST vs a uvicorn + httptools echo ({args.encoding} bodies): medians of alternating rounds")
     return 1 if any(m[s]["errors"] or m[s]["check_failed"] for m in result["medians"].values() for s in SERVERS) \
         else 0
 
