@@ -4,7 +4,9 @@ Each stack serves inference on the example MLP from the same data plane and the 
 in a server subprocess on uvloop; closed-loop clients (keep-alive ``http.client`` connections, one process
 each) send Triton binary-tensor requests of ``--rows`` rows. Reported per stack and client count: requests/s
 and the server's CPU µs per request (user+sys of its process over the window), the steadier figure on a shared
-machine. The uvicorn side runs a bare ASGI callable (no router), so any difference is the stack's own.
+machine. ``aiohttp`` is skewless's REST frontend (router, checks, metrics); ``aiohttp-bare`` and ``uvicorn``
+run the same bare handler (no router) on each stack, so the difference between those two is the stack's own
+and the difference between the first two is what the frontend adds.
 
     python -m skewless.benchmarks.http_stack_bench --clients 1,4 --seconds 5   # pip install uvicorn httptools first
 """
@@ -27,7 +29,7 @@ import numpy as np
 from .loadgen import RESULTS_DIR
 from .servers import EXAMPLE_MODELS, ServerProcess
 
-STACKS = ("aiohttp", "uvicorn")
+STACKS = ("aiohttp", "aiohttp-bare", "uvicorn")
 
 
 async def _serve(stack: str) -> None:
@@ -44,6 +46,29 @@ async def _serve(stack: str) -> None:
         port = await RestFrontend(dp, 2**31 - 1, 5.0).start("127.0.0.1", 0)
         print(f"HTTP_READY {port}", flush=True)
         await asyncio.Event().wait()
+
+    async def infer(path: str, body: bytes, size: str | None) -> tuple[bytes, int | None]:
+        """The bare handler both stacks run: parse, infer, encode (Triton binary tensors)."""
+        req = rest_codec.parse_infer_request(body, rest_codec.header_length(size, len(body)))
+        mv, names, arrays = await dp.infer_tensors(path.split("/")[3], "", req.inputs, req.raw, req.output_names,
+                                                   req.output_parameters, req.parameters, req.id)
+        json_size, reply = rest_codec.infer_reply(req, mv.name, mv.version_text, output_tensors(mv, names, arrays))
+        return reply, json_size
+
+    if stack == "aiohttp-bare":
+        from aiohttp import web, web_server
+
+        async def handle(request: web.BaseRequest) -> web.Response:
+            reply, json_size = await infer(request.path, await request.read(),
+                                           request.headers.get("Inference-Header-Content-Length"))
+            headers = {"Content-Type": "application/octet-stream"}
+            if json_size is not None:
+                headers["Inference-Header-Content-Length"] = str(json_size)
+            return web.Response(body=reply, headers=headers)
+
+        listener = await asyncio.get_running_loop().create_server(web_server.Server(handle), "127.0.0.1", 0)
+        print(f"HTTP_READY {listener.sockets[0].getsockname()[1]}", flush=True)
+        await asyncio.Event().wait()
     import uvicorn
 
     async def app(scope, receive, send) -> None:
@@ -54,14 +79,8 @@ async def _serve(stack: str) -> None:
             msg = await receive()
             chunks.append(msg.get("body", b""))
             more = msg.get("more_body", False)
-        body = b"".join(chunks)
-        headers = dict(scope["headers"])
-        size = headers.get(b"inference-header-content-length")
-        req = rest_codec.parse_infer_request(
-            body, rest_codec.header_length(size.decode() if size else None, len(body)))
-        mv, names, arrays = await dp.infer_tensors(scope["path"].split("/")[3], "", req.inputs, req.raw,
-                                                   req.output_names, req.output_parameters, req.parameters, req.id)
-        json_size, reply = rest_codec.infer_reply(req, mv.name, mv.version_text, output_tensors(mv, names, arrays))
+        size = dict(scope["headers"]).get(b"inference-header-content-length")
+        reply, json_size = await infer(scope["path"], b"".join(chunks), size.decode() if size else None)
         out = [(b"content-type", b"application/octet-stream"), (b"content-length", str(len(reply)).encode())]
         if json_size is not None:
             out.append((b"inference-header-content-length", str(json_size).encode()))
