@@ -35,7 +35,8 @@ from typing import Any
 import numpy as np
 
 from .loadgen import process_tree_cpu
-from .peers import INPUT, MODELS, PEERS, Model, build_models, start_peer, triton_config
+from .peers import INPUT, MODELS, PEERS, Model, build_models, start_peer
+from .report import latency_summary
 
 SERVICE = "/inference.GRPCInferenceService/ModelInfer"
 # The defaults before bounded spinning and idle inline runs: the "before" of the heavy model's figures.
@@ -66,14 +67,7 @@ def _configs() -> tuple[list[Config], list[list[str]]]:
 
 
 def _start(c: Config, onnx: dict[str, Path], tmp: Path, out: Path):
-    if c.peer == "naive":
-        return start_peer(PEERS["naive"], [c.model], onnx, tmp / c.name, out / f"{c.name}.log", None)
-    from .batching_report import make_repository
-    from .servers import start_skewless
-
-    repo = tmp / c.name / "repo"
-    make_repository(repo, c.model.name, onnx[c.model.name], triton_config(c.model) + c.extra_config)
-    return start_skewless(repo, out / f"{c.name}.log")
+    return start_peer(PEERS[c.peer], [c.model], onnx, tmp / c.name, out / f"{c.name}.log", None, c.extra_config)
 
 
 class _Target:
@@ -131,13 +125,11 @@ class _Target:
             self.slice_p50_ms.append(float(np.median(lat)) * 1e3)
 
     def row(self) -> dict[str, Any]:
-        lat = np.array(self.latencies) * 1e3
-        n = len(lat)
+        lat = latency_summary(np.array(self.latencies))
+        n = lat["count"]
         return {"name": self.config.name, "peer": self.config.peer, "model": self.config.model.name, "clients": 1,
                 "requests": n, "rps": n / self.seconds if self.seconds else 0.0,
-                "p50_ms": float(np.median(lat)) if n else None,
-                "p90_ms": float(np.percentile(lat, 90)) if n else None,
-                "p99_ms": float(np.percentile(lat, 99)) if n else None,
+                "p50_ms": lat["p50"], "p90_ms": lat["p90"], "p99_ms": lat["p99"],
                 "cpu_us_per_request": self.cpu_s / n * 1e6 if n else None,
                 "errors": self.errors, "checked": self.checked, "check_failed": self.check_failed,
                 "slice_p50_ms": self.slice_p50_ms}

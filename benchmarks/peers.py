@@ -195,13 +195,14 @@ def workload(m: Model, onnx_path: Path | None):
 
 # -- starting peers ----------------------------------------------------------------------------------------
 def start_peer(peer: Peer, models: list[Model], onnx: dict[str, Path], tmp: Path, log_path: Path,
-               python: Path | None) -> ServerProcess:
-    """One server for ``models`` (naive and echo take one model each); its stderr goes to ``log_path``."""
+               python: Path | None, extra_config: str = "") -> ServerProcess:
+    """One server for ``models`` (naive and echo take one model each); its stderr goes to ``log_path``.
+    ``extra_config``: config.pbtxt text appended to each model's config (skewless only)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     if peer.name == "skewless":
         repo = tmp / "skewless_repo"
         for m in models:
-            make_repository(repo, m.name, onnx[m.name], triton_config(m))
+            make_repository(repo, m.name, onnx[m.name], triton_config(m) + extra_config)
         return start_skewless(repo, log_path)
     if peer.name == "echo":
         (m,) = models
